@@ -1,0 +1,1 @@
+//! Validation of FHIR R4 resources. (Being written.)

@@ -1,0 +1,280 @@
+//! Storage for Hygie: resource versions (opaque bodies), a search index kept beside them,
+//! and the audit log, always written in ONE transaction (DESIGN.md invariants 3 and 5).
+//!
+//! The hub hands the store a *unit of work*, a closure over a [`Tx`]; the store runs it
+//! atomically and says when it is durable. Units are plain synchronous code, so one hub
+//! implementation serves both backends:
+//!
+//! - [`SqliteStore`]: embedded, WAL, `synchronous=FULL`. One writer thread takes every queued
+//!   unit, runs each in its own savepoint inside one transaction and commits them together:
+//!   group commit, one fsync for many requests.
+//! - [`PostgresStore`]: a connection pool; each unit is a transaction. Concurrent commits
+//!   share WAL flushes inside PostgreSQL itself, and several hub processes can share one
+//!   database.
+//!
+//! The store never interprets bodies: the hub decides what they are (JSON today, ciphertext
+//! once the vault lands) and what goes into the index.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), hygie_store::StoreError> {
+//! use hygie_store::{open_sqlite, SqliteOptions, StoreExt};
+//! let store = open_sqlite(std::path::Path::new("./hygie-data"), &SqliteOptions::default())?;
+//! let leaf_index = store.run(|tx| tx.append_audit(0, b"{\"resourceType\":\"AuditEvent\"}")).await?;
+//! # let _ = leaf_index; Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod migrations;
+mod postgres_store;
+mod sqlite_store;
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use postgres_store::{PostgresOptions, PostgresStore, open_postgres};
+pub use sqlite_store::{SqliteOptions, SqliteStore, open_sqlite};
+
+/// Errors of the storage layer. Business rules (versions, conditions) are the hub's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Two writers raced on the same resource version (another hub process, most likely).
+    #[error("conflicting write on {resource_type}/{id}: {detail}")]
+    Conflict {
+        resource_type: String,
+        id: String,
+        detail: String,
+    },
+    #[error("the store is closed")]
+    Closed,
+    #[error("the store's work queue is full ({capacity} units waiting)")]
+    Busy { capacity: usize },
+    #[error("database error: {0}")]
+    Database(String),
+    #[error(
+        "the database schema is at version {found}, newer than this binary knows ({known}); upgrade hygie"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("a unit of work panicked: {0}")]
+    Panicked(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        StoreError::Database(error.to_string())
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(error: postgres::Error) -> StoreError {
+        StoreError::Database(error.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The head of a resource: its current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub version: i64,
+    pub deleted: bool,
+    pub last_updated_us: i64,
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    /// Global, increasing write order: the cursor of history paging.
+    pub seq: i64,
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    /// Microseconds since the Unix epoch.
+    pub last_updated_us: i64,
+    /// A deletion tombstone (empty body).
+    pub deleted: bool,
+    /// Opaque to the store.
+    pub body: Vec<u8>,
+}
+
+/// A search-index entry of type token (`system|code`), for the current version only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    pub param: String,
+    /// Empty when the value has no system.
+    pub system: String,
+    pub code: String,
+}
+
+/// A version to write. The hub has already checked that `version` follows the head.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    pub resource_type: &'a str,
+    pub id: &'a str,
+    pub version: i64,
+    pub last_updated_us: i64,
+    pub deleted: bool,
+    pub body: &'a [u8],
+    /// Replaces the resource's token entries (ignored for deletions, which clear them).
+    pub tokens: &'a [TokenEntry],
+}
+
+/// Which history to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryScope {
+    System,
+    Type(String),
+    Instance { resource_type: String, id: String },
+}
+
+/// A page of history, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub scope: HistoryScope,
+    /// Only versions written at or after this instant (`_since`).
+    pub since_us: Option<i64>,
+    /// Only versions older than this sequence number: the paging cursor.
+    pub before_seq: Option<i64>,
+    /// The newest version to show: fixed by the first page so later pages don't shift.
+    pub max_seq: Option<i64>,
+    pub limit: usize,
+}
+
+/// A token query: `param=[system|]code` on current, non-deleted resources of one type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenQuery<'a> {
+    pub resource_type: &'a str,
+    pub param: &'a str,
+    /// `None`: any system; `Some("")`: no system.
+    pub system: Option<&'a str>,
+    /// `None`: any code (`system|`).
+    pub code: Option<&'a str>,
+}
+
+/// What a unit of work can do inside its transaction.
+///
+/// Every method runs inside the unit's transaction; nothing is visible to others, nor
+/// durable, until the store commits the unit.
+pub trait Tx {
+    /// The current head of a resource, locked against concurrent writers until commit.
+    fn head(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<Head>>;
+    /// The current version (possibly a deletion tombstone).
+    fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<VersionRecord>>;
+    fn version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> StoreResult<Option<VersionRecord>>;
+    /// Writes a new version, moves the head and replaces the index entries.
+    fn put_version(&mut self, version: &NewVersion<'_>) -> StoreResult<()>;
+    fn history(&mut self, query: &HistoryQuery) -> StoreResult<Vec<VersionRecord>>;
+    /// The highest sequence number written so far (0 when empty).
+    fn max_seq(&mut self) -> StoreResult<i64>;
+    /// Ids of current, non-deleted resources matching a token, at most `limit`, sorted.
+    fn find_by_token(&mut self, query: &TokenQuery<'_>, limit: usize) -> StoreResult<Vec<String>>;
+    /// Ids of current, non-deleted resources of a type after `after_id`, sorted, at most `limit`.
+    fn list_ids(
+        &mut self,
+        resource_type: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
+    /// Appends one leaf to the audit log; returns its sequence number, increasing in commit
+    /// order on SQLite. On PostgreSQL several processes append concurrently, so numbers
+    /// may have gaps (rolled-back units) and are dense only once the audit integrator
+    /// orders them.
+    fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64>;
+    /// Audit leaves with a sequence number of at least `from`, in order, at most `limit`.
+    fn audit_leaves(&mut self, from: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<u8>)>>;
+    /// Starts a nested savepoint: lets a unit undo part of its work (a failed transaction
+    /// Bundle) and still commit its audit leaf.
+    fn savepoint(&mut self) -> StoreResult<()>;
+    fn rollback_to_savepoint(&mut self) -> StoreResult<()>;
+    fn release_savepoint(&mut self) -> StoreResult<()>;
+}
+
+/// A type-erased unit of work.
+pub type BoxedUnit = Box<dyn FnOnce(&mut dyn Tx) -> StoreResult<Box<dyn Any + Send>> + Send>;
+/// A boxed future, as trait objects need.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A store: runs units of work atomically and durably.
+pub trait Store: Send + Sync + 'static {
+    /// Runs `unit` in a transaction. When the future resolves `Ok`, the unit's writes are
+    /// durable. When the unit returns `Err`, none of its writes remain.
+    fn run_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn Any + Send>>>;
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+    /// Stops taking work, finishes what is queued, and closes. Idempotent.
+    fn close(&self) -> BoxFuture<()>;
+}
+
+/// The typed face of [`Store::run_boxed`].
+pub trait StoreExt {
+    fn run<R, F>(&self, unit: F) -> impl Future<Output = StoreResult<R>> + Send
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> StoreResult<R> + Send + 'static;
+}
+
+impl<S: Store + ?Sized> StoreExt for S {
+    fn run<R, F>(&self, unit: F) -> impl Future<Output = StoreResult<R>> + Send
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> StoreResult<R> + Send + 'static,
+    {
+        let boxed: BoxedUnit =
+            Box::new(move |tx| unit(tx).map(|value| Box::new(value) as Box<dyn Any + Send>));
+        let future = self.run_boxed(boxed);
+        async move {
+            let any = future.await?;
+            Ok(*any
+                .downcast::<R>()
+                .expect("run_boxed returns what its unit returned"))
+        }
+    }
+}
+
+/// A shared store of either backend.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store a URL names: `postgres://…` or `postgresql://…` for PostgreSQL;
+/// otherwise SQLite in `data_dir`.
+pub fn open(
+    database_url: Option<&str>,
+    data_dir: &std::path::Path,
+    sqlite: &SqliteOptions,
+    postgres: &PostgresOptions,
+) -> StoreResult<SharedStore> {
+    match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(open_postgres(url, postgres)?))
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            Ok(Arc::new(open_sqlite(std::path::Path::new(path), sqlite)?))
+        }
+        Some(other) => Err(StoreError::Config(format!(
+            "unsupported database URL {other:?}: use postgres://… (or omit --database for embedded SQLite)"
+        ))),
+        None => Ok(Arc::new(open_sqlite(data_dir, sqlite)?)),
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+pub mod testing;

@@ -1,0 +1,512 @@
+//! PostgreSQL: the production store, shared by any number of stateless hub processes.
+//!
+//! Each unit of work is one transaction on a pooled connection. Group commit happens inside
+//! PostgreSQL: concurrent commits share WAL flushes. Writers of the same resource serialize
+//! on the head row (`SELECT … FOR UPDATE`), and a race to create the same id ends in a
+//! [`StoreError::Conflict`] for the loser, never in two version 1s.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Statement};
+
+use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
+use crate::{
+    BoxFuture, BoxedUnit, Head, HistoryQuery, HistoryScope, NewVersion, Store, StoreError,
+    StoreResult, TokenQuery, Tx, VersionRecord, panic_message,
+};
+
+/// Settings of the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// How long a unit waits for a connection before failing.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> PostgresOptions {
+        PostgresOptions {
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A pooled connection with its prepared statements.
+pub struct PgConnection {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+struct Manager {
+    config: postgres::Config,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = PgConnection;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<PgConnection, postgres::Error> {
+        Ok(PgConnection {
+            client: self.config.connect(NoTls)?,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, connection: &mut PgConnection) -> Result<(), postgres::Error> {
+        connection.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, connection: &mut PgConnection) -> bool {
+        connection.client.is_closed()
+    }
+}
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    /// `Option` only so that `Drop` can move the pool to a plain thread: the sync client
+    /// blocks on its own runtime when a connection closes, which must not happen on an
+    /// async worker.
+    pool: Option<r2d2::Pool<Manager>>,
+    closed: Arc<AtomicBool>,
+}
+
+/// Connects, migrates the schema (under an advisory lock, so several hub processes may
+/// start together) and returns the store. Blocking: call it outside async tasks.
+pub fn open_postgres(url: &str, options: &PostgresOptions) -> StoreResult<PostgresStore> {
+    let config: postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
+    let mut client = config.connect(NoTls).map_err(|e| {
+        StoreError::Config(format!(
+            "cannot connect to PostgreSQL ({}): {e}",
+            redact(url)
+        ))
+    })?;
+    migrate(&mut client)?;
+    drop(client);
+    let pool = r2d2::Pool::builder()
+        .max_size(options.pool_size.max(1))
+        .min_idle(Some(1))
+        .connection_timeout(options.connect_timeout)
+        .build(Manager { config })
+        .map_err(|e| StoreError::Config(format!("cannot open the PostgreSQL pool: {e}")))?;
+    Ok(PostgresStore {
+        pool: Some(pool),
+        closed: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+/// The URL without its password, for error messages and logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// An arbitrary, fixed key for the migration advisory lock ("hygie" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6879_6769_65;
+
+fn migrate(client: &mut Client) -> StoreResult<()> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])?;
+    tx.batch_execute(CREATE_MIGRATIONS_TABLE)?;
+    let current: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+            &[],
+        )?
+        .get(0);
+    let known = migrations::POSTGRES.len() as i64;
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for (index, sql) in migrations::POSTGRES
+        .iter()
+        .enumerate()
+        .skip(current as usize)
+    {
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at_us) VALUES ($1, $2)",
+            &[&(index as i64 + 1), &now_us()],
+        )?;
+        tracing::info!(version = index + 1, "applied PostgreSQL schema migration");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl Store for PostgresStore {
+    fn run_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn std::any::Any + Send>>> {
+        let pool = self
+            .pool
+            .clone()
+            .expect("the pool lives as long as the store");
+        let closed = self.closed.clone();
+        Box::pin(async move {
+            if closed.load(Ordering::Acquire) {
+                return Err(StoreError::Closed);
+            }
+            tokio::task::spawn_blocking(move || run_unit(&pool, unit))
+                .await
+                .map_err(|e| StoreError::Panicked(e.to_string()))?
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn close(&self) -> BoxFuture<()> {
+        self.closed.store(true, Ordering::Release);
+        Box::pin(async {})
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
+}
+
+fn run_unit(
+    pool: &r2d2::Pool<Manager>,
+    unit: BoxedUnit,
+) -> StoreResult<Box<dyn std::any::Any + Send>> {
+    let mut connection = pool
+        .get()
+        .map_err(|e| StoreError::Database(format!("no PostgreSQL connection: {e}")))?;
+    let PgConnection { client, statements } = &mut *connection;
+    let transaction = client.transaction()?;
+    let mut tx = PgTx {
+        transaction,
+        statements,
+        savepoints: 0,
+    };
+    let result = match catch_unwind(AssertUnwindSafe(|| unit(&mut tx))) {
+        Ok(result) => result,
+        Err(payload) => Err(StoreError::Panicked(panic_message(payload.as_ref()))),
+    };
+    match result {
+        Ok(value) => {
+            tx.transaction.commit()?;
+            Ok(value)
+        }
+        Err(error) => {
+            let _ = tx.transaction.rollback();
+            Err(error)
+        }
+    }
+}
+
+struct PgTx<'a> {
+    transaction: postgres::Transaction<'a>,
+    statements: &'a mut HashMap<&'static str, Statement>,
+    savepoints: usize,
+}
+
+impl PgTx<'_> {
+    fn statement(&mut self, sql: &'static str) -> StoreResult<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.transaction.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+fn version_from_row(row: &postgres::Row) -> VersionRecord {
+    VersionRecord {
+        seq: row.get(0),
+        resource_type: row.get(1),
+        id: row.get(2),
+        version: row.get(3),
+        last_updated_us: row.get(4),
+        deleted: row.get(5),
+        body: row.get(6),
+    }
+}
+
+const HEAD_SQL: &str = "SELECT version, deleted, last_updated_us FROM resources
+    WHERE resource_type = $1 AND id = $2 FOR UPDATE";
+const CURRENT_SQL: &str =
+    "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated_us, v.deleted, v.body
+    FROM resources r JOIN resource_versions v ON v.seq = r.seq
+    WHERE r.resource_type = $1 AND r.id = $2";
+const VERSION_SQL: &str =
+    "SELECT seq, resource_type, id, version, last_updated_us, deleted, body FROM resource_versions
+    WHERE resource_type = $1 AND id = $2 AND version = $3";
+const INSERT_VERSION_SQL: &str = "INSERT INTO resource_versions
+    (resource_type, id, version, last_updated_us, deleted, body)
+    VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
+const UPSERT_HEAD_SQL: &str =
+    "INSERT INTO resources (resource_type, id, version, deleted, last_updated_us, seq)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (resource_type, id) DO UPDATE SET
+      version = excluded.version, deleted = excluded.deleted,
+      last_updated_us = excluded.last_updated_us, seq = excluded.seq";
+const DELETE_TOKENS_SQL: &str = "DELETE FROM search_token WHERE resource_type = $1 AND id = $2";
+const INSERT_TOKEN_SQL: &str =
+    "INSERT INTO search_token (resource_type, id, param, system, code) VALUES ($1, $2, $3, $4, $5)";
+const HISTORY_SYSTEM_SQL: &str =
+    "SELECT seq, resource_type, id, version, last_updated_us, deleted, body FROM resource_versions
+    WHERE seq < $1 AND seq <= $2 AND last_updated_us >= $3 ORDER BY seq DESC LIMIT $4";
+const HISTORY_TYPE_SQL: &str =
+    "SELECT seq, resource_type, id, version, last_updated_us, deleted, body FROM resource_versions
+    WHERE resource_type = $5 AND seq < $1 AND seq <= $2 AND last_updated_us >= $3
+    ORDER BY seq DESC LIMIT $4";
+const HISTORY_INSTANCE_SQL: &str =
+    "SELECT seq, resource_type, id, version, last_updated_us, deleted, body FROM resource_versions
+    WHERE resource_type = $5 AND id = $6 AND seq < $1 AND seq <= $2 AND last_updated_us >= $3
+    ORDER BY seq DESC LIMIT $4";
+const FIND_TOKEN_SQL: &str = "SELECT DISTINCT id FROM search_token
+    WHERE resource_type = $1 AND param = $2
+      AND ($3::TEXT IS NULL OR code = $3) AND ($4::TEXT IS NULL OR system = $4)
+    ORDER BY id LIMIT $5";
+const LIST_IDS_SQL: &str = "SELECT id FROM resources
+    WHERE resource_type = $1 AND NOT deleted AND id > $2 ORDER BY id COLLATE \"C\" LIMIT $3";
+const APPEND_AUDIT_SQL: &str =
+    "INSERT INTO audit_log (recorded_us, leaf) VALUES ($1, $2) RETURNING leaf_index - 1";
+const AUDIT_LEAVES_SQL: &str = "SELECT leaf_index - 1, leaf FROM audit_log
+    WHERE leaf_index - 1 >= $1 ORDER BY leaf_index LIMIT $2";
+
+impl Tx for PgTx<'_> {
+    fn head(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<Head>> {
+        let statement = self.statement(HEAD_SQL)?;
+        let row = self
+            .transaction
+            .query_opt(&statement, &[&resource_type, &id])?;
+        Ok(row.map(|row| Head {
+            version: row.get(0),
+            deleted: row.get(1),
+            last_updated_us: row.get(2),
+        }))
+    }
+
+    fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<VersionRecord>> {
+        let statement = self.statement(CURRENT_SQL)?;
+        let row = self
+            .transaction
+            .query_opt(&statement, &[&resource_type, &id])?;
+        Ok(row.as_ref().map(version_from_row))
+    }
+
+    fn version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> StoreResult<Option<VersionRecord>> {
+        let statement = self.statement(VERSION_SQL)?;
+        let row = self
+            .transaction
+            .query_opt(&statement, &[&resource_type, &id, &version])?;
+        Ok(row.as_ref().map(version_from_row))
+    }
+
+    fn put_version(&mut self, new: &NewVersion<'_>) -> StoreResult<()> {
+        let insert = self.statement(INSERT_VERSION_SQL)?;
+        let seq: i64 = match self.transaction.query_one(
+            &insert,
+            &[
+                &new.resource_type,
+                &new.id,
+                &new.version,
+                &new.last_updated_us,
+                &new.deleted,
+                &new.body,
+            ],
+        ) {
+            Ok(row) => row.get(0),
+            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                return Err(StoreError::Conflict {
+                    resource_type: new.resource_type.to_owned(),
+                    id: new.id.to_owned(),
+                    detail: format!("version {} already exists", new.version),
+                });
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let upsert = self.statement(UPSERT_HEAD_SQL)?;
+        self.transaction.execute(
+            &upsert,
+            &[
+                &new.resource_type,
+                &new.id,
+                &new.version,
+                &new.deleted,
+                &new.last_updated_us,
+                &seq,
+            ],
+        )?;
+        if new.version > 1 {
+            let delete = self.statement(DELETE_TOKENS_SQL)?;
+            self.transaction
+                .execute(&delete, &[&new.resource_type, &new.id])?;
+        }
+        if !new.deleted && !new.tokens.is_empty() {
+            let insert_token = self.statement(INSERT_TOKEN_SQL)?;
+            for token in new.tokens {
+                self.transaction.execute(
+                    &insert_token,
+                    &[
+                        &new.resource_type,
+                        &new.id,
+                        &token.param,
+                        &token.system,
+                        &token.code,
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn history(&mut self, query: &HistoryQuery) -> StoreResult<Vec<VersionRecord>> {
+        let before = query.before_seq.unwrap_or(i64::MAX);
+        let max = query.max_seq.unwrap_or(i64::MAX);
+        let since = query.since_us.unwrap_or(i64::MIN);
+        let limit = query.limit as i64;
+        let rows = match &query.scope {
+            HistoryScope::System => {
+                let statement = self.statement(HISTORY_SYSTEM_SQL)?;
+                self.transaction
+                    .query(&statement, &[&before, &max, &since, &limit])?
+            }
+            HistoryScope::Type(resource_type) => {
+                let statement = self.statement(HISTORY_TYPE_SQL)?;
+                self.transaction
+                    .query(&statement, &[&before, &max, &since, &limit, resource_type])?
+            }
+            HistoryScope::Instance { resource_type, id } => {
+                let statement = self.statement(HISTORY_INSTANCE_SQL)?;
+                self.transaction.query(
+                    &statement,
+                    &[&before, &max, &since, &limit, resource_type, id],
+                )?
+            }
+        };
+        Ok(rows.iter().map(version_from_row).collect())
+    }
+
+    fn max_seq(&mut self) -> StoreResult<i64> {
+        Ok(self
+            .transaction
+            .query_one(
+                "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM resource_versions",
+                &[],
+            )?
+            .get(0))
+    }
+
+    fn find_by_token(&mut self, query: &TokenQuery<'_>, limit: usize) -> StoreResult<Vec<String>> {
+        let statement = self.statement(FIND_TOKEN_SQL)?;
+        let rows = self.transaction.query(
+            &statement,
+            &[
+                &query.resource_type,
+                &query.param,
+                &query.code,
+                &query.system,
+                &(limit as i64),
+            ],
+        )?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    fn list_ids(
+        &mut self,
+        resource_type: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let statement = self.statement(LIST_IDS_SQL)?;
+        let rows = self.transaction.query(
+            &statement,
+            &[&resource_type, &after_id.unwrap_or(""), &(limit as i64)],
+        )?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64> {
+        let statement = self.statement(APPEND_AUDIT_SQL)?;
+        Ok(self
+            .transaction
+            .query_one(&statement, &[&recorded_us, &leaf])?
+            .get(0))
+    }
+
+    fn audit_leaves(&mut self, from: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        let statement = self.statement(AUDIT_LEAVES_SQL)?;
+        let rows = self
+            .transaction
+            .query(&statement, &[&from, &(limit as i64)])?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    fn savepoint(&mut self) -> StoreResult<()> {
+        self.savepoints += 1;
+        self.transaction
+            .batch_execute(&format!("SAVEPOINT nested_{}", self.savepoints))?;
+        Ok(())
+    }
+
+    fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        let name = self.savepoints;
+        self.savepoints = self.savepoints.saturating_sub(1);
+        self.transaction.batch_execute(&format!(
+            "ROLLBACK TO SAVEPOINT nested_{name}; RELEASE SAVEPOINT nested_{name}"
+        ))?;
+        Ok(())
+    }
+
+    fn release_savepoint(&mut self) -> StoreResult<()> {
+        let name = self.savepoints;
+        self.savepoints = self.savepoints.saturating_sub(1);
+        self.transaction
+            .batch_execute(&format!("RELEASE SAVEPOINT nested_{name}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact("postgres://hygie:s3cret@db:5432/hygie"),
+            "postgres://hygie:***@db:5432/hygie"
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
+    }
+}

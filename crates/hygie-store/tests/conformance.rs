@@ -1,0 +1,464 @@
+//! One conformance suite, run against every backend: the same tests, on embedded SQLite and
+//! on a real PostgreSQL server (a throwaway database per test).
+
+use hygie_store::testing::ThrowawayDatabase;
+use hygie_store::{
+    HistoryQuery, HistoryScope, NewVersion, PostgresOptions, SharedStore, SqliteOptions,
+    StoreError, StoreExt, TokenEntry, TokenQuery,
+};
+
+struct Backend {
+    store: SharedStore,
+    _dir: Option<tempfile::TempDir>,
+    _database: Option<ThrowawayDatabase>,
+}
+
+fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hygie_store::open(
+        None,
+        dir.path(),
+        &SqliteOptions::default(),
+        &PostgresOptions::default(),
+    )
+    .unwrap();
+    Backend {
+        store,
+        _dir: Some(dir),
+        _database: None,
+    }
+}
+
+fn postgres() -> Backend {
+    let database = ThrowawayDatabase::create();
+    let url = database.url.clone();
+    let store = std::thread::spawn(move || {
+        hygie_store::open(
+            Some(&url),
+            std::path::Path::new("/nonexistent"),
+            &SqliteOptions::default(),
+            &PostgresOptions::default(),
+        )
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    Backend {
+        store,
+        _dir: None,
+        _database: Some(database),
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::sqlite()).await } )* }
+        mod on_postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::postgres()).await } )* }
+    };
+}
+
+conformance!(
+    versions_are_written_read_and_listed,
+    a_failed_unit_leaves_nothing_behind,
+    savepoints_undo_part_of_a_unit,
+    duplicate_versions_conflict,
+    tokens_follow_the_current_version,
+    history_pages_newest_first_and_is_stable,
+    audit_leaves_are_dense_and_ordered,
+    concurrent_units_all_commit,
+);
+
+fn version<'a>(
+    ty: &'a str,
+    id: &'a str,
+    v: i64,
+    body: &'a [u8],
+    tokens: &'a [TokenEntry],
+) -> NewVersion<'a> {
+    NewVersion {
+        resource_type: ty,
+        id,
+        version: v,
+        last_updated_us: 1_000 * v,
+        deleted: false,
+        body,
+        tokens,
+    }
+}
+
+async fn versions_are_written_read_and_listed(backend: Backend) {
+    let store = backend.store;
+    store
+        .run(|tx| {
+            tx.put_version(&version("Patient", "a", 1, b"one", &[]))?;
+            tx.put_version(&version("Patient", "a", 2, b"two", &[]))?;
+            tx.put_version(&version("Patient", "b", 1, b"bee", &[]))?;
+            tx.put_version(&NewVersion {
+                deleted: true,
+                body: b"",
+                ..version("Patient", "b", 2, b"", &[])
+            })
+        })
+        .await
+        .unwrap();
+    let (head, current, first, missing, listed) = store
+        .run(|tx| {
+            Ok((
+                tx.head("Patient", "a")?,
+                tx.current("Patient", "a")?,
+                tx.version("Patient", "a", 1)?,
+                tx.current("Patient", "zzz")?,
+                tx.list_ids("Patient", None, 10)?,
+            ))
+        })
+        .await
+        .unwrap();
+    let head = head.unwrap();
+    assert_eq!(
+        (head.version, head.deleted, head.last_updated_us),
+        (2, false, 2_000)
+    );
+    assert_eq!(current.unwrap().body, b"two");
+    assert_eq!(first.unwrap().body, b"one");
+    assert!(missing.is_none());
+    assert_eq!(
+        listed,
+        vec!["a".to_owned()],
+        "deleted resources are not listed"
+    );
+    let deleted = store
+        .run(|tx| tx.current("Patient", "b"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(deleted.deleted);
+    assert_eq!(deleted.version, 2);
+    store.close().await;
+}
+
+async fn a_failed_unit_leaves_nothing_behind(backend: Backend) {
+    let store = backend.store;
+    let result: Result<(), _> = store
+        .run(|tx| {
+            tx.put_version(&version("Patient", "x", 1, b"x", &[]))?;
+            tx.append_audit(1, b"leaf")?;
+            Err(StoreError::Database("the unit gives up".into()))
+        })
+        .await;
+    assert!(result.is_err());
+    let panicked: Result<(), _> = store
+        .run(|tx| {
+            tx.put_version(&version("Patient", "y", 1, b"y", &[]))?;
+            panic!("a bug in a unit");
+        })
+        .await;
+    assert!(matches!(panicked, Err(StoreError::Panicked(_))));
+    let (x, y, history) = store
+        .run(|tx| {
+            Ok((
+                tx.current("Patient", "x")?,
+                tx.current("Patient", "y")?,
+                tx.history(&HistoryQuery {
+                    scope: HistoryScope::System,
+                    since_us: None,
+                    before_seq: None,
+                    max_seq: None,
+                    limit: 10,
+                })?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert!(x.is_none() && y.is_none() && history.is_empty());
+    // The store still works after a failed and a panicked unit.
+    store.run(|tx| tx.append_audit(1, b"after")).await.unwrap();
+    let leaves = store.run(|tx| tx.audit_leaves(0, 10)).await.unwrap();
+    let bodies: Vec<&[u8]> = leaves.iter().map(|(_, leaf)| leaf.as_slice()).collect();
+    assert_eq!(
+        bodies,
+        vec![b"after".as_slice()],
+        "the failed unit's audit leaf was rolled back"
+    );
+}
+
+async fn savepoints_undo_part_of_a_unit(backend: Backend) {
+    let store = backend.store;
+    store
+        .run(|tx| {
+            tx.savepoint()?;
+            tx.put_version(&version("Patient", "undone", 1, b"u", &[]))?;
+            tx.rollback_to_savepoint()?;
+            tx.savepoint()?;
+            tx.put_version(&version("Patient", "kept", 1, b"k", &[]))?;
+            tx.release_savepoint()?;
+            tx.append_audit(5, b"the attempt is recorded")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let (undone, kept) = store
+        .run(|tx| {
+            Ok((
+                tx.current("Patient", "undone")?,
+                tx.current("Patient", "kept")?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert!(undone.is_none());
+    assert!(kept.is_some());
+}
+
+async fn duplicate_versions_conflict(backend: Backend) {
+    let store = backend.store;
+    store
+        .run(|tx| tx.put_version(&version("Patient", "d", 1, b"1", &[])))
+        .await
+        .unwrap();
+    let error = store
+        .run(|tx| tx.put_version(&version("Patient", "d", 1, b"again", &[])))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Conflict { .. }), "{error:?}");
+    // A conflict inside a savepoint can be recovered from (PostgreSQL aborts the
+    // transaction on an error until the savepoint is rolled back).
+    let recovered = store
+        .run(|tx| {
+            tx.savepoint()?;
+            let conflict = tx.put_version(&version("Patient", "d", 1, b"again", &[]));
+            assert!(matches!(conflict, Err(StoreError::Conflict { .. })));
+            tx.rollback_to_savepoint()?;
+            tx.append_audit(1, b"conflict recorded")
+        })
+        .await;
+    assert!(recovered.is_ok(), "{recovered:?}");
+    let current = store
+        .run(|tx| tx.current("Patient", "d"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.body, b"1");
+}
+
+fn token(param: &str, system: &str, code: &str) -> TokenEntry {
+    TokenEntry {
+        param: param.into(),
+        system: system.into(),
+        code: code.into(),
+    }
+}
+
+async fn tokens_follow_the_current_version(backend: Backend) {
+    let store = backend.store;
+    let first = [
+        token("identifier", "urn:mrn", "123"),
+        token("identifier", "", "bare"),
+    ];
+    let second = [token("identifier", "urn:mrn", "456")];
+    store
+        .run(move |tx| tx.put_version(&version("Patient", "p", 1, b"1", &first)))
+        .await
+        .unwrap();
+    let find = |system: Option<&'static str>, code: Option<&'static str>| {
+        let store = store.clone();
+        async move {
+            store
+                .run(move |tx| {
+                    tx.find_by_token(
+                        &TokenQuery {
+                            resource_type: "Patient",
+                            param: "identifier",
+                            system,
+                            code,
+                        },
+                        10,
+                    )
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(find(Some("urn:mrn"), Some("123")).await, vec!["p"]);
+    assert_eq!(find(None, Some("123")).await, vec!["p"]);
+    assert_eq!(find(Some(""), Some("bare")).await, vec!["p"]);
+    assert!(
+        find(Some(""), Some("123")).await.is_empty(),
+        "|code means no system"
+    );
+    assert_eq!(find(Some("urn:mrn"), None).await, vec!["p"]);
+    assert!(find(Some("urn:other"), Some("123")).await.is_empty());
+    store
+        .run(move |tx| tx.put_version(&version("Patient", "p", 2, b"2", &second)))
+        .await
+        .unwrap();
+    assert!(
+        find(None, Some("123")).await.is_empty(),
+        "old version's tokens are gone"
+    );
+    assert_eq!(find(None, Some("456")).await, vec!["p"]);
+    store
+        .run(|tx| {
+            tx.put_version(&NewVersion {
+                deleted: true,
+                ..version("Patient", "p", 3, b"", &[])
+            })
+        })
+        .await
+        .unwrap();
+    assert!(
+        find(None, Some("456")).await.is_empty(),
+        "deleted resources match nothing"
+    );
+}
+
+async fn history_pages_newest_first_and_is_stable(backend: Backend) {
+    let store = backend.store;
+    store
+        .run(|tx| {
+            for i in 1..=5 {
+                tx.put_version(&version("Patient", "h", i, b"p", &[]))?;
+                tx.put_version(&version("Observation", &format!("o{i}"), 1, b"o", &[]))?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let query = |scope: HistoryScope, before_seq: Option<i64>, max_seq: Option<i64>| HistoryQuery {
+        scope,
+        since_us: None,
+        before_seq,
+        max_seq,
+        limit: 3,
+    };
+    let instance = HistoryScope::Instance {
+        resource_type: "Patient".into(),
+        id: "h".into(),
+    };
+    let page1 = store
+        .run({
+            let q = query(instance.clone(), None, None);
+            move |tx| tx.history(&q)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page1.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![5, 4, 3]
+    );
+    let max_seq = page1[0].seq;
+    // A write between pages must not shift the second page.
+    store
+        .run(|tx| tx.put_version(&version("Patient", "h", 6, b"p", &[])))
+        .await
+        .unwrap();
+    let page2 = store
+        .run({
+            let q = query(instance.clone(), Some(page1[2].seq), Some(max_seq));
+            move |tx| tx.history(&q)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    let by_type = store
+        .run({
+            let q = HistoryQuery {
+                limit: 100,
+                ..query(HistoryScope::Type("Observation".into()), None, None)
+            };
+            move |tx| tx.history(&q)
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_type.len(), 5);
+    assert!(by_type.iter().all(|v| v.resource_type == "Observation"));
+    let system = store
+        .run({
+            let q = HistoryQuery {
+                limit: 100,
+                ..query(HistoryScope::System, None, None)
+            };
+            move |tx| tx.history(&q)
+        })
+        .await
+        .unwrap();
+    assert_eq!(system.len(), 11);
+    assert!(system.windows(2).all(|w| w[0].seq > w[1].seq));
+    let since = store
+        .run(|tx| {
+            tx.history(&HistoryQuery {
+                scope: HistoryScope::Instance {
+                    resource_type: "Patient".into(),
+                    id: "h".into(),
+                },
+                since_us: Some(4_000),
+                before_seq: None,
+                max_seq: None,
+                limit: 100,
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        since.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![6, 5, 4]
+    );
+}
+
+async fn audit_leaves_are_dense_and_ordered(backend: Backend) {
+    let store = backend.store;
+    let mut indices = Vec::new();
+    for i in 0..20 {
+        indices.push(
+            store
+                .run(move |tx| tx.append_audit(i, format!("leaf {i}").as_bytes()))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        indices,
+        (0..20).collect::<Vec<i64>>(),
+        "no unit failed, so no gaps"
+    );
+    let leaves = store.run(|tx| tx.audit_leaves(5, 3)).await.unwrap();
+    assert_eq!(
+        leaves,
+        vec![
+            (5, b"leaf 5".to_vec()),
+            (6, b"leaf 6".to_vec()),
+            (7, b"leaf 7".to_vec())
+        ]
+    );
+}
+
+async fn concurrent_units_all_commit(backend: Backend) {
+    let store = backend.store;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .run(move |tx| {
+                    let id = format!("c{i}");
+                    tx.put_version(&version("Patient", &id, 1, id.as_bytes(), &[]))?;
+                    tx.append_audit(i, id.as_bytes())
+                })
+                .await
+        }));
+    }
+    let mut leaves = Vec::new();
+    for task in tasks {
+        leaves.push(task.await.unwrap().unwrap());
+    }
+    leaves.sort();
+    leaves.dedup();
+    assert_eq!(leaves.len(), 200, "every unit got its own audit leaf");
+    let ids = store
+        .run(|tx| tx.list_ids("Patient", None, 1000))
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 200);
+}
