@@ -100,12 +100,14 @@ impl AuditRecord {
 
     /// The record as a FHIR R4 AuditEvent.
     pub fn to_audit_event(&self) -> Value {
-        let recorded = time::OffsetDateTime::from_unix_timestamp_nanos(
-            i128::from(self.recorded_us) * 1_000,
-        )
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned());
+        let recorded =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.recorded_us) * 1_000)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned());
         let mut agent = json!({
             "type": {"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",

@@ -1,14 +1,146 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The hub: the one door to the data (DESIGN.md invariant 1).
+//!
+//! Every front door (HTTP, MLLP, CLI) turns its request into a call on [`Hub`], which runs
+//! the same pipeline for all of them:
+//!
+//! 1. **decide**: the policy decision point ([`hygie_policy::Policy::decide`]) permits or denies;
+//! 2. **execute**: a unit of work on the store, in one transaction;
+//! 3. **mask**: remove what the decision's mask says the caller may not see;
+//! 4. **audit**: an AuditEvent leaf appended *in the same transaction* as the data it
+//!    concerns; if it cannot be written, the whole request fails (fail closed).
+//!
+//! The hub speaks FHIR semantics (status codes, OperationOutcome issues, Bundles) but not
+//! HTTP: it never sees a header or a socket.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use hygie_hub::{Caller, Hub, HubConfig};
+//! let store = hygie_store::open(None, "./hygie-data".as_ref(), &Default::default(), &Default::default())?;
+//! let hub = Hub::new(store, HubConfig::default());
+//! let caller = Caller::new(hygie_policy::Principal::development(), "req-1");
+//! let patient = serde_json::json!({"resourceType": "Patient", "name": [{"family": "Martin"}]});
+//! let created = hub.create(&caller, "Patient", patient, None).await?;
+//! let read = hub.read(&caller, "Patient", &created.stored.id).await?;
+//! assert_eq!(read.version, 1);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod bundle;
+mod capability;
+mod criteria;
+mod error;
+mod history;
+mod instant;
+mod interactions;
+mod pipeline;
+mod resource;
+
+use std::sync::Arc;
+
+use hygie_policy::{Policy, Principal};
+use hygie_store::SharedStore;
+
+pub use bundle::BundleKind;
+pub use error::HubError;
+pub use history::HistoryRequest;
+pub use instant::{format_instant, parse_fhir_instant_us};
+pub use interactions::{DeleteOutcome, ReturnPreference, Stored, WriteOutcome};
+
+/// Named bounds of the hub (DESIGN.md invariant 8). The front doors enforce body size and
+/// time; these are the ones the hub itself enforces.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Entries in one batch or transaction Bundle.
+    pub max_bundle_entries: usize,
+    /// `_count` when the client gives none.
+    pub default_page_size: usize,
+    /// The largest `_count` honoured; larger values are refused with 400.
+    pub max_page_size: usize,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Default for HubConfig {
+    fn default() -> HubConfig {
+        HubConfig {
+            max_bundle_entries: 1_000,
+            default_page_size: 50,
+            max_page_size: 1_000,
+        }
+    }
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Who is calling, and from where: what the decision and the audit record need.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub request_id: String,
+    /// The client's network address, for the audit trail.
+    pub network_address: Option<String>,
+    /// The base URL the client used (`https://host/fhir`), for absolute links in Bundles.
+    pub base_url: String,
+}
+
+impl Caller {
+    pub fn new(principal: Principal, request_id: &str) -> Caller {
+        Caller {
+            principal,
+            request_id: request_id.to_owned(),
+            network_address: None,
+            base_url: "http://localhost/fhir".to_owned(),
+        }
+    }
+}
+
+/// The hub. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: SharedStore,
+    policy: Policy,
+    config: HubConfig,
+}
+
+impl Hub {
+    pub fn new(store: SharedStore, config: HubConfig) -> Hub {
+        Hub {
+            inner: Arc::new(Inner {
+                store,
+                policy: Policy::default(),
+                config,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.store.backend()
+    }
+
+    /// Whether the store accepts writes: runs a unit that writes and rolls back.
+    pub async fn ready(&self) -> Result<(), HubError> {
+        use hygie_store::StoreExt;
+        let outcome = self
+            .inner
+            .store
+            .run(|tx| {
+                tx.savepoint()?;
+                tx.append_audit(0, b"readiness probe")?;
+                tx.rollback_to_savepoint()?;
+                Ok(())
+            })
+            .await;
+        outcome.map_err(HubError::from_store)
+    }
+
+    /// Stops the store after the work in flight; nothing acknowledged is lost.
+    pub async fn close(&self) {
+        self.inner.store.close().await;
     }
 }

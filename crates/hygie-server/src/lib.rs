@@ -1,14 +1,149 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Hygie's HTTP front door: FHIR R4 REST (JSON) at `/fhir`, `/healthz`, `/readyz`.
+//!
+//! The only crate that knows HTTP. It turns a request into a [`hygie_hub::Caller`] and a
+//! hub call, and the hub's answer (or [`hygie_hub::HubError`]) into a FHIR response with
+//! the right status, headers and OperationOutcome. It never touches the store.
+//!
+//! ```no_run
+//! # async fn example(hub: hygie_hub::Hub) {
+//! let app = hygie_server::router(hub, hygie_server::HttpConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+//! axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+//!     .await
+//!     .unwrap();
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+mod fhir;
+mod middleware;
+mod response;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{any, get};
+use hygie_hub::Hub;
+
+pub use response::outcome_response;
+
+/// Named bounds and switches of the HTTP front door.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted (400 beyond), checked before parsing.
+    pub max_json_depth: usize,
+    /// A request still running after this is answered 503 (its unit of work, if already
+    /// queued, still commits or fails atomically).
+    pub request_timeout: Duration,
+    /// Every request acts as the development principal (loopback only; checked by the CLI).
+    pub no_auth: bool,
+    /// The base URL clients use, for links and `Location`; derived from `Host` when unset.
+    pub public_base_url: Option<String>,
+    /// `https` when serving TLS, for derived base URLs.
+    pub scheme: &'static str,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_json_depth: 64,
+            request_timeout: Duration::from_secs(30),
+            no_auth: false,
+            public_base_url: None,
+            scheme: "http",
+        }
     }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub hub: Hub,
+    pub config: Arc<HttpConfig>,
+}
+
+/// The application: FHIR REST under `/fhir`, health probes, request ids, time-outs.
+pub fn router(hub: Hub, config: HttpConfig) -> Router {
+    let timeout = config.request_timeout;
+    let state = AppState {
+        hub,
+        config: Arc::new(config),
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(middleware::readyz))
+        .route("/fhir", any(fhir::dispatch))
+        .route("/fhir/", any(fhir::dispatch))
+        .route("/fhir/{*path}", any(fhir::dispatch))
+        .fallback(fhir::not_found)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            middleware::time_limit(timeout, request, next)
+        }))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            middleware::panic_response,
+        ))
+        .layer(axum::middleware::from_fn(middleware::request_id))
+}
+
+/// Where and how to listen.
+pub struct Listen {
+    pub address: SocketAddr,
+    /// PEM certificate chain and private key, for HTTPS.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// How long in-flight requests get to finish after a shutdown signal.
+    pub grace: Duration,
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+/// (up to `grace`), and returns.
+pub async fn serve(
+    app: Router,
+    listen: Listen,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let signal_handle = handle.clone();
+    let grace = listen.grace;
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        signal_handle.graceful_shutdown(Some(grace));
+    });
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match listen.tls {
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot load TLS certificate {} / key {}: {e}",
+                            cert.display(),
+                            key.display()
+                        ),
+                    )
+                })?;
+            axum_server::bind_rustls(listen.address, tls)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
+        None => {
+            axum_server::bind(listen.address)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
+    }
+}
+
+/// Binds first, so that the caller learns the actual port (`:0`) and errors early.
+pub fn bind_check(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address)
 }

@@ -152,6 +152,8 @@ pub struct TokenQuery<'a> {
     pub system: Option<&'a str>,
     /// `None`: any code (`system|`).
     pub code: Option<&'a str>,
+    /// Paging cursor: only ids greater than this one.
+    pub after_id: Option<&'a str>,
 }
 
 /// What a unit of work can do inside its transaction.

@@ -45,12 +45,13 @@ pub const SQLITE: &[&str] = &[
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
 pub const POSTGRES: &[&str] = &[
-    // 1: resource versions, heads, token index, audit log.
+    // 1: resource versions, heads, token index, audit log. Ids sort bytewise (COLLATE "C"),
+    // as on SQLite, so paging cursors mean the same on both backends.
     r#"
     CREATE TABLE resource_versions (
         seq BIGSERIAL PRIMARY KEY,
         resource_type TEXT NOT NULL,
-        id TEXT NOT NULL,
+        id TEXT COLLATE "C" NOT NULL,
         version BIGINT NOT NULL,
         last_updated_us BIGINT NOT NULL,
         deleted BOOLEAN NOT NULL,
@@ -60,7 +61,7 @@ pub const POSTGRES: &[&str] = &[
     CREATE INDEX resource_versions_type_seq ON resource_versions (resource_type, seq);
     CREATE TABLE resources (
         resource_type TEXT NOT NULL,
-        id TEXT NOT NULL,
+        id TEXT COLLATE "C" NOT NULL,
         version BIGINT NOT NULL,
         deleted BOOLEAN NOT NULL,
         last_updated_us BIGINT NOT NULL,
@@ -69,7 +70,7 @@ pub const POSTGRES: &[&str] = &[
     );
     CREATE TABLE search_token (
         resource_type TEXT NOT NULL,
-        id TEXT NOT NULL,
+        id TEXT COLLATE "C" NOT NULL,
         param TEXT NOT NULL,
         system TEXT NOT NULL,
         code TEXT NOT NULL

@@ -287,9 +287,9 @@ const HISTORY_INSTANCE_SQL: &str =
 const FIND_TOKEN_SQL: &str = "SELECT DISTINCT id FROM search_token
     WHERE resource_type = $1 AND param = $2
       AND ($3::TEXT IS NULL OR code = $3) AND ($4::TEXT IS NULL OR system = $4)
-    ORDER BY id LIMIT $5";
+      AND id > $6 ORDER BY id LIMIT $5";
 const LIST_IDS_SQL: &str = "SELECT id FROM resources
-    WHERE resource_type = $1 AND NOT deleted AND id > $2 ORDER BY id COLLATE \"C\" LIMIT $3";
+    WHERE resource_type = $1 AND NOT deleted AND id > $2 ORDER BY id LIMIT $3";
 const APPEND_AUDIT_SQL: &str =
     "INSERT INTO audit_log (recorded_us, leaf) VALUES ($1, $2) RETURNING leaf_index - 1";
 const AUDIT_LEAVES_SQL: &str = "SELECT leaf_index - 1, leaf FROM audit_log
@@ -434,6 +434,7 @@ impl Tx for PgTx<'_> {
                 &query.code,
                 &query.system,
                 &(limit as i64),
+                &query.after_id.unwrap_or(""),
             ],
         )?;
         Ok(rows.iter().map(|row| row.get(0)).collect())

@@ -445,7 +445,7 @@ impl Tx for SqliteTx<'_> {
         let mut statement = self.connection.prepare_cached(
             "SELECT DISTINCT id FROM search_token
              WHERE resource_type = ?1 AND param = ?2
-               AND (?3 IS NULL OR code = ?3) AND (?4 IS NULL OR system = ?4)
+               AND (?3 IS NULL OR code = ?3) AND (?4 IS NULL OR system = ?4) AND id > ?6
              ORDER BY id LIMIT ?5",
         )?;
         let ids = statement
@@ -455,7 +455,8 @@ impl Tx for SqliteTx<'_> {
                     query.param,
                     query.code,
                     query.system,
-                    limit as i64
+                    limit as i64,
+                    query.after_id.unwrap_or("")
                 ],
                 |row| row.get(0),
             )?

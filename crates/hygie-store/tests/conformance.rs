@@ -270,6 +270,7 @@ async fn tokens_follow_the_current_version(backend: Backend) {
                             param: "identifier",
                             system,
                             code,
+                            after_id: None,
                         },
                         10,
                     )

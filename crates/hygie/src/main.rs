@@ -1,3 +1,80 @@
-fn main() {
-    println!("Hello, world!");
+//! `hygie`: the health-data hub. A thin binary over the hub's crates: it parses the
+//! command line and settings, opens the store, and wires the front doors to the hub.
+#![forbid(unsafe_code)]
+
+mod config;
+mod demo;
+mod import;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Hygie: a FHIR R4 health-data hub where every access is decided, minimized and audited.
+#[derive(Parser, Debug)]
+#[command(name = "hygie", version, about, long_about = None)]
+struct Cli {
+    /// Log format on stderr: `text` or `json`.
+    #[arg(long, global = true, env = "HYGIE_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the hub: FHIR R4 over HTTP(S).
+    Serve(serve::ServeArgs),
+    /// Start a hub on a throwaway data directory filled with synthetic patients.
+    Demo(demo::DemoArgs),
+    /// Load FHIR Bundles (e.g. Synthea output) and NDJSON files into a hub's store.
+    Import(import::ImportArgs),
+}
+
+fn init_logging(format: Option<&str>) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format.unwrap_or("text") {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => anyhow::bail!("--log-format must be text or json, not {other:?}"),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(error) = init_logging(cli.log_format.as_deref()) {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Import(args) => import::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

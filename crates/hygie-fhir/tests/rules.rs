@@ -1,0 +1,1091 @@
+//! One test per validation rule, each with input that passes and input that fails, asserting
+//! the issue code and the FHIRPath expression.
+
+use hygie_fhir::validate::{MAX_DEPTH, MAX_ISSUES, check_reference, validate_resource};
+use hygie_fhir::{Issue, IssueType};
+use serde_json::{Map, Value, json};
+
+#[track_caller]
+fn valid(resource: Value) {
+    if let Err(issues) = validate_resource(&resource) {
+        panic!("expected valid, got {issues:#?}\nfor {resource:#}");
+    }
+}
+
+/// The issues of an invalid resource.
+#[track_caller]
+fn invalid(resource: Value) -> Vec<Issue> {
+    match validate_resource(&resource) {
+        Ok(()) => panic!("expected invalid: {resource:#}"),
+        Err(issues) => issues,
+    }
+}
+
+/// Exactly one issue, with this code at this expression.
+#[track_caller]
+fn one_issue(resource: Value, code: IssueType, expression: &str) -> Issue {
+    let issues = invalid(resource);
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    let issue = issues.into_iter().next().unwrap();
+    assert_eq!(issue.code, code, "{issue:#?}");
+    assert_eq!(issue.expression.as_deref(), Some(expression), "{issue:#?}");
+    issue
+}
+
+fn patient() -> Value {
+    json!({
+        "resourceType": "Patient",
+        "id": "p1",
+        "name": [{"family": "Chalmers", "given": ["Peter", "James"]}],
+        "gender": "male",
+        "birthDate": "1974-12-25"
+    })
+}
+
+/// `patient()` with `key` set to `value`.
+fn patient_with(key: &str, value: Value) -> Value {
+    let mut p = patient();
+    p[key] = value;
+    p
+}
+
+fn observation_with(key: &str, value: Value) -> Value {
+    let mut o =
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"}});
+    o[key] = value;
+    o
+}
+
+fn extension_with(value: Value) -> Value {
+    patient_with("extension", json!([value]))
+}
+
+// ---- resource type ----
+
+#[test]
+fn accepts_known_resource_types() {
+    valid(patient());
+    valid(json!({"resourceType": "Patient"}));
+    valid(json!({"resourceType": "Binary", "contentType": "text/plain"}));
+}
+
+#[test]
+fn rejects_non_objects() {
+    for value in [json!(null), json!([]), json!("Patient"), json!(1)] {
+        one_issue(value, IssueType::Structure, "$this");
+    }
+}
+
+#[test]
+fn rejects_unknown_abstract_missing_and_non_string_resource_types() {
+    let issue = one_issue(
+        json!({"resourceType": "Patients"}),
+        IssueType::NotSupported,
+        "resourceType",
+    );
+    assert!(issue.diagnostics.contains("Patients"), "{issue:?}");
+    one_issue(
+        json!({"resourceType": "DomainResource"}),
+        IssueType::Invalid,
+        "resourceType",
+    );
+    one_issue(json!({"id": "x"}), IssueType::Required, "resourceType");
+    one_issue(
+        json!({"resourceType": 1}),
+        IssueType::Structure,
+        "resourceType",
+    );
+    one_issue(
+        json!({"resourceType": "HumanName"}),
+        IssueType::NotSupported,
+        "resourceType",
+    );
+}
+
+// ---- element names ----
+
+#[test]
+fn rejects_unknown_elements_naming_them() {
+    let issue = one_issue(
+        patient_with("nickname", json!("Pete")),
+        IssueType::Structure,
+        "Patient.nickname",
+    );
+    assert!(issue.diagnostics.contains("'nickname'"), "{issue:?}");
+
+    let mut p = patient();
+    p["name"][0]["middle"] = json!("J");
+    one_issue(p, IssueType::Structure, "Patient.name[0].middle");
+
+    let mut p = patient();
+    p["contact"] = json!([{"name": {"family": "X"}, "nickname": "Y"}]);
+    one_issue(p, IssueType::Structure, "Patient.contact[0].nickname");
+
+    // resourceType is only a property of resources.
+    let mut p = patient();
+    p["name"][0]["resourceType"] = json!("HumanName");
+    one_issue(p, IssueType::Structure, "Patient.name[0].resourceType");
+}
+
+// ---- cardinality ----
+
+#[test]
+fn requires_min_one_elements() {
+    valid(observation_with("status", json!("final")));
+    let mut o = observation_with("status", json!("final"));
+    o.as_object_mut().unwrap().remove("status");
+    let issue = one_issue(o, IssueType::Required, "Observation.status");
+    assert!(
+        issue.diagnostics.contains("Observation.status"),
+        "{issue:?}"
+    );
+
+    let mut o = observation_with("status", json!("final"));
+    o.as_object_mut().unwrap().remove("code");
+    one_issue(o, IssueType::Required, "Observation.code");
+
+    // In a backbone element and a datatype.
+    one_issue(
+        patient_with("link", json!([{"type": "seealso"}])),
+        IssueType::Required,
+        "Patient.link[0].other",
+    );
+    one_issue(
+        patient_with(
+            "text",
+            json!({"div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"}),
+        ),
+        IssueType::Required,
+        "Patient.text.status",
+    );
+}
+
+#[test]
+fn required_primitive_may_be_present_as_extension_only() {
+    let mut o = observation_with("status", json!("final"));
+    o.as_object_mut().unwrap().remove("status");
+    o["_status"] = json!({"extension": [{
+        "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+        "valueCode": "unknown"
+    }]});
+    valid(o);
+}
+
+#[test]
+fn single_values_are_not_arrays_and_repeating_values_are() {
+    one_issue(
+        patient_with("gender", json!(["male"])),
+        IssueType::Structure,
+        "Patient.gender",
+    );
+    one_issue(
+        patient_with("name", json!({"family": "Chalmers"})),
+        IssueType::Structure,
+        "Patient.name",
+    );
+    let mut p = patient();
+    p["name"][0]["given"] = json!("Peter");
+    one_issue(p, IssueType::Structure, "Patient.name[0].given");
+    let mut p = patient();
+    p["name"][0]["family"] = json!(["Chalmers"]);
+    one_issue(p, IssueType::Structure, "Patient.name[0].family");
+}
+
+#[test]
+fn rejects_empty_arrays_empty_objects_and_nulls() {
+    one_issue(
+        patient_with("name", json!([])),
+        IssueType::Structure,
+        "Patient.name",
+    );
+    one_issue(
+        patient_with("name", json!([{}])),
+        IssueType::Structure,
+        "Patient.name[0]",
+    );
+    one_issue(
+        patient_with("maritalStatus", json!({})),
+        IssueType::Structure,
+        "Patient.maritalStatus",
+    );
+    one_issue(
+        patient_with("gender", Value::Null),
+        IssueType::Structure,
+        "Patient.gender",
+    );
+    one_issue(
+        patient_with("name", json!([null])),
+        IssueType::Structure,
+        "Patient.name[0]",
+    );
+    let mut p = patient();
+    p["name"][0]["given"] = json!(["Peter", null]);
+    one_issue(p, IssueType::Structure, "Patient.name[0].given[1]");
+}
+
+// ---- primitives ----
+
+/// (element setter, good values, bad values) for each primitive type.
+fn primitive_cases() -> Vec<(&'static str, fn(Value) -> Value, Vec<Value>, Vec<Value>)> {
+    fn ext(key: &'static str) -> impl Fn(Value) -> Value {
+        move |v| extension_with(json!({"url": "http://example.org/x", key: v}))
+    }
+    vec![
+        (
+            "id",
+            |v| patient_with("id", v),
+            vec![json!("a-1.B"), json!("x".repeat(64))],
+            vec![
+                json!("a_1"),
+                json!("x".repeat(65)),
+                json!("a b"),
+                json!(""),
+                json!(1),
+            ],
+        ),
+        (
+            "string",
+            |v| patient_with("name", json!([{"family": v}])),
+            vec![json!("O'Brien"), json!("a\u{a0}b"), json!(" padded ")],
+            vec![json!(""), json!(true), json!(1), json!({"x": 1})],
+        ),
+        (
+            "code",
+            |v| patient_with("gender", v),
+            vec![json!("male"), json!("two words")],
+            vec![
+                json!(" male"),
+                json!("male "),
+                json!("a  b"),
+                json!(""),
+                json!(1),
+            ],
+        ),
+        (
+            "uri",
+            |v| patient_with("implicitRules", v),
+            vec![json!("http://example.org/rules"), json!("urn:x")],
+            vec![json!("http://example.org/a b"), json!(""), json!(false)],
+        ),
+        (
+            "url",
+            |v| patient_with("photo", json!([{"url": v}])),
+            vec![json!("https://example.org/p.png")],
+            vec![json!("https://example.org/a\tb"), json!(1)],
+        ),
+        (
+            "canonical",
+            |v| patient_with("meta", json!({"profile": [v]})),
+            vec![json!(
+                "http://hl7.org/fhir/StructureDefinition/Patient|4.0.1"
+            )],
+            vec![json!("http://x y"), json!(["http://x"])],
+        ),
+        (
+            "oid",
+            |v| ext("valueOid")(v),
+            vec![json!("urn:oid:1.2.840.113556")],
+            vec![json!("1.2.3"), json!("urn:oid:1.02"), json!("urn:oid:3.1")],
+        ),
+        (
+            "uuid",
+            |v| ext("valueUuid")(v),
+            vec![json!("urn:uuid:c757873d-ec9a-4326-a141-556f43239520")],
+            vec![
+                json!("c757873d-ec9a-4326-a141-556f43239520"),
+                json!("urn:uuid:C757873D-EC9A-4326-A141-556F43239520"),
+            ],
+        ),
+        (
+            "date",
+            |v| patient_with("birthDate", v),
+            vec![json!("1974"), json!("1974-12"), json!("2024-02-29")],
+            vec![
+                json!("1970-13-01"),
+                json!("1974-12-25T10:00:00Z"),
+                json!("2023-02-29"),
+                json!("0000"),
+                json!("74-12-25"),
+                json!(19741225),
+            ],
+        ),
+        (
+            "dateTime",
+            |v| patient_with("deceasedDateTime", v),
+            vec![
+                json!("2015"),
+                json!("2015-02-07"),
+                json!("2015-02-07T13:28:17-05:00"),
+                json!("2017-01-01T00:00:00.000Z"),
+            ],
+            vec![
+                json!("2015-02-07T13:28:17"),
+                json!("2015-02-07T25:00:00Z"),
+                json!("2015-04-31"),
+                json!("2015-02-07 13:28:17Z"),
+            ],
+        ),
+        (
+            "instant",
+            |v| patient_with("meta", json!({"lastUpdated": v})),
+            vec![json!("2015-02-07T13:28:17.239+02:00")],
+            vec![json!("2015-02-07"), json!("2015-02-07T13:28:17")],
+        ),
+        (
+            "time",
+            |v| observation_with("valueTime", v),
+            vec![json!("13:28:17"), json!("23:59:60.5")],
+            vec![json!("24:00:00"), json!("13:28"), json!("1:28:17")],
+        ),
+        (
+            "decimal",
+            |v| observation_with("valueQuantity", json!({"value": v})),
+            vec![json!(1), json!(-0.5), json!(1.5e3), json!(0)],
+            vec![json!("1.0"), json!(true)],
+        ),
+        (
+            "integer",
+            |v| observation_with("valueInteger", v),
+            vec![json!(0), json!(-2147483648_i64), json!(2147483647)],
+            vec![
+                json!(2147483648_i64),
+                json!(-2147483649_i64),
+                json!(1.5),
+                json!(1e2),
+                json!("1"),
+            ],
+        ),
+        (
+            "positiveInt",
+            |v| ext("valuePositiveInt")(v),
+            vec![json!(1), json!(2147483647)],
+            vec![json!(0), json!(-1), json!(2147483648_i64)],
+        ),
+        (
+            "unsignedInt",
+            |v| patient_with("photo", json!([{"size": v}])),
+            vec![json!(0), json!(2147483647)],
+            vec![
+                json!(-1),
+                json!(2147483648_i64),
+                json!(u64::MAX),
+                json!(1.0),
+            ],
+        ),
+        (
+            "boolean",
+            |v| patient_with("active", v),
+            vec![json!(true), json!(false)],
+            vec![json!("true"), json!(1), json!(null)],
+        ),
+        (
+            "base64Binary",
+            |v| patient_with("photo", json!([{"data": v}])),
+            vec![json!("aGVsbG8="), json!("aGVs bG8=")],
+            vec![json!("aGVsbG8"), json!("a$==")],
+        ),
+        (
+            "markdown",
+            |v| ext("valueMarkdown")(v),
+            vec![json!("# Title\n\n*emphasis*")],
+            vec![json!(""), json!(1)],
+        ),
+    ]
+}
+
+#[test]
+fn primitive_formats_follow_the_r4_regexes_and_json_types() {
+    for (name, make, good, bad) in primitive_cases() {
+        for value in good {
+            let resource = make(value.clone());
+            assert!(
+                validate_resource(&resource).is_ok(),
+                "{name}: {value} should be valid: {:#?}",
+                validate_resource(&resource)
+            );
+        }
+        for value in bad {
+            let resource = make(value.clone());
+            let issues = validate_resource(&resource)
+                .err()
+                .unwrap_or_else(|| panic!("{name}: {value} should be invalid"));
+            // A value of the right JSON type has a bad format; any other is the wrong shape.
+            let numeric = ["decimal", "integer", "positiveInt", "unsignedInt"].contains(&name);
+            let right_json_type = match value {
+                Value::Number(_) => numeric,
+                Value::Bool(_) => name == "boolean",
+                Value::String(_) => !numeric && name != "boolean",
+                _ => false,
+            };
+            let expected = if right_json_type {
+                IssueType::Value
+            } else {
+                IssueType::Structure
+            };
+            assert!(
+                issues.iter().all(|i| i.code == expected),
+                "{name}: {value}: expected {expected:?}, got {issues:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn primitive_issues_point_at_the_value() {
+    let mut p = patient();
+    p["name"][0]["given"][1] = json!("");
+    one_issue(p, IssueType::Value, "Patient.name[0].given[1]");
+    let issue = one_issue(
+        observation_with("valueQuantity", json!({"value": "70"})),
+        IssueType::Structure,
+        "Observation.valueQuantity.value",
+    );
+    assert!(issue.diagnostics.contains("decimal"), "{issue:?}");
+}
+
+#[test]
+fn strings_are_at_most_one_mebibyte() {
+    let max = "a".repeat(1024 * 1024);
+    valid(patient_with("name", json!([{"text": max}])));
+    let over = "a".repeat(1024 * 1024 + 1);
+    one_issue(
+        patient_with("name", json!([{"text": over}])),
+        IssueType::TooLong,
+        "Patient.name[0].text",
+    );
+    // Characters, not bytes: 1 Mi two-byte characters are allowed.
+    valid(patient_with(
+        "name",
+        json!([{"text": "é".repeat(1024 * 1024)}]),
+    ));
+}
+
+// ---- choice types ----
+
+#[test]
+fn choice_elements_take_listed_suffixes_only() {
+    valid(observation_with(
+        "valueQuantity",
+        json!({"value": 70, "unit": "kg"}),
+    ));
+    valid(observation_with("valueString", json!("high")));
+    valid(observation_with("effectiveDateTime", json!("2020-01-01")));
+    let issue = one_issue(
+        observation_with("valueMoney", json!({"value": 1})),
+        IssueType::Structure,
+        "Observation.valueMoney",
+    );
+    assert!(issue.diagnostics.contains("valueQuantity"), "{issue:?}");
+    one_issue(
+        observation_with("value", json!("x")),
+        IssueType::Structure,
+        "Observation.value",
+    );
+    one_issue(
+        observation_with("valuequantity", json!({"value": 1})),
+        IssueType::Structure,
+        "Observation.valuequantity",
+    );
+}
+
+#[test]
+fn choice_elements_take_one_type() {
+    let mut o = observation_with("valueString", json!("high"));
+    o["valueBoolean"] = json!(true);
+    one_issue(o, IssueType::Structure, "Observation.valueBoolean");
+    // The value and its _ companion are the same choice.
+    let mut o = observation_with("valueString", json!("high"));
+    o["_valueString"] = json!({"id": "v1"});
+    valid(o);
+    let mut o = observation_with("valueBoolean", json!(true));
+    o["_valueString"] = json!({"id": "v1"});
+    one_issue(o, IssueType::Structure, "Observation.valueString");
+}
+
+// ---- _name companions of primitives ----
+
+#[test]
+fn primitive_extensions() {
+    let absent = json!({"extension": [{
+        "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+        "valueCode": "masked"
+    }]});
+    valid(patient_with("_birthDate", absent.clone()));
+    let mut p = patient();
+    p.as_object_mut().unwrap().remove("birthDate");
+    p["_birthDate"] = absent.clone();
+    valid(p);
+    valid(patient_with("_birthDate", json!({"id": "b1"})));
+
+    one_issue(
+        patient_with("_birthDate", json!("x")),
+        IssueType::Structure,
+        "Patient.birthDate",
+    );
+    one_issue(
+        patient_with("_birthDate", json!({})),
+        IssueType::Structure,
+        "Patient.birthDate",
+    );
+    one_issue(
+        patient_with("_birthDate", json!({"value": "1974"})),
+        IssueType::Structure,
+        "Patient.birthDate.value",
+    );
+    one_issue(
+        patient_with("_birthDate", json!([absent.clone()])),
+        IssueType::Structure,
+        "Patient.birthDate",
+    );
+    // Only primitives have one.
+    one_issue(
+        patient_with("_name", json!([{"id": "x"}])),
+        IssueType::Structure,
+        "Patient._name",
+    );
+}
+
+#[test]
+fn repeating_primitive_extensions_are_aligned_with_null_placeholders() {
+    let ext = json!({"extension": [{"url": "http://example.org/x", "valueBoolean": true}]});
+    let mut p = patient();
+    p["name"][0]["given"] = json!(["Peter", null]);
+    p["name"][0]["_given"] = json!([null, ext.clone()]);
+    valid(p.clone());
+
+    p["name"][0]["_given"] = json!([null, ext.clone(), null]);
+    let issues = invalid(p.clone());
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.expression.as_deref() == Some("Patient.name[0].given")
+                && i.code == IssueType::Structure),
+        "{issues:#?}"
+    );
+
+    // A null in both arrays at the same index is reported once.
+    p["name"][0]["given"] = json!([null, "James"]);
+    p["name"][0]["_given"] = json!([null, ext.clone()]);
+    one_issue(p.clone(), IssueType::Structure, "Patient.name[0].given[0]");
+    p["name"][0].as_object_mut().unwrap().remove("given");
+    p["name"][0]["_given"] = json!([null, ext.clone()]);
+    one_issue(p.clone(), IssueType::Structure, "Patient.name[0].given[0]");
+    // All-null companions carry nothing but are not forbidden.
+    p["name"][0]["given"] = json!(["Peter", "James"]);
+    p["name"][0]["_given"] = json!([null, null]);
+    valid(p.clone());
+
+    p["name"][0]["_given"] = json!([null, "x"]);
+    one_issue(p, IssueType::Structure, "Patient.name[0].given[1]");
+}
+
+// ---- complex datatypes ----
+
+#[test]
+fn datatypes_are_validated_recursively() {
+    valid(patient_with(
+        "identifier",
+        json!([{
+            "use": "official",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+            "system": "urn:oid:1.2.36.146.595.217.0.1",
+            "value": "12345",
+            "period": {"start": "2001-05-06"},
+            "assigner": {"display": "Acme Healthcare"}
+        }]),
+    ));
+    one_issue(
+        patient_with("identifier", json!([{"value": 12345}])),
+        IssueType::Structure,
+        "Patient.identifier[0].value",
+    );
+    one_issue(
+        patient_with("identifier", json!([{"period": {"start": "2001-5-6"}}])),
+        IssueType::Value,
+        "Patient.identifier[0].period.start",
+    );
+    one_issue(
+        patient_with(
+            "identifier",
+            json!([{"type": {"coding": [{"system": "a b"}]}}]),
+        ),
+        IssueType::Value,
+        "Patient.identifier[0].type.coding[0].system",
+    );
+    one_issue(
+        patient_with("maritalStatus", json!("M")),
+        IssueType::Structure,
+        "Patient.maritalStatus",
+    );
+    one_issue(
+        patient_with(
+            "meta",
+            json!({"versionId": "1", "tag": [{"code": "x", "colour": "red"}]}),
+        ),
+        IssueType::Structure,
+        "Patient.meta.tag[0].colour",
+    );
+    // A datatype derived from another one (Age from Quantity).
+    valid(
+        json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"},
+                 "onsetAge": {"value": 3, "unit": "a"}}),
+    );
+    one_issue(
+        json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"},
+               "onsetAge": {"value": 3, "units": "a"}}),
+        IssueType::Structure,
+        "Condition.onsetAge.units",
+    );
+}
+
+#[test]
+fn narrative_div_must_be_a_div() {
+    let div = "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Peter</p></div>";
+    valid(patient_with(
+        "text",
+        json!({"status": "generated", "div": div}),
+    ));
+    one_issue(
+        patient_with(
+            "text",
+            json!({"status": "generated", "div": "<p>Peter</p>"}),
+        ),
+        IssueType::Value,
+        "Patient.text.div",
+    );
+    one_issue(
+        patient_with("text", json!({"status": "generated", "div": {"p": "x"}})),
+        IssueType::Structure,
+        "Patient.text.div",
+    );
+    // xhtml has no _ companion.
+    one_issue(
+        patient_with(
+            "text",
+            json!({"status": "generated", "div": div, "_div": {"id": "d"}}),
+        ),
+        IssueType::Structure,
+        "Patient.text._div",
+    );
+}
+
+// ---- backbone elements, contentReference ----
+
+#[test]
+fn backbone_elements_and_content_references_recurse() {
+    let item = |link: &str, children: Option<Value>| {
+        let mut item = json!({"linkId": link, "type": "group"});
+        if let Some(children) = children {
+            item["item"] = children;
+        }
+        item
+    };
+    let q = json!({
+        "resourceType": "Questionnaire", "status": "active",
+        "item": [item("1", Some(json!([item("1.1", Some(json!([item("1.1.1", None)])))])))]
+    });
+    valid(q.clone());
+
+    let mut bad = q.clone();
+    bad["item"][0]["item"][0]["item"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("linkId");
+    one_issue(
+        bad,
+        IssueType::Required,
+        "Questionnaire.item[0].item[0].item[0].linkId",
+    );
+
+    let mut bad = q;
+    bad["item"][0]["item"][0]["item"][0]["colour"] = json!("red");
+    one_issue(
+        bad,
+        IssueType::Structure,
+        "Questionnaire.item[0].item[0].item[0].colour",
+    );
+
+    // Backbone elements inherit modifierExtension; datatype-like Element nodes do not.
+    valid(patient_with(
+        "contact",
+        json!([{"modifierExtension": [{"url": "http://example.org/m", "valueBoolean": true}],
+                "name": {"family": "X"}}]),
+    ));
+}
+
+// ---- extensions ----
+
+#[test]
+fn extensions_need_a_url_and_one_value() {
+    valid(extension_with(
+        json!({"url": "http://example.org/a", "valueString": "x"}),
+    ));
+    valid(extension_with(json!({"url": "http://example.org/a",
+        "extension": [{"url": "part", "valueCodeableConcept": {"text": "x"}}]})));
+    one_issue(
+        extension_with(json!({"valueString": "x"})),
+        IssueType::Required,
+        "Patient.extension[0].url",
+    );
+    one_issue(
+        extension_with(
+            json!({"url": "http://example.org/a", "valueString": "x", "valueBoolean": true}),
+        ),
+        IssueType::Structure,
+        "Patient.extension[0].valueBoolean",
+    );
+    one_issue(
+        extension_with(json!({"url": "http://example.org/a"})),
+        IssueType::Invariant,
+        "Patient.extension[0]",
+    );
+    one_issue(
+        extension_with(json!({"url": "http://example.org/a", "valueString": "x",
+            "extension": [{"url": "b", "valueString": "y"}]})),
+        IssueType::Invariant,
+        "Patient.extension[0]",
+    );
+    one_issue(
+        patient_with(
+            "modifierExtension",
+            json!([{"url": "http://example.org/m"}]),
+        ),
+        IssueType::Invariant,
+        "Patient.modifierExtension[0]",
+    );
+    // An unknown value type is named; the extension then also lacks a value (ext-1).
+    let issues = invalid(extension_with(
+        json!({"url": "http://example.org/a", "valueFoo": "x"}),
+    ));
+    let summary: Vec<_> = issues
+        .iter()
+        .map(|i| (i.code, i.expression.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (IssueType::Structure, "Patient.extension[0].valueFoo"),
+            (IssueType::Invariant, "Patient.extension[0]"),
+        ]
+    );
+    one_issue(
+        extension_with(json!({"url": "http://example.org/a", "valueString": "x", "value": "y"})),
+        IssueType::Structure,
+        "Patient.extension[0].value",
+    );
+}
+
+// ---- contained resources and Resource-typed elements ----
+
+#[test]
+fn contained_resources_are_validated_by_their_type() {
+    let practitioner =
+        json!({"resourceType": "Practitioner", "id": "pr1", "name": [{"family": "Who"}]});
+    let mut p = patient_with("contained", json!([practitioner]));
+    p["generalPractitioner"] = json!([{"reference": "#pr1"}]);
+    valid(p.clone());
+
+    let mut bad = p.clone();
+    bad["contained"][0]["colour"] = json!("red");
+    one_issue(bad, IssueType::Structure, "Patient.contained[0].colour");
+
+    let mut bad = p.clone();
+    bad["contained"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceType");
+    one_issue(
+        bad,
+        IssueType::Required,
+        "Patient.contained[0].resourceType",
+    );
+
+    let mut bad = p.clone();
+    bad["contained"][0]["resourceType"] = json!("Nope");
+    one_issue(
+        bad,
+        IssueType::NotSupported,
+        "Patient.contained[0].resourceType",
+    );
+
+    let mut bad = p.clone();
+    bad["contained"][0]["contained"] = json!([{"resourceType": "Organization", "id": "o"}]);
+    one_issue(bad, IssueType::Invariant, "Patient.contained[0].contained");
+
+    let mut bad = p.clone();
+    bad["contained"][0]["meta"] = json!({"versionId": "1", "lastUpdated": "2020-01-01T00:00:00Z"});
+    let issues = invalid(bad);
+    let expressions: Vec<_> = issues
+        .iter()
+        .map(|i| i.expression.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        expressions,
+        [
+            "Patient.contained[0].meta.versionId",
+            "Patient.contained[0].meta.lastUpdated"
+        ],
+        "{issues:#?}"
+    );
+
+    let mut bad = p;
+    bad["contained"][0]["meta"] = json!({"security": [{"code": "R"}]});
+    one_issue(
+        bad,
+        IssueType::Invariant,
+        "Patient.contained[0].meta.security",
+    );
+
+    // The same meta is fine on a resource that is not contained.
+    valid(patient_with(
+        "meta",
+        json!({"versionId": "1", "security": [{"code": "R"}]}),
+    ));
+}
+
+#[test]
+fn resource_typed_elements_are_validated_as_the_resource_they_declare() {
+    let bundle = json!({
+        "resourceType": "Bundle", "type": "collection",
+        "entry": [
+            {"fullUrl": "urn:uuid:c757873d-ec9a-4326-a141-556f43239520", "resource": patient()},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}}
+        ]
+    });
+    valid(bundle.clone());
+
+    let mut bad = bundle.clone();
+    bad["entry"][1]["resource"]["birthDate"] = json!("1970");
+    one_issue(
+        bad,
+        IssueType::Structure,
+        "Bundle.entry[1].resource.birthDate",
+    );
+
+    let mut bad = bundle.clone();
+    bad["entry"][0]["resource"]["birthDate"] = json!("1970-13-01");
+    one_issue(bad, IssueType::Value, "Bundle.entry[0].resource.birthDate");
+
+    let mut bad = bundle;
+    bad["entry"][0]["resource"] = json!("Patient/1");
+    one_issue(bad, IssueType::Structure, "Bundle.entry[0].resource");
+
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "p", "resource": patient()},
+        {"name": "q", "part": [{"name": "r", "valueString": "s"}]}
+    ]});
+    valid(params.clone());
+    let mut bad = params;
+    bad["parameter"][0]["resource"]["gender"] = json!(["male"]);
+    bad["parameter"][1]["part"][0]["valueStrin"] = json!("s");
+    let issues = invalid(bad);
+    let expressions: Vec<_> = issues
+        .iter()
+        .map(|i| i.expression.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        expressions,
+        [
+            "Parameters.parameter[0].resource.gender",
+            "Parameters.parameter[1].part[0].valueStrin"
+        ]
+    );
+}
+
+// ---- references ----
+
+#[test]
+fn reference_syntax() {
+    for good in [
+        "Patient/123",
+        "Patient/a-b.C",
+        "Patient/123/_history/2",
+        "https://example.org/fhir/Patient/123",
+        "urn:uuid:c757873d-ec9a-4326-a141-556f43239520",
+        "urn:oid:1.2.3.4",
+        "#pr1",
+        "#",
+        "Organization?identifier=https://github.com/synthetichealth/synthea|abc",
+    ] {
+        assert_eq!(check_reference(good), Ok(()), "{good}");
+        valid(patient_with(
+            "managingOrganization",
+            json!({"reference": good}),
+        ));
+    }
+    for bad in [
+        "Patients/123",
+        "patient/123",
+        "Patient/",
+        "Patient",
+        "Patient/1/2",
+        "Patient/1/_history/",
+        "Patient/a_b",
+        "Patient?",
+        "Nope?x=1",
+        "urn:uuid:not-a-uuid",
+        "urn:oid:x",
+        "#bad id",
+        "http://example.org/a b",
+        "/Patient/1",
+    ] {
+        assert!(check_reference(bad).is_err(), "{bad}");
+        one_issue(
+            patient_with("managingOrganization", json!({"reference": bad})),
+            IssueType::Value,
+            "Patient.managingOrganization.reference",
+        );
+    }
+}
+
+// ---- limits ----
+
+#[test]
+fn stops_after_max_issues() {
+    let mut p = patient();
+    for i in 0..MAX_ISSUES + 50 {
+        p[format!("unknown{i}")] = json!(1);
+    }
+    let issues = invalid(p);
+    assert_eq!(issues.len(), MAX_ISSUES + 1);
+    assert!(
+        issues[..MAX_ISSUES]
+            .iter()
+            .all(|i| i.code == IssueType::Structure)
+    );
+    assert_eq!(issues[MAX_ISSUES].code, IssueType::TooCostly);
+    assert!(issues[MAX_ISSUES].diagnostics.contains("too many issues"));
+    assert!(issues.iter().all(|i| i.expression.is_some()));
+}
+
+#[test]
+fn exactly_max_issues_are_reported_without_the_extra_one() {
+    let mut p = patient();
+    for i in 0..MAX_ISSUES {
+        p[format!("unknown{i}")] = json!(1);
+    }
+    let issues = invalid(p);
+    assert_eq!(issues.len(), MAX_ISSUES);
+    assert!(issues.iter().all(|i| i.code == IssueType::Structure));
+}
+
+/// `{key: [inner], ...fields}` built by moving `inner`: `json!` would deep-copy it, which is
+/// quadratic and recursive on these deep values.
+fn wrap(inner: Value, key: &str, fields: &[(&str, &str)]) -> Value {
+    let mut object = Map::new();
+    for (k, v) in fields {
+        object.insert((*k).into(), Value::String((*v).into()));
+    }
+    object.insert(key.into(), Value::Array(vec![inner]));
+    Value::Object(object)
+}
+
+/// Nested Questionnaire items `depth` deep.
+fn nested_items(depth: usize) -> Value {
+    let mut item = json!({"linkId": "leaf", "type": "display"});
+    for _ in 0..depth {
+        item = wrap(item, "item", &[("linkId", "n"), ("type", "group")]);
+    }
+    let mut q = wrap(item, "item", &[("resourceType", "Questionnaire")]);
+    q["status"] = json!("active");
+    q
+}
+
+/// Bundles in bundles, through `Bundle.entry.resource`.
+fn nested_bundles(depth: usize) -> Value {
+    let mut resource = patient();
+    for _ in 0..depth {
+        let mut entry = Map::new();
+        entry.insert("resource".into(), resource);
+        resource = wrap(
+            Value::Object(entry),
+            "entry",
+            &[("resourceType", "Bundle"), ("type", "collection")],
+        );
+    }
+    resource
+}
+
+#[test]
+fn recursion_is_bounded() {
+    valid(nested_items(MAX_DEPTH - 2));
+    let issues = invalid(nested_items(MAX_DEPTH - 1));
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert_eq!(issues[0].code, IssueType::Structure);
+    assert!(issues[0].diagnostics.contains("deeper"), "{issues:#?}");
+
+    valid(nested_bundles(MAX_DEPTH / 2 - 1));
+    let issues = invalid(nested_bundles(MAX_DEPTH / 2));
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert!(issues[0].diagnostics.contains("deeper"), "{issues:#?}");
+
+    // Far deeper than an unbounded recursion would survive: still one issue.
+    for deep in [nested_items(20_000), nested_bundles(20_000)] {
+        assert_eq!(validate_resource(&deep).unwrap_err().len(), 1);
+        // Dropping a 20 000-deep Value recurses inside serde_json (not our code): leak it.
+        std::mem::forget(deep);
+    }
+}
+
+/// The deepest input validation walks fits a small thread stack, even in debug builds.
+#[test]
+fn deepest_validation_fits_in_half_a_mebibyte_of_stack() {
+    let deepest = [
+        nested_items(MAX_DEPTH - 2),
+        nested_bundles(MAX_DEPTH / 2 - 1),
+    ];
+    let outcome = std::thread::Builder::new()
+        .stack_size(512 * 1024)
+        .spawn(move || deepest.iter().all(|v| validate_resource(v).is_ok()))
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+    assert!(outcome);
+}
+
+#[test]
+fn expressions_use_fhirpath_with_indices() {
+    let mut p = patient();
+    p["name"][0]["given"][1] = json!(7);
+    one_issue(p, IssueType::Structure, "Patient.name[0].given[1]");
+    let mut o = observation_with("valueQuantity", json!({"value": "70"}));
+    o["component"] =
+        json!([{"code": {"text": "a"}}, {"code": {"text": "b"}, "valueQuantity": {"value": true}}]);
+    let issues = invalid(o);
+    let expressions: Vec<_> = issues
+        .iter()
+        .map(|i| i.expression.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        expressions,
+        [
+            "Observation.valueQuantity.value",
+            "Observation.component[1].valueQuantity.value"
+        ]
+    );
+}
+
+#[test]
+fn reports_every_issue_in_document_order() {
+    let p = json!({
+        "resourceType": "Patient",
+        "gender": ["male"],
+        "birthDate": "1974-13-25",
+        "name": [{"given": [""]}],
+        "nickname": "x"
+    });
+    let issues = invalid(p);
+    let summary: Vec<_> = issues
+        .iter()
+        .map(|i| (i.code, i.expression.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (IssueType::Structure, "Patient.gender"),
+            (IssueType::Value, "Patient.birthDate"),
+            (IssueType::Value, "Patient.name[0].given[0]"),
+            (IssueType::Structure, "Patient.nickname"),
+        ]
+    );
+}

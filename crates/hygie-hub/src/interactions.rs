@@ -1,0 +1,630 @@
+//! The FHIR RESTful interactions on single resources, plus the minimal type search.
+//!
+//! Each public method prepares what it can outside the store (parsing, validation), then
+//! hands one closure to [`Hub::perform`]. The `exec_*` functions are the in-transaction
+//! halves, shared with batch and transaction Bundles.
+
+use hygie_policy::{Action, Mask, Target};
+use hygie_store::{NewVersion, StoreError, Tx, VersionRecord};
+use serde_json::Value;
+
+use crate::criteria::{self, Criteria};
+use crate::instant::{http_date, now_us};
+use crate::pipeline::{Access, Audited, OpResult};
+use crate::resource::{
+    check_body_type, check_id, check_resource_type, index_tokens, new_id, parse_version_tag,
+    set_server_metadata, validate,
+};
+use crate::{Caller, Hub, HubError};
+
+/// A stored version as the hub returns it. `body` is the resource's JSON, already carrying
+/// its server metadata; empty for a deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated_us: i64,
+    pub deleted: bool,
+    pub body: Vec<u8>,
+}
+
+impl Stored {
+    fn from_record(record: VersionRecord) -> Stored {
+        Stored {
+            resource_type: record.resource_type,
+            id: record.id,
+            version: record.version,
+            last_updated_us: record.last_updated_us,
+            deleted: record.deleted,
+            body: record.body,
+        }
+    }
+
+    /// `W/"<version>"`.
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+
+    /// The `Last-Modified` HTTP date.
+    pub fn last_modified(&self) -> String {
+        http_date(self.last_updated_us)
+    }
+
+    /// `Type/id/_history/version`, relative to the base.
+    pub fn versioned_reference(&self) -> String {
+        format!(
+            "{}/{}/_history/{}",
+            self.resource_type, self.id, self.version
+        )
+    }
+}
+
+impl Audited for Stored {
+    fn audit_entities(&self) -> Vec<String> {
+        vec![self.versioned_reference()]
+    }
+}
+
+/// The result of create, update and patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// 201 when a resource was created, 200 otherwise (updated, or a conditional create
+    /// that found its match).
+    pub status: u16,
+    pub stored: Stored,
+}
+
+impl Audited for WriteOutcome {
+    fn audit_entities(&self) -> Vec<String> {
+        self.stored.audit_entities()
+    }
+}
+
+/// The result of a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    pub resource_type: String,
+    pub id: String,
+    /// The version of the deletion tombstone (the earlier one if it was already deleted).
+    pub version: i64,
+}
+
+impl Audited for DeleteOutcome {
+    fn audit_entities(&self) -> Vec<String> {
+        vec![format!(
+            "{}/{}/_history/{}",
+            self.resource_type, self.id, self.version
+        )]
+    }
+}
+
+/// `Prefer: return=…`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReturnPreference {
+    Minimal,
+    #[default]
+    Representation,
+    OperationOutcome,
+}
+
+/// Applies the decision's mask to a body. The mask is empty until roles define one; the
+/// code path exists so that every read already goes through it.
+pub(crate) fn mask_body(body: Vec<u8>, mask: &Mask) -> Result<Vec<u8>, StoreError> {
+    if mask.is_empty() || body.is_empty() {
+        return Ok(body);
+    }
+    let mut resource: Value = serde_json::from_slice(&body)
+        .map_err(|e| StoreError::Database(format!("stored body is not JSON: {e}")))?;
+    if let Some(object) = resource.as_object_mut() {
+        for path in &mask.remove_elements {
+            // `Patient.telecom` removes `telecom` from a Patient.
+            if let Some((resource_type, element)) = path.split_once('.')
+                && object.get("resourceType").and_then(Value::as_str) == Some(resource_type)
+            {
+                object.remove(element);
+            }
+        }
+        let meta = object
+            .entry("meta")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(meta) = meta.as_object_mut() {
+            let security = meta
+                .entry("security")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Some(labels) = security.as_array_mut() {
+                labels.push(serde_json::json!({
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                    "code": "REDACTED",
+                }));
+            }
+        }
+    }
+    serde_json::to_vec(&resource).map_err(|e| StoreError::Database(e.to_string()))
+}
+
+/// A validated resource ready to be written.
+pub(crate) struct Prepared {
+    pub resource_type: String,
+    pub resource: Value,
+}
+
+impl Prepared {
+    /// Checks type, validates: everything that can be done before the transaction.
+    pub(crate) fn new(resource_type: &str, resource: Value) -> Result<Prepared, HubError> {
+        check_resource_type(resource_type)?;
+        check_body_type(&resource, resource_type)?;
+        validate(&resource)?;
+        Ok(Prepared {
+            resource_type: resource_type.to_owned(),
+            resource,
+        })
+    }
+}
+
+/// Writes `resource` as version `version` of `resource_type/id`.
+pub(crate) fn write_version(
+    tx: &mut dyn Tx,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+    mut resource: Value,
+    last_updated_us: i64,
+) -> Result<Stored, StoreError> {
+    set_server_metadata(&mut resource, id, version, last_updated_us);
+    let body = serde_json::to_vec(&resource).map_err(|e| StoreError::Database(e.to_string()))?;
+    let tokens = index_tokens(&resource);
+    tx.put_version(&NewVersion {
+        resource_type,
+        id,
+        version,
+        last_updated_us,
+        deleted: false,
+        body: &body,
+        tokens: &tokens,
+    })?;
+    Ok(Stored {
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        version,
+        last_updated_us,
+        deleted: false,
+        body,
+    })
+}
+
+pub(crate) fn exec_read(
+    tx: &mut dyn Tx,
+    mask: &Mask,
+    resource_type: &str,
+    id: &str,
+) -> OpResult<Stored> {
+    let Some(record) = tx.current(resource_type, id)? else {
+        return Ok(Err(HubError::not_found(format!(
+            "{resource_type}/{id} is not known"
+        ))));
+    };
+    if record.deleted {
+        return Ok(Err(HubError::gone(format!(
+            "{resource_type}/{id} was deleted (version {}); its history is kept",
+            record.version
+        ))));
+    }
+    let mut stored = Stored::from_record(record);
+    stored.body = mask_body(stored.body, mask)?;
+    Ok(Ok(stored))
+}
+
+pub(crate) fn exec_vread(
+    tx: &mut dyn Tx,
+    mask: &Mask,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+) -> OpResult<Stored> {
+    let Some(record) = tx.version(resource_type, id, version)? else {
+        return Ok(Err(HubError::not_found(format!(
+            "{resource_type}/{id} has no version {version}"
+        ))));
+    };
+    if record.deleted {
+        return Ok(Err(HubError::gone(format!(
+            "version {version} of {resource_type}/{id} is its deletion"
+        ))));
+    }
+    let mut stored = Stored::from_record(record);
+    stored.body = mask_body(stored.body, mask)?;
+    Ok(Ok(stored))
+}
+
+/// Create, honouring `If-None-Exist`. `id` is the server-assigned id.
+pub(crate) fn exec_create(
+    tx: &mut dyn Tx,
+    prepared: Prepared,
+    id: &str,
+    if_none_exist: Option<&Criteria>,
+    now: i64,
+) -> OpResult<WriteOutcome> {
+    if let Some(criteria) = if_none_exist {
+        let matches = criteria::matching_ids(tx, &prepared.resource_type, criteria, None, 2)?;
+        match matches.as_slice() {
+            [] => {}
+            [existing] => {
+                let record = tx
+                    .current(&prepared.resource_type, existing)?
+                    .ok_or_else(|| StoreError::Database("matched resource vanished".into()))?;
+                return Ok(Ok(WriteOutcome {
+                    status: 200,
+                    stored: Stored::from_record(record),
+                }));
+            }
+            _ => {
+                return Ok(Err(HubError::precondition_failed(format!(
+                    "If-None-Exist matches more than one {}: make the criteria more selective",
+                    prepared.resource_type
+                ))));
+            }
+        }
+    }
+    let stored = write_version(tx, &prepared.resource_type, id, 1, prepared.resource, now)?;
+    Ok(Ok(WriteOutcome {
+        status: 201,
+        stored,
+    }))
+}
+
+/// Update (or create with a client-assigned id), honouring `If-Match`.
+pub(crate) fn exec_update(
+    tx: &mut dyn Tx,
+    prepared: Prepared,
+    id: &str,
+    if_match: Option<i64>,
+    now: i64,
+) -> OpResult<WriteOutcome> {
+    let head = tx.head(&prepared.resource_type, id)?;
+    if let Some(expected) = if_match {
+        match head {
+            Some(head) if head.version == expected && !head.deleted => {}
+            Some(head) => {
+                return Ok(Err(HubError::precondition_failed(format!(
+                    "If-Match expects version {expected} of {}/{id}, but the current version is {}{}",
+                    prepared.resource_type,
+                    head.version,
+                    if head.deleted { " (deleted)" } else { "" }
+                ))));
+            }
+            None => {
+                return Ok(Err(HubError::precondition_failed(format!(
+                    "If-Match expects version {expected} of {}/{id}, which does not exist",
+                    prepared.resource_type
+                ))));
+            }
+        }
+    }
+    let (version, status) = match head {
+        None => (1, 201),
+        Some(head) if head.deleted => (head.version + 1, 201),
+        Some(head) => (head.version + 1, 200),
+    };
+    let stored = write_version(
+        tx,
+        &prepared.resource_type,
+        id,
+        version,
+        prepared.resource,
+        now,
+    )?;
+    Ok(Ok(WriteOutcome { status, stored }))
+}
+
+pub(crate) fn exec_patch(
+    tx: &mut dyn Tx,
+    resource_type: &str,
+    id: &str,
+    patch: &json_patch::Patch,
+    if_match: Option<i64>,
+    now: i64,
+) -> OpResult<WriteOutcome> {
+    let current = match exec_read(tx, &Mask::default(), resource_type, id)? {
+        Ok(current) => current,
+        Err(error) => return Ok(Err(error)),
+    };
+    if let Some(expected) = if_match
+        && expected != current.version
+    {
+        return Ok(Err(HubError::precondition_failed(format!(
+            "If-Match expects version {expected} of {resource_type}/{id}, but the current version is {}",
+            current.version
+        ))));
+    }
+    let mut resource: Value = serde_json::from_slice(&current.body)
+        .map_err(|e| StoreError::Database(format!("stored body is not JSON: {e}")))?;
+    if let Err(error) = json_patch::patch(&mut resource, patch) {
+        return Ok(Err(HubError::new(
+            422,
+            hygie_fhir::IssueType::Processing,
+            format!("the JSON Patch could not be applied: {error}"),
+        )));
+    }
+    if resource.get("resourceType").and_then(Value::as_str) != Some(resource_type)
+        || resource.get("id").and_then(Value::as_str) != Some(id)
+    {
+        return Ok(Err(HubError::new(
+            422,
+            hygie_fhir::IssueType::Processing,
+            "a patch may not change a resource's resourceType or id",
+        )));
+    }
+    if let Err(error) = validate(&resource) {
+        return Ok(Err(error));
+    }
+    let stored = write_version(tx, resource_type, id, current.version + 1, resource, now)?;
+    Ok(Ok(WriteOutcome {
+        status: 200,
+        stored,
+    }))
+}
+
+pub(crate) fn exec_delete(
+    tx: &mut dyn Tx,
+    resource_type: &str,
+    id: &str,
+    now: i64,
+) -> OpResult<DeleteOutcome> {
+    let Some(head) = tx.head(resource_type, id)? else {
+        return Ok(Err(HubError::not_found(format!(
+            "{resource_type}/{id} is not known"
+        ))));
+    };
+    if head.deleted {
+        return Ok(Ok(DeleteOutcome {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            version: head.version,
+        }));
+    }
+    let version = head.version + 1;
+    tx.put_version(&NewVersion {
+        resource_type,
+        id,
+        version,
+        last_updated_us: now,
+        deleted: true,
+        body: &[],
+        tokens: &[],
+    })?;
+    Ok(Ok(DeleteOutcome {
+        resource_type: resource_type.to_owned(),
+        id: id.to_owned(),
+        version,
+    }))
+}
+
+fn parse_version_id(version: &str) -> Result<i64, HubError> {
+    version
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| {
+            HubError::not_found(format!(
+                "version {version:?} does not exist: versions are 1, 2, 3, …"
+            ))
+        })
+}
+
+impl Hub {
+    pub async fn read(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Stored, HubError> {
+        check_resource_type(resource_type)?;
+        check_id(id)?;
+        let (ty, id_owned) = (resource_type.to_owned(), id.to_owned());
+        self.perform(
+            Access {
+                caller,
+                action: Action::Read,
+                target: Target::instance(resource_type, id),
+                query: None,
+            },
+            move |tx, mask| exec_read(tx, mask, &ty, &id_owned),
+        )
+        .await
+    }
+
+    pub async fn vread(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<Stored, HubError> {
+        check_resource_type(resource_type)?;
+        check_id(id)?;
+        let version = parse_version_id(version)?;
+        let (ty, id_owned) = (resource_type.to_owned(), id.to_owned());
+        self.perform(
+            Access {
+                caller,
+                action: Action::VRead,
+                target: Target::instance(resource_type, id),
+                query: None,
+            },
+            move |tx, mask| exec_vread(tx, mask, &ty, &id_owned, version),
+        )
+        .await
+    }
+
+    /// `POST /Type`, with optional `If-None-Exist` criteria. The server assigns the id.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> Result<WriteOutcome, HubError> {
+        let prepared = Prepared::new(resource_type, resource)?;
+        let criteria = if_none_exist.map(criteria::parse_conditional).transpose()?;
+        let id = new_id();
+        let now = now_us();
+        self.perform(
+            Access {
+                caller,
+                action: Action::Create,
+                target: Target::resource_type(resource_type),
+                query: if_none_exist.map(str::to_owned),
+            },
+            move |tx, _mask| exec_create(tx, prepared, &id, criteria.as_ref(), now),
+        )
+        .await
+    }
+
+    /// `PUT /Type/id`: update, or create with a client-assigned id.
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<&str>,
+    ) -> Result<WriteOutcome, HubError> {
+        check_resource_type(resource_type)?;
+        check_id(id)?;
+        match resource.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id => {}
+            Some(body_id) => {
+                return Err(HubError::bad_request(format!(
+                    "the body's id {body_id:?} differs from the URL's id {id:?}"
+                )));
+            }
+            None => {
+                return Err(HubError::bad_request(
+                    "an update must carry the resource's id in the body, equal to the URL's id",
+                ));
+            }
+        }
+        let prepared = Prepared::new(resource_type, resource)?;
+        let if_match = if_match.map(parse_version_tag).transpose()?;
+        let id_owned = id.to_owned();
+        let now = now_us();
+        self.perform(
+            Access {
+                caller,
+                action: Action::Update,
+                target: Target::instance(resource_type, id),
+                query: None,
+            },
+            move |tx, _mask| exec_update(tx, prepared, &id_owned, if_match, now),
+        )
+        .await
+    }
+
+    /// `PUT /Type?criteria`: update the one match, or create when none matches.
+    pub async fn conditional_update(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        criteria_query: &str,
+        resource: Value,
+        if_match: Option<&str>,
+    ) -> Result<WriteOutcome, HubError> {
+        let criteria = criteria::parse_conditional(criteria_query)?;
+        let body_id = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if let Some(body_id) = &body_id {
+            check_id(body_id)?;
+        }
+        let prepared = Prepared::new(resource_type, resource)?;
+        let if_match = if_match.map(parse_version_tag).transpose()?;
+        let now = now_us();
+        let new_id = body_id.clone().unwrap_or_else(new_id);
+        let ty = resource_type.to_owned();
+        self.perform(
+            Access {
+                caller,
+                action: Action::Update,
+                target: Target::resource_type(resource_type),
+                query: Some(criteria_query.to_owned()),
+            },
+            move |tx, _mask| {
+                let matches = criteria::matching_ids(tx, &ty, &criteria, None, 2)?;
+                let id = match matches.as_slice() {
+                    [] => new_id,
+                    [existing] => {
+                        if body_id.as_deref().is_some_and(|b| b != existing) {
+                            return Ok(Err(HubError::bad_request(format!(
+                                "the criteria match {ty}/{existing} but the body's id is {:?}",
+                                body_id.unwrap_or_default()
+                            ))));
+                        }
+                        existing.clone()
+                    }
+                    _ => {
+                        return Ok(Err(HubError::precondition_failed(format!(
+                            "the criteria match more than one {ty}: make them more selective"
+                        ))));
+                    }
+                };
+                exec_update(tx, prepared, &id, if_match, now)
+            },
+        )
+        .await
+    }
+
+    /// `PATCH /Type/id` with a JSON Patch document (RFC 6902).
+    pub async fn patch(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        patch: Value,
+        if_match: Option<&str>,
+    ) -> Result<WriteOutcome, HubError> {
+        check_resource_type(resource_type)?;
+        check_id(id)?;
+        let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
+            HubError::bad_request(format!(
+                "the body is not a JSON Patch document (RFC 6902): {e}"
+            ))
+        })?;
+        let if_match = if_match.map(parse_version_tag).transpose()?;
+        let (ty, id_owned) = (resource_type.to_owned(), id.to_owned());
+        let now = now_us();
+        self.perform(
+            Access {
+                caller,
+                action: Action::Patch,
+                target: Target::instance(resource_type, id),
+                query: None,
+            },
+            move |tx, _mask| exec_patch(tx, &ty, &id_owned, &patch, if_match, now),
+        )
+        .await
+    }
+
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<DeleteOutcome, HubError> {
+        check_resource_type(resource_type)?;
+        check_id(id)?;
+        let (ty, id_owned) = (resource_type.to_owned(), id.to_owned());
+        let now = now_us();
+        self.perform(
+            Access {
+                caller,
+                action: Action::Delete,
+                target: Target::instance(resource_type, id),
+                query: None,
+            },
+            move |tx, _mask| exec_delete(tx, &ty, &id_owned, now),
+        )
+        .await
+    }
+}

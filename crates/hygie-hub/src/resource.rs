@@ -1,0 +1,263 @@
+//! Resource-level helpers: ids, server-set metadata, index extraction, references.
+
+use std::collections::HashMap;
+
+use hygie_store::TokenEntry;
+use serde_json::{Map, Value};
+
+use crate::HubError;
+use crate::instant::format_instant;
+
+/// A new server-assigned id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// FHIR `id`: `[A-Za-z0-9\-\.]{1,64}`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Checks the URL's resource type is a known, concrete resource type: 404 otherwise.
+pub fn check_resource_type(resource_type: &str) -> Result<(), HubError> {
+    if hygie_fhir::schema::is_resource_type(resource_type) {
+        Ok(())
+    } else {
+        Err(HubError::not_found(format!(
+            "unknown resource type {resource_type:?}: this server serves the FHIR R4 resource types listed in /fhir/metadata"
+        )))
+    }
+}
+
+pub fn check_id(id: &str) -> Result<(), HubError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(HubError::bad_request(format!(
+            "invalid resource id {id:?}: an id is 1 to 64 characters among A-Z a-z 0-9 - ."
+        )))
+    }
+}
+
+/// The body must be a JSON object whose `resourceType` is the one the URL names.
+pub fn check_body_type(resource: &Value, resource_type: &str) -> Result<(), HubError> {
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some(found) if found == resource_type => Ok(()),
+        Some(found) => Err(HubError::bad_request(format!(
+            "the body is a {found} but the URL names {resource_type}"
+        ))),
+        None if resource.is_object() => Err(HubError::bad_request(
+            "the body has no resourceType: a FHIR resource was expected",
+        )),
+        None => Err(HubError::bad_request(
+            "the body is not a JSON object: a FHIR resource was expected",
+        )),
+    }
+}
+
+/// Validates against the R4 structure definitions: 422 with every issue found.
+pub fn validate(resource: &Value) -> Result<(), HubError> {
+    hygie_fhir::validate::validate_resource(resource).map_err(HubError::unprocessable)
+}
+
+/// Sets `id`, `meta.versionId` and `meta.lastUpdated`, which only the server may set,
+/// keeping the rest of `meta` (profiles, tags, security labels).
+pub fn set_server_metadata(resource: &mut Value, id: &str, version: i64, last_updated_us: i64) {
+    let Some(object) = resource.as_object_mut() else {
+        return;
+    };
+    // `id` right after `resourceType`, as FHIR JSON is usually written.
+    let mut ordered = Map::with_capacity(object.len() + 2);
+    if let Some(resource_type) = object.shift_remove("resourceType") {
+        ordered.insert("resourceType".to_owned(), resource_type);
+    }
+    object.shift_remove("id");
+    ordered.insert("id".to_owned(), Value::String(id.to_owned()));
+    let mut meta = match object.shift_remove("meta") {
+        Some(Value::Object(meta)) => meta,
+        _ => Map::new(),
+    };
+    meta.remove("versionId");
+    meta.remove("lastUpdated");
+    let mut new_meta = Map::with_capacity(meta.len() + 2);
+    new_meta.insert("versionId".to_owned(), Value::String(version.to_string()));
+    new_meta.insert(
+        "lastUpdated".to_owned(),
+        Value::String(format_instant(last_updated_us)),
+    );
+    new_meta.extend(meta);
+    ordered.insert("meta".to_owned(), Value::Object(new_meta));
+    ordered.extend(std::mem::take(object));
+    *object = ordered;
+}
+
+/// The token index entries of a resource: its business identifiers (`identifier`).
+pub fn index_tokens(resource: &Value) -> Vec<TokenEntry> {
+    let mut tokens = Vec::new();
+    let identifiers = match resource.get("identifier") {
+        Some(Value::Array(items)) => items.iter().collect::<Vec<_>>(),
+        Some(single @ Value::Object(_)) => vec![single],
+        _ => Vec::new(),
+    };
+    for identifier in identifiers {
+        if let Some(value) = identifier.get("value").and_then(Value::as_str) {
+            tokens.push(TokenEntry {
+                param: "identifier".to_owned(),
+                system: identifier
+                    .get("system")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                code: value.to_owned(),
+            });
+        }
+    }
+    tokens
+}
+
+/// Replaces every `reference` string found in `map` (e.g. `urn:uuid:…` → `Patient/123`).
+pub fn rewrite_references(value: &mut Value, map: &HashMap<String, String>) {
+    match value {
+        Value::Object(object) => {
+            for (key, child) in object.iter_mut() {
+                if key == "reference" {
+                    if let Value::String(reference) = child
+                        && let Some(replacement) = map.get(reference.as_str())
+                    {
+                        *reference = replacement.clone();
+                    }
+                } else {
+                    rewrite_references(child, map);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                rewrite_references(item, map);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every `reference` string in a resource.
+pub fn collect_references<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(object) => {
+            for (key, child) in object {
+                match (key.as_str(), child) {
+                    ("reference", Value::String(reference)) => out.push(reference),
+                    _ => collect_references(child, out),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                collect_references(item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Parses an `If-Match` / `ETag` value: `W/"3"`, `"3"` or `3`.
+pub fn parse_version_tag(tag: &str) -> Result<i64, HubError> {
+    let trimmed = tag.trim();
+    let unquoted = trimmed
+        .strip_prefix("W/")
+        .unwrap_or(trimmed)
+        .trim_matches('"');
+    unquoted.parse::<i64>().map_err(|_| {
+        HubError::bad_request(format!(
+            "invalid version tag {tag:?}: expected W/\"<versionId>\", as the ETag header gives it"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn server_metadata_replaces_client_values_and_keeps_the_rest() {
+        let mut patient = json!({
+            "gender": "female",
+            "resourceType": "Patient",
+            "id": "client",
+            "meta": {"versionId": "99", "lastUpdated": "1999-01-01T00:00:00Z", "tag": [{"code": "x"}]},
+        });
+        set_server_metadata(&mut patient, "abc", 3, 0);
+        assert_eq!(patient["id"], "abc");
+        assert_eq!(patient["meta"]["versionId"], "3");
+        assert_eq!(
+            patient["meta"]["lastUpdated"],
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(patient["meta"]["tag"][0]["code"], "x");
+        let keys: Vec<&String> = patient.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["resourceType", "id", "meta", "gender"]);
+    }
+
+    #[test]
+    fn identifiers_become_tokens() {
+        let patient = json!({"identifier": [
+            {"system": "urn:mrn", "value": "1"}, {"value": "2"}, {"system": "urn:no-value"}
+        ]});
+        let tokens = index_tokens(&patient);
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(
+            (tokens[0].system.as_str(), tokens[0].code.as_str()),
+            ("urn:mrn", "1")
+        );
+        assert_eq!(
+            (tokens[1].system.as_str(), tokens[1].code.as_str()),
+            ("", "2")
+        );
+    }
+
+    #[test]
+    fn references_are_rewritten_at_any_depth() {
+        let mut observation = json!({
+            "subject": {"reference": "urn:uuid:1"},
+            "performer": [{"reference": "urn:uuid:2"}, {"reference": "Practitioner/kept"}],
+            "note": [{"text": "urn:uuid:1"}],
+        });
+        let map = HashMap::from([
+            ("urn:uuid:1".to_owned(), "Patient/a".to_owned()),
+            ("urn:uuid:2".to_owned(), "Practitioner/b".to_owned()),
+        ]);
+        rewrite_references(&mut observation, &map);
+        assert_eq!(observation["subject"]["reference"], "Patient/a");
+        assert_eq!(observation["performer"][0]["reference"], "Practitioner/b");
+        assert_eq!(
+            observation["performer"][1]["reference"],
+            "Practitioner/kept"
+        );
+        assert_eq!(
+            observation["note"][0]["text"], "urn:uuid:1",
+            "only references change"
+        );
+    }
+
+    #[test]
+    fn version_tags() {
+        assert_eq!(parse_version_tag("W/\"3\"").unwrap(), 3);
+        assert_eq!(parse_version_tag("\"4\"").unwrap(), 4);
+        assert_eq!(parse_version_tag("5").unwrap(), 5);
+        assert_eq!(parse_version_tag("W/\"x\"").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn ids() {
+        assert!(is_valid_id("a-B.9"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id(&"a".repeat(65)));
+        assert!(!is_valid_id("a/b"));
+        assert!(!is_valid_id("a b"));
+    }
+}

@@ -1,0 +1,535 @@
+//! FHIR REST routing and content negotiation: from an HTTP request to one hub call.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use hygie_fhir::{Issue, IssueType};
+use hygie_hub::{Caller, HistoryRequest, HubError, ReturnPreference, Stored, WriteOutcome};
+use hygie_policy::Principal;
+use serde_json::Value;
+
+use crate::AppState;
+use crate::middleware::RequestId;
+use crate::response::{ErrorResponse, fhir_json, outcome_response};
+
+type Result<T> = std::result::Result<T, ErrorResponse>;
+
+/// Any path outside the served ones.
+pub async fn not_found(request: Request) -> Response {
+    outcome_response(
+        404,
+        &[Issue::error(
+            IssueType::NotFound,
+            format!(
+                "nothing is served at {}: the FHIR base is /fhir",
+                request.uri().path()
+            ),
+        )],
+    )
+}
+
+fn error(status: u16, code: IssueType, diagnostics: impl Into<String>) -> ErrorResponse {
+    ErrorResponse(HubError::new(status, code, diagnostics))
+}
+
+/// The media types a FHIR JSON body may declare.
+fn is_json_media_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "application/fhir+json" | "application/json"
+    )
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// 415 unless the body is declared as FHIR JSON (or, for PATCH, JSON Patch).
+fn check_content_type(headers: &HeaderMap, patch: bool) -> Result<()> {
+    let declared = content_type(headers);
+    let ok = match declared {
+        Some(value) if patch => value
+            .split(';')
+            .next()
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json-patch+json")),
+        Some(value) => is_json_media_type(value),
+        None => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let expected = if patch {
+        "application/json-patch+json"
+    } else {
+        "application/fhir+json (or application/json); XML is not supported"
+    };
+    Err(error(
+        415,
+        IssueType::NotSupported,
+        format!(
+            "unsupported Content-Type {}: send {expected}",
+            declared
+                .map(|d| format!("{d:?}"))
+                .unwrap_or_else(|| "(none)".into())
+        ),
+    ))
+}
+
+/// 406 when the client accepts no JSON (e.g. only XML), or asks for `_format=xml`.
+fn check_accept(headers: &HeaderMap, query: &str) -> Result<()> {
+    for (name, value) in form_pairs(query) {
+        if name == "_format" {
+            let accepted = matches!(
+                value.as_str(),
+                "json" | "application/json" | "application/fhir+json"
+            );
+            if !accepted {
+                return Err(error(
+                    406,
+                    IssueType::NotSupported,
+                    format!("_format={value} is not supported: this server speaks JSON only"),
+                ));
+            }
+        }
+    }
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let acceptable = accept.split(',').any(|item| {
+        let essence = item
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        matches!(
+            essence.as_str(),
+            "*/*" | "application/*" | "application/json" | "application/fhir+json" | ""
+        )
+    });
+    if acceptable {
+        Ok(())
+    } else {
+        Err(error(
+            406,
+            IssueType::NotSupported,
+            format!(
+                "Accept: {accept} cannot be served: this server speaks application/fhir+json only"
+            ),
+        ))
+    }
+}
+
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// `Prefer` header values we honour.
+struct Prefer {
+    return_preference: ReturnPreference,
+    strict: bool,
+}
+
+fn prefer(headers: &HeaderMap) -> Prefer {
+    let mut result = Prefer {
+        return_preference: ReturnPreference::Representation,
+        strict: false,
+    };
+    for value in headers.get_all("prefer") {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split([',', ';']) {
+            match token.trim().to_ascii_lowercase().as_str() {
+                "return=minimal" => result.return_preference = ReturnPreference::Minimal,
+                "return=representation" => {
+                    result.return_preference = ReturnPreference::Representation
+                }
+                "return=operationoutcome" => {
+                    result.return_preference = ReturnPreference::OperationOutcome
+                }
+                "handling=strict" => result.strict = true,
+                "handling=lenient" => result.strict = false,
+                _ => {}
+            }
+        }
+    }
+    result
+}
+
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The base URL the client used: configured, or derived from a well-formed `Host`.
+fn base_url(state: &AppState, headers: &HeaderMap, local: Option<SocketAddr>) -> String {
+    if let Some(base) = &state.config.public_base_url {
+        return base.trim_end_matches('/').to_owned();
+    }
+    let host = header_text(headers, "host").filter(|host| {
+        !host.is_empty()
+            && host.len() <= 255
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    });
+    let host = match (host, local) {
+        (Some(host), _) => host.to_owned(),
+        (None, Some(address)) => address.to_string(),
+        (None, None) => "localhost".to_owned(),
+    };
+    format!("{}://{host}/fhir", state.config.scheme)
+}
+
+/// Reads the body within the size limit, checks its nesting depth, parses it.
+async fn json_body(state: &AppState, body: Body) -> Result<Value> {
+    let limit = state.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        error(
+            413,
+            IssueType::TooCostly,
+            format!("the request body is larger than the limit (max_body_bytes = {limit})"),
+        )
+    })?;
+    if bytes.is_empty() {
+        return Err(error(400, IssueType::Invalid, "the request body is empty"));
+    }
+    hygie_fhir::json_depth::check_json_depth(&bytes, state.config.max_json_depth)
+        .map_err(|e| error(400, IssueType::TooCostly, format!("{e} (max_json_depth)")))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            400,
+            IssueType::Structure,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+fn resource_response(stored: &Stored, status: StatusCode, base: &str) -> Response {
+    let mut response = fhir_json(status, stored.body.clone());
+    set_version_headers(response.headers_mut(), stored, base, false);
+    response
+}
+
+fn set_version_headers(headers: &mut HeaderMap, stored: &Stored, base: &str, location: bool) {
+    if let Ok(etag) = HeaderValue::from_str(&stored.etag()) {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Ok(modified) = HeaderValue::from_str(&stored.last_modified()) {
+        headers.insert(header::LAST_MODIFIED, modified);
+    }
+    if location
+        && let Ok(location) =
+            HeaderValue::from_str(&format!("{base}/{}", stored.versioned_reference()))
+    {
+        headers.insert(header::LOCATION, location);
+    }
+}
+
+fn write_response(outcome: WriteOutcome, preference: ReturnPreference, base: &str) -> Response {
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
+    let stored = outcome.stored;
+    let mut response = match preference {
+        ReturnPreference::Representation => fhir_json(status, stored.body.clone()),
+        ReturnPreference::Minimal => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = status;
+            response
+        }
+        ReturnPreference::OperationOutcome => {
+            let verb = if outcome.status == 201 {
+                "created"
+            } else {
+                "updated"
+            };
+            let outcome = hygie_fhir::outcome::operation_outcome(&[Issue {
+                severity: hygie_fhir::IssueSeverity::Information,
+                code: IssueType::Informational,
+                diagnostics: format!("{} {verb}", stored.versioned_reference()),
+                expression: None,
+            }]);
+            fhir_json(status, serde_json::to_vec(&outcome).expect("serializes"))
+        }
+    };
+    set_version_headers(response.headers_mut(), &stored, base, true);
+    response
+}
+
+fn method_not_allowed(method: &Method, path: &str, allowed: &str) -> ErrorResponse {
+    error(
+        405,
+        IssueType::NotSupported,
+        format!("{method} is not supported on {path}; allowed: {allowed}"),
+    )
+}
+
+/// The single FHIR entry point: parses the path and dispatches to the hub.
+pub async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
+    match dispatch_inner(state, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn dispatch_inner(state: AppState, request: Request) -> Result<Response> {
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let headers = parts.headers;
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let remote = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    check_accept(&headers, &query)?;
+    let base = base_url(&state, &headers, None);
+    let principal = if state.config.no_auth {
+        Principal::development()
+    } else {
+        Principal::anonymous()
+    };
+    let caller = Caller {
+        principal,
+        request_id,
+        network_address: remote.map(|a| a.ip().to_string()),
+        base_url: base.clone(),
+    };
+    let hub = &state.hub;
+    let prefer = prefer(&headers);
+    let segments: Vec<&str> = path
+        .trim_start_matches("/fhir")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let if_match = header_text(&headers, "if-match");
+    let response = match (segments.as_slice(), &method) {
+        ([], &Method::POST) => {
+            check_content_type(&headers, false)?;
+            let bundle = json_body(&state, body).await?;
+            let bytes = hub
+                .bundle(&caller, bundle, prefer.return_preference)
+                .await?;
+            fhir_json(StatusCode::OK, bytes)
+        }
+        ([], _) => {
+            return Err(method_not_allowed(
+                &method,
+                "/fhir",
+                "POST (batch, transaction)",
+            ));
+        }
+        (["metadata"], &Method::GET) => {
+            let statement = hub.capability_statement(&base);
+            fhir_json(
+                StatusCode::OK,
+                serde_json::to_vec(&statement).expect("serializes"),
+            )
+        }
+        (["metadata"], _) => return Err(method_not_allowed(&method, &path, "GET")),
+        (["_history"], &Method::GET) => {
+            let bytes = hub
+                .history(
+                    &caller,
+                    HistoryRequest {
+                        query,
+                        ..HistoryRequest::default()
+                    },
+                )
+                .await?;
+            fhir_json(StatusCode::OK, bytes)
+        }
+        ([resource_type], &Method::GET) => {
+            let bytes = hub
+                .search(&caller, resource_type, &query, prefer.strict)
+                .await?;
+            fhir_json(StatusCode::OK, bytes)
+        }
+        ([resource_type, "_search"], &Method::POST) => {
+            let is_form = content_type(&headers)
+                .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+            if !is_form {
+                return Err(error(
+                    415,
+                    IssueType::NotSupported,
+                    "POST _search takes application/x-www-form-urlencoded parameters",
+                ));
+            }
+            let limit = state.config.max_body_bytes;
+            let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+                error(
+                    413,
+                    IssueType::TooCostly,
+                    "search parameters exceed max_body_bytes",
+                )
+            })?;
+            let form = String::from_utf8_lossy(&bytes);
+            let combined = match (query.is_empty(), form.is_empty()) {
+                (true, _) => form.into_owned(),
+                (false, true) => query.clone(),
+                (false, false) => format!("{query}&{form}"),
+            };
+            let bytes = hub
+                .search(&caller, resource_type, &combined, prefer.strict)
+                .await?;
+            fhir_json(StatusCode::OK, bytes)
+        }
+        ([resource_type], &Method::POST) => {
+            check_content_type(&headers, false)?;
+            let resource = json_body(&state, body).await?;
+            let outcome = hub
+                .create(
+                    &caller,
+                    resource_type,
+                    resource,
+                    header_text(&headers, "if-none-exist"),
+                )
+                .await?;
+            write_response(outcome, prefer.return_preference, &base)
+        }
+        ([resource_type], &Method::PUT) => {
+            check_content_type(&headers, false)?;
+            if query.is_empty() {
+                return Err(error(
+                    400,
+                    IssueType::Invalid,
+                    "PUT on a type needs search criteria (conditional update) or an id in the URL",
+                ));
+            }
+            let resource = json_body(&state, body).await?;
+            let outcome = hub
+                .conditional_update(&caller, resource_type, &query, resource, if_match)
+                .await?;
+            write_response(outcome, prefer.return_preference, &base)
+        }
+        ([_], _) => return Err(method_not_allowed(&method, &path, "GET, POST, PUT")),
+        ([resource_type, "_history"], &Method::GET) => {
+            let bytes = hub
+                .history(
+                    &caller,
+                    HistoryRequest {
+                        resource_type: Some(resource_type.to_string()),
+                        id: None,
+                        query,
+                    },
+                )
+                .await?;
+            fhir_json(StatusCode::OK, bytes)
+        }
+        ([resource_type, id], &Method::GET) => {
+            let stored = hub.read(&caller, resource_type, id).await?;
+            resource_response(&stored, StatusCode::OK, &base)
+        }
+        ([resource_type, id], &Method::PUT) => {
+            check_content_type(&headers, false)?;
+            let resource = json_body(&state, body).await?;
+            let outcome = hub
+                .update(&caller, resource_type, id, resource, if_match)
+                .await?;
+            write_response(outcome, prefer.return_preference, &base)
+        }
+        ([resource_type, id], &Method::PATCH) => {
+            check_content_type(&headers, true)?;
+            let patch = json_body(&state, body).await?;
+            let outcome = hub
+                .patch(&caller, resource_type, id, patch, if_match)
+                .await?;
+            write_response(outcome, prefer.return_preference, &base)
+        }
+        ([resource_type, id], &Method::DELETE) => {
+            let outcome = hub.delete(&caller, resource_type, id).await?;
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{}\"", outcome.version)) {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+            response
+        }
+        ([_, _], _) => {
+            return Err(method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, PATCH, DELETE",
+            ));
+        }
+        ([resource_type, id, "_history"], &Method::GET) => {
+            let bytes = hub
+                .history(
+                    &caller,
+                    HistoryRequest {
+                        resource_type: Some(resource_type.to_string()),
+                        id: Some(id.to_string()),
+                        query,
+                    },
+                )
+                .await?;
+            fhir_json(StatusCode::OK, bytes)
+        }
+        ([resource_type, id, "_history", version], &Method::GET) => {
+            let stored = hub.vread(&caller, resource_type, id, version).await?;
+            resource_response(&stored, StatusCode::OK, &base)
+        }
+        ([_, _, "_history", ..], _) => return Err(method_not_allowed(&method, &path, "GET")),
+        _ => {
+            return Err(error(
+                404,
+                IssueType::NotFound,
+                format!("{path} is not a FHIR endpoint of this server"),
+            ));
+        }
+    };
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types() {
+        assert!(is_json_media_type("application/fhir+json"));
+        assert!(is_json_media_type("application/fhir+json; charset=UTF-8"));
+        assert!(is_json_media_type("Application/JSON"));
+        assert!(!is_json_media_type("application/fhir+xml"));
+        assert!(!is_json_media_type("application/xml"));
+        assert!(!is_json_media_type("text/plain"));
+    }
+
+    #[test]
+    fn accept_header() {
+        let mut headers = HeaderMap::new();
+        assert!(check_accept(&headers, "").is_ok());
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/fhir+xml"),
+        );
+        assert_eq!(check_accept(&headers, "").unwrap_err().0.status, 406);
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/fhir+xml, application/fhir+json;q=0.5"),
+        );
+        assert!(check_accept(&headers, "").is_ok());
+        assert_eq!(
+            check_accept(&HeaderMap::new(), "_format=xml")
+                .unwrap_err()
+                .0
+                .status,
+            406
+        );
+    }
+}

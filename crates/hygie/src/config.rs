@@ -1,0 +1,215 @@
+//! Settings: a TOML file, overridden by `HYGIE_*` environment variables, overridden by
+//! flags. clap merges flags and environment; the file fills what both left unset.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+
+/// Where a hub's data lives: shared by every subcommand that works on it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArgs {
+    /// Directory of the embedded SQLite store (created on first start).
+    #[arg(long, env = "HYGIE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PostgreSQL URL (postgres://user@host/db); overrides --data-dir.
+    #[arg(long, env = "HYGIE_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
+    /// TOML settings file.
+    #[arg(long, env = "HYGIE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Named limits (DESIGN.md invariant 8). Every one can be set in the file, the
+/// environment or a flag.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Largest request body, bytes [default: 10485760].
+    #[arg(long, env = "HYGIE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Entries in one batch or transaction Bundle [default: 1000].
+    #[arg(long, env = "HYGIE_MAX_BUNDLE_ENTRIES")]
+    pub max_bundle_entries: Option<usize>,
+    /// Deepest JSON nesting of a request body [default: 64].
+    #[arg(long, env = "HYGIE_MAX_JSON_DEPTH")]
+    pub max_json_depth: Option<usize>,
+    /// Time limit of one request, milliseconds [default: 30000].
+    #[arg(long, env = "HYGIE_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Largest _count honoured [default: 1000].
+    #[arg(long, env = "HYGIE_MAX_PAGE_SIZE")]
+    pub max_page_size: Option<usize>,
+}
+
+/// The settings file. Every field is optional.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database: Option<String>,
+    pub no_auth: Option<bool>,
+    pub insecure_http: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub public_base_url: Option<String>,
+    #[serde(default)]
+    pub limits: FileLimits,
+    #[serde(default)]
+    pub sqlite: FileSqlite,
+    #[serde(default)]
+    pub postgres: FilePostgres,
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_body_bytes: Option<usize>,
+    pub max_bundle_entries: Option<usize>,
+    pub max_json_depth: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub default_page_size: Option<usize>,
+    pub max_page_size: Option<usize>,
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileSqlite {
+    /// `full` (default) or `normal`.
+    pub synchronous: Option<String>,
+    pub max_batch: Option<usize>,
+    pub queue_capacity: Option<usize>,
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FilePostgres {
+    pub pool_size: Option<u32>,
+}
+
+pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileSettings> {
+    let Some(path) = path else {
+        return Ok(FileSettings::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the settings file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid settings file {}", path.display()))
+}
+
+/// Everything needed to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub data_dir: PathBuf,
+    pub database: Option<String>,
+    pub sqlite: hygie_store::SqliteOptions,
+    pub postgres: hygie_store::PostgresOptions,
+}
+
+pub fn store_settings(args: &StoreArgs, file: &FileSettings) -> anyhow::Result<StoreSettings> {
+    let mut sqlite = hygie_store::SqliteOptions::default();
+    if let Some(mode) = &file.sqlite.synchronous {
+        sqlite.synchronous_full = match mode.to_ascii_lowercase().as_str() {
+            "full" => true,
+            "normal" => false,
+            other => bail!("sqlite.synchronous must be \"full\" or \"normal\", not {other:?}"),
+        };
+    }
+    if let Some(max_batch) = file.sqlite.max_batch {
+        sqlite.max_batch = max_batch;
+    }
+    if let Some(capacity) = file.sqlite.queue_capacity {
+        sqlite.queue_capacity = capacity;
+    }
+    let mut postgres = hygie_store::PostgresOptions::default();
+    if let Some(pool_size) = file.postgres.pool_size {
+        postgres.pool_size = pool_size;
+    }
+    Ok(StoreSettings {
+        data_dir: args
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("./hygie-data")),
+        database: args.database.clone().or_else(|| file.database.clone()),
+        sqlite,
+        postgres,
+    })
+}
+
+/// Opens the store off the async workers (the PostgreSQL client blocks while it connects).
+pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<hygie_store::SharedStore> {
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        hygie_store::open(
+            settings.database.as_deref(),
+            &settings.data_dir,
+            &settings.sqlite,
+            &settings.postgres,
+        )
+    })
+    .await
+    .context("the store-opening task failed")?
+    .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))
+}
+
+/// The resolved limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_bundle_entries: usize,
+    pub max_json_depth: usize,
+    pub request_timeout: Duration,
+    pub default_page_size: usize,
+    pub max_page_size: usize,
+    pub shutdown_grace: Duration,
+}
+
+pub fn limits(args: &LimitArgs, file: &FileLimits) -> anyhow::Result<Limits> {
+    let limits = Limits {
+        max_body_bytes: args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(10 * 1024 * 1024),
+        max_bundle_entries: args
+            .max_bundle_entries
+            .or(file.max_bundle_entries)
+            .unwrap_or(1_000),
+        max_json_depth: args.max_json_depth.or(file.max_json_depth).unwrap_or(64),
+        request_timeout: Duration::from_millis(
+            args.request_timeout_ms
+                .or(file.request_timeout_ms)
+                .unwrap_or(30_000),
+        ),
+        default_page_size: file.default_page_size.unwrap_or(50),
+        max_page_size: args.max_page_size.or(file.max_page_size).unwrap_or(1_000),
+        shutdown_grace: Duration::from_millis(file.shutdown_grace_ms.unwrap_or(30_000)),
+    };
+    if limits.max_json_depth < 8 {
+        bail!("max_json_depth must be at least 8: FHIR resources nest that deep");
+    }
+    if limits.default_page_size == 0 || limits.default_page_size > limits.max_page_size {
+        bail!("default_page_size must be between 1 and max_page_size");
+    }
+    if limits.max_body_bytes < 1024 || limits.max_bundle_entries == 0 {
+        bail!("max_body_bytes must be at least 1024 and max_bundle_entries at least 1");
+    }
+    Ok(limits)
+}
+
+pub fn hub_config(limits: &Limits) -> hygie_hub::HubConfig {
+    hygie_hub::HubConfig {
+        max_bundle_entries: limits.max_bundle_entries,
+        default_page_size: limits.default_page_size,
+        max_page_size: limits.max_page_size,
+    }
+}
+
+pub fn parse_listen(text: &str) -> anyhow::Result<SocketAddr> {
+    text.parse().with_context(|| {
+        format!("invalid listen address {text:?}: use IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+    })
+}

@@ -1,0 +1,195 @@
+//! `hygie demo`: a hub on a throwaway data directory, filled with deterministic synthetic
+//! patients, and a list of things to try. Works offline: the data is generated here.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use hygie_hub::{Caller, Hub, ReturnPreference};
+use hygie_policy::Principal;
+use serde_json::Value;
+
+use crate::config::{self, StoreArgs};
+use crate::serve;
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Address to listen on (loopback only: the demo runs without authentication).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// Number of synthetic patients.
+    #[arg(long, default_value_t = 20)]
+    pub patients: usize,
+    /// Seed of the generator: the same seed always gives the same people.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Keep the data in this directory instead of a throwaway one.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let options = hygie_synth::SynthOptions {
+        patients: args.patients,
+        seed: args.seed,
+        ..hygie_synth::SynthOptions::default()
+    };
+    options
+        .check()
+        .map_err(|e| anyhow::anyhow!("invalid demo options: {e}"))?;
+    if args.patients > hygie_synth::HOSPITAL_BUNDLE_PATIENTS_MAX {
+        anyhow::bail!(
+            "the demo loads at most {} patients",
+            hygie_synth::HOSPITAL_BUNDLE_PATIENTS_MAX
+        );
+    }
+    let throwaway = match &args.data_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("hygie-demo-")
+                .tempdir()
+                .context("cannot create a throwaway data directory")?,
+        ),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| throwaway.as_ref().map(|d| d.path().to_owned()))
+        .expect("one of the two is set");
+    let store_args = StoreArgs {
+        data_dir: Some(data_dir.clone()),
+        database: None,
+        config: None,
+    };
+    let settings = config::store_settings(&store_args, &config::FileSettings::default())?;
+    let store = config::open_store(&settings).await?;
+    let limits = config::limits(&Default::default(), &Default::default())?;
+    let hub = Hub::new(store, config::hub_config(&limits));
+
+    eprintln!(
+        "Generating {} synthetic patients (seed {})…",
+        args.patients, args.seed
+    );
+    let bundle = hygie_synth::hospital_bundle(&options);
+    let full_urls: Vec<String> = bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| e["fullUrl"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let operator = Caller::new(Principal::local_operator("demo"), "demo-load");
+    let response = hub
+        .bundle(&operator, bundle, ReturnPreference::Minimal)
+        .await
+        .map_err(|e| anyhow::anyhow!("loading the demo data failed: {e}"))?;
+    let response: Value = serde_json::from_slice(&response)?;
+    let mut assigned: HashMap<String, String> = HashMap::new();
+    if let Some(entries) = response["entry"].as_array() {
+        for (full_url, entry) in full_urls.iter().zip(entries) {
+            if let Some(location) = entry["response"]["location"].as_str() {
+                // `…/fhir/Patient/123/_history/1` → `Patient/123`.
+                let relative = location.split("/fhir/").nth(1).unwrap_or(location);
+                let reference = relative.split("/_history").next().unwrap_or(relative);
+                assigned.insert(full_url.clone(), reference.to_owned());
+            }
+        }
+    }
+    eprintln!("Loaded {} resources.", assigned.len());
+
+    let address = config::parse_listen(&args.listen)?;
+    serve::check_exposure(address, false, false, true)?;
+    let listener = hygie_server::bind_check(address).with_context(|| {
+        format!("cannot listen on {address}: is another hub running? Try --listen 127.0.0.1:0")
+    })?;
+    let bound = listener.local_addr()?;
+    drop(listener);
+    let base = format!("http://{bound}/fhir");
+    print_tries(&base, &options, &assigned);
+    let app = hygie_server::router(
+        hub.clone(),
+        hygie_server::HttpConfig {
+            no_auth: true,
+            ..hygie_server::HttpConfig::default()
+        },
+    );
+    let result = hygie_server::serve(
+        app,
+        hygie_server::Listen {
+            address: bound,
+            tls: None,
+            grace: limits.shutdown_grace,
+        },
+        serve::shutdown_signal(),
+    )
+    .await;
+    hub.close().await;
+    result.context("the HTTP server failed")?;
+    match throwaway {
+        Some(dir) => {
+            let path = dir.path().display().to_string();
+            dir.close()
+                .context("cannot remove the demo data directory")?;
+            eprintln!("Demo stopped; its data directory {path} was removed.");
+        }
+        None => eprintln!("Demo stopped; data kept in {}.", data_dir.display()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_tries(
+    base: &str,
+    options: &hygie_synth::SynthOptions,
+    assigned: &HashMap<String, String>,
+) {
+    let people = hygie_synth::demo_people(options);
+    println!();
+    println!("Hygie demo hub: {base}");
+    println!(
+        "Development mode: no authentication, loopback only. Ctrl-C stops it and deletes its data."
+    );
+    println!();
+    println!("Patients (first five):");
+    for patient in people.patients.iter().take(5) {
+        let reference = assigned.get(&patient.full_url).cloned().unwrap_or_default();
+        println!(
+            "  {:<28} {:<40} {}",
+            patient.name, reference, patient.summary
+        );
+    }
+    println!("Practitioners (first three):");
+    for practitioner in people.practitioners.iter().take(3) {
+        let reference = assigned
+            .get(&practitioner.full_url)
+            .cloned()
+            .unwrap_or_default();
+        println!(
+            "  {:<28} {:<40} {}",
+            practitioner.name, reference, practitioner.summary
+        );
+    }
+    let first = people.patients.first();
+    let patient_ref = first
+        .and_then(|p| assigned.get(&p.full_url))
+        .cloned()
+        .unwrap_or_else(|| "Patient/<id>".to_owned());
+    let token = first
+        .map(|p| p.identifier.search_token())
+        .unwrap_or_default();
+    println!();
+    println!("Try:");
+    println!("  curl -s {base}/metadata | head -c 400");
+    println!("  curl -s {base}/{patient_ref}");
+    println!("  curl -s '{base}/Patient?identifier={token}'");
+    println!("  curl -s '{base}/Patient?_count=5'");
+    println!("  curl -s {base}/{patient_ref}/_history");
+    println!(
+        "  curl -s -X POST {base}/Patient -H 'Content-Type: application/fhir+json' \\\n       -d '{{\"resourceType\":\"Patient\",\"name\":[{{\"family\":\"Durand\",\"given\":[\"Alice\"]}}]}}'"
+    );
+    println!("  curl -s '{base}/_history?_count=3'");
+    println!();
+}

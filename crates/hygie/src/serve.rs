@@ -1,0 +1,179 @@
+//! `hygie serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::config::{self, LimitArgs, StoreArgs};
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "HYGIE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// PEM certificate chain for HTTPS.
+    #[arg(
+        long,
+        env = "HYGIE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(
+        long,
+        env = "HYGIE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (behind a TLS-terminating proxy).
+    #[arg(long, env = "HYGIE_INSECURE_HTTP")]
+    pub insecure_http: bool,
+    /// Serve data without authentication, as a development principal. Loopback only.
+    #[arg(long, env = "HYGIE_NO_AUTH")]
+    pub no_auth: bool,
+    /// Base URL clients use (for links and Location headers) when behind a proxy.
+    #[arg(long, env = "HYGIE_PUBLIC_BASE_URL", value_name = "URL")]
+    pub public_base_url: Option<String>,
+}
+
+/// Refuses configurations that would expose data: plain HTTP or no authentication on a
+/// non-loopback address.
+pub fn check_exposure(
+    address: SocketAddr,
+    tls: bool,
+    insecure_http: bool,
+    no_auth: bool,
+) -> anyhow::Result<()> {
+    let loopback = address.ip().is_loopback();
+    if no_auth && !loopback {
+        bail!(
+            "--no-auth serves patient data to anyone: it is allowed on a loopback address only (127.0.0.1 or [::1]), not {address}"
+        );
+    }
+    if !tls && !loopback && !insecure_http {
+        bail!(
+            "plain HTTP on {address} would send patient data in clear: give --tls-cert and --tls-key, or --insecure-http if a TLS proxy sits in front"
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let file = config::load_file(args.store.config.as_deref())?;
+    let limits = config::limits(&args.limits, &file.limits)?;
+    let listen_text = args
+        .listen
+        .clone()
+        .or_else(|| file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let address = config::parse_listen(&listen_text)?;
+    let tls = match (
+        args.tls_cert.clone().or(file.tls_cert.clone()),
+        args.tls_key.clone().or(file.tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => bail!("TLS needs both a certificate (tls_cert) and a key (tls_key)"),
+    };
+    let no_auth = args.no_auth || file.no_auth.unwrap_or(false);
+    let insecure_http = args.insecure_http || file.insecure_http.unwrap_or(false);
+    check_exposure(address, tls.is_some(), insecure_http, no_auth)?;
+    let store_settings = config::store_settings(&args.store, &file)?;
+    let store = config::open_store(&store_settings).await?;
+    let backend = store.backend();
+    let hub = hygie_hub::Hub::new(store, config::hub_config(&limits));
+    // Bind before announcing, so that a taken port is a clear error, and `:0` works.
+    let listener =
+        hygie_server::bind_check(address).with_context(|| format!("cannot listen on {address}"))?;
+    let bound = listener.local_addr()?;
+    drop(listener);
+    let http = hygie_server::HttpConfig {
+        max_body_bytes: limits.max_body_bytes,
+        max_json_depth: limits.max_json_depth,
+        request_timeout: limits.request_timeout,
+        no_auth,
+        public_base_url: args
+            .public_base_url
+            .clone()
+            .or(file.public_base_url.clone()),
+        scheme: if tls.is_some() { "https" } else { "http" },
+    };
+    let scheme = http.scheme;
+    let app = hygie_server::router(hub.clone(), http);
+    if !no_auth {
+        tracing::warn!(
+            "access control (tokens) is not available yet: without --no-auth every data request is refused with 401"
+        );
+    }
+    tracing::info!(
+        address = %bound,
+        store = backend,
+        data_dir = %store_settings.data_dir.display(),
+        "Hygie listening on {scheme}://{bound}/fhir"
+    );
+    let result = hygie_server::serve(
+        app,
+        hygie_server::Listen {
+            address: bound,
+            tls,
+            grace: limits.shutdown_grace,
+        },
+        shutdown_signal(),
+    )
+    .await;
+    hub.close().await;
+    result.context("the HTTP server failed")?;
+    tracing::info!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_exposure;
+
+    #[test]
+    fn exposure_rules() {
+        let loopback = "127.0.0.1:8080".parse().unwrap();
+        let v6_loopback = "[::1]:8080".parse().unwrap();
+        let public = "0.0.0.0:8080".parse().unwrap();
+        assert!(check_exposure(loopback, false, false, true).is_ok());
+        assert!(check_exposure(v6_loopback, false, false, true).is_ok());
+        assert!(
+            check_exposure(public, false, false, false).is_err(),
+            "plain HTTP outside loopback"
+        );
+        assert!(check_exposure(public, true, false, false).is_ok());
+        assert!(check_exposure(public, false, true, false).is_ok());
+        assert!(
+            check_exposure(public, true, false, true).is_err(),
+            "no-auth outside loopback"
+        );
+        assert!(check_exposure(public, false, true, true).is_err());
+    }
+}
