@@ -1,0 +1,418 @@
+//! The hub's pipeline on both backends: every access is audited in its own transaction,
+//! refusals are audited and write nothing, and an access whose audit cannot be written
+//! fails (fail closed).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use hygie_hub::{Caller, Hub, HubConfig, ReturnPreference};
+use hygie_policy::Principal;
+use hygie_store::testing::ThrowawayDatabase;
+use hygie_store::{
+    BoxFuture, BoxedUnit, Head, HistoryQuery, NewVersion, SharedStore, Store, StoreError, StoreExt,
+    StoreResult, TokenQuery, Tx, VersionRecord,
+};
+use serde_json::{Value, json};
+
+struct Backend {
+    store: SharedStore,
+    _dir: Option<tempfile::TempDir>,
+    _database: Option<ThrowawayDatabase>,
+}
+
+fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        hygie_store::open(None, dir.path(), &Default::default(), &Default::default()).unwrap();
+    Backend {
+        store,
+        _dir: Some(dir),
+        _database: None,
+    }
+}
+
+fn postgres() -> Backend {
+    let database = ThrowawayDatabase::create();
+    let url = database.url.clone();
+    let store = std::thread::spawn(move || {
+        hygie_store::open(
+            Some(&url),
+            "/nonexistent".as_ref(),
+            &Default::default(),
+            &Default::default(),
+        )
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    Backend {
+        store,
+        _dir: None,
+        _database: Some(database),
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::sqlite()).await } )* }
+        mod on_postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::postgres()).await } )* }
+    };
+}
+
+on_both_backends!(
+    every_access_leaves_one_audit_record,
+    refusals_are_audited_and_write_nothing,
+    an_access_whose_audit_fails_is_not_performed,
+    anonymous_callers_are_denied_and_audited,
+    a_failing_transaction_writes_nothing_but_its_audit,
+);
+
+fn developer() -> Caller {
+    Caller::new(Principal::development(), "test")
+}
+
+async fn audit_events(store: &SharedStore) -> Vec<Value> {
+    store
+        .run(|tx| tx.audit_leaves(0, 10_000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, leaf)| serde_json::from_slice(&leaf).unwrap())
+        .collect()
+}
+
+fn subtype(event: &Value) -> &str {
+    event["subtype"][0]["code"].as_str().unwrap()
+}
+
+async fn every_access_leaves_one_audit_record(backend: Backend) {
+    let hub = Hub::new(backend.store.clone(), HubConfig::default());
+    let caller = developer();
+    let created = hub
+        .create(&caller, "Patient", json!({"resourceType": "Patient"}), None)
+        .await
+        .unwrap();
+    let id = created.stored.id.clone();
+    hub.read(&caller, "Patient", &id).await.unwrap();
+    hub.update(
+        &caller,
+        "Patient",
+        &id,
+        json!({"resourceType": "Patient", "id": id, "gender": "other"}),
+        None,
+    )
+    .await
+    .unwrap();
+    hub.vread(&caller, "Patient", &id, "1").await.unwrap();
+    hub.search(&caller, "Patient", "_id=x", false)
+        .await
+        .unwrap();
+    hub.history(&caller, hygie_hub::HistoryRequest::default())
+        .await
+        .unwrap();
+    hub.delete(&caller, "Patient", &id).await.unwrap();
+    let events = audit_events(&backend.store).await;
+    let subtypes: Vec<&str> = events.iter().map(subtype).collect();
+    assert_eq!(
+        subtypes,
+        [
+            "create",
+            "read",
+            "update",
+            "vread",
+            "search-type",
+            "history",
+            "delete"
+        ]
+    );
+    assert!(events.iter().all(|e| e["outcome"] == "0"));
+    assert_eq!(
+        events[1]["entity"][0]["what"]["reference"],
+        format!("Patient/{id}/_history/1")
+    );
+    assert_eq!(
+        events[2]["entity"][0]["what"]["reference"],
+        format!("Patient/{id}/_history/2")
+    );
+    assert_eq!(
+        events[1]["agent"][0]["who"]["display"],
+        "development (--no-auth)"
+    );
+    assert_eq!(
+        events[4]["entity"].as_array().unwrap().last().unwrap()["query"],
+        "X2lkPXg="
+    );
+}
+
+async fn refusals_are_audited_and_write_nothing(backend: Backend) {
+    let hub = Hub::new(backend.store.clone(), HubConfig::default());
+    let caller = developer();
+    let invalid = hub
+        .update(
+            &caller,
+            "Patient",
+            "p1",
+            json!({"resourceType": "Patient", "id": "p1", "birthDate": "1970-13-01"}),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.status, 422);
+    assert_eq!(
+        invalid.issues[0].expression.as_deref(),
+        Some("Patient.birthDate")
+    );
+    hub.update(
+        &caller,
+        "Patient",
+        "p1",
+        json!({"resourceType": "Patient", "id": "p1"}),
+        None,
+    )
+    .await
+    .unwrap();
+    let stale = hub
+        .update(
+            &caller,
+            "Patient",
+            "p1",
+            json!({"resourceType": "Patient", "id": "p1", "gender": "male"}),
+            Some("W/\"7\""),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(stale.status, 412);
+    let head = backend
+        .store
+        .run(|tx| tx.head("Patient", "p1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.version, 1, "the stale update wrote nothing");
+    let events = audit_events(&backend.store).await;
+    // The invalid body never reached the store (rejected before the pipeline); the stale
+    // update did, and is recorded as a failure.
+    let outcomes: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (subtype(e), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(outcomes, [("update", "0"), ("update", "4")]);
+    assert_eq!(events[1]["entity"][0]["what"]["reference"], "Patient/p1");
+    assert!(events[1]["outcomeDesc"].as_str().unwrap().contains("412"));
+}
+
+/// A store whose audit appends fail: what a full disk or a revoked grant on the audit
+/// table looks like to the hub.
+struct FailingAudit(SharedStore);
+
+struct FailingAuditTx<'a>(&'a mut dyn Tx);
+
+impl Tx for FailingAuditTx<'_> {
+    fn head(&mut self, t: &str, id: &str) -> StoreResult<Option<Head>> {
+        self.0.head(t, id)
+    }
+    fn current(&mut self, t: &str, id: &str) -> StoreResult<Option<VersionRecord>> {
+        self.0.current(t, id)
+    }
+    fn version(&mut self, t: &str, id: &str, v: i64) -> StoreResult<Option<VersionRecord>> {
+        self.0.version(t, id, v)
+    }
+    fn put_version(&mut self, v: &NewVersion<'_>) -> StoreResult<()> {
+        self.0.put_version(v)
+    }
+    fn history(&mut self, q: &HistoryQuery) -> StoreResult<Vec<VersionRecord>> {
+        self.0.history(q)
+    }
+    fn max_seq(&mut self) -> StoreResult<i64> {
+        self.0.max_seq()
+    }
+    fn find_by_token(&mut self, q: &TokenQuery<'_>, l: usize) -> StoreResult<Vec<String>> {
+        self.0.find_by_token(q, l)
+    }
+    fn list_ids(&mut self, t: &str, a: Option<&str>, l: usize) -> StoreResult<Vec<String>> {
+        self.0.list_ids(t, a, l)
+    }
+    fn append_audit(&mut self, _: i64, _: &[u8]) -> StoreResult<i64> {
+        Err(StoreError::Database("audit_log: disk full".into()))
+    }
+    fn audit_leaves(&mut self, f: i64, l: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        self.0.audit_leaves(f, l)
+    }
+    fn savepoint(&mut self) -> StoreResult<()> {
+        self.0.savepoint()
+    }
+    fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        self.0.rollback_to_savepoint()
+    }
+    fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.0.release_savepoint()
+    }
+}
+
+impl Store for FailingAudit {
+    fn run_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn Any + Send>>> {
+        self.0
+            .run_boxed(Box::new(move |tx| unit(&mut FailingAuditTx(tx))))
+    }
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+    fn close(&self) -> BoxFuture<()> {
+        self.0.close()
+    }
+}
+
+async fn an_access_whose_audit_fails_is_not_performed(backend: Backend) {
+    let healthy = Hub::new(backend.store.clone(), HubConfig::default());
+    let caller = developer();
+    healthy
+        .update(
+            &caller,
+            "Patient",
+            "kept",
+            json!({"resourceType": "Patient", "id": "kept"}),
+            None,
+        )
+        .await
+        .unwrap();
+    let failing = Hub::new(
+        Arc::new(FailingAudit(backend.store.clone())),
+        HubConfig::default(),
+    );
+    let create = failing
+        .update(
+            &caller,
+            "Patient",
+            "lost",
+            json!({"resourceType": "Patient", "id": "lost"}),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(create.status, 500);
+    let read = failing.read(&caller, "Patient", "kept").await.unwrap_err();
+    assert_eq!(
+        read.status, 500,
+        "no data is returned without its audit record"
+    );
+    assert!(read.issues[0].diagnostics.contains("not performed"));
+    assert!(
+        failing.ready().await.is_err(),
+        "/readyz reports the audit as not writable"
+    );
+    let lost = backend
+        .store
+        .run(|tx| tx.head("Patient", "lost"))
+        .await
+        .unwrap();
+    assert!(
+        lost.is_none(),
+        "the write whose audit failed was rolled back"
+    );
+    assert_eq!(
+        audit_events(&backend.store).await.len(),
+        1,
+        "only the healthy write is recorded"
+    );
+}
+
+async fn anonymous_callers_are_denied_and_audited(backend: Backend) {
+    let hub = Hub::new(backend.store.clone(), HubConfig::default());
+    let anonymous = Caller::new(Principal::anonymous(), "anon");
+    let denied = hub.read(&anonymous, "Patient", "x").await.unwrap_err();
+    assert_eq!(denied.status, 401);
+    let denied_write = hub
+        .create(
+            &anonymous,
+            "Patient",
+            json!({"resourceType": "Patient"}),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(denied_write.status, 401);
+    let listed = backend
+        .store
+        .run(|tx| tx.list_ids("Patient", None, 10))
+        .await
+        .unwrap();
+    assert!(listed.is_empty());
+    let events = audit_events(&backend.store).await;
+    assert_eq!(events.len(), 2);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["outcome"] == "4" && e["agent"][0]["who"]["display"] == "anonymous")
+    );
+}
+
+async fn a_failing_transaction_writes_nothing_but_its_audit(backend: Backend) {
+    let hub = Hub::new(backend.store.clone(), HubConfig::default());
+    let caller = developer();
+    hub.update(
+        &caller,
+        "Patient",
+        "existing",
+        json!({"resourceType": "Patient", "id": "existing"}),
+        None,
+    )
+    .await
+    .unwrap();
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:0b8e6c8e-7a3e-4bb0-9bde-3c0f1b3f0a11",
+             "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:t", "value": "new"}]},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                          "subject": {"reference": "urn:uuid:0b8e6c8e-7a3e-4bb0-9bde-3c0f1b3f0a11"}},
+             "request": {"method": "POST", "url": "Observation"}},
+            {"resource": {"resourceType": "Patient", "id": "existing", "gender": "female"},
+             "request": {"method": "PUT", "url": "Patient/existing", "ifMatch": "W/\"9\""}},
+        ],
+    });
+    let error = hub
+        .bundle(&caller, bundle.clone(), ReturnPreference::Minimal)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status, 412);
+    assert_eq!(
+        error.issues[0].expression.as_deref(),
+        Some("Bundle.entry[2]")
+    );
+    let (patients, observations) = backend
+        .store
+        .run(|tx| {
+            Ok((
+                tx.list_ids("Patient", None, 10)?,
+                tx.list_ids("Observation", None, 10)?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        patients,
+        ["existing"],
+        "the transaction's create was rolled back"
+    );
+    assert!(observations.is_empty());
+    let events = audit_events(&backend.store).await;
+    assert_eq!(events.last().unwrap()["outcome"], "4");
+    // The same transaction without the stale precondition commits, references resolved.
+    let mut fixed = bundle;
+    fixed["entry"][2]["request"]["ifMatch"] = json!("W/\"1\"");
+    let response: Value = serde_json::from_slice(
+        &hub.bundle(&caller, fixed, ReturnPreference::Representation)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(response["type"], "transaction-response");
+    let patient_id = response["entry"][0]["resource"]["id"].as_str().unwrap();
+    assert_eq!(
+        response["entry"][1]["resource"]["subject"]["reference"],
+        format!("Patient/{patient_id}")
+    );
+    assert_eq!(response["entry"][2]["response"]["status"], "200 OK");
+}
