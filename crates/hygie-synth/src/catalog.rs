@@ -24,112 +24,31 @@ pub(crate) struct NameOrigin {
     pub(crate) birth_countries: &'static [&'static str],
 }
 
+#[rustfmt::skip]
 pub(crate) const NAME_ORIGINS: &[NameOrigin] = &[
     NameOrigin {
         weight: 55,
         language: "fr",
         language_display: "French",
         female_given: &[
-            "Camille",
-            "Léa",
-            "Manon",
-            "Chloé",
-            "Inès",
-            "Jeanne",
-            "Louise",
-            "Marie",
-            "Élise",
-            "Anne",
-            "Claire",
-            "Sophie",
-            "Nathalie",
-            "Isabelle",
-            "Françoise",
-            "Monique",
-            "Hélène",
-            "Juliette",
-            "Margaux",
-            "Océane",
-            "Brigitte",
-            "Sylvie",
-            "Céline",
+            "Camille", "Léa", "Manon", "Chloé", "Inès", "Jeanne", "Louise", "Marie", "Élise",
+            "Anne", "Claire", "Sophie", "Nathalie", "Isabelle", "Françoise", "Monique",
+            "Hélène", "Juliette", "Margaux", "Océane", "Brigitte", "Sylvie", "Céline",
             "Aurélie",
         ],
         male_given: &[
-            "Lucas",
-            "Hugo",
-            "Louis",
-            "Gabriel",
-            "Jules",
-            "Arthur",
-            "Nicolas",
-            "Thomas",
-            "Julien",
-            "Pierre",
-            "Jean",
-            "Michel",
-            "Philippe",
-            "Alain",
-            "Bernard",
-            "François",
-            "Olivier",
-            "Sébastien",
-            "Mathieu",
-            "Antoine",
-            "Étienne",
-            "Rémi",
-            "Yves",
-            "Gérard",
+            "Lucas", "Hugo", "Louis", "Gabriel", "Jules", "Arthur", "Nicolas", "Thomas",
+            "Julien", "Pierre", "Jean", "Michel", "Philippe", "Alain", "Bernard", "François",
+            "Olivier", "Sébastien", "Mathieu", "Antoine", "Étienne", "Rémi", "Yves", "Gérard",
         ],
         family: &[
-            "Martin",
-            "Bernard",
-            "Dubois",
-            "Thomas",
-            "Robert",
-            "Richard",
-            "Petit",
-            "Durand",
-            "Leroy",
-            "Moreau",
-            "Simon",
-            "Laurent",
-            "Lefèvre",
-            "Michel",
-            "David",
-            "Bertrand",
-            "Roux",
-            "Vincent",
-            "Fournier",
-            "Morel",
-            "Girard",
-            "André",
-            "Mercier",
-            "Dupont",
-            "Lambert",
-            "Bonnet",
-            "Legrand",
-            "Garnier",
-            "Faure",
-            "Rousseau",
-            "Blanc",
-            "Guérin",
-            "Muller",
-            "Henry",
-            "Perrin",
-            "Morin",
-            "Clément",
-            "Gauthier",
-            "Fontaine",
-            "Chevalier",
-            "Le Gall",
-            "Le Goff",
-            "Kerbrat",
-            "Delacroix",
-            "Dupuis",
-            "Fabre",
-            "Besnard",
-            "Lemaître",
+            "Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand",
+            "Leroy", "Moreau", "Simon", "Laurent", "Lefèvre", "Michel", "David", "Bertrand",
+            "Roux", "Vincent", "Fournier", "Morel", "Girard", "André", "Mercier", "Dupont",
+            "Lambert", "Bonnet", "Legrand", "Garnier", "Faure", "Rousseau", "Blanc", "Guérin",
+            "Muller", "Henry", "Perrin", "Morin", "Clément", "Gauthier", "Fontaine",
+            "Chevalier", "Le Gall", "Le Goff", "Kerbrat", "Delacroix", "Dupuis", "Fabre",
+            "Besnard", "Lemaître",
         ],
         birth_countries: &[],
     },
@@ -144,18 +63,8 @@ pub(crate) const NAME_ORIGINS: &[NameOrigin] = &[
             "Mohamed", "Karim", "Youssef", "Mehdi", "Rachid", "Samir", "Omar", "Bilal", "Nabil",
         ],
         family: &[
-            "Benali",
-            "Haddad",
-            "Belkacem",
-            "Mansouri",
-            "Bouzid",
-            "Cherif",
-            "Amrani",
-            "El Idrissi",
-            "Benmoussa",
-            "Ziani",
-            "Saïdi",
-            "Brahimi",
+            "Benali", "Haddad", "Belkacem", "Mansouri", "Bouzid", "Cherif", "Amrani",
+            "El Idrissi", "Benmoussa", "Ziani", "Saïdi", "Brahimi",
         ],
         // Morocco, Algeria, Tunisia.
         birth_countries: &["99350", "99352", "99351"],
@@ -167,13 +76,7 @@ pub(crate) const NAME_ORIGINS: &[NameOrigin] = &[
         female_given: &["Ana", "Beatriz", "Mariana", "Joana", "Rita", "Inês"],
         male_given: &["João", "Tiago", "Rui", "Miguel", "Pedro", "Duarte"],
         family: &[
-            "Da Silva",
-            "Pereira",
-            "Ferreira",
-            "Rodrigues",
-            "Gonçalves",
-            "Oliveira",
-            "Costa",
+            "Da Silva", "Pereira", "Ferreira", "Rodrigues", "Gonçalves", "Oliveira", "Costa",
             "Carvalho",
         ],
         birth_countries: &["99139"],
@@ -185,13 +88,7 @@ pub(crate) const NAME_ORIGINS: &[NameOrigin] = &[
         female_given: &["Lucía", "Carmen", "Elena", "Paula", "Rocío"],
         male_given: &["Alejandro", "Javier", "Diego", "Sergio", "Álvaro"],
         family: &[
-            "García",
-            "Martínez",
-            "López",
-            "Sánchez",
-            "Fernández",
-            "Romero",
-            "Navarro",
+            "García", "Martínez", "López", "Sánchez", "Fernández", "Romero", "Navarro",
         ],
         birth_countries: &["99134"],
     },
@@ -212,12 +109,7 @@ pub(crate) const NAME_ORIGINS: &[NameOrigin] = &[
         language_display: "French",
         female_given: &["Aïssatou", "Fatou", "Mariama", "Awa", "Aminata", "Khady"],
         male_given: &[
-            "Mamadou",
-            "Ousmane",
-            "Abdoulaye",
-            "Cheikh",
-            "Moussa",
-            "Ibrahima",
+            "Mamadou", "Ousmane", "Abdoulaye", "Cheikh", "Moussa", "Ibrahima",
         ],
         family: &[
             "Diallo", "Ndiaye", "Diop", "Sow", "Fall", "Traoré", "Camara", "Cissé",
@@ -250,13 +142,7 @@ pub(crate) const NAME_ORIGINS: &[NameOrigin] = &[
         female_given: &["Anna", "Katarzyna", "Małgorzata", "Agnieszka", "Zofia"],
         male_given: &["Piotr", "Krzysztof", "Tomasz", "Paweł", "Jakub"],
         family: &[
-            "Nowak",
-            "Wójcik",
-            "Kowalczyk",
-            "Woźniak",
-            "Mazur",
-            "Krawczyk",
-            "Zając",
+            "Nowak", "Wójcik", "Kowalczyk", "Woźniak", "Mazur", "Krawczyk", "Zając",
         ],
         birth_countries: &["99122"],
     },
@@ -289,13 +175,7 @@ pub(crate) const NAME_ORIGINS: &[NameOrigin] = &[
         female_given: &["Anna", "Lena", "Katharina", "Ursula"],
         male_given: &["Lukas", "Felix", "Jonas", "Klaus"],
         family: &[
-            "Müller",
-            "Schmidt",
-            "Schneider",
-            "Fischer",
-            "Weber",
-            "Becker",
-            "Wagner",
+            "Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Becker", "Wagner",
         ],
         birth_countries: &["99109"],
     },
@@ -312,139 +192,30 @@ pub(crate) struct Commune {
     pub(crate) weight: u64,
 }
 
+#[rustfmt::skip]
 pub(crate) const COMMUNES: &[Commune] = &[
-    Commune {
-        name: "Paris",
-        postal_code: "75011",
-        insee_code: "75111",
-        weight: 8,
-    },
-    Commune {
-        name: "Paris",
-        postal_code: "75013",
-        insee_code: "75113",
-        weight: 10,
-    },
-    Commune {
-        name: "Paris",
-        postal_code: "75018",
-        insee_code: "75118",
-        weight: 7,
-    },
-    Commune {
-        name: "Paris",
-        postal_code: "75020",
-        insee_code: "75120",
-        weight: 7,
-    },
-    Commune {
-        name: "Saint-Denis",
-        postal_code: "93200",
-        insee_code: "93066",
-        weight: 4,
-    },
-    Commune {
-        name: "Montreuil",
-        postal_code: "93100",
-        insee_code: "93048",
-        weight: 4,
-    },
-    Commune {
-        name: "Créteil",
-        postal_code: "94000",
-        insee_code: "94028",
-        weight: 4,
-    },
-    Commune {
-        name: "Ivry-sur-Seine",
-        postal_code: "94200",
-        insee_code: "94041",
-        weight: 6,
-    },
-    Commune {
-        name: "Vincennes",
-        postal_code: "94300",
-        insee_code: "94080",
-        weight: 3,
-    },
-    Commune {
-        name: "Boulogne-Billancourt",
-        postal_code: "92100",
-        insee_code: "92012",
-        weight: 3,
-    },
-    Commune {
-        name: "Nanterre",
-        postal_code: "92000",
-        insee_code: "92050",
-        weight: 2,
-    },
-    Commune {
-        name: "Versailles",
-        postal_code: "78000",
-        insee_code: "78646",
-        weight: 2,
-    },
-    Commune {
-        name: "Argenteuil",
-        postal_code: "95100",
-        insee_code: "95018",
-        weight: 2,
-    },
-    Commune {
-        name: "Évry-Courcouronnes",
-        postal_code: "91000",
-        insee_code: "91228",
-        weight: 2,
-    },
-    Commune {
-        name: "Lyon",
-        postal_code: "69003",
-        insee_code: "69383",
-        weight: 1,
-    },
-    Commune {
-        name: "Marseille",
-        postal_code: "13005",
-        insee_code: "13205",
-        weight: 1,
-    },
-    Commune {
-        name: "Lille",
-        postal_code: "59000",
-        insee_code: "59350",
-        weight: 1,
-    },
-    Commune {
-        name: "Bordeaux",
-        postal_code: "33000",
-        insee_code: "33063",
-        weight: 1,
-    },
-    Commune {
-        name: "Toulouse",
-        postal_code: "31000",
-        insee_code: "31555",
-        weight: 1,
-    },
-    Commune {
-        name: "Nantes",
-        postal_code: "44000",
-        insee_code: "44109",
-        weight: 1,
-    },
-    Commune {
-        name: "Strasbourg",
-        postal_code: "67000",
-        insee_code: "67482",
-        weight: 1,
-    },
-    Commune {
-        name: "Rennes",
-        postal_code: "35000",
-        insee_code: "35238",
-        weight: 1,
-    },
+    Commune { name: "Paris", postal_code: "75011", insee_code: "75111", weight: 8 },
+    Commune { name: "Paris", postal_code: "75013", insee_code: "75113", weight: 10 },
+    Commune { name: "Paris", postal_code: "75018", insee_code: "75118", weight: 7 },
+    Commune { name: "Paris", postal_code: "75020", insee_code: "75120", weight: 7 },
+    Commune { name: "Saint-Denis", postal_code: "93200", insee_code: "93066", weight: 4 },
+    Commune { name: "Montreuil", postal_code: "93100", insee_code: "93048", weight: 4 },
+    Commune { name: "Créteil", postal_code: "94000", insee_code: "94028", weight: 4 },
+    Commune { name: "Ivry-sur-Seine", postal_code: "94200", insee_code: "94041", weight: 6 },
+    Commune { name: "Vincennes", postal_code: "94300", insee_code: "94080", weight: 3 },
+    Commune { name: "Boulogne-Billancourt", postal_code: "92100", insee_code: "92012", weight: 3 },
+    Commune { name: "Nanterre", postal_code: "92000", insee_code: "92050", weight: 2 },
+    Commune { name: "Versailles", postal_code: "78000", insee_code: "78646", weight: 2 },
+    Commune { name: "Argenteuil", postal_code: "95100", insee_code: "95018", weight: 2 },
+    Commune { name: "Évry-Courcouronnes", postal_code: "91000", insee_code: "91228", weight: 2 },
+    Commune { name: "Lyon", postal_code: "69003", insee_code: "69383", weight: 1 },
+    Commune { name: "Marseille", postal_code: "13005", insee_code: "13205", weight: 1 },
+    Commune { name: "Lille", postal_code: "59000", insee_code: "59350", weight: 1 },
+    Commune { name: "Bordeaux", postal_code: "33000", insee_code: "33063", weight: 1 },
+    Commune { name: "Toulouse", postal_code: "31000", insee_code: "31555", weight: 1 },
+    Commune { name: "Nantes", postal_code: "44000", insee_code: "44109", weight: 1 },
+    Commune { name: "Strasbourg", postal_code: "67000", insee_code: "67482", weight: 1 },
+    Commune { name: "Rennes", postal_code: "35000", insee_code: "35238", weight: 1 },
 ];
 
 pub(crate) const STREETS: &[&str] = &[
@@ -907,3 +678,74 @@ pub(crate) const ALLERGIES: &[Allergy] = &[
         is_penicillin: false,
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_diagnoses() -> impl Iterator<Item = &'static Diagnosis> {
+        CHRONIC_CONDITIONS
+            .iter()
+            .map(|chronic| &chronic.diagnosis)
+            .chain(AMBULATORY_DIAGNOSES)
+            .chain(EMERGENCY_DIAGNOSES)
+            .chain(INPATIENT_DIAGNOSES)
+    }
+
+    #[test]
+    fn every_penicillin_has_an_alternative_for_allergic_patients() {
+        for diagnosis in all_diagnoses() {
+            if diagnosis.treatment.is_penicillin {
+                let alternative = diagnosis.penicillin_free_treatment;
+                assert!(
+                    alternative.is_some_and(|m| !m.is_penicillin),
+                    "{diagnosis:?}"
+                );
+            }
+        }
+        assert!(ALLERGIES.iter().any(|allergy| allergy.is_penicillin));
+    }
+
+    #[test]
+    fn codes_are_shaped_like_their_systems_codes() {
+        for diagnosis in all_diagnoses() {
+            let snomed = diagnosis.snomed.code;
+            assert!(
+                snomed.len() >= 6 && snomed.bytes().all(|b| b.is_ascii_digit()),
+                "{snomed}"
+            );
+            for medication in [
+                Some(diagnosis.treatment),
+                diagnosis.penicillin_free_treatment,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                // ATC chemical substance level: letter, 2 digits, 2 letters, 2 digits.
+                let atc = medication.atc.code.as_bytes();
+                assert_eq!(atc.len(), 7, "{}", medication.atc.code);
+                assert!(atc[0].is_ascii_uppercase() && atc[3].is_ascii_uppercase());
+                assert!(atc[1].is_ascii_digit() && atc[5].is_ascii_digit());
+                assert!(medication.doses_per_day >= 1);
+            }
+        }
+        for commune in COMMUNES {
+            assert_eq!(commune.postal_code.len(), 5);
+            assert_eq!(commune.insee_code.len(), 5);
+            assert_eq!(
+                commune.postal_code[..2],
+                commune.insee_code[..2],
+                "{}",
+                commune.name
+            );
+        }
+        for origin in NAME_ORIGINS {
+            assert!(
+                origin
+                    .birth_countries
+                    .iter()
+                    .all(|c| c.len() == 5 && c.starts_with("99"))
+            );
+        }
+    }
+}

@@ -208,14 +208,17 @@ pub(crate) fn generate_patient(
     }
     for (encounter_number, encounter) in encounters.iter().enumerate() {
         let mut new_problem_url = None;
-        let reason_url = match encounter.reason {
-            Reason::NewProblem(_) => new_problem_url.insert(rng.urn_uuid()).clone(),
-            Reason::FollowUp { chronic_index } => chronic[chronic_index].full_url.clone(),
-        };
-        let reason_display = match encounter.reason {
-            Reason::NewProblem(diagnosis) => diagnosis.snomed.display,
+        let (reason_url, reason_display) = match encounter.reason {
+            Reason::NewProblem(diagnosis) => (
+                new_problem_url.insert(rng.urn_uuid()).clone(),
+                diagnosis.snomed.display,
+            ),
             Reason::FollowUp { chronic_index } => {
-                chronic[chronic_index].condition.diagnosis.snomed.display
+                let known = &chronic[chronic_index];
+                (
+                    known.full_url.clone(),
+                    known.condition.diagnosis.snomed.display,
+                )
             }
         };
         entries.push(patient.encounter(encounter, encounter_number, &reason_url, reason_display));
@@ -232,8 +235,8 @@ pub(crate) fn generate_patient(
                 }
                 _ => diagnosis.treatment,
             };
-            let prescribed = rng.between(60, 90);
-            let authored = encounter.moment(prescribed, 100);
+            // Diagnosed in the first half of the encounter, treated in the second.
+            let authored = encounter.moment(rng.between(60, 90), 100);
             entries.push(patient.new_problem(
                 rng,
                 encounter,

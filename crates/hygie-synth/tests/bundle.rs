@@ -1033,3 +1033,21 @@ fn hospital_bundle_panics_on_refused_options() {
         ..SynthOptions::default()
     });
 }
+
+/// Benchmarks and demo instructions compare runs across versions: a change of the default
+/// output must be deliberate, so its first patient is pinned here.
+#[test]
+fn default_output_is_pinned() {
+    let bundle = hospital_bundle(&SynthOptions::default());
+    let first = entries(&bundle)
+        .iter()
+        .find(|entry| entry["resource"]["resourceType"] == "Patient")
+        .unwrap();
+    assert_eq!(
+        first["fullUrl"],
+        "urn:uuid:49eeee42-ff74-417d-8c0f-5ef912b45160"
+    );
+    assert_eq!(first["resource"]["identifier"][0]["value"], "23683405");
+    assert_eq!(first["resource"]["name"][0]["family"], "Morin");
+    assert_eq!(entries(&bundle).len(), 762);
+}

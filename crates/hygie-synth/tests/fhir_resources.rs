@@ -21,6 +21,11 @@ const PYTHON_VARIABLE: &str = "HYGIE_SYNTH_PYTHON";
 #[test]
 fn bundles_validate_with_fhir_resources() {
     let Some(python) = std::env::var_os(PYTHON_VARIABLE) else {
+        // CI (scripts/test) always provides the venv: there, a missing one is a failure.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{PYTHON_VARIABLE} is not set under CI: scripts/test must provide fhir.resources"
+        );
         eprintln!(
             "SKIPPED the fhir.resources check: set {PYTHON_VARIABLE} to a Python with \
              fhir.resources==6.4.0 (see tests/fhir_resources.rs)"
