@@ -17,7 +17,8 @@
 #![forbid(unsafe_code)]
 
 use base64::Engine;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// `AuditEvent.outcome`: 0 success, 4 minor failure (the client's fault), 8 serious failure
@@ -100,75 +101,181 @@ impl AuditRecord {
 
     /// The record as a FHIR R4 AuditEvent.
     pub fn to_audit_event(&self) -> Value {
-        let recorded =
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.recorded_us) * 1_000)
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned());
-        let mut agent = json!({
-            "type": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                "code": "IRCP",
-            }]},
-            "who": {"display": self.who},
-            "requestor": true,
-        });
-        if let Some(address) = &self.network_address {
-            agent["network"] = json!({"address": address, "type": "2"});
-        }
-        let mut event = json!({
-            "resourceType": "AuditEvent",
-            "type": {
-                "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                "code": "rest",
-                "display": "RESTful Operation",
-            },
-            "subtype": [{
-                "system": "http://hl7.org/fhir/restful-interaction",
-                "code": self.interaction,
-            }],
-            "action": self.action_code(),
-            "recorded": recorded,
-            "outcome": self.outcome.code(),
-            "agent": [agent],
-            "source": {"observer": {"display": "hygie"}, "type": [{
-                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                "code": "4",
-            }]},
-        });
-        if let Some(description) = &self.outcome_description {
-            event["outcomeDesc"] = json!(description);
-        }
-        let mut entities: Vec<Value> = self
-            .entities
-            .iter()
-            .map(|reference| json!({"what": {"reference": reference}}))
-            .collect();
-        if let Some(query) = &self.query {
-            entities.push(json!({
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
-                "query": base64::engine::general_purpose::STANDARD.encode(query),
-            }));
-        }
-        if !entities.is_empty() {
-            event["entity"] = Value::Array(entities);
-        }
-        if let Some(request_id) = &self.request_id {
-            event["meta"] = json!({"tag": [{
-                "system": "urn:hygie:request-id",
-                "code": request_id,
-            }]});
-        }
-        event
+        serde_json::from_slice(&self.to_leaf()).expect("the leaf is JSON")
     }
 
     /// The leaf bytes stored in the audit log: the AuditEvent as compact JSON.
+    ///
+    /// Serialized from borrowed structs rather than a `Value` tree: this runs once per
+    /// request, reads included, inside the store's transaction.
     pub fn to_leaf(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.to_audit_event()).expect("a JSON value always serializes")
+        let recorded = format_recorded(self.recorded_us);
+        let query = self
+            .query
+            .as_ref()
+            .map(|q| base64::engine::general_purpose::STANDARD.encode(q));
+        let mut entities: Vec<EntityOut<'_>> = self
+            .entities
+            .iter()
+            .map(|reference| EntityOut {
+                what: Some(ReferenceOut { reference }),
+                entity_type: None,
+                query: None,
+            })
+            .collect();
+        if let Some(query) = &query {
+            entities.push(EntityOut {
+                what: None,
+                entity_type: Some(Coding {
+                    system: "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    code: "2",
+                    display: None,
+                }),
+                query: Some(query),
+            });
+        }
+        let event = AuditEventOut {
+            resource_type: "AuditEvent",
+            meta: self.request_id.as_deref().map(|code| MetaOut {
+                tag: [Coding {
+                    system: "urn:hygie:request-id",
+                    code,
+                    display: None,
+                }],
+            }),
+            event_type: Coding {
+                system: "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                code: "rest",
+                display: Some("RESTful Operation"),
+            },
+            subtype: [Coding {
+                system: "http://hl7.org/fhir/restful-interaction",
+                code: &self.interaction,
+                display: None,
+            }],
+            action: self.action_code(),
+            recorded: &recorded,
+            outcome: self.outcome.code(),
+            outcome_desc: self.outcome_description.as_deref(),
+            agent: [AgentOut {
+                agent_type: CodeableConcept {
+                    coding: [Coding {
+                        system: "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                        code: "IRCP",
+                        display: None,
+                    }],
+                },
+                who: Display { display: &self.who },
+                requestor: true,
+                network: self.network_address.as_deref().map(|address| NetworkOut {
+                    address,
+                    network_type: "2",
+                }),
+            }],
+            source: SourceOut {
+                observer: Display { display: "hygie" },
+                source_type: [Coding {
+                    system: "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    code: "4",
+                    display: None,
+                }],
+            },
+            entity: entities,
+        };
+        serde_json::to_vec(&event).expect("an AuditEvent always serializes")
     }
+}
+
+fn format_recorded(recorded_us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(recorded_us) * 1_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+}
+
+#[derive(Serialize)]
+struct AuditEventOut<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<MetaOut<'a>>,
+    #[serde(rename = "type")]
+    event_type: Coding<'a>,
+    subtype: [Coding<'a>; 1],
+    action: &'static str,
+    recorded: &'a str,
+    outcome: &'static str,
+    #[serde(rename = "outcomeDesc", skip_serializing_if = "Option::is_none")]
+    outcome_desc: Option<&'a str>,
+    agent: [AgentOut<'a>; 1],
+    source: SourceOut<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    entity: Vec<EntityOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct MetaOut<'a> {
+    tag: [Coding<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Coding<'a> {
+    system: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct CodeableConcept<'a> {
+    coding: [Coding<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Display<'a> {
+    display: &'a str,
+}
+
+#[derive(Serialize)]
+struct AgentOut<'a> {
+    #[serde(rename = "type")]
+    agent_type: CodeableConcept<'a>,
+    who: Display<'a>,
+    requestor: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<NetworkOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct NetworkOut<'a> {
+    address: &'a str,
+    #[serde(rename = "type")]
+    network_type: &'static str,
+}
+
+#[derive(Serialize)]
+struct SourceOut<'a> {
+    observer: Display<'a>,
+    #[serde(rename = "type")]
+    source_type: [Coding<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ReferenceOut<'a> {
+    reference: &'a str,
+}
+
+#[derive(Serialize)]
+struct EntityOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    what: Option<ReferenceOut<'a>>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    entity_type: Option<Coding<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<&'a str>,
 }
 
 /// RFC 9162 §2.1.1 leaf hash: `SHA-256(0x00 ‖ leaf)`.

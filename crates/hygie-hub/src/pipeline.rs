@@ -92,21 +92,29 @@ impl Hub {
                 return Err(error);
             }
         };
+        // A read writes nothing but its audit leaf: it needs no savepoint to undo.
+        let undoable = access.action.writes() || access.action == Action::Bundle;
         let outcome = self
             .inner
             .store
             .run(move |tx| {
-                tx.savepoint()?;
+                if undoable {
+                    tx.savepoint()?;
+                }
                 let result = match op(tx, &mask) {
                     Ok(Ok(value)) => {
-                        tx.release_savepoint()?;
+                        if undoable {
+                            tx.release_savepoint()?;
+                        }
                         Ok(value)
                     }
                     Ok(Err(refusal)) => {
-                        tx.rollback_to_savepoint()?;
+                        if undoable {
+                            tx.rollback_to_savepoint()?;
+                        }
                         Err(refusal)
                     }
-                    Err(conflict @ StoreError::Conflict { .. }) => {
+                    Err(conflict @ StoreError::Conflict { .. }) if undoable => {
                         tx.rollback_to_savepoint()?;
                         Err(HubError::from_store(conflict))
                     }

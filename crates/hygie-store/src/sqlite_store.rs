@@ -167,9 +167,9 @@ fn run_batch(connection: &mut Connection, batch: &mut Vec<Job>) {
         StoreResult<Box<dyn std::any::Any + Send>>,
     )> = Vec::with_capacity(jobs.len());
     let outcome = (|| -> StoreResult<()> {
-        connection.execute_batch("BEGIN IMMEDIATE")?;
+        execute_cached(connection, "BEGIN IMMEDIATE")?;
         for (unit, sender) in jobs.by_ref() {
-            if let Err(error) = connection.execute_batch("SAVEPOINT unit") {
+            if let Err(error) = execute_cached(connection, "SAVEPOINT unit") {
                 answered.push((sender, Err(StoreError::Database(error.to_string()))));
                 return Err(error.into());
             }
@@ -182,14 +182,15 @@ fn run_batch(connection: &mut Connection, batch: &mut Vec<Job>) {
                 Err(payload) => Err(StoreError::Panicked(panic_message(payload.as_ref()))),
             };
             let cleanup = if result.is_err() {
-                connection.execute_batch("ROLLBACK TO unit; RELEASE unit")
+                execute_cached(connection, "ROLLBACK TO unit")
+                    .and_then(|()| execute_cached(connection, "RELEASE unit"))
             } else {
-                connection.execute_batch("RELEASE unit")
+                execute_cached(connection, "RELEASE unit")
             };
             answered.push((sender, result));
             cleanup?;
         }
-        connection.execute_batch("COMMIT")?;
+        execute_cached(connection, "COMMIT")?;
         Ok(())
     })();
     match outcome {
@@ -211,6 +212,13 @@ fn run_batch(connection: &mut Connection, batch: &mut Vec<Job>) {
             }
         }
     }
+}
+
+/// Runs a statement through the prepared-statement cache: the savepoints and commits of
+/// every unit would otherwise be parsed again each time.
+fn execute_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+    connection.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -506,24 +514,25 @@ impl Tx for SqliteTx<'_> {
 
     fn savepoint(&mut self) -> StoreResult<()> {
         self.savepoints += 1;
-        self.connection
-            .execute_batch(&format!("SAVEPOINT nested_{}", self.savepoints))?;
+        execute_cached(
+            self.connection,
+            &format!("SAVEPOINT nested_{}", self.savepoints),
+        )?;
         Ok(())
     }
 
     fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
         let name = self.savepoints;
         self.savepoints = self.savepoints.saturating_sub(1);
-        self.connection
-            .execute_batch(&format!("ROLLBACK TO nested_{name}; RELEASE nested_{name}"))?;
+        execute_cached(self.connection, &format!("ROLLBACK TO nested_{name}"))?;
+        execute_cached(self.connection, &format!("RELEASE nested_{name}"))?;
         Ok(())
     }
 
     fn release_savepoint(&mut self) -> StoreResult<()> {
         let name = self.savepoints;
         self.savepoints = self.savepoints.saturating_sub(1);
-        self.connection
-            .execute_batch(&format!("RELEASE nested_{name}"))?;
+        execute_cached(self.connection, &format!("RELEASE nested_{name}"))?;
         Ok(())
     }
 }
