@@ -133,7 +133,7 @@ def main():
         fail("usage: gen-r4-schema.py PATH/TO/dist/fhir/r4 [OUTPUT]")
     src = sys.argv[1]
     here = os.path.dirname(os.path.abspath(__file__))
-    out = (
+    out = os.path.normpath(
         sys.argv[2]
         if len(sys.argv) == 3
         else os.path.join(here, "..", "crates", "hygie-fhir", "data", "r4-schema.json")
@@ -149,7 +149,8 @@ def main():
             dropped.append("%s (fhirVersion %s)" % (sd["name"], sd.get("fhirVersion")))
             continue
         if sd["kind"] == "logical" or sd.get("derivation") == "constraint":
-            dropped.append("%s (%s)" % (sd["name"], "logical" if sd["kind"] == "logical" else "constraint"))
+            why = "logical" if sd["kind"] == "logical" else "constraint"
+            dropped.append("%s (%s)" % (sd["name"], why))
             continue
         name = sd["type"]
         if sd["name"] != name:

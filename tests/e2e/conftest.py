@@ -52,7 +52,8 @@ def hygie_bin() -> Path:
     """Path of the `hygie` binary under test."""
     given = os.environ.get("HYGIE_BIN")
     if given:
-        path = Path(given)
+        # Absolute: each server runs in its own temp dir, where a relative path means nothing.
+        path = Path(given).resolve()
         hint = "HYGIE_BIN points at it"
     else:
         target = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))

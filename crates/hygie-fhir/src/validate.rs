@@ -1,7 +1,8 @@
 //! Validation of FHIR R4 JSON resources against the R4 structure definitions.
 //!
 //! Runs on every create and update, so it walks the JSON once, looks each property up in the
-//! precomputed [`crate::schema`] tables, compiles no regex and allocates nothing per element:
+//! precomputed [`crate::schema`] tables, checks formats with hand-coded matchers (tested equal
+//! to the spec regexes, see [`Primitive::is_valid_format`]) and allocates nothing per element:
 //! the FHIRPath of the current element is a stack of borrowed segments, rendered into a
 //! string only when an issue is reported.
 //!
@@ -11,8 +12,10 @@
 //! - cardinality: required elements present; arrays exactly for repeating elements; max;
 //!   no empty arrays, empty objects or `null` (except as the placeholder in an array of
 //!   primitives whose `_name` array carries an extension at the same index);
-//! - primitives: JSON type (string, number, boolean), the spec's regex, integer ranges,
-//!   calendar dates (no 30 February), strings non-empty and at most 1 MiB;
+//! - primitives: JSON type (string, number, boolean), the spec's regex (`\s` read as XML
+//!   Schema whitespace, as in the XSD the patterns come from), integer ranges, calendar dates
+//!   (no 30 February), strings non-empty and at most 1 Mi characters (every string-based type
+//!   but base64Binary and xhtml, which only the request size bounds);
 //! - choice elements (`value[x]`): only the listed type suffixes, at most one of them;
 //! - `_name` companions of primitives: objects with `id`/`extension` only, arrays aligned;
 //! - complex datatypes, BackboneElements and contentReferences, recursively;
@@ -25,10 +28,13 @@
 //! - Narrative `div`: a string starting with `<div`.
 //!
 //! Not checked (a deliberate scope, not an oversight):
-//! - XHTML content of `Narrative.div` (well-formedness, allowed elements, no scripts): the
-//!   div is served as data, never rendered by Hygie;
-//! - FHIRPath invariants other than ext-1 and dom-2/4/5 (e.g. `obs-6`, `bdl-7`, `ele-1` beyond
-//!   empty objects, dom-3 "contained resources are referenced");
+//! - XHTML content of `Narrative.div` beyond its `<div` start (well-formedness, the allowed
+//!   elements and attributes, no scripts): out of scope here, so whatever renders a narrative
+//!   must treat it as untrusted markup;
+//! - the spec's SHOULDs on strings (no control characters, no leading/trailing whitespace);
+//! - FHIRPath invariants other than ext-1 and dom-2/4/5 (e.g. `obs-6`; the Bundle rules such
+//!   as `bdl-7` unique fullUrls; `ele-1` beyond empty objects; dom-3 "contained resources are
+//!   referenced");
 //! - terminology bindings (e.g. `Patient.gender` codes), profiles in `meta.profile`
 //!   (SimpleQuantity included: a `comparator` where one is forbidden is accepted), and
 //!   reference target types (`Observation.subject` may point to any resource type);

@@ -225,8 +225,10 @@ fn rejects_empty_arrays_empty_objects_and_nulls() {
 
 // ---- primitives ----
 
-/// (element setter, good values, bad values) for each primitive type.
-fn primitive_cases() -> Vec<(&'static str, fn(Value) -> Value, Vec<Value>, Vec<Value>)> {
+/// (type, resource with the value at an element of that type, good values, bad values).
+type PrimitiveCase = (&'static str, fn(Value) -> Value, Vec<Value>, Vec<Value>);
+
+fn primitive_cases() -> Vec<PrimitiveCase> {
     fn ext(key: &'static str) -> impl Fn(Value) -> Value {
         move |v| extension_with(json!({"url": "http://example.org/x", key: v}))
     }

@@ -123,7 +123,7 @@ fn redact(url: &str) -> String {
 }
 
 /// An arbitrary, fixed key for the migration advisory lock ("hygie" in ASCII).
-const MIGRATION_LOCK_KEY: i64 = 0x6879_6769_65;
+const MIGRATION_LOCK_KEY: i64 = 0x0068_7967_6965;
 
 fn migrate(client: &mut Client) -> StoreResult<()> {
     let mut tx = client.transaction()?;
