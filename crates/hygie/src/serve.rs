@@ -87,6 +87,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let no_auth = args.no_auth || file.no_auth.unwrap_or(false);
     let insecure_http = args.insecure_http || file.insecure_http.unwrap_or(false);
     check_exposure(address, tls.is_some(), insecure_http, no_auth)?;
+    // Parse the embedded R4 definitions now, not on the first request.
+    hygie_fhir::schema::preload();
     let store_settings = config::store_settings(&args.store, &file)?;
     let store = config::open_store(&store_settings).await?;
     let backend = store.backend();
