@@ -1,0 +1,71 @@
+"""`hygie demo`: starts, prints its base URL and curl commands that work as printed, stops on
+SIGINT with exit code 0 and removes its throwaway data."""
+
+from __future__ import annotations
+
+import re
+import signal
+import urllib.parse
+from pathlib import Path
+
+from e2e_support import Process, check_bundle, check_resource, free_port, run_cli
+
+DEMO_START_TIMEOUT_S = 90  # generating and loading 20 patients in a debug build
+
+
+def test_demo(hygie_bin, tmp_path, http):
+    port = free_port()
+    demo = Process([hygie_bin, "demo", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path)
+    try:
+        banner = demo.wait_for_output(r"Hygie demo hub: (\S+)", DEMO_START_TIMEOUT_S)
+        base = banner.group(1)
+        assert base == f"http://127.0.0.1:{port}/fhir", f"printed base URL: {base}"
+        demo.wait_for_output(r"^Try:\n(?:.*\n)*.*_history\?_count=3", 30)
+        output = demo.output()
+
+        read_cmd = re.search(rf"curl -s {re.escape(base)}/(Patient/[A-Za-z0-9\-.]+)\s*$", output, re.MULTILINE)
+        assert read_cmd, f"no `curl {base}/Patient/<id>` in the output:\n{output}"
+        reference = read_cmd.group(1)
+        search_cmd = re.search(rf"curl -s '({re.escape(base)}/Patient\?identifier=[^']+)'", output)
+        assert search_cmd, f"no `curl '{base}/Patient?identifier=…'` in the output:\n{output}"
+
+        patient = check_resource(http.get(f"{base}/{reference}"), 200, "Patient")
+        assert f"Patient/{patient['id']}" == reference
+
+        # The URL exactly as printed (curl sends `|` as is; requests would too).
+        bundle = check_bundle(http.get(search_cmd.group(1)), "searchset")
+        found = [e["resource"]["id"] for e in bundle.get("entry") or [] if e["search"]["mode"] == "match"]
+        assert found == [patient["id"]], f"{search_cmd.group(1)} found {found}, expected {reference}"
+        token = urllib.parse.unquote(search_cmd.group(1).split("identifier=", 1)[1])
+        system, _, value = token.partition("|")
+        assert any(i.get("system") == system and i.get("value") == value for i in patient["identifier"]), token
+
+        # The other printed commands answer too.
+        check_bundle(http.get(f"{base}/Patient", params={"_count": "5"}), "searchset")
+        check_bundle(http.get(f"{base}/{reference}/_history"), "history")
+        check_bundle(http.get(f"{base}/_history", params={"_count": "3"}), "history")
+        check_resource(http.get(f"{base}/metadata"), 200, "CapabilityStatement")
+        listed = re.findall(r"^\s+.+?\s(Patient/[A-Za-z0-9\-.]+)\s", output, re.MULTILINE)
+        assert len(listed) >= 5, f"five patients are listed with their references:\n{output}"
+        for other in listed[:5]:
+            check_resource(http.get(f"{base}/{other}"), 200, "Patient")
+
+        post_cmd = re.search(r"-d '(\{.*\})'", output)
+        assert post_cmd, f"no create example in the output:\n{output}"
+        check_resource(http.post(f"{base}/Patient", data=post_cmd.group(1),
+                                 headers={"Content-Type": "application/fhir+json"}), 201, "Patient")
+
+        code = demo.signal_and_wait(signal.SIGINT)
+        assert code == 0, f"hygie demo exited {code} on SIGINT:\n{demo.output()[-3000:]}"
+        removed = re.search(r"data directory (\S+) was removed", demo.output())
+        assert removed, f"the demo should say its throwaway data was removed:\n{demo.output()[-2000:]}"
+        assert not Path(removed.group(1)).exists(), f"{removed.group(1)} still exists"
+    finally:
+        demo.close()
+
+
+def test_demo_refuses_a_non_loopback_address(hygie_bin, tmp_path):
+    done = run_cli(hygie_bin, ["demo", "--listen", f"0.0.0.0:{free_port()}", "--patients", "2"], cwd=tmp_path,
+                   timeout_s=60)
+    assert done.returncode != 0, f"the demo runs without authentication: loopback only\n{done.stdout}{done.stderr}"
+    assert "loopback" in done.stdout + done.stderr
