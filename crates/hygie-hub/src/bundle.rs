@@ -684,6 +684,7 @@ fn execute_transaction(
                 full_url,
                 if_none_exist: Some(criteria),
             } => {
+                criteria::lock_conditional(tx, &prepared.resource_type)?;
                 let matches =
                     criteria::matching_ids(tx, &prepared.resource_type, criteria, None, 2)?;
                 match matches.as_slice() {
@@ -712,6 +713,7 @@ fn execute_transaction(
                 full_url,
                 ..
             } => {
+                criteria::lock_conditional(tx, &prepared.resource_type)?;
                 let matches =
                     criteria::matching_ids(tx, &prepared.resource_type, criteria, None, 2)?;
                 let id = match matches.as_slice() {

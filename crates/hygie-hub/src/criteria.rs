@@ -95,6 +95,13 @@ pub fn parse_conditional(query: &str) -> Result<Criteria, HubError> {
     Ok(criteria)
 }
 
+/// Serializes conditional writes on one resource type, so that two of them cannot both
+/// see "no match" and both create. Per type rather than per criteria: two conditions that
+/// differ may still describe the same new resource.
+pub fn lock_conditional(tx: &mut dyn Tx, resource_type: &str) -> StoreResult<()> {
+    tx.lock(&format!("hygie:conditional:{resource_type}"))
+}
+
 /// Ids of current resources of `resource_type` matching every criterion (sorted), after
 /// `after_id`, at most `limit`. With no criteria: every resource of the type.
 pub fn matching_ids(

@@ -246,6 +246,7 @@ pub(crate) fn exec_create(
     now: i64,
 ) -> OpResult<WriteOutcome> {
     if let Some(criteria) = if_none_exist {
+        criteria::lock_conditional(tx, &prepared.resource_type)?;
         let matches = criteria::matching_ids(tx, &prepared.resource_type, criteria, None, 2)?;
         match matches.as_slice() {
             [] => {}
@@ -551,6 +552,7 @@ impl Hub {
                 query: Some(criteria_query.to_owned()),
             },
             move |tx, _mask| {
+                criteria::lock_conditional(tx, &ty)?;
                 let matches = criteria::matching_ids(tx, &ty, &criteria, None, 2)?;
                 let id = match matches.as_slice() {
                     [] => new_id,

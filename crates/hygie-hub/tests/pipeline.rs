@@ -238,6 +238,9 @@ impl Tx for FailingAuditTx<'_> {
     fn audit_leaves(&mut self, f: i64, l: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
         self.0.audit_leaves(f, l)
     }
+    fn lock(&mut self, key: &str) -> StoreResult<()> {
+        self.0.lock(key)
+    }
     fn savepoint(&mut self) -> StoreResult<()> {
         self.0.savepoint()
     }

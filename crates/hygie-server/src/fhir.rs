@@ -192,28 +192,63 @@ fn base_url(state: &AppState, headers: &HeaderMap, local: Option<SocketAddr>) ->
     format!("{}://{host}/fhir", state.config.scheme)
 }
 
-/// Reads the body within the size limit, checks its nesting depth, parses it.
-async fn json_body(state: &AppState, body: Body) -> Result<Value> {
-    let limit = state.config.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        error(
-            413,
-            IssueType::TooCostly,
-            format!("the request body is larger than the limit (max_body_bytes = {limit})"),
-        )
-    })?;
-    if bytes.is_empty() {
-        return Err(error(400, IssueType::Invalid, "the request body is empty"));
+/// The request body, read at most once, remembering whether it was read to its end: a
+/// response sent before that must close the connection, or the unread bytes would be
+/// taken for the next request on it.
+struct BodySlot {
+    body: Option<Body>,
+    declared: bool,
+    fully_read: bool,
+}
+
+impl BodySlot {
+    fn new(body: Body, headers: &HeaderMap) -> BodySlot {
+        let declared = headers.contains_key(header::TRANSFER_ENCODING)
+            || headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim() != "0");
+        BodySlot {
+            body: Some(body),
+            declared,
+            fully_read: false,
+        }
     }
-    hygie_fhir::json_depth::check_json_depth(&bytes, state.config.max_json_depth)
-        .map_err(|e| error(400, IssueType::TooCostly, format!("{e} (max_json_depth)")))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        error(
-            400,
-            IssueType::Structure,
-            format!("the body is not valid JSON: {e}"),
-        )
-    })
+
+    fn must_close_connection(&self) -> bool {
+        self.declared && !self.fully_read
+    }
+
+    /// The raw bytes, within the size limit.
+    async fn bytes(&mut self, limit: usize) -> Result<bytes::Bytes> {
+        let body = self.body.take().unwrap_or_else(Body::empty);
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+            error(
+                413,
+                IssueType::TooCostly,
+                format!("the request body is larger than the limit (max_body_bytes = {limit})"),
+            )
+        })?;
+        self.fully_read = true;
+        Ok(bytes)
+    }
+
+    /// Reads the body, checks its nesting depth before parsing, and parses it.
+    async fn json(&mut self, state: &AppState) -> Result<Value> {
+        let bytes = self.bytes(state.config.max_body_bytes).await?;
+        if bytes.is_empty() {
+            return Err(error(400, IssueType::Invalid, "the request body is empty"));
+        }
+        hygie_fhir::json_depth::check_json_depth(&bytes, state.config.max_json_depth)
+            .map_err(|e| error(400, IssueType::TooCostly, format!("{e} (max_json_depth)")))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            error(
+                400,
+                IssueType::Structure,
+                format!("the body is not valid JSON: {e}"),
+            )
+        })
+    }
 }
 
 fn resource_response(stored: &Stored, status: StatusCode, base: &str) -> Response {
@@ -276,14 +311,25 @@ fn method_not_allowed(method: &Method, path: &str, allowed: &str) -> ErrorRespon
 
 /// The single FHIR entry point: parses the path and dispatches to the hub.
 pub async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
-    match dispatch_inner(state, request).await {
+    let (parts, body) = request.into_parts();
+    let mut body = BodySlot::new(body, &parts.headers);
+    let mut response = match dispatch_inner(state, parts, &mut body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
+    };
+    if body.must_close_connection() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    response
 }
 
-async fn dispatch_inner(state: AppState, request: Request) -> Result<Response> {
-    let (parts, body) = request.into_parts();
+async fn dispatch_inner(
+    state: AppState,
+    parts: http::request::Parts,
+    body: &mut BodySlot,
+) -> Result<Response> {
     let method = parts.method.clone();
     let headers = parts.headers;
     let path = parts.uri.path().to_owned();
@@ -321,7 +367,7 @@ async fn dispatch_inner(state: AppState, request: Request) -> Result<Response> {
     let response = match (segments.as_slice(), &method) {
         ([], &Method::POST) => {
             check_content_type(&headers, false)?;
-            let bundle = json_body(&state, body).await?;
+            let bundle = body.json(&state).await?;
             let bytes = hub
                 .bundle(&caller, bundle, prefer.return_preference)
                 .await?;
@@ -370,14 +416,7 @@ async fn dispatch_inner(state: AppState, request: Request) -> Result<Response> {
                     "POST _search takes application/x-www-form-urlencoded parameters",
                 ));
             }
-            let limit = state.config.max_body_bytes;
-            let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-                error(
-                    413,
-                    IssueType::TooCostly,
-                    "search parameters exceed max_body_bytes",
-                )
-            })?;
+            let bytes = body.bytes(state.config.max_body_bytes).await?;
             let form = String::from_utf8_lossy(&bytes);
             let combined = match (query.is_empty(), form.is_empty()) {
                 (true, _) => form.into_owned(),
@@ -391,7 +430,7 @@ async fn dispatch_inner(state: AppState, request: Request) -> Result<Response> {
         }
         ([resource_type], &Method::POST) => {
             check_content_type(&headers, false)?;
-            let resource = json_body(&state, body).await?;
+            let resource = body.json(&state).await?;
             let outcome = hub
                 .create(
                     &caller,
@@ -411,7 +450,7 @@ async fn dispatch_inner(state: AppState, request: Request) -> Result<Response> {
                     "PUT on a type needs search criteria (conditional update) or an id in the URL",
                 ));
             }
-            let resource = json_body(&state, body).await?;
+            let resource = body.json(&state).await?;
             let outcome = hub
                 .conditional_update(&caller, resource_type, &query, resource, if_match)
                 .await?;
@@ -437,7 +476,7 @@ async fn dispatch_inner(state: AppState, request: Request) -> Result<Response> {
         }
         ([resource_type, id], &Method::PUT) => {
             check_content_type(&headers, false)?;
-            let resource = json_body(&state, body).await?;
+            let resource = body.json(&state).await?;
             let outcome = hub
                 .update(&caller, resource_type, id, resource, if_match)
                 .await?;
@@ -445,7 +484,7 @@ async fn dispatch_inner(state: AppState, request: Request) -> Result<Response> {
         }
         ([resource_type, id], &Method::PATCH) => {
             check_content_type(&headers, true)?;
-            let patch = json_body(&state, body).await?;
+            let patch = body.json(&state).await?;
             let outcome = hub
                 .patch(&caller, resource_type, id, patch, if_match)
                 .await?;
@@ -484,7 +523,7 @@ async fn dispatch_inner(state: AppState, request: Request) -> Result<Response> {
             let stored = hub.vread(&caller, resource_type, id, version).await?;
             resource_response(&stored, StatusCode::OK, &base)
         }
-        ([_, _, "_history", ..], _) => return Err(method_not_allowed(&method, &path, "GET")),
+        ([_, _, "_history", _], _) => return Err(method_not_allowed(&method, &path, "GET")),
         _ => {
             return Err(error(
                 404,

@@ -70,7 +70,13 @@ impl From<rusqlite::Error> for StoreError {
 
 impl From<postgres::Error> for StoreError {
     fn from(error: postgres::Error) -> StoreError {
-        StoreError::Database(error.to_string())
+        // `Display` says only "db error"; the server's message is what an operator needs.
+        match error.as_db_error() {
+            Some(db) => {
+                StoreError::Database(format!("PostgreSQL {}: {}", db.code().code(), db.message()))
+            }
+            None => StoreError::Database(error.to_string()),
+        }
     }
 }
 
@@ -192,6 +198,10 @@ pub trait Tx {
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64>;
     /// Audit leaves with a sequence number of at least `from`, in order, at most `limit`.
     fn audit_leaves(&mut self, from: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<u8>)>>;
+    /// Holds an exclusive lock named `key` until the unit ends. Conditional writes take one
+    /// so that two of them cannot both find "no match" and both create (on PostgreSQL,
+    /// across every hub process). A no-op on SQLite, whose writes are already serialized.
+    fn lock(&mut self, key: &str) -> StoreResult<()>;
     /// Starts a nested savepoint: lets a unit undo part of its work (a failed transaction
     /// Bundle) and still commit its audit leaf.
     fn savepoint(&mut self) -> StoreResult<()>;

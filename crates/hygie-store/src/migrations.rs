@@ -75,7 +75,9 @@ pub const POSTGRES: &[&str] = &[
         system TEXT NOT NULL,
         code TEXT NOT NULL
     );
-    CREATE INDEX search_token_lookup ON search_token (resource_type, param, code, system);
+    -- Hashes, not values: a btree entry holds at most ~2.7 kB, and codes may be longer.
+    CREATE INDEX search_token_lookup ON search_token (resource_type, param, md5(code));
+    CREATE INDEX search_token_system ON search_token (resource_type, param, md5(system));
     CREATE INDEX search_token_owner ON search_token (resource_type, id);
     CREATE TABLE audit_log (
         leaf_index BIGSERIAL PRIMARY KEY,

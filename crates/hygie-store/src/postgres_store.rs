@@ -284,12 +284,18 @@ const HISTORY_INSTANCE_SQL: &str =
     "SELECT seq, resource_type, id, version, last_updated_us, deleted, body FROM resource_versions
     WHERE resource_type = $5 AND id = $6 AND seq < $1 AND seq <= $2 AND last_updated_us >= $3
     ORDER BY seq DESC LIMIT $4";
-const FIND_TOKEN_SQL: &str = "SELECT DISTINCT id FROM search_token
-    WHERE resource_type = $1 AND param = $2
-      AND ($3::TEXT IS NULL OR code = $3) AND ($4::TEXT IS NULL OR system = $4)
+// Two shapes, so that each can use an index: by code (through its hash, since a code may
+// be longer than a btree entry allows), or by system alone (`system|`).
+const FIND_TOKEN_BY_CODE_SQL: &str = "SELECT DISTINCT id FROM search_token
+    WHERE resource_type = $1 AND param = $2 AND md5(code) = md5($3) AND code = $3
+      AND ($4::TEXT IS NULL OR system = $4) AND id > $6 ORDER BY id LIMIT $5";
+const FIND_TOKEN_BY_SYSTEM_SQL: &str = "SELECT DISTINCT id FROM search_token
+    WHERE resource_type = $1 AND param = $2 AND ($3::TEXT IS NULL)
+      AND ($4::TEXT IS NULL OR md5(system) = md5($4)) AND ($4::TEXT IS NULL OR system = $4)
       AND id > $6 ORDER BY id LIMIT $5";
 const LIST_IDS_SQL: &str = "SELECT id FROM resources
     WHERE resource_type = $1 AND NOT deleted AND id > $2 ORDER BY id LIMIT $3";
+const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 const APPEND_AUDIT_SQL: &str =
     "INSERT INTO audit_log (recorded_us, leaf) VALUES ($1, $2) RETURNING leaf_index - 1";
 const AUDIT_LEAVES_SQL: &str = "SELECT leaf_index - 1, leaf FROM audit_log
@@ -425,7 +431,11 @@ impl Tx for PgTx<'_> {
     }
 
     fn find_by_token(&mut self, query: &TokenQuery<'_>, limit: usize) -> StoreResult<Vec<String>> {
-        let statement = self.statement(FIND_TOKEN_SQL)?;
+        let statement = self.statement(if query.code.is_some() {
+            FIND_TOKEN_BY_CODE_SQL
+        } else {
+            FIND_TOKEN_BY_SYSTEM_SQL
+        })?;
         let rows = self.transaction.query(
             &statement,
             &[
@@ -468,6 +478,12 @@ impl Tx for PgTx<'_> {
             .transaction
             .query(&statement, &[&from, &(limit as i64)])?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    fn lock(&mut self, key: &str) -> StoreResult<()> {
+        let statement = self.statement(LOCK_SQL)?;
+        self.transaction.execute(&statement, &[&key])?;
+        Ok(())
     }
 
     fn savepoint(&mut self) -> StoreResult<()> {

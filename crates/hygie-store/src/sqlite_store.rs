@@ -450,12 +450,18 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn find_by_token(&mut self, query: &TokenQuery<'_>, limit: usize) -> StoreResult<Vec<String>> {
-        let mut statement = self.connection.prepare_cached(
+        // Two shapes, so that each can use an index: by code, or by system alone.
+        let mut statement = self.connection.prepare_cached(if query.code.is_some() {
             "SELECT DISTINCT id FROM search_token
-             WHERE resource_type = ?1 AND param = ?2
-               AND (?3 IS NULL OR code = ?3) AND (?4 IS NULL OR system = ?4) AND id > ?6
-             ORDER BY id LIMIT ?5",
-        )?;
+             WHERE resource_type = ?1 AND param = ?2 AND code = ?3
+               AND (?4 IS NULL OR system = ?4) AND id > ?6
+             ORDER BY id LIMIT ?5"
+        } else {
+            "SELECT DISTINCT id FROM search_token
+             WHERE resource_type = ?1 AND param = ?2 AND ?3 IS NULL
+               AND (?4 IS NULL OR system = ?4) AND id > ?6
+             ORDER BY id LIMIT ?5"
+        })?;
         let ids = statement
             .query_map(
                 params![
@@ -510,6 +516,11 @@ impl Tx for SqliteTx<'_> {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(leaves)
+    }
+
+    fn lock(&mut self, _key: &str) -> StoreResult<()> {
+        // One writer per database (BEGIN IMMEDIATE): units never run concurrently.
+        Ok(())
     }
 
     fn savepoint(&mut self) -> StoreResult<()> {

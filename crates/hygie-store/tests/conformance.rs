@@ -63,6 +63,7 @@ conformance!(
     savepoints_undo_part_of_a_unit,
     duplicate_versions_conflict,
     tokens_follow_the_current_version,
+    long_tokens_are_indexed_and_found,
     history_pages_newest_first_and_is_stable,
     audit_leaves_are_dense_and_ordered,
     concurrent_units_all_commit,
@@ -462,4 +463,44 @@ async fn concurrent_units_all_commit(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(ids.len(), 200);
+}
+
+async fn long_tokens_are_indexed_and_found(backend: Backend) {
+    // Longer than a PostgreSQL btree entry may be (~2.7 kB): the index must not refuse it.
+    let long_code: String = "x".repeat(100_000);
+    let long_system: String = "urn:é:".repeat(2_000);
+    let tokens = [token("identifier", &long_system, &long_code)];
+    let store = backend.store;
+    store
+        .run(move |tx| tx.put_version(&version("Patient", "long", 1, b"1", &tokens)))
+        .await
+        .unwrap();
+    let (by_code, by_system) = store
+        .run(move |tx| {
+            let by_code = tx.find_by_token(
+                &TokenQuery {
+                    resource_type: "Patient",
+                    param: "identifier",
+                    system: Some(&long_system),
+                    code: Some(&long_code),
+                    after_id: None,
+                },
+                10,
+            )?;
+            let by_system = tx.find_by_token(
+                &TokenQuery {
+                    resource_type: "Patient",
+                    param: "identifier",
+                    system: Some(&long_system),
+                    code: None,
+                    after_id: None,
+                },
+                10,
+            )?;
+            Ok((by_code, by_system))
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_code, ["long"]);
+    assert_eq!(by_system, ["long"]);
 }

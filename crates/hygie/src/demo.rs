@@ -66,7 +66,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let settings = config::store_settings(&store_args, &config::FileSettings::default())?;
     let store = config::open_store(&settings).await?;
     let limits = config::limits(&Default::default(), &Default::default())?;
-    let hub = Hub::new(store, config::hub_config(&limits));
+    let hub = Hub::new(store.clone(), config::hub_config(&limits));
+    // The demo data is one transaction, larger than what the HTTP door accepts; the loader
+    // gets its own hub on the same store so the served limits stay as configured.
+    let mut loader_config = config::hub_config(&limits);
+    loader_config.max_bundle_entries = usize::MAX;
+    let loader = Hub::new(store, loader_config);
 
     eprintln!(
         "Generating {} synthetic patients (seed {})…",
@@ -83,7 +88,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         })
         .unwrap_or_default();
     let operator = Caller::new(Principal::local_operator("demo"), "demo-load");
-    let response = hub
+    let response = loader
         .bundle(&operator, bundle, ReturnPreference::Minimal)
         .await
         .map_err(|e| anyhow::anyhow!("loading the demo data failed: {e}"))?;
