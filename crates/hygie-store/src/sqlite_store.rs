@@ -1,14 +1,24 @@
-//! Embedded SQLite: WAL, `synchronous=FULL`, one writer thread with group commit.
+//! Embedded SQLite: WAL, one writer thread with group commit, and pipelined fsync.
 //!
 //! Cost sketch: every request (reads included, since each writes an audit leaf) is a write.
 //! One fsync costs ~0.2–0.5 ms here; a commit per request would cap the hub at a few
 //! thousand requests/s. The writer thread instead drains whatever units are queued (up to
-//! `max_batch`), runs each in its own savepoint inside ONE transaction, commits once, and
-//! only then answers every unit: one fsync for the whole batch, durability per unit intact.
+//! `max_batch`), runs each in its own savepoint inside ONE transaction and commits once.
+//!
+//! Durability is then made by a second thread, so that the writer never waits on the disk:
+//! the connection runs with `synchronous=NORMAL` (a commit appends its frames to the WAL
+//! without fsync) and the *syncer* thread fsyncs the WAL file once for every batch that
+//! committed meanwhile, and only then answers their units. A unit is acknowledged only
+//! when its frames are on stable storage, as with `synchronous=FULL`, but the next batch
+//! executes while the previous one is being flushed. Units of a later batch may see a
+//! commit before it is durable; they are answered after it, so no answer depends on data
+//! that a power loss could take back. A failed fsync poisons the store: nothing more is
+//! acknowledged (the state of the file is unknown after it).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -27,8 +37,9 @@ pub struct SqliteOptions {
     pub queue_capacity: usize,
     /// Units committed together at most.
     pub max_batch: usize,
-    /// `FULL` (default: every acknowledged unit survives power loss) or `NORMAL`
-    /// (survives a crash of the process, not of the machine).
+    /// `true` (default): a unit is acknowledged once its WAL frames are fsynced, so every
+    /// acknowledged unit survives power loss. `false`: acknowledged at commit, which
+    /// survives a crash of the process but not of the machine.
     pub synchronous_full: bool,
     /// Page cache per connection, KiB.
     pub cache_size_kib: i64,
@@ -54,6 +65,7 @@ type Job = (
 pub struct SqliteStore {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    syncer: Mutex<Option<JoinHandle<()>>>,
     queue_capacity: usize,
     path: PathBuf,
 }
@@ -75,13 +87,27 @@ pub fn open_sqlite(data_dir: &Path, options: &SqliteOptions) -> StoreResult<Sqli
     migrate(&mut connection)?;
     let (sender, receiver) = mpsc::channel::<Job>(options.queue_capacity);
     let max_batch = options.max_batch.max(1);
+    let poisoned = Arc::new(AtomicBool::new(false));
+    let (durability, syncer) = if options.synchronous_full {
+        let wal = open_wal(&connection, &path)?;
+        let (to_syncer, from_writer) = std::sync::mpsc::channel::<Answered>();
+        let poisoned = poisoned.clone();
+        let syncer = std::thread::Builder::new()
+            .name("hygie-sqlite-syncer".to_owned())
+            .spawn(move || syncer_loop(wal, from_writer, poisoned))
+            .map_err(|e| StoreError::Config(format!("cannot start the syncer thread: {e}")))?;
+        (Some(to_syncer), Some(syncer))
+    } else {
+        (None, None)
+    };
     let writer = std::thread::Builder::new()
         .name("hygie-sqlite-writer".to_owned())
-        .spawn(move || writer_loop(connection, receiver, max_batch))
+        .spawn(move || writer_loop(connection, receiver, max_batch, durability, poisoned))
         .map_err(|e| StoreError::Config(format!("cannot start the writer thread: {e}")))?;
     Ok(SqliteStore {
         sender: Mutex::new(Some(sender)),
         writer: Mutex::new(Some(writer)),
+        syncer: Mutex::new(syncer),
         queue_capacity: options.queue_capacity,
         path,
     })
@@ -99,15 +125,9 @@ fn restrict_permissions(_data_dir: &Path) {}
 
 fn configure(connection: &Connection, options: &SqliteOptions) -> StoreResult<()> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
-    connection.pragma_update(
-        None,
-        "synchronous",
-        if options.synchronous_full {
-            "FULL"
-        } else {
-            "NORMAL"
-        },
-    )?;
+    // NORMAL: commits append to the WAL without fsync; the syncer thread makes them
+    // durable before they are acknowledged (see the module documentation).
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
     connection.pragma_update(None, "cache_size", -options.cache_size_kib)?;
     // Another process (a CLI import beside a running server) may hold the write lock.
@@ -142,7 +162,40 @@ fn migrate(connection: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
-fn writer_loop(mut connection: Connection, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
+/// Units answered by a committed batch, waiting for durability.
+type Answered = Vec<(Reply, StoreResult<Box<dyn std::any::Any + Send>>)>;
+type Reply = oneshot::Sender<StoreResult<Box<dyn std::any::Any + Send>>>;
+
+/// The WAL file, opened for fsync. It exists once the connection has read the database in
+/// WAL mode, which the query below makes sure of; the data directory is synced too, so
+/// that the file's existence is durable.
+fn open_wal(connection: &Connection, database: &Path) -> StoreResult<std::fs::File> {
+    let _: i64 = connection.query_row("SELECT COUNT(*) FROM schema_migrations", [], |row| {
+        row.get(0)
+    })?;
+    let mut wal_path = database.as_os_str().to_owned();
+    wal_path.push("-wal");
+    let wal = std::fs::File::open(&wal_path).map_err(|e| {
+        StoreError::Config(format!(
+            "cannot open the WAL file {}: {e}",
+            Path::new(&wal_path).display()
+        ))
+    })?;
+    if let Some(directory) = database.parent()
+        && let Ok(directory) = std::fs::File::open(directory)
+    {
+        let _ = directory.sync_all();
+    }
+    Ok(wal)
+}
+
+fn writer_loop(
+    mut connection: Connection,
+    mut receiver: mpsc::Receiver<Job>,
+    max_batch: usize,
+    durability: Option<std::sync::mpsc::Sender<Answered>>,
+    poisoned: Arc<AtomicBool>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
@@ -152,7 +205,29 @@ fn writer_loop(mut connection: Connection, mut receiver: mpsc::Receiver<Job>, ma
                 Err(_) => break,
             }
         }
-        run_batch(&mut connection, &mut batch);
+        if poisoned.load(Ordering::Acquire) {
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(poisoned_error()));
+            }
+            continue;
+        }
+        let Some(answered) = run_batch(&mut connection, &mut batch) else {
+            continue;
+        };
+        match &durability {
+            Some(syncer) => {
+                if let Err(unsent) = syncer.send(answered) {
+                    for (reply, _) in unsent.0 {
+                        let _ = reply.send(Err(StoreError::Closed));
+                    }
+                }
+            }
+            None => {
+                for (reply, result) in answered {
+                    let _ = reply.send(result);
+                }
+            }
+        }
     }
     // Every sender is gone: fold the WAL back into the database so the files are tidy.
     if let Err(error) = connection.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
@@ -160,12 +235,47 @@ fn writer_loop(mut connection: Connection, mut receiver: mpsc::Receiver<Job>, ma
     }
 }
 
-fn run_batch(connection: &mut Connection, batch: &mut Vec<Job>) {
+fn poisoned_error() -> StoreError {
+    StoreError::Database(
+        "an fsync of the SQLite WAL failed earlier: the store accepts no more work; restart the hub after checking the disk".to_owned(),
+    )
+}
+
+/// Makes committed batches durable: one `fdatasync` of the WAL for every batch that
+/// committed since the last one, then their answers.
+fn syncer_loop(
+    wal: std::fs::File,
+    receiver: std::sync::mpsc::Receiver<Answered>,
+    poisoned: Arc<AtomicBool>,
+) {
+    while let Ok(first) = receiver.recv() {
+        let mut batches = vec![first];
+        while let Ok(more) = receiver.try_recv() {
+            batches.push(more);
+        }
+        let synced = if poisoned.load(Ordering::Acquire) {
+            Err(poisoned_error())
+        } else {
+            wal.sync_data().map_err(|error| {
+                tracing::error!(%error, "fsync of the SQLite WAL failed: poisoning the store");
+                poisoned.store(true, Ordering::Release);
+                poisoned_error()
+            })
+        };
+        for (reply, result) in batches.into_iter().flatten() {
+            let _ = reply.send(match &synced {
+                Ok(()) => result,
+                Err(_) => Err(poisoned_error()),
+            });
+        }
+    }
+}
+
+/// Runs one batch in one transaction. Returns the answers of a committed batch (to be
+/// sent once durable); answers a failed batch itself and returns `None`.
+fn run_batch(connection: &mut Connection, batch: &mut Vec<Job>) -> Option<Answered> {
     let mut jobs = std::mem::take(batch).into_iter();
-    let mut answered: Vec<(
-        oneshot::Sender<_>,
-        StoreResult<Box<dyn std::any::Any + Send>>,
-    )> = Vec::with_capacity(jobs.len());
+    let mut answered: Answered = Vec::with_capacity(jobs.len());
     let outcome = (|| -> StoreResult<()> {
         execute_cached(connection, "BEGIN IMMEDIATE")?;
         for (unit, sender) in jobs.by_ref() {
@@ -194,11 +304,7 @@ fn run_batch(connection: &mut Connection, batch: &mut Vec<Job>) {
         Ok(())
     })();
     match outcome {
-        Ok(()) => {
-            for (sender, result) in answered {
-                let _ = sender.send(result);
-            }
-        }
+        Ok(()) => Some(answered),
         Err(error) => {
             // Nothing of this batch is durable: every unit fails, none is acknowledged.
             tracing::error!(%error, units = answered.len() + jobs.len(), "SQLite batch failed; rolled back");
@@ -210,6 +316,7 @@ fn run_batch(connection: &mut Connection, batch: &mut Vec<Job>) {
             for (_, sender) in jobs {
                 let _ = sender.send(Err(StoreError::Database(message.clone())));
             }
+            None
         }
     }
 }
@@ -246,11 +353,20 @@ impl Store for SqliteStore {
     fn close(&self) -> BoxFuture<()> {
         let sender = self.sender.lock().expect("sender lock").take();
         let writer = self.writer.lock().expect("writer lock").take();
+        let syncer = self.syncer.lock().expect("syncer lock").take();
         let path = self.path.clone();
         Box::pin(async move {
             drop(sender);
             if let Some(writer) = writer {
-                let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    // The writer ends when the queue is drained; the syncer when the writer
+                    // has handed over its last batch.
+                    let _ = writer.join();
+                    if let Some(syncer) = syncer {
+                        let _ = syncer.join();
+                    }
+                })
+                .await;
                 tracing::info!(path = %path.display(), "SQLite store closed");
             }
         })
@@ -266,6 +382,11 @@ impl Drop for SqliteStore {
             && let Some(writer) = writer.take()
         {
             let _ = writer.join();
+        }
+        if let Ok(mut syncer) = self.syncer.lock()
+            && let Some(syncer) = syncer.take()
+        {
+            let _ = syncer.join();
         }
     }
 }
