@@ -17,6 +17,14 @@ Only what validation needs is kept, so the committed file stays small and its di
   elements as `[path, min, max, types]`, the path relative to the type. `types` is the type
   codes joined with `|`, or `#path` for a contentReference (always within the same type).
 
+* `valueSets` / `bindings`: the terminology of the **required** bindings (FHIR R4 makes those
+  mandatory), expanded here so the validator never needs a terminology server. `bindings` maps
+  the path of every element bound with strength `required` (as in the snapshots, e.g.
+  `Patient.gender`, `Age.comparator`) to a value set id; `valueSets` maps that id to
+  `{"url": canonical, "include": {code system: [codes]}}`, one line per value set, each value
+  set once however many elements share it. Only elements of type `code`, `Coding` or
+  `CodeableConcept` are bound (R4 has no required binding on any other type).
+
 Elements that a type inherits unchanged are left out and rebuilt by the reader:
 * the top-level elements of the base type (e.g. `Patient.meta` from `Resource`, `Age.value`
   from `Quantity`);
@@ -24,12 +32,34 @@ Elements that a type inherits unchanged are left out and rebuilt by the reader:
   the `BackboneElement` / `Element` types.
 The script rebuilds every snapshot from its own output and fails if anything differs.
 
-Two deliberate departures from the raw snapshots, both checked:
+Three deliberate departures from the raw snapshots, all checked:
 * `Resource.id` (and every inherited copy) is typed `id`, not `string`: the R4 snapshot encodes
   it as System.String, but the spec (resource.html) and the HL7 validator use `id`;
+* `DetectedIssue.status` is bound to R4's `observation-status`, as in the R4 specification:
+  the package binds it to the R5 value set `detectedissue-status` 5.0.0 (see `R4_BINDINGS`);
 * StructureDefinitions whose fhirVersion is not 4.0.1 are dropped (the package adds the R4B
   backport `SubscriptionStatus`), as are logical models and constraint profiles
   (SimpleQuantity, MoneyQuantity).
+
+Value set expansion (see `expand_value_set`), from the ValueSets and CodeSystems the same
+package ships (`valuesets.json`, `v3-codesystems.json`, `v2-tables.json`; the package's own
+Medplum value sets are not FHIR's and are not read):
+* `compose.include` of a whole CodeSystem: every concept of it, nested ones included, except
+  the abstract ones (`notSelectable` / `abstract` true: navigation only, never a valid value);
+  the CodeSystem must be in the package with `content` `complete` and be case-sensitive;
+* `compose.include` of explicit `concept`s: those codes (checked against the CodeSystem when the
+  package has it);
+* `compose.include.valueSet` imports: the intersection of the imported sets (and of the
+  system's codes when the include names a system too), as the R4 ValueSet page defines it;
+* `compose.exclude`: removed the same way;
+* canonicals may carry a version (`|4.0.1`): it must equal the resource's `version`;
+* deprecated and retired codes stay in (R4 leaves `compose.inactive` absent to the
+  implementation; rejecting them would reject old but valid data).
+A binding whose value set uses a `filter`, includes a system the package does not define
+(UCUM, BCP-13 mime types, ISO 4217 currencies, LOINC answer lists, ...), is not in the
+package, or is not part of R4 (an `http://hl7.org/fhir/` value set or code system whose version
+is not 4.0.1, as the package's R5 backports are) is recorded nowhere: the validator does not
+check it, and the generator lists these bindings on stderr (PROVENANCE.md repeats the list).
 
 Python 3 standard library only; the output is deterministic (sorted types, snapshot order).
 """
@@ -42,6 +72,17 @@ FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhi
 REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
 FHIR_VERSION = "4.0.1"
 INLINE_TYPES = ("BackboneElement", "Element")
+TERMINOLOGY_FILES = ("valuesets.json", "v3-codesystems.json", "v2-tables.json")
+BINDABLE_TYPES = ("code", "Coding", "CodeableConcept")
+FHIR_CORE = "http://hl7.org/fhir/"
+NOT_SELECTABLE = "http://hl7.org/fhir/concept-properties#notSelectable"
+# Bindings the package changed from R4: element -> (the package's value set, R4's).
+R4_BINDINGS = {
+    "DetectedIssue.status": (
+        "http://hl7.org/fhir/ValueSet/detectedissue-status",
+        "http://hl7.org/fhir/ValueSet/observation-status|4.0.1",
+    ),
+}
 
 
 def fail(msg):
@@ -107,6 +148,165 @@ def primitive_regex(sd):
     return regexes[0] if regexes else None
 
 
+class NotEnumerable(Exception):
+    """A value set that cannot be expanded from the package alone; the message says why."""
+
+
+def load_terminology(src):
+    """ValueSets and CodeSystems by canonical URL."""
+    tables = {"ValueSet": {}, "CodeSystem": {}}
+    for name in TERMINOLOGY_FILES:
+        with open(os.path.join(src, name), encoding="utf-8") as f:
+            bundle = json.load(f)
+        for entry in bundle["entry"]:
+            res = entry["resource"]
+            table = tables.get(res["resourceType"])
+            if table is None:
+                continue
+            if res["url"] in table:
+                fail("%s %s defined twice" % (res["resourceType"], res["url"]))
+            table[res["url"]] = res
+    return tables["ValueSet"], tables["CodeSystem"]
+
+
+def resolve(table, kind, canonical, version=None):
+    """The resource of a canonical URL, `url|version` or with a separate version."""
+    url, _, pinned = canonical.partition("|")
+    version = pinned or version
+    res = table.get(url)
+    if res is None:
+        raise NotEnumerable("%s %s is not in the package" % (kind, url))
+    if version and res.get("version") != version:
+        raise NotEnumerable(
+            "%s %s: version %s wanted, the package has %s" % (kind, url, version, res.get("version"))
+        )
+    if url.startswith(FHIR_CORE) and res.get("version") != FHIR_VERSION:
+        raise NotEnumerable(
+            "%s %s is version %s, not part of R4 %s" % (kind, url, res.get("version"), FHIR_VERSION)
+        )
+    return res
+
+
+def code_system_codes(code_systems, system, version):
+    """Every selectable code of a complete CodeSystem, nested concepts included, in order."""
+    cs = resolve(code_systems, "CodeSystem", system, version)
+    if cs.get("content") != "complete":
+        raise NotEnumerable("CodeSystem %s has content %s" % (system, cs.get("content")))
+    if cs.get("caseSensitive") is not True:
+        raise NotEnumerable("CodeSystem %s is not declared case-sensitive" % system)
+    abstract = {
+        p["code"]
+        for p in cs.get("property", [])
+        if p.get("uri") == NOT_SELECTABLE or p["code"] in ("notSelectable", "abstract")
+    }
+    codes = []
+
+    def walk(concepts):
+        for c in concepts:
+            flags = [p.get("valueBoolean") for p in c.get("property", []) if p["code"] in abstract]
+            if True not in flags:
+                codes.append(c["code"])
+            walk(c.get("concept", []))
+
+    walk(cs.get("concept", []))
+    if len(set(codes)) != len(codes):
+        fail("CodeSystem %s repeats a code" % system)
+    return codes
+
+
+def compose_part(value_sets, code_systems, part, stack):
+    """{system: [codes]} selected by one compose.include or compose.exclude."""
+    if part.get("filter"):
+        raise NotEnumerable("a filter on %s" % part.get("system", "a value set"))
+    selections = []
+    system = part.get("system")
+    if system is not None:
+        if "concept" in part:
+            codes = [c["code"] for c in part["concept"]]
+            if system in code_systems:
+                known = set(code_system_codes(code_systems, system, part.get("version")))
+                unknown = [c for c in codes if c not in known]
+                if unknown:
+                    fail("codes %s are not in %s" % (unknown, system))
+        else:
+            codes = code_system_codes(code_systems, system, part.get("version"))
+        selections.append({system: codes})
+    for canonical in part.get("valueSet", []):
+        selections.append(expand_value_set(value_sets, code_systems, canonical, stack))
+    if not selections:
+        fail("empty compose part %r" % part)
+    result = selections[0]
+    for other in selections[1:]:
+        result = {
+            s: [c for c in codes if c in set(other.get(s, ()))]
+            for s, codes in result.items()
+            if s in other
+        }
+    return result
+
+
+def expand_value_set(value_sets, code_systems, canonical, stack=()):
+    """{system: [codes]} of a value set, or NotEnumerable."""
+    vs = resolve(value_sets, "ValueSet", canonical)
+    if vs["url"] in stack:
+        fail("value set import cycle: %s" % " -> ".join(stack + (vs["url"],)))
+    stack = stack + (vs["url"],)
+    compose = vs.get("compose")
+    if not compose or not compose.get("include"):
+        raise NotEnumerable("ValueSet %s has no compose" % vs["url"])
+    result = {}
+    for part in compose["include"]:
+        for system, codes in compose_part(value_sets, code_systems, part, stack).items():
+            kept = result.setdefault(system, [])
+            seen = set(kept)
+            kept.extend(c for c in codes if c not in seen and not seen.add(c))
+    for part in compose.get("exclude", []):
+        for system, codes in compose_part(value_sets, code_systems, part, stack).items():
+            if system in result:
+                drop = set(codes)
+                result[system] = [c for c in result[system] if c not in drop]
+    result = {s: codes for s, codes in result.items() if codes}
+    if not result:
+        fail("ValueSet %s expands to nothing" % vs["url"])
+    return result
+
+
+def required_bindings(sds, value_sets, code_systems):
+    """(bindings, expansions, unchecked): element path -> value set id, value set id ->
+    {"url", "include"}, and the required bindings left unchecked with the reason."""
+    bindings = {}
+    expansions = {}
+    ids = {}
+    unchecked = []
+    for sd in sds:
+        for el in sd["snapshot"]["element"]:
+            binding = el.get("binding")
+            if not binding or binding.get("strength") != "required":
+                continue
+            codes = [t["code"] for t in el.get("type", [])]
+            canonical = binding.get("valueSet")
+            if el["path"] in R4_BINDINGS:
+                package, r4 = R4_BINDINGS[el["path"]]
+                if canonical != package:
+                    fail("%s is bound to %s now: review R4_BINDINGS" % (el["path"], canonical))
+                canonical = r4
+            if len(codes) != 1 or codes[0] not in BINDABLE_TYPES:
+                fail("required binding on %s typed %s" % (el["path"], "|".join(codes)))
+            if canonical is None:
+                fail("required binding without a value set at %s" % el["path"])
+            try:
+                include = expand_value_set(value_sets, code_systems, canonical)
+            except NotEnumerable as e:
+                unchecked.append((el["path"], codes[0], canonical, str(e)))
+                continue
+            vs = resolve(value_sets, "ValueSet", canonical)
+            if ids.setdefault(vs["id"], vs["url"]) != vs["url"]:
+                fail("two value sets with id %s" % vs["id"])
+            expansions[vs["id"]] = {"url": vs["url"], "include": include}
+            bindings[el["path"]] = vs["id"]
+    return bindings, expansions, unchecked
+
+
 def full_rows(types, name):
     """All rows of a type, inherited ones included, as the Rust reader rebuilds them."""
     t = types[name]
@@ -139,11 +339,13 @@ def main():
         else os.path.join(here, "..", "crates", "hygie-fhir", "data", "r4-schema.json")
     )
     sds = load_definitions(src)
+    value_sets, code_systems = load_terminology(src)
 
     primitives = {}
     snapshots = {}
     types = {}
     dropped = []
+    kept_sds = []
     for sd in sds:
         if sd.get("fhirVersion") != FHIR_VERSION:
             dropped.append("%s (fhirVersion %s)" % (sd["name"], sd.get("fhirVersion")))
@@ -160,6 +362,7 @@ def main():
             continue
         base = sd.get("baseDefinition")
         base = base.rsplit("/", 1)[1] if base else None
+        kept_sds.append(sd)
         snapshots[name] = [element_row(sd, el) for el in sd["snapshot"]["element"][1:]]
         types[name] = {
             "kind": sd["kind"],
@@ -208,6 +411,12 @@ def main():
                 if not code.startswith("#") and code not in types and code not in primitives:
                     fail("unknown type %s at %s.%s" % (code, name, r[0]))
 
+    bindings, expansions, unchecked = required_bindings(kept_sds, value_sets, code_systems)
+    for path in bindings:
+        name, _, rel = path.partition(".")
+        if not any(r[0] == rel for r in snapshots[name]):
+            fail("binding on unknown element %s" % path)
+
     resources = sorted(n for n, t in types.items() if t["kind"] == "resource" and not t["abstract"])
     abstract_resources = sorted(n for n, t in types.items() if t["kind"] == "resource" and t["abstract"])
 
@@ -228,6 +437,22 @@ def main():
         rows = [json.dumps(r, separators=(",", ":")) for r in t["elements"]]
         lines.append(",\n".join(rows))
         lines.append("]}" + ("," if i + 1 < len(names) else ""))
+    lines.append("},")
+    lines.append('"valueSets":{')
+    vs_ids = sorted(expansions)
+    lines.append(
+        ",\n".join(
+            "%s:%s" % (json.dumps(i), json.dumps(expansions[i], separators=(",", ":")))
+            for i in vs_ids
+        )
+    )
+    lines.append("},")
+    lines.append('"bindings":{')
+    lines.append(
+        ",\n".join(
+            "%s:%s" % (json.dumps(p), json.dumps(bindings[p])) for p in sorted(bindings)
+        )
+    )
     lines.append("}}")
     text = "\n".join(line for line in lines if line != "") + "\n"
     json.loads(text)  # what we write must parse
@@ -241,6 +466,15 @@ def main():
            len(types) - len(resources) - len(abstract_resources), len(primitives),
            ", ".join(sorted(dropped)) or "none")
     )
+    sys.stderr.write(
+        "gen-r4-schema: %d required bindings checked (%d value sets, %d codes); "
+        "%d not checked:\n"
+        % (len(bindings), len(expansions),
+           sum(len(c) for e in expansions.values() for c in e["include"].values()),
+           len(unchecked))
+    )
+    for path, code, canonical, why in sorted(unchecked):
+        sys.stderr.write("  %s (%s) -> %s: %s\n" % (path, code, canonical, why))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@
 //! it allows (`birthDate`, `_birthDate`, `valueQuantity`, …) to its element, so validating
 //! one property is one hash lookup on the name as written, with no string building.
 //!
+//!
+//! Required terminology bindings come with their value sets expanded by the generator (see
+//! [`ValueSet`]); an element knows its own, so checking a code is one hash lookup.
+//!
 //! ```
 //! use hygie_fhir::schema;
 //! assert!(schema::is_resource_type("Patient"));
@@ -14,9 +18,12 @@
 //! let given = schema::element("Patient.name.given").unwrap();
 //! assert_eq!((given.min(), given.max()), (0, None));
 //! assert_eq!(given.type_codes().collect::<Vec<_>>(), ["string"]);
+//! let genders = schema::element("Patient.gender").unwrap().required_binding().unwrap();
+//! assert_eq!(genders.url(), "http://hl7.org/fhir/ValueSet/administrative-gender");
+//! assert!(genders.contains_code("female") && !genders.contains_code("Female"));
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use regex::Regex;
@@ -382,6 +389,8 @@ pub struct Element {
     pub(crate) types: Vec<ElementType>,
     pub(crate) choice: bool,
     pub(crate) special: Special,
+    /// The required terminology binding, when its value set could be expanded.
+    pub(crate) binding: Option<Binding>,
 }
 
 impl Element {
@@ -415,8 +424,162 @@ impl Element {
         self.types.iter().map(|t| &*t.json_name)
     }
 
+    /// The value set of this element's `required` binding, if the element has one and its
+    /// value set is enumerable from the definitions (see `data/PROVENANCE.md` for the
+    /// required bindings that are not, such as mime types and UCUM units).
+    pub fn required_binding(&self) -> Option<&'static ValueSet> {
+        self.binding.map(|b| schema().value_set(b.value_set))
+    }
+
     pub(crate) fn repeats(&self) -> bool {
         self.max != Some(1)
+    }
+}
+
+/// A required binding of an element, resolved at load time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Binding {
+    /// Index in `Schema::value_sets`.
+    pub(crate) value_set: u16,
+    pub(crate) kind: BindingKind,
+}
+
+/// The type of a bound element, which says how its value is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BindingKind {
+    /// A `code`: the string is one of the codes, from any system of the value set.
+    Code,
+    /// A `Coding`: its system and code are a pair of the value set.
+    Coding,
+    /// A `CodeableConcept`: see the validator's documentation.
+    CodeableConcept,
+}
+
+/// The expansion of a value set that a required binding points to: codes by code system, in
+/// the order of the definitions. Case-sensitive, as every R4 code system it comes from.
+#[derive(Debug)]
+pub struct ValueSet {
+    id: Box<str>,
+    url: Box<str>,
+    include: Vec<SystemCodes>,
+}
+
+#[derive(Debug)]
+struct SystemCodes {
+    system: Box<str>,
+    /// In definition order, for diagnostics.
+    codes: Vec<Box<str>>,
+    set: HashSet<Box<str>, FxBuildHasher>,
+}
+
+impl SystemCodes {
+    /// Up to this many codes, comparing them in turn beats hashing (most R4 value sets have
+    /// 2 to 6 codes, and most comparisons stop at the length).
+    const SCAN_MAX: usize = 8;
+
+    fn contains(&self, code: &str) -> bool {
+        if self.codes.len() <= Self::SCAN_MAX {
+            self.codes.iter().any(|c| **c == *code)
+        } else {
+            self.set.contains(code)
+        }
+    }
+}
+
+impl ValueSet {
+    /// The value set's id, e.g. `administrative-gender`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The canonical URL, e.g. `http://hl7.org/fhir/ValueSet/administrative-gender`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The code systems the codes come from.
+    pub fn systems(&self) -> impl Iterator<Item = &str> {
+        self.include.iter().map(|s| &*s.system)
+    }
+
+    /// Every (system, code) pair, in definition order.
+    pub fn codes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.include
+            .iter()
+            .flat_map(|s| s.codes.iter().map(move |c| (&*s.system, &**c)))
+    }
+
+    /// The number of codes.
+    pub fn len(&self) -> usize {
+        self.include.iter().map(|s| s.codes.len()).sum()
+    }
+
+    /// Never true: the generator keeps no empty value set.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `code` is a code of the value set, from any of its systems (what a `code`
+    /// element, which carries no system, is checked against).
+    pub fn contains_code(&self, code: &str) -> bool {
+        self.include.iter().any(|s| s.contains(code))
+    }
+
+    /// Whether the value set includes codes of `system`.
+    pub fn includes_system(&self, system: &str) -> bool {
+        self.system_codes(system).is_some()
+    }
+
+    /// Whether `code` of `system` is in the value set.
+    pub fn contains(&self, system: &str, code: &str) -> bool {
+        self.system_codes(system).is_some_and(|s| s.contains(code))
+    }
+
+    fn system_codes(&self, system: &str) -> Option<&SystemCodes> {
+        self.include.iter().find(|s| &*s.system == system)
+    }
+
+    /// The codes of `system` (all codes for `None`) in definition order.
+    pub(crate) fn codes_of(&self, system: Option<&str>) -> impl Iterator<Item = &str> {
+        self.include
+            .iter()
+            .filter(move |s| system.is_none_or(|sys| &*s.system == sys))
+            .flat_map(|s| s.codes.iter().map(|c| &**c))
+    }
+
+    fn build(id: &str, raw: &RawValueSet) -> Result<ValueSet, String> {
+        let mut include = Vec::with_capacity(raw.include.len());
+        for (system, codes) in &raw.include {
+            let codes: Vec<Box<str>> = serde_json::from_value::<Vec<String>>(codes.clone())
+                .map_err(|e| format!("value set {id}: {e}"))?
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect();
+            let set: HashSet<Box<str>, FxBuildHasher> = codes.iter().cloned().collect();
+            if codes.is_empty() || set.len() != codes.len() {
+                return Err(format!(
+                    "value set {id}: empty or repeated codes for {system}"
+                ));
+            }
+            if codes.iter().any(|c| !Primitive::Code.is_valid_format(c)) {
+                return Err(format!(
+                    "value set {id}: a code of {system} is not a valid code"
+                ));
+            }
+            include.push(SystemCodes {
+                system: system.as_str().into(),
+                codes,
+                set,
+            });
+        }
+        if include.is_empty() {
+            return Err(format!("value set {id} is empty"));
+        }
+        Ok(ValueSet {
+            id: id.into(),
+            url: raw.url.as_str().into(),
+            include,
+        })
     }
 }
 
@@ -504,12 +667,18 @@ pub(crate) struct Schema {
     resource_roots: HashMap<Box<str>, NodeId>,
     /// Indexed by `Primitive as usize`; compiled once here, never per call.
     regexes: Vec<Option<Regex>>,
+    /// The value sets of the required bindings, sorted by id; `Binding::value_set` indexes it.
+    value_sets: Vec<ValueSet>,
     pub(crate) element_node: NodeId,
 }
 
 impl Schema {
     pub(crate) fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id as usize]
+    }
+
+    pub(crate) fn value_set(&self, index: u16) -> &ValueSet {
+        &self.value_sets[usize::from(index)]
     }
 
     pub(crate) fn resource_node(&self, name: &str) -> Option<NodeId> {
@@ -534,6 +703,17 @@ struct RawSchema {
     resources: Vec<String>,
     abstract_resources: Vec<String>,
     types: HashMap<String, RawType>,
+    value_sets: HashMap<String, RawValueSet>,
+    /// Element path (as in the snapshots) to value set id.
+    bindings: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValueSet {
+    url: String,
+    /// Code system to codes, in definition order (serde_json keeps it: `preserve_order`).
+    include: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -683,9 +863,42 @@ impl<'r> Builder<'r> {
             return Err("unexpected primitive types".into());
         }
 
+        let mut vs_ids: Vec<&str> = raw.value_sets.keys().map(String::as_str).collect();
+        vs_ids.sort_unstable();
+        let value_sets = vs_ids
+            .iter()
+            .map(|&id| ValueSet::build(id, &raw.value_sets[id]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vs_index: HashMap<&str, u16> = vs_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| Ok((id, u16::try_from(i).map_err(|_| "too many value sets")?)))
+            .collect::<Result<_, String>>()?;
+
         let mut nodes = Vec::with_capacity(self.order.len());
         for (type_name, rel) in &self.order {
-            nodes.push(self.build_node(type_name, rel)?);
+            nodes.push(self.build_node(type_name, rel, &vs_index)?);
+        }
+        // Each element path is one element, so every binding must have been used once.
+        let bound = nodes
+            .iter()
+            .flat_map(|n| &n.elements)
+            .filter(|e| e.binding.is_some())
+            .count();
+        if bound != raw.bindings.len() {
+            return Err(format!(
+                "{} bindings but {bound} bound elements: a binding names no element",
+                raw.bindings.len()
+            ));
+        }
+        let mut used = vec![false; value_sets.len()];
+        for element in nodes.iter().flat_map(|n| &n.elements) {
+            if let Some(b) = element.binding {
+                used[usize::from(b.value_set)] = true;
+            }
+        }
+        if let Some(unused) = used.iter().position(|u| !u) {
+            return Err(format!("value set {} is bound nowhere", vs_ids[unused]));
         }
         let type_roots = raw
             .types
@@ -717,11 +930,17 @@ impl<'r> Builder<'r> {
             type_roots,
             resource_roots,
             regexes,
+            value_sets,
             element_node: self.ids["Element"],
         })
     }
 
-    fn build_node(&self, type_name: &str, rel: &str) -> Result<Node, String> {
+    fn build_node(
+        &self,
+        type_name: &str,
+        rel: &str,
+        vs_index: &HashMap<&str, u16>,
+    ) -> Result<Node, String> {
         let raw_type = &self.raw.types[type_name];
         let type_rows = &self.types[type_name];
         let path = full_path(type_name, rel);
@@ -739,7 +958,7 @@ impl<'r> Builder<'r> {
                 .0
                 .rsplit_once('.')
                 .map_or(row.0.as_str(), |(_, name)| name);
-            elements.push(self.build_element(type_name, &path, name, row)?);
+            elements.push(self.build_element(type_name, &path, name, row, vs_index)?);
         }
         let mut children = HashMap::default();
         let mut required = Vec::new();
@@ -789,6 +1008,7 @@ impl<'r> Builder<'r> {
         node_path: &str,
         name: &str,
         row: &Row,
+        vs_index: &HashMap<&str, u16>,
     ) -> Result<Element, String> {
         let Row(rel, min, max, codes) = row;
         let path = format!("{node_path}.{name}");
@@ -866,6 +1086,21 @@ impl<'r> Builder<'r> {
         } else {
             Special::None
         };
+        let binding = match self.raw.bindings.get(&path) {
+            None => None,
+            Some(vs) => {
+                let value_set = *vs_index
+                    .get(vs.as_str())
+                    .ok_or_else(|| format!("unknown value set {vs} bound at {path}"))?;
+                let kind = match types.as_slice() {
+                    [t] if t.kind == TypeKind::Primitive(Primitive::Code) => BindingKind::Code,
+                    [t] if &*t.code == "Coding" => BindingKind::Coding,
+                    [t] if &*t.code == "CodeableConcept" => BindingKind::CodeableConcept,
+                    _ => return Err(format!("binding at {path}, which is not a code type")),
+                };
+                Some(Binding { value_set, kind })
+            }
+        };
         Ok(Element {
             path: path.into(),
             name: name.into(),
@@ -874,6 +1109,7 @@ impl<'r> Builder<'r> {
             types,
             choice,
             special,
+            binding,
         })
     }
 }
@@ -1054,6 +1290,90 @@ mod tests {
             }
         }
         assert!(s.node(s.element_node).children.contains_key("extension"));
+    }
+
+    #[test]
+    fn required_bindings_resolve_to_expanded_value_sets() {
+        let s = schema();
+        let bound: Vec<&Element> = s
+            .nodes
+            .iter()
+            .flat_map(|n| &n.elements)
+            .filter(|e| e.binding.is_some())
+            .collect();
+        // 366 required bindings in R4 (as the package has it), 18 of them not enumerable.
+        assert_eq!(bound.len(), 348);
+        assert_eq!(s.value_sets.len(), 220);
+        assert!(s.value_sets.iter().all(|vs| !vs.is_empty()));
+
+        // Bound as `…/administrative-gender|4.0.1`: the versioned canonical resolves.
+        let gender = element("Patient.gender")
+            .unwrap()
+            .required_binding()
+            .unwrap();
+        assert_eq!(gender.id(), "administrative-gender");
+        assert_eq!(
+            gender.codes().collect::<Vec<_>>(),
+            ["male", "female", "other", "unknown"]
+                .map(|c| ("http://hl7.org/fhir/administrative-gender", c))
+        );
+        // Elements share one value set.
+        let status = |path: &str| element(path).unwrap().required_binding().unwrap().id();
+        assert_eq!(status("Practitioner.gender"), "administrative-gender");
+        assert_eq!(status("Bundle.entry.request.method"), "http-verb");
+        assert_eq!(status("Questionnaire.item.item.type"), "item-type");
+        assert_eq!(status("Age.comparator"), "quantity-comparator");
+        // The package binds this one to an R5 value set; the generator restores R4's.
+        assert_eq!(status("DetectedIssue.status"), "observation-status");
+
+        // Nested concepts are in, abstract ones out.
+        let observation = element("Observation.status")
+            .unwrap()
+            .required_binding()
+            .unwrap();
+        assert!(observation.contains_code("corrected"));
+        let items = element("Questionnaire.item.type")
+            .unwrap()
+            .required_binding()
+            .unwrap();
+        assert!(items.contains_code("boolean") && !items.contains_code("question"));
+
+        // Several code systems in one value set.
+        let timing = element("Timing.repeat.when")
+            .unwrap()
+            .required_binding()
+            .unwrap();
+        assert!(timing.contains("http://hl7.org/fhir/event-timing", "MORN"));
+        assert!(timing.contains("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "AC"));
+        assert!(!timing.contains("http://hl7.org/fhir/event-timing", "AC"));
+        assert!(timing.contains_code("AC") && timing.contains_code("MORN"));
+
+        let clinical = element("Condition.clinicalStatus").unwrap();
+        assert_eq!(
+            clinical.binding.map(|b| b.kind),
+            Some(BindingKind::CodeableConcept)
+        );
+        assert!(
+            clinical
+                .required_binding()
+                .unwrap()
+                .includes_system("http://terminology.hl7.org/CodeSystem/condition-clinical")
+        );
+
+        // Not enumerable from the definitions: recorded nowhere (see PROVENANCE.md).
+        for path in [
+            "Attachment.contentType",
+            "Binary.contentType",
+            "Money.currency",
+            "MolecularSequence.structureVariant.variantType",
+            "RiskEvidenceSynthesis.riskEstimate.unitOfMeasure",
+            // Preferred and extensible bindings are never recorded.
+            "Patient.language",
+            "Patient.maritalStatus",
+        ] {
+            let element = element(path).unwrap();
+            assert!(element.required_binding().is_none(), "{path}");
+        }
     }
 
     const FAST: [Primitive; 14] = [

@@ -4,7 +4,8 @@
 //! precomputed [`crate::schema`] tables, checks formats with hand-coded matchers (tested equal
 //! to the spec regexes, see [`Primitive::is_valid_format`]) and allocates nothing per element:
 //! the FHIRPath of the current element is a stack of borrowed segments, rendered into a
-//! string only when an issue is reported.
+//! string only when an issue is reported. A bound element carries the index of its value
+//! set, so a code is checked with one hash-set lookup and no allocation.
 //!
 //! Checked:
 //! - the value is an object whose `resourceType` is a known, concrete R4 resource type;
@@ -25,7 +26,23 @@
 //! - `Resource`-typed elements (`Bundle.entry.resource`, `Parameters.parameter.resource`) by
 //!   the type they declare;
 //! - `Reference.reference` syntax (see [`check_reference`]);
-//! - Narrative `div`: a string starting with `<div`.
+//! - Narrative `div`: a string starting with `<div`;
+//! - required terminology bindings (issue code `code-invalid`), against the value sets that
+//!   the generator expanded from the R4 definitions (see [`schema::ValueSet`]; 348 of the 366
+//!   required bindings of R4, every one whose value set is enumerable):
+//!   - a `code` element (`Patient.gender`, `Bundle.entry.request.method`, each item of a
+//!     repeating one) must be one of the value set's codes, from any of its code systems,
+//!     compared case-sensitively; the diagnostics name the value set and its codes;
+//!   - a `CodeableConcept` (`Condition.clinicalStatus`, …): every coding whose `system` is one
+//!     of the value set's must carry one of that system's codes there (reported at
+//!     `….coding[i].code`), and when codings are present, at least one must be from the value
+//!     set, system and code (a coding without a system does not count; reported at the
+//!     concept). A concept with `text` and no coding is accepted: it claims no code, and
+//!     refusing it would reject data recorded before it could be coded;
+//!   - a `Coding` must have a system and code of the value set (R4 itself binds no `Coding`
+//!     `required`; the rule is there for completeness, tested on its own);
+//!   - the expansions include nested concepts and exclude abstract ones (`notSelectable`, such
+//!     as the item type `question`); deprecated and retired codes are accepted.
 //!
 //! Not checked (a deliberate scope, not an oversight):
 //! - XHTML content of `Narrative.div` beyond its `<div` start (well-formedness, the allowed
@@ -35,15 +52,26 @@
 //! - FHIRPath invariants other than ext-1 and dom-2/4/5 (e.g. `obs-6`; the Bundle rules such
 //!   as `bdl-7` unique fullUrls; `ele-1` beyond empty objects; dom-3 "contained resources are
 //!   referenced");
-//! - terminology bindings (e.g. `Patient.gender` codes), profiles in `meta.profile`
-//!   (SimpleQuantity included: a `comparator` where one is forbidden is accepted), and
-//!   reference target types (`Observation.subject` may point to any resource type);
+//! - required bindings whose value set cannot be enumerated from the definitions: mime types
+//!   (BCP 13: `Attachment.contentType`, `Binary.contentType`, …), UCUM units, ISO 4217
+//!   currencies (`Money.currency`), a LOINC answer list, and an R5 value set the npm package
+//!   binds in its R5-shaped EvidenceVariable; the full list is in `data/PROVENANCE.md`. R4
+//!   binds no `Quantity.code` `required` (the UCUM rules of Age, Duration, … are invariants,
+//!   not checked);
+//! - bindings of strength `extensible`, `preferred` or `example` (they do not make a code
+//!   wrong), `display` texts, and whether a code system outside the value set is real;
+//! - profiles in `meta.profile` (SimpleQuantity included: a `comparator` where one is
+//!   forbidden is accepted), and reference target types (`Observation.subject` may point to
+//!   any resource type);
 //! - duplicate JSON keys: `serde_json` keeps the last one before this code sees the value.
 
 use serde_json::{Map, Value};
 
 use crate::outcome::{Issue, IssueType};
-use crate::schema::{self, Element, Node, NodeId, NodeKind, Primitive, Schema, Special, TypeKind};
+use crate::schema::{
+    self, BindingKind, Element, Node, NodeId, NodeKind, Primitive, Schema, Special, TypeKind,
+    ValueSet,
+};
 
 /// Issues reported before validation stops with one more "too many issues" issue.
 pub const MAX_ISSUES: usize = 100;
@@ -547,9 +575,19 @@ impl<'a> Validator<'a> {
     fn item(&mut self, value: &'a Value, element: &'static Element, ty: u8) {
         let t = &element.types[usize::from(ty)];
         match t.kind {
-            TypeKind::Primitive(p) => self.primitive(value, p, element.special),
+            TypeKind::Primitive(p) => self.primitive(value, p, element),
             TypeKind::Node(id) => match value {
-                Value::Object(object) => self.object(object, self.schema.node(id)),
+                Value::Object(object) => {
+                    self.object(object, self.schema.node(id));
+                    if let Some(binding) = element.binding {
+                        let value_set = self.schema.value_set(binding.value_set);
+                        match binding.kind {
+                            BindingKind::CodeableConcept => self.concept_binding(object, value_set),
+                            BindingKind::Coding => self.coding_binding(object, value_set),
+                            BindingKind::Code => {}
+                        }
+                    }
+                }
                 other => {
                     let found = json_kind(other);
                     self.report(
@@ -641,7 +679,7 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn primitive(&mut self, value: &Value, p: Primitive, special: Special) {
+    fn primitive(&mut self, value: &Value, p: Primitive, element: &'static Element) {
         let json_type = match p {
             Primitive::Boolean => "boolean",
             Primitive::Decimal
@@ -675,7 +713,7 @@ impl<'a> Validator<'a> {
                     ),
                 }
             }
-            (Value::String(s), "string") => self.string(s, p, special),
+            (Value::String(s), "string") => self.string(s, p, element),
             (other, _) => {
                 let found = json_kind(other);
                 self.report(
@@ -689,7 +727,7 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn string(&mut self, s: &str, p: Primitive, special: Special) {
+    fn string(&mut self, s: &str, p: Primitive, element: &'static Element) {
         if s.is_empty() {
             self.report(
                 IssueType::Value,
@@ -739,12 +777,146 @@ impl<'a> Validator<'a> {
             );
             return;
         }
-        if special == Special::ReferenceString
+        if element.special == Special::ReferenceString
             && let Err(msg) = check_reference(s)
         {
             self.report(IssueType::Value, msg);
         }
+        if let Some(binding) = element.binding
+            && binding.kind == BindingKind::Code
+        {
+            let value_set = self.schema.value_set(binding.value_set);
+            if !value_set.contains_code(s) {
+                self.report(
+                    IssueType::CodeInvalid,
+                    format!(
+                        "'{}' is not in the required value set {}: expected {}",
+                        excerpt(s),
+                        value_set.url(),
+                        code_list(value_set, None)
+                    ),
+                );
+            }
+        }
     }
+
+    /// A `CodeableConcept` with a required binding: every coding whose system is one of the
+    /// value set's must carry one of its codes, and when codings are present, at least one
+    /// must be from the value set (system and code). Text alone is accepted.
+    fn concept_binding(&mut self, object: &'a Map<String, Value>, value_set: &'static ValueSet) {
+        let Some(Value::Array(codings)) = object.get("coding") else {
+            return;
+        };
+        let mut any = false;
+        let mut from_set = false;
+        let mut reported = false;
+        self.path.push(Segment::Name("coding"));
+        for (i, coding) in codings.iter().enumerate() {
+            let Value::Object(coding) = coding else {
+                continue; // a structure issue, already reported
+            };
+            any = true;
+            self.path.push(Segment::Index(i));
+            match self.coding_verdict(coding, value_set) {
+                CodingVerdict::InSet => from_set = true,
+                CodingVerdict::Reported => reported = true,
+                CodingVerdict::OtherSystem => {}
+            }
+            self.path.pop();
+        }
+        self.path.pop();
+        if any && !from_set && !reported {
+            self.report(
+                IssueType::CodeInvalid,
+                format!(
+                    "no coding is from the required value set {}: expected {}",
+                    value_set.url(),
+                    system_and_codes(value_set)
+                ),
+            );
+        }
+    }
+
+    /// A `Coding` with a required binding: its system and code must be from the value set.
+    fn coding_binding(&mut self, coding: &'a Map<String, Value>, value_set: &'static ValueSet) {
+        if self.coding_verdict(coding, value_set) == CodingVerdict::OtherSystem {
+            self.report(
+                IssueType::CodeInvalid,
+                format!(
+                    "the coding is not from the required value set {}: expected {}",
+                    value_set.url(),
+                    system_and_codes(value_set)
+                ),
+            );
+        }
+    }
+
+    /// Checks one coding (the current path) against a value set, reporting a code that its
+    /// system's part of the value set does not have.
+    fn coding_verdict(
+        &mut self,
+        coding: &Map<String, Value>,
+        value_set: &'static ValueSet,
+    ) -> CodingVerdict {
+        let system = coding.get("system").and_then(Value::as_str);
+        let code = coding.get("code").and_then(Value::as_str);
+        let (Some(system), Some(code)) = (system, code) else {
+            return CodingVerdict::OtherSystem;
+        };
+        if !value_set.includes_system(system) {
+            return CodingVerdict::OtherSystem;
+        }
+        if value_set.contains(system, code) {
+            return CodingVerdict::InSet;
+        }
+        // A malformed code already has its issue from the walk.
+        if Primitive::Code.is_valid_format(code) {
+            self.path.push(Segment::Name("code"));
+            self.report(
+                IssueType::CodeInvalid,
+                format!(
+                    "'{}' is not a code of {system} in the required value set {}: expected {}",
+                    excerpt(code),
+                    value_set.url(),
+                    code_list(value_set, Some(system))
+                ),
+            );
+            self.path.pop();
+        }
+        CodingVerdict::Reported
+    }
+}
+
+/// What a coding is with respect to a bound value set.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CodingVerdict {
+    /// Its system and code are a pair of the value set.
+    InSet,
+    /// Its system is one of the value set's but its code is not (an issue was reported).
+    Reported,
+    /// No system, no code, or a system the value set does not use.
+    OtherSystem,
+}
+
+/// `one of male, female, other, unknown` (the first codes and a count when there are many).
+fn code_list(value_set: &ValueSet, system: Option<&str>) -> String {
+    const SHOWN: usize = 12;
+    let codes: Vec<&str> = value_set.codes_of(system).collect();
+    let shown = codes[..codes.len().min(SHOWN)].join(", ");
+    match codes.len() {
+        1 => format!("'{shown}'"),
+        n if n <= SHOWN => format!("one of {shown}"),
+        n => format!("one of {shown}, … ({} more)", n - SHOWN),
+    }
+}
+
+/// `system S with one of a, b` for each system of a value set, joined with `or`.
+fn system_and_codes(value_set: &ValueSet) -> String {
+    value_set
+        .systems()
+        .map(|s| format!("system {s} with code {}", code_list(value_set, Some(s))))
+        .collect::<Vec<_>>()
+        .join(", or ")
 }
 
 /// Whether `parent[extension_name][index]` is an object (the id/extension of a primitive).
@@ -833,6 +1005,50 @@ mod tests {
         assert!(!has_uri_scheme("Patient/1"));
         assert!(!has_uri_scheme("1a:b"));
         assert!(!has_uri_scheme(":b"));
+    }
+
+    /// No R4 element binds a `Coding` `required`, so the rule is tested here directly.
+    #[test]
+    fn codings_with_a_required_binding() {
+        let schema = schema::schema();
+        let value_set = schema::element("Condition.clinicalStatus")
+            .unwrap()
+            .required_binding()
+            .unwrap();
+        let clinical = "http://terminology.hl7.org/CodeSystem/condition-clinical";
+        let check = |coding: Value| {
+            let mut v = Validator {
+                schema,
+                path: vec![Segment::Name("X"), Segment::Name("coding")],
+                choices: Vec::new(),
+                issues: Vec::new(),
+                depth: 0,
+                stopped: false,
+            };
+            v.coding_binding(coding.as_object().unwrap(), value_set);
+            v.issues
+                .into_iter()
+                .map(|i| (i.code, i.expression.unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            check(serde_json::json!({"system": clinical, "code": "active"})),
+            []
+        );
+        assert_eq!(
+            check(serde_json::json!({"system": clinical, "code": "nope"})),
+            [(IssueType::CodeInvalid, "X.coding.code".to_string())]
+        );
+        for other in [
+            serde_json::json!({"code": "active"}),
+            serde_json::json!({"system": "http://snomed.info/sct", "code": "1"}),
+            serde_json::json!({"system": clinical, "display": "Active"}),
+        ] {
+            assert_eq!(
+                check(other),
+                [(IssueType::CodeInvalid, "X.coding".to_string())]
+            );
+        }
     }
 
     #[test]

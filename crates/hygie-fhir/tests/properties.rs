@@ -42,6 +42,8 @@ struct Locations {
     leaves: Vec<Vec<Step>>,
     /// (object, key) of each present element whose definition has min >= 1.
     required: Vec<(Vec<Step>, String)>,
+    /// Each `code` value whose element has a required binding.
+    bound_codes: Vec<Vec<Step>>,
 }
 
 /// Walks `value`, tracking the definition path (`Patient.name.given`) where the public
@@ -75,7 +77,15 @@ fn walk(value: &Value, pointer: &mut Vec<Step>, spec: Option<String>, out: &mut 
                 pointer.pop();
             }
         }
-        _ => out.leaves.push(pointer.clone()),
+        _ => {
+            let element = spec.as_deref().and_then(schema::element);
+            if element
+                .is_some_and(|e| e.required_binding().is_some() && e.type_codes().eq(["code"]))
+            {
+                out.bound_codes.push(pointer.clone());
+            }
+            out.leaves.push(pointer.clone())
+        }
     }
 }
 
@@ -183,6 +193,9 @@ const VOCABULARY: &[&str] = &[
     "valueInteger",
     "telecom",
     "address",
+    "clinicalStatus",
+    "method",
+    "request",
 ];
 
 const STRINGS: &[&str] = &[
@@ -195,6 +208,10 @@ const STRINGS: &[&str] = &[
     "collection",
     "final",
     "generated",
+    "Condition",
+    "active",
+    "POST",
+    "http://terminology.hl7.org/CodeSystem/condition-clinical",
     "#x",
     "#",
     "Patient/1",
@@ -300,6 +317,20 @@ proptest! {
         }
     }
 
+    /// A code of a required binding replaced by a well-formed code outside its value set is
+    /// reported as code-invalid, at that element.
+    #[test]
+    fn codes_outside_a_required_value_set_are_rejected(pick in any::<Index>(), at in any::<Index>(), code in "[a-zA-Z][a-zA-Z0-9-]{0,10}") {
+        let mut resource = pick.get(&POOL).clone();
+        let bound = locations(&resource).bound_codes;
+        prop_assume!(!bound.is_empty());
+        let pointer = at.get(&bound).clone();
+        // No code of an R4 value set starts with "zz".
+        *get_mut(&mut resource, &pointer) = json!(format!("zz{code}"));
+        let expected = expression(&resource, &pointer);
+        assert_reported(&resource, IssueType::CodeInvalid, &expected);
+    }
+
     /// Arbitrary JSON never panics, and the issue list keeps its bounds and shape.
     #[test]
     fn arbitrary_json_never_panics(value in prop_oneof![arbitrary_json(), arbitrary_resource()]) {
@@ -314,15 +345,16 @@ proptest! {
 #[test]
 fn the_mutation_sites_cover_the_pool() {
     // Guards the properties above against vacuity: there is something to mutate.
-    let (mut objects, mut leaves, mut required) = (0, 0, 0);
+    let (mut objects, mut leaves, mut required, mut bound) = (0, 0, 0, 0);
     for resource in POOL.iter() {
         let l = locations(resource);
         objects += l.objects.len();
         leaves += l.leaves.len();
         required += l.required.len();
+        bound += l.bound_codes.len();
     }
     assert!(
-        objects > 1000 && leaves > 1000 && required > 100,
-        "{objects} {leaves} {required}"
+        objects > 1000 && leaves > 1000 && required > 100 && bound > 50,
+        "{objects} {leaves} {required} {bound}"
     );
 }

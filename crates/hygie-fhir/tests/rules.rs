@@ -253,8 +253,9 @@ fn primitive_cases() -> Vec<PrimitiveCase> {
         ),
         (
             "code",
-            |v| patient_with("gender", v),
-            vec![json!("male"), json!("two words")],
+            // Patient.language: a code whose binding (languages) is only preferred.
+            |v| patient_with("language", v),
+            vec![json!("en-US"), json!("two words")],
             vec![
                 json!(" male"),
                 json!("male "),
@@ -892,6 +893,278 @@ fn resource_typed_elements_are_validated_as_the_resource_they_declare() {
             "Parameters.parameter[1].part[0].valueStrin"
         ]
     );
+}
+
+// ---- required terminology bindings ----
+
+/// One `code-invalid` issue at `expression` whose diagnostics contain every one of `words`.
+#[track_caller]
+fn code_invalid(resource: Value, expression: &str, words: &[&str]) {
+    let issue = one_issue(resource, IssueType::CodeInvalid, expression);
+    for word in words {
+        assert!(issue.diagnostics.contains(word), "{word}: {issue:#?}");
+    }
+}
+
+#[test]
+fn code_elements_with_a_required_binding_take_only_its_codes() {
+    for gender in ["male", "female", "other", "unknown"] {
+        valid(patient_with("gender", json!(gender)));
+    }
+    code_invalid(
+        patient_with("gender", json!("mostly")),
+        "Patient.gender",
+        &[
+            "'mostly'",
+            "http://hl7.org/fhir/ValueSet/administrative-gender",
+            "one of male, female, other, unknown",
+        ],
+    );
+    // Codes are case-sensitive.
+    code_invalid(
+        patient_with("gender", json!("Male")),
+        "Patient.gender",
+        &["'Male'"],
+    );
+    // A malformed code has its format issue only, not a second one for the binding.
+    one_issue(
+        patient_with("gender", json!(" male")),
+        IssueType::Value,
+        "Patient.gender",
+    );
+    // No value, only an extension: nothing to check.
+    let mut p = patient();
+    p.as_object_mut().unwrap().remove("gender");
+    p["_gender"] = json!({"extension": [{"url": "http://example.org/x", "valueString": "?"}]});
+    valid(p);
+
+    valid(observation_with("status", json!("final")));
+    // Nested concepts of the code system (amended > corrected) are in the value set.
+    valid(observation_with("status", json!("corrected")));
+    code_invalid(
+        observation_with("status", json!("done")),
+        "Observation.status",
+        &[
+            "http://hl7.org/fhir/ValueSet/observation-status",
+            "registered",
+        ],
+    );
+
+    // DetectedIssue.status has R4's binding (observation-status), not the package's R5 one.
+    let issue = |status: &str| json!({"resourceType": "DetectedIssue", "status": status});
+    valid(issue("registered"));
+    code_invalid(
+        issue("mitigated"),
+        "DetectedIssue.status",
+        &["observation-status"],
+    );
+}
+
+#[test]
+fn bindings_apply_inside_datatypes_backbone_elements_and_content_references() {
+    // HumanName.use, in a repeating datatype; `maiden` is nested under `old`.
+    valid(patient_with(
+        "name",
+        json!([{"use": "official", "family": "A"}, {"use": "maiden", "family": "B"}]),
+    ));
+    code_invalid(
+        patient_with("name", json!([{"family": "A"}, {"use": "formal"}])),
+        "Patient.name[1].use",
+        &["http://hl7.org/fhir/ValueSet/name-use", "nickname"],
+    );
+
+    // Bundle.type and Bundle.entry.request.method (a BackboneElement in a BackboneElement).
+    let transaction = || {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}}
+        ]})
+    };
+    valid(transaction());
+    let mut bad = transaction();
+    bad["type"] = json!("bag");
+    code_invalid(
+        bad,
+        "Bundle.type",
+        &["http://hl7.org/fhir/ValueSet/bundle-type"],
+    );
+    for method in ["post", "FETCH"] {
+        let mut bad = transaction();
+        bad["entry"][0]["request"]["method"] = json!(method);
+        code_invalid(
+            bad,
+            "Bundle.entry[0].request.method",
+            &["http://hl7.org/fhir/ValueSet/http-verb", "GET, HEAD, POST"],
+        );
+    }
+    // And in the resources a bundle carries.
+    let mut bad = transaction();
+    bad["entry"][0]["resource"]["gender"] = json!("mostly");
+    code_invalid(bad, "Bundle.entry[0].resource.gender", &["male"]);
+
+    // Questionnaire.item.item is a contentReference to Questionnaire.item.
+    let questionnaire = |inner_type: &str| {
+        json!({"resourceType": "Questionnaire", "status": "active", "item": [
+            {"linkId": "g", "type": "group", "item": [{"linkId": "q", "type": inner_type}]}
+        ]})
+    };
+    valid(questionnaire("string"));
+    valid(questionnaire("open-choice"));
+    code_invalid(
+        questionnaire("strin"),
+        "Questionnaire.item[0].item[0].type",
+        &["http://hl7.org/fhir/ValueSet/item-type"],
+    );
+    // `question` is an abstract concept of the code system: not a value.
+    code_invalid(
+        questionnaire("question"),
+        "Questionnaire.item[0].item[0].type",
+        &["'question'"],
+    );
+}
+
+#[test]
+fn bindings_apply_through_choice_elements_and_inherited_elements() {
+    // Observation.value[x] as a Quantity: Quantity.comparator is bound (quantity-comparator).
+    valid(observation_with(
+        "valueQuantity",
+        json!({"value": 1, "comparator": "<="}),
+    ));
+    code_invalid(
+        observation_with("valueQuantity", json!({"value": 1, "comparator": "~"})),
+        "Observation.valueQuantity.comparator",
+        &[
+            "http://hl7.org/fhir/ValueSet/quantity-comparator",
+            "<, <=, >=, >",
+        ],
+    );
+    // Age inherits comparator from Quantity, with the binding.
+    let condition = |comparator: &str| {
+        json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"},
+               "onsetAge": {"value": 40, "comparator": comparator}})
+    };
+    valid(condition(">"));
+    code_invalid(condition("=="), "Condition.onsetAge.comparator", &["<="]);
+}
+
+#[test]
+fn repeating_codes_and_value_sets_of_several_code_systems() {
+    // Timing.repeat.when: event-timing draws on two code systems; each item is checked.
+    let request = |when: Value| {
+        json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+               "medicationCodeableConcept": {"text": "x"}, "subject": {"reference": "Patient/1"},
+               "dosageInstruction": [{"timing": {"repeat": {"when": when}}}]})
+    };
+    valid(request(json!(["MORN", "AC", "HS"])));
+    code_invalid(
+        request(json!(["MORN", "LUNCH"])),
+        "MedicationRequest.dosageInstruction[0].timing.repeat.when[1]",
+        &["http://hl7.org/fhir/ValueSet/event-timing", "more)"],
+    );
+}
+
+fn condition_with_status(coding: Value) -> Value {
+    json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"},
+           "clinicalStatus": {"coding": coding, "text": "status"}})
+}
+
+const CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/condition-clinical";
+
+#[test]
+fn codeable_concepts_with_a_required_binding_need_a_coding_from_it() {
+    valid(condition_with_status(
+        json!([{"system": CLINICAL, "code": "active"}]),
+    ));
+    // Nested concepts (active > recurrence) are in the value set.
+    valid(condition_with_status(
+        json!([{"system": CLINICAL, "code": "recurrence"}]),
+    ));
+    // Other codings may come along (translations).
+    valid(condition_with_status(json!([
+        {"system": "http://snomed.info/sct", "code": "55561003"},
+        {"system": CLINICAL, "code": "resolved", "display": "Resolved"}
+    ])));
+    // Text alone is accepted: no coding claims anything.
+    valid(
+        json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"},
+                 "clinicalStatus": {"text": "active"}}),
+    );
+
+    // A coding of the bound system with a code the value set does not have.
+    code_invalid(
+        condition_with_status(json!([{"system": CLINICAL, "code": "Active"}])),
+        "Condition.clinicalStatus.coding[0].code",
+        &[
+            "'Active'",
+            CLINICAL,
+            "http://hl7.org/fhir/ValueSet/condition-clinical",
+            "active, recurrence, relapse",
+        ],
+    );
+    // ... even next to a valid coding.
+    code_invalid(
+        condition_with_status(json!([
+            {"system": CLINICAL, "code": "active"},
+            {"system": CLINICAL, "code": "dormant"}
+        ])),
+        "Condition.clinicalStatus.coding[1].code",
+        &["'dormant'"],
+    );
+    // Codings, but none from the value set: other systems, or no system at all.
+    for coding in [
+        json!([{"system": "http://snomed.info/sct", "code": "55561003"}]),
+        json!([{"code": "active"}]),
+        json!([{"system": "http://hl7.org/fhir/condition-clinical", "code": "active"}]),
+    ] {
+        code_invalid(
+            condition_with_status(coding),
+            "Condition.clinicalStatus",
+            &[
+                "no coding is from the required value set http://hl7.org/fhir/ValueSet/condition-clinical",
+                CLINICAL,
+            ],
+        );
+    }
+    // A malformed code has its format issue only.
+    one_issue(
+        condition_with_status(json!([{"system": CLINICAL, "code": "a  b"}])),
+        IssueType::Value,
+        "Condition.clinicalStatus.coding[0].code",
+    );
+
+    // The same rules on another resource and binding.
+    let allergy = |code: &str| {
+        json!({"resourceType": "AllergyIntolerance", "patient": {"reference": "Patient/1"},
+               "verificationStatus": {"coding": [{
+                   "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+                   "code": code}]}})
+    };
+    valid(allergy("confirmed"));
+    code_invalid(
+        allergy("maybe"),
+        "AllergyIntolerance.verificationStatus.coding[0].code",
+        &["unconfirmed, confirmed, refuted, entered-in-error"],
+    );
+}
+
+#[test]
+fn bindings_to_value_sets_that_cannot_be_enumerated_are_not_checked() {
+    // Mime types (BCP 13), ISO 4217 currencies, UCUM units: no definition to check against.
+    valid(patient_with(
+        "photo",
+        json!([{"contentType": "image/x-anything"}]),
+    ));
+    valid(json!({"resourceType": "Binary", "contentType": "not/registered"}));
+    valid(
+        json!({"resourceType": "Account", "status": "active", "extension": [
+            {"url": "http://example.org/m", "valueMoney": {"value": 1, "currency": "XXY"}}
+        ]}),
+    );
+    // Bindings that are only preferred or extensible are not checked either.
+    valid(patient_with("language", json!("xx-YY")));
+    valid(patient_with(
+        "maritalStatus",
+        json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "ZZZ"}]}),
+    ));
 }
 
 // ---- references ----

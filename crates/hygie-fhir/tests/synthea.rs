@@ -60,6 +60,34 @@ fn every_committed_synthea_bundle_and_resource_validates() {
     );
 }
 
+/// The binding checks do run on real data: a Synthea Condition with its clinical status code
+/// changed is rejected.
+#[test]
+fn a_synthea_condition_with_a_wrong_clinical_status_is_rejected() {
+    let files = json_files(&workspace_root().join("testdata/synthea"));
+    let mut checked = 0;
+    for file in &files {
+        let bytes = std::fs::read(file).expect("readable file");
+        let bundle: Value = serde_json::from_slice(&bytes).expect("valid JSON");
+        for entry in bundle["entry"].as_array().expect("bundle entries") {
+            let resource = &entry["resource"];
+            if resource["resourceType"] != "Condition" {
+                continue;
+            }
+            let mut wrong = resource.clone();
+            wrong["clinicalStatus"]["coding"][0]["code"] = "finished".into();
+            let issues = validate_resource(&wrong).expect_err("wrong clinical status");
+            assert_eq!(issues.len(), 1, "{issues:#?}");
+            assert_eq!(
+                issues[0].expression.as_deref(),
+                Some("Condition.clinicalStatus.coding[0].code")
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{checked} conditions");
+}
+
 #[test]
 fn every_shared_synthea_bundle_and_resource_validates() {
     let dir = workspace_root().join("../shared/data/synthea-r4");
