@@ -362,3 +362,24 @@ def test_invalid_settings_file_is_refused(hygie_bin, tmp_path):
     output = _refused(hygie_bin, tmp_path, ["--listen", f"127.0.0.1:{free_port()}", "--no-auth",
                                             "--data-dir", str(tmp_path / "d"), "--max-body-bytes", "10"])
     assert "max_body_bytes" in output, output
+
+
+def test_request_time_limit_answers_503_with_an_outcome(start_hub, http):
+    """A request running past --request-timeout-ms gets a 503 OperationOutcome (code
+    timeout); the server keeps serving; and with --log-format json every log line is JSON."""
+    server = start_hub("sqlite", args=["--request-timeout-ms", "1", "--log-format", "json"])
+    bundle = json.loads(
+        (Path(__file__).resolve().parents[2] / "testdata/synthea/Denny_Bins_bc0fbd67-bfe3-46c8-8ce9-ef20b0705b46.json").read_text()
+    )
+    response = http.post(server.fhir_url, json=bundle)
+    assert response.status_code == 503, response.text[:500]
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["code"] == "timeout"
+    assert "request_timeout" in outcome["issue"][0]["diagnostics"]
+    assert http.get(server.root_url + "/healthz").status_code == 200
+    lines = [line for line in server.log_text().splitlines() if line.strip().startswith("{")]
+    assert lines, server.log_text()[:2000]
+    for line in lines:
+        record = json.loads(line)
+        assert "level" in record and "fields" in record
