@@ -7,59 +7,16 @@ use std::sync::Arc;
 
 use hygie_hub::{Caller, Hub, HubConfig, ReturnPreference};
 use hygie_policy::Principal;
-use hygie_store::testing::ThrowawayDatabase;
+use hygie_store::testing::TestBackend;
 use hygie_store::{
     BoxFuture, BoxedUnit, Head, HistoryQuery, NewVersion, SharedStore, Store, StoreError, StoreExt,
     StoreResult, TokenQuery, Tx, VersionRecord,
 };
 use serde_json::{Value, json};
 
-struct Backend {
-    store: SharedStore,
-    _dir: Option<tempfile::TempDir>,
-    _database: Option<ThrowawayDatabase>,
-}
+type Backend = TestBackend;
 
-fn sqlite() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        hygie_store::open(None, dir.path(), &Default::default(), &Default::default()).unwrap();
-    Backend {
-        store,
-        _dir: Some(dir),
-        _database: None,
-    }
-}
-
-fn postgres() -> Backend {
-    let database = ThrowawayDatabase::create();
-    let url = database.url.clone();
-    let store = std::thread::spawn(move || {
-        hygie_store::open(
-            Some(&url),
-            "/nonexistent".as_ref(),
-            &Default::default(),
-            &Default::default(),
-        )
-    })
-    .join()
-    .unwrap()
-    .unwrap();
-    Backend {
-        store,
-        _dir: None,
-        _database: Some(database),
-    }
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::sqlite()).await } )* }
-        mod on_postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::postgres()).await } )* }
-    };
-}
-
-on_both_backends!(
+hygie_store::on_both_backends!(
     every_access_leaves_one_audit_record,
     refusals_are_audited_and_write_nothing,
     an_access_whose_audit_fails_is_not_performed,

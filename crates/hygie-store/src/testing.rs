@@ -99,6 +99,61 @@ fn random_suffix() -> String {
     format!("{:016x}", hasher.finish())
 }
 
+/// A store for one test, of either backend, with what keeps it alive (a temporary
+/// directory or a throwaway database) dropped after it.
+pub struct TestBackend {
+    pub store: crate::SharedStore,
+    _dir: Option<tempfile::TempDir>,
+    _database: Option<ThrowawayDatabase>,
+}
+
+impl TestBackend {
+    /// Embedded SQLite in a fresh temporary directory.
+    pub fn sqlite() -> TestBackend {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = crate::open(None, dir.path(), &Default::default(), &Default::default())
+            .expect("open SQLite");
+        TestBackend {
+            store,
+            _dir: Some(dir),
+            _database: None,
+        }
+    }
+
+    /// PostgreSQL in a fresh throwaway database (opened off the async workers: the sync
+    /// client blocks while it connects).
+    pub fn postgres() -> TestBackend {
+        let database = ThrowawayDatabase::create();
+        let url = database.url.clone();
+        let store = std::thread::spawn(move || {
+            crate::open(
+                Some(&url),
+                std::path::Path::new("/nonexistent"),
+                &Default::default(),
+                &Default::default(),
+            )
+        })
+        .join()
+        .expect("the opening thread")
+        .expect("open PostgreSQL");
+        TestBackend {
+            store,
+            _dir: None,
+            _database: Some(database),
+        }
+    }
+}
+
+/// Declares each named `async fn(TestBackend)` as two tests, `on_sqlite::NAME` and
+/// `on_postgres::NAME`: one suite, every backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::testing::TestBackend::sqlite()).await } )* }
+        mod on_postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::testing::TestBackend::postgres()).await } )* }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_database;

@@ -1,63 +1,14 @@
 //! One conformance suite, run against every backend: the same tests, on embedded SQLite and
 //! on a real PostgreSQL server (a throwaway database per test).
 
-use hygie_store::testing::ThrowawayDatabase;
+use hygie_store::testing::TestBackend;
 use hygie_store::{
-    HistoryQuery, HistoryScope, NewVersion, PostgresOptions, SharedStore, SqliteOptions,
-    StoreError, StoreExt, TokenEntry, TokenQuery,
+    HistoryQuery, HistoryScope, NewVersion, StoreError, StoreExt, TokenEntry, TokenQuery,
 };
 
-struct Backend {
-    store: SharedStore,
-    _dir: Option<tempfile::TempDir>,
-    _database: Option<ThrowawayDatabase>,
-}
+type Backend = TestBackend;
 
-fn sqlite() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
-    let store = hygie_store::open(
-        None,
-        dir.path(),
-        &SqliteOptions::default(),
-        &PostgresOptions::default(),
-    )
-    .unwrap();
-    Backend {
-        store,
-        _dir: Some(dir),
-        _database: None,
-    }
-}
-
-fn postgres() -> Backend {
-    let database = ThrowawayDatabase::create();
-    let url = database.url.clone();
-    let store = std::thread::spawn(move || {
-        hygie_store::open(
-            Some(&url),
-            std::path::Path::new("/nonexistent"),
-            &SqliteOptions::default(),
-            &PostgresOptions::default(),
-        )
-    })
-    .join()
-    .unwrap()
-    .unwrap();
-    Backend {
-        store,
-        _dir: None,
-        _database: Some(database),
-    }
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::sqlite()).await } )* }
-        mod on_postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::postgres()).await } )* }
-    };
-}
-
-conformance!(
+hygie_store::on_both_backends!(
     versions_are_written_read_and_listed,
     a_failed_unit_leaves_nothing_behind,
     savepoints_undo_part_of_a_unit,
