@@ -784,14 +784,7 @@ fn execute_transaction(
                     match tx.current(&prepared.resource_type, &id)? {
                         Some(record) if !record.deleted => Ok(EntryResult::Written(WriteOutcome {
                             status: 200,
-                            stored: Stored {
-                                resource_type: record.resource_type,
-                                id: record.id,
-                                version: record.version,
-                                last_updated_us: record.last_updated_us,
-                                deleted: false,
-                                body: record.body,
-                            },
+                            stored: Stored::from_record(record),
                         })),
                         _ => Err(HubError::conflict("the matched resource changed")),
                     }

@@ -30,7 +30,7 @@ pub struct Stored {
 }
 
 impl Stored {
-    fn from_record(record: VersionRecord) -> Stored {
+    pub(crate) fn from_record(record: VersionRecord) -> Stored {
         Stored {
             resource_type: record.resource_type,
             id: record.id,
