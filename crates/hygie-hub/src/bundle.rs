@@ -29,7 +29,7 @@ use crate::{Caller, Hub, HubError};
 
 /// `Bundle.type` of a request Bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BundleKind {
+enum BundleKind {
     Batch,
     Transaction,
 }

@@ -168,8 +168,12 @@ fn is_transport_parameter(name: &str) -> bool {
     matches!(name, "_format" | "_pretty")
 }
 
+/// One page of history: what the client receives (and so what is audited), the newest
+/// sequence number the paging is pinned to, and whether older versions remain.
 struct Page {
     records: Vec<VersionRecord>,
+    max_seq: i64,
+    has_next: bool,
 }
 
 impl Audited for Page {
@@ -276,28 +280,26 @@ impl Hub {
                         max_seq: Some(max_seq),
                         limit: count + 1,
                     })?;
+                    // One record more than the page tells whether a next page exists; the
+                    // cursor carries max_seq so that later pages ignore newer writes.
+                    let has_next = records.len() > count;
+                    records.truncate(count);
                     for record in &mut records {
                         record.body = mask_body(std::mem::take(&mut record.body), mask)?;
                     }
-                    // The extra record only tells whether a next page exists; the cursor
-                    // carries max_seq so later pages ignore newer writes.
-                    records.push(VersionRecord {
-                        seq: max_seq,
-                        resource_type: String::new(),
-                        id: String::new(),
-                        version: 0,
-                        last_updated_us: 0,
-                        deleted: true,
-                        body: Vec::new(),
-                    });
-                    Ok(Ok(Page { records }))
+                    Ok(Ok(Page {
+                        records,
+                        max_seq,
+                        has_next,
+                    }))
                 },
             )
             .await?;
-        let mut records = page.records;
-        let max_seq = records.pop().map(|r| r.seq).unwrap_or(0);
-        let has_next = records.len() > count;
-        records.truncate(count);
+        let Page {
+            records,
+            max_seq,
+            has_next,
+        } = page;
         let path = match (&request.resource_type, &request.id) {
             (None, _) => "_history".to_owned(),
             (Some(t), None) => format!("{t}/_history"),

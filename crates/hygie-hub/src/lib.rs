@@ -41,7 +41,6 @@ use std::sync::Arc;
 use hygie_policy::{Policy, Principal};
 use hygie_store::SharedStore;
 
-pub use bundle::BundleKind;
 pub use error::HubError;
 pub use history::HistoryRequest;
 pub use instant::{format_instant, parse_fhir_instant_us};

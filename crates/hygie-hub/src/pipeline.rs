@@ -138,36 +138,4 @@ impl Hub {
             Err(error) => Err(HubError::from_store(error)),
         }
     }
-
-    /// Records a request refused before it reached an operation (malformed, too large),
-    /// then returns the refusal. Fails closed like any access.
-    pub async fn refuse(
-        &self,
-        caller: &Caller,
-        action: Action,
-        target: Target,
-        error: HubError,
-    ) -> HubError {
-        let access = Access {
-            caller,
-            action,
-            target,
-            query: None,
-        };
-        let mut record = access.record(now_us());
-        record.outcome = AuditOutcome::from_status(error.status);
-        record.outcome_description = Some(error.to_string());
-        record.entities.extend(access.target_reference());
-        let leaf = record.to_leaf();
-        let recorded_us = record.recorded_us;
-        match self
-            .inner
-            .store
-            .run(move |tx| tx.append_audit(recorded_us, &leaf))
-            .await
-        {
-            Ok(_) => error,
-            Err(store_error) => HubError::from_store(store_error),
-        }
-    }
 }

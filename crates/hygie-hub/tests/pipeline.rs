@@ -22,6 +22,7 @@ hygie_store::on_both_backends!(
     an_access_whose_audit_fails_is_not_performed,
     anonymous_callers_are_denied_and_audited,
     a_failing_transaction_writes_nothing_but_its_audit,
+    a_history_page_audits_exactly_what_it_returned,
 );
 
 fn developer() -> Caller {
@@ -375,4 +376,53 @@ async fn a_failing_transaction_writes_nothing_but_its_audit(backend: Backend) {
         format!("Patient/{patient_id}")
     );
     assert_eq!(response["entry"][2]["response"]["status"], "200 OK");
+}
+
+async fn a_history_page_audits_exactly_what_it_returned(backend: Backend) {
+    let hub = Hub::new(backend.store.clone(), HubConfig::default());
+    let caller = developer();
+    for gender in ["male", "female", "other"] {
+        hub.update(
+            &caller,
+            "Patient",
+            "h",
+            json!({"resourceType": "Patient", "id": "h", "gender": gender}),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let page: Value = serde_json::from_slice(
+        &hub.history(
+            &caller,
+            hygie_hub::HistoryRequest {
+                resource_type: Some("Patient".into()),
+                id: Some("h".into()),
+                query: "_count=2".into(),
+            },
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(page["entry"].as_array().unwrap().len(), 2);
+    assert!(
+        page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "next")
+    );
+    let events = audit_events(&backend.store).await;
+    let history = events.last().unwrap();
+    assert_eq!(subtype(history), "history");
+    let entities: Vec<&str> = history["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["what"]["reference"].as_str())
+        .collect();
+    // The version fetched only to know that a next page exists was not returned, so it
+    // is not recorded as accessed.
+    assert_eq!(entities, ["Patient/h/_history/3", "Patient/h/_history/2"]);
 }

@@ -172,8 +172,9 @@ fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The base URL the client used: configured, or derived from a well-formed `Host`.
-fn base_url(state: &AppState, headers: &HeaderMap, local: Option<SocketAddr>) -> String {
+/// The base URL the client used: configured, or derived from a well-formed `Host` (HTTP/1.1
+/// requires one; without it, `localhost`).
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(base) = &state.config.public_base_url {
         return base.trim_end_matches('/').to_owned();
     }
@@ -184,11 +185,7 @@ fn base_url(state: &AppState, headers: &HeaderMap, local: Option<SocketAddr>) ->
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
     });
-    let host = match (host, local) {
-        (Some(host), _) => host.to_owned(),
-        (None, Some(address)) => address.to_string(),
-        (None, None) => "localhost".to_owned(),
-    };
+    let host = host.unwrap_or("localhost");
     format!("{}://{host}/fhir", state.config.scheme)
 }
 
@@ -344,7 +341,7 @@ async fn dispatch_inner(
         .map(|r| r.0.clone())
         .unwrap_or_default();
     check_accept(&headers, &query)?;
-    let base = base_url(&state, &headers, None);
+    let base = base_url(&state, &headers);
     let principal = if state.config.no_auth {
         Principal::development()
     } else {

@@ -92,7 +92,9 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
 
 /// Where and how to listen.
 pub struct Listen {
-    pub address: SocketAddr,
+    /// Bound by the caller (see [`bind`]), so that errors come early, `:0` reveals its
+    /// port, and no other process can take the address between binding and serving.
+    pub listener: std::net::TcpListener,
     /// PEM certificate chain and private key, for HTTPS.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// How long in-flight requests get to finish after a shutdown signal.
@@ -129,13 +131,13 @@ pub async fn serve(
                         ),
                     )
                 })?;
-            axum_server::bind_rustls(listen.address, tls)
+            axum_server::from_tcp_rustls(listen.listener, tls)?
                 .handle(handle)
                 .serve(service)
                 .await
         }
         None => {
-            axum_server::bind(listen.address)
+            axum_server::from_tcp(listen.listener)?
                 .handle(handle)
                 .serve(service)
                 .await
@@ -143,7 +145,7 @@ pub async fn serve(
     }
 }
 
-/// Binds first, so that the caller learns the actual port (`:0`) and errors early.
-pub fn bind_check(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds the listening socket that [`serve`] will use.
+pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(address)
 }

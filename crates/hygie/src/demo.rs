@@ -108,11 +108,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let address = config::parse_listen(&args.listen)?;
     serve::check_exposure(address, false, false, true)?;
-    let listener = hygie_server::bind_check(address).with_context(|| {
+    let listener = hygie_server::bind(address).with_context(|| {
         format!("cannot listen on {address}: is another hub running? Try --listen 127.0.0.1:0")
     })?;
     let bound = listener.local_addr()?;
-    drop(listener);
     let base = format!("http://{bound}/fhir");
     print_tries(&base, &options, &assigned);
     let app = hygie_server::router(
@@ -125,7 +124,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let result = hygie_server::serve(
         app,
         hygie_server::Listen {
-            address: bound,
+            listener,
             tls: None,
             grace: limits.shutdown_grace,
         },

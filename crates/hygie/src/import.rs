@@ -37,6 +37,14 @@ const BUNDLE_FILE_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// The longest NDJSON line accepted.
 const NDJSON_LINE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
+/// How files are read and written.
+struct Options {
+    /// Resources written concurrently.
+    concurrency: usize,
+    /// The settings' `max_json_depth`, applied to every file and line as to HTTP bodies.
+    max_json_depth: usize,
+}
+
 #[derive(Default)]
 struct Summary {
     files: usize,
@@ -114,6 +122,10 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         )
         .expect("valid template"),
     );
+    let options = Options {
+        concurrency: args.concurrency.max(1),
+        max_json_depth: limits.max_json_depth,
+    };
     let started = std::time::Instant::now();
     let mut summary = Summary::default();
     for file in &files {
@@ -125,9 +137,9 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let is_ndjson = file.extension().and_then(|e| e.to_str()) == Some("ndjson");
         let result = if is_ndjson {
-            import_ndjson(&hub, &caller, file, args.concurrency.max(1), &mut summary).await
+            import_ndjson(&hub, &caller, file, &options, &mut summary).await
         } else {
-            import_json(&hub, &caller, file, args.concurrency.max(1), &mut summary).await
+            import_json(&hub, &caller, file, &options, &mut summary).await
         };
         if let Err(error) = result {
             summary
@@ -162,7 +174,7 @@ async fn import_json(
     hub: &Hub,
     caller: &Arc<Caller>,
     file: &Path,
-    concurrency: usize,
+    options: &Options,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let size = file.metadata()?.len();
@@ -172,7 +184,7 @@ async fn import_json(
         );
     }
     let bytes = tokio::fs::read(file).await?;
-    hygie_fhir::json_depth::check_json_depth(&bytes, 64)?;
+    hygie_fhir::json_depth::check_json_depth(&bytes, options.max_json_depth)?;
     let value: Value = serde_json::from_slice(&bytes).context("not valid JSON")?;
     let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle");
     let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
@@ -205,7 +217,7 @@ async fn import_json(
     } else {
         vec![(file.display().to_string(), value)]
     };
-    write_all(hub, caller, resources, concurrency, summary).await;
+    write_all(hub, caller, resources, options.concurrency, summary).await;
     Ok(())
 }
 
@@ -213,7 +225,7 @@ async fn import_ndjson(
     hub: &Hub,
     caller: &Arc<Caller>,
     file: &Path,
-    concurrency: usize,
+    options: &Options,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     use tokio::io::AsyncBufReadExt;
@@ -233,7 +245,9 @@ async fn import_ndjson(
             ));
             continue;
         }
-        if let Err(error) = hygie_fhir::json_depth::check_json_depth(line.as_bytes(), 64) {
+        if let Err(error) =
+            hygie_fhir::json_depth::check_json_depth(line.as_bytes(), options.max_json_depth)
+        {
             summary.failures.push(format!("{position}: {error}"));
             continue;
         }
@@ -248,13 +262,13 @@ async fn import_ndjson(
                 hub,
                 caller,
                 std::mem::take(&mut chunk),
-                concurrency,
+                options.concurrency,
                 summary,
             )
             .await;
         }
     }
-    write_all(hub, caller, chunk, concurrency, summary).await;
+    write_all(hub, caller, chunk, options.concurrency, summary).await;
     Ok(())
 }
 

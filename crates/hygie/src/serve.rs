@@ -95,9 +95,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let hub = hygie_hub::Hub::new(store, config::hub_config(&limits));
     // Bind before announcing, so that a taken port is a clear error, and `:0` works.
     let listener =
-        hygie_server::bind_check(address).with_context(|| format!("cannot listen on {address}"))?;
+        hygie_server::bind(address).with_context(|| format!("cannot listen on {address}"))?;
     let bound = listener.local_addr()?;
-    drop(listener);
     let http = hygie_server::HttpConfig {
         max_body_bytes: limits.max_body_bytes,
         max_json_depth: limits.max_json_depth,
@@ -125,7 +124,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let result = hygie_server::serve(
         app,
         hygie_server::Listen {
-            address: bound,
+            listener,
             tls,
             grace: limits.shutdown_grace,
         },
