@@ -26,6 +26,7 @@
 
 mod migrations;
 mod postgres_store;
+pub mod search;
 mod sqlite_store;
 
 use std::any::Any;
@@ -34,6 +35,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use postgres_store::{PostgresOptions, PostgresStore, open_postgres};
+pub use search::{
+    Filter, IndexCell, IndexRow, IndexTable, PagePosition, RangeOp, SearchHit, SearchSpec,
+    SortBy, SortValue, Test,
+};
 pub use sqlite_store::{SqliteOptions, SqliteStore, open_sqlite};
 
 /// Errors of the storage layer. Business rules (versions, conditions) are the hub's.
@@ -106,15 +111,6 @@ pub struct VersionRecord {
     pub body: Vec<u8>,
 }
 
-/// A search-index entry of type token (`system|code`), for the current version only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenEntry {
-    pub param: String,
-    /// Empty when the value has no system.
-    pub system: String,
-    pub code: String,
-}
-
 /// A version to write. The hub has already checked that `version` follows the head.
 #[derive(Debug, Clone)]
 pub struct NewVersion<'a> {
@@ -124,8 +120,8 @@ pub struct NewVersion<'a> {
     pub last_updated_us: i64,
     pub deleted: bool,
     pub body: &'a [u8],
-    /// Replaces the resource's token entries (ignored for deletions, which clear them).
-    pub tokens: &'a [TokenEntry],
+    /// Replaces the resource's index rows (ignored for deletions, which clear them).
+    pub index: &'a [IndexRow],
 }
 
 /// Which history to list.
@@ -191,6 +187,59 @@ pub trait Tx {
         after_id: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<String>>;
+    /// A page of current, non-deleted resources that pass every filter, in sort order.
+    fn search(&mut self, spec: &SearchSpec) -> StoreResult<Vec<SearchHit>>;
+    /// How many current, non-deleted resources pass every filter.
+    fn count(&mut self, resource_type: &str, filters: &[Filter]) -> StoreResult<u64>;
+    /// The local targets `(type, id)` that `resource_type` resources `ids` reference through
+    /// `param` (any parameter when `None`), deduplicated, at most `limit`.
+    fn references_from(
+        &mut self,
+        resource_type: &str,
+        ids: &[String],
+        param: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String)>>;
+    /// Ids of current `source_type` resources that reference one of `targets` (all of
+    /// `target_type`) through `param` (any when `None`), sorted, at most `limit`.
+    fn references_to(
+        &mut self,
+        source_type: &str,
+        param: Option<&str>,
+        target_type: &str,
+        targets: &[String],
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
+    /// The current, non-deleted versions of `ids`, in no particular order.
+    fn current_many(
+        &mut self,
+        resource_type: &str,
+        ids: &[String],
+    ) -> StoreResult<Vec<VersionRecord>>;
+    /// Members `(type, id)` of the compartment of `target_type/target_id`: current resources
+    /// of a type in `members` that reference it through one of that type's parameters;
+    /// sorted by type then id, after `after`, at most `limit`.
+    fn compartment(
+        &mut self,
+        target_type: &str,
+        target_id: &str,
+        members: &[(String, Vec<String>)],
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String)>>;
+    /// Current, non-deleted versions of every type, ordered by (type, id), after `after`:
+    /// what a re-index walks through.
+    fn scan_current(
+        &mut self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>>;
+    /// Replaces a resource's index rows (a re-index).
+    fn replace_index(&mut self, resource_type: &str, id: &str, rows: &[IndexRow])
+    -> StoreResult<()>;
+    /// The hub's own settings (index version, paging key), kept with its data.
+    fn meta_get(&mut self, key: &str) -> StoreResult<Option<String>>;
+    fn meta_set(&mut self, key: &str, value: &str) -> StoreResult<()>;
     /// Appends one leaf to the audit log; returns its sequence number, increasing in commit
     /// order on SQLite. On PostgreSQL several processes append concurrently, so numbers
     /// may have gaps (rolled-back units) and are dense only once the audit integrator

@@ -41,6 +41,51 @@ pub const SQLITE: &[&str] = &[
         leaf BLOB NOT NULL
     );
     "#,
+    // 2: the search index of every parameter type (issue 3), and the hub's own settings.
+    r#"
+    ALTER TABLE search_token ADD COLUMN grp INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE search_string (
+        resource_type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, normalized TEXT NOT NULL, exact TEXT NOT NULL
+    );
+    CREATE INDEX search_string_lookup ON search_string (resource_type, param, normalized);
+    CREATE INDEX search_string_owner ON search_string (resource_type, id);
+    CREATE TABLE search_date (
+        resource_type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL
+    );
+    CREATE INDEX search_date_low ON search_date (resource_type, param, low);
+    CREATE INDEX search_date_high ON search_date (resource_type, param, high);
+    CREATE INDEX search_date_owner ON search_date (resource_type, id);
+    CREATE TABLE search_number (
+        resource_type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, value REAL NOT NULL, low REAL NOT NULL, high REAL NOT NULL
+    );
+    CREATE INDEX search_number_lookup ON search_number (resource_type, param, low);
+    CREATE INDEX search_number_owner ON search_number (resource_type, id);
+    CREATE TABLE search_quantity (
+        resource_type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL,
+        value REAL NOT NULL, low REAL NOT NULL, high REAL NOT NULL
+    );
+    CREATE INDEX search_quantity_lookup ON search_quantity (resource_type, param, code, low);
+    CREATE INDEX search_quantity_owner ON search_quantity (resource_type, id);
+    CREATE TABLE search_reference (
+        resource_type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, target_type TEXT NOT NULL, target_id TEXT NOT NULL,
+        url TEXT NOT NULL
+    );
+    CREATE INDEX search_reference_lookup ON search_reference (resource_type, param, target_id);
+    CREATE INDEX search_reference_target ON search_reference (target_type, target_id);
+    CREATE INDEX search_reference_owner ON search_reference (resource_type, id);
+    CREATE TABLE search_uri (
+        resource_type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, value TEXT NOT NULL
+    );
+    CREATE INDEX search_uri_lookup ON search_uri (resource_type, param, value);
+    CREATE INDEX search_uri_owner ON search_uri (resource_type, id);
+    CREATE TABLE hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -84,6 +129,55 @@ pub const POSTGRES: &[&str] = &[
         recorded_us BIGINT NOT NULL,
         leaf BYTEA NOT NULL
     );
+    "#,
+    // 2: the search index of every parameter type (issue 3), and the hub's own settings.
+    // Values that may be long are indexed by hash (a btree entry holds at most ~2.7 kB);
+    // normalized strings are cut to 256 bytes by the store before they are written.
+    r#"
+    ALTER TABLE search_token ADD COLUMN grp INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE search_string (
+        resource_type TEXT NOT NULL, id TEXT COLLATE "C" NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, normalized TEXT COLLATE "C" NOT NULL, exact TEXT NOT NULL
+    );
+    CREATE INDEX search_string_lookup ON search_string (resource_type, param, normalized);
+    CREATE INDEX search_string_owner ON search_string (resource_type, id);
+    CREATE TABLE search_date (
+        resource_type TEXT NOT NULL, id TEXT COLLATE "C" NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, low BIGINT NOT NULL, high BIGINT NOT NULL
+    );
+    CREATE INDEX search_date_low ON search_date (resource_type, param, low);
+    CREATE INDEX search_date_high ON search_date (resource_type, param, high);
+    CREATE INDEX search_date_owner ON search_date (resource_type, id);
+    CREATE TABLE search_number (
+        resource_type TEXT NOT NULL, id TEXT COLLATE "C" NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, value DOUBLE PRECISION NOT NULL,
+        low DOUBLE PRECISION NOT NULL, high DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX search_number_lookup ON search_number (resource_type, param, low);
+    CREATE INDEX search_number_owner ON search_number (resource_type, id);
+    CREATE TABLE search_quantity (
+        resource_type TEXT NOT NULL, id TEXT COLLATE "C" NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL,
+        value DOUBLE PRECISION NOT NULL, low DOUBLE PRECISION NOT NULL,
+        high DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX search_quantity_lookup ON search_quantity (resource_type, param, md5(code), low);
+    CREATE INDEX search_quantity_owner ON search_quantity (resource_type, id);
+    CREATE TABLE search_reference (
+        resource_type TEXT NOT NULL, id TEXT COLLATE "C" NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, target_type TEXT NOT NULL, target_id TEXT COLLATE "C" NOT NULL,
+        url TEXT COLLATE "C" NOT NULL
+    );
+    CREATE INDEX search_reference_lookup ON search_reference (resource_type, param, target_id);
+    CREATE INDEX search_reference_target ON search_reference (target_type, target_id);
+    CREATE INDEX search_reference_owner ON search_reference (resource_type, id);
+    CREATE TABLE search_uri (
+        resource_type TEXT NOT NULL, id TEXT COLLATE "C" NOT NULL, param TEXT NOT NULL,
+        grp INTEGER NOT NULL, value TEXT COLLATE "C" NOT NULL
+    );
+    CREATE INDEX search_uri_lookup ON search_uri (resource_type, param, md5(value));
+    CREATE INDEX search_uri_owner ON search_uri (resource_type, id);
+    CREATE TABLE hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     "#,
 ];
 

@@ -15,9 +15,11 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
 use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
+use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
-    BoxFuture, BoxedUnit, Head, HistoryQuery, HistoryScope, NewVersion, Store, StoreError,
-    StoreResult, TokenQuery, Tx, VersionRecord, panic_message,
+    BoxFuture, BoxedUnit, Filter, Head, HistoryQuery, HistoryScope, IndexCell, IndexRow,
+    NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError, StoreResult, TokenQuery,
+    Tx, VersionRecord, panic_message,
 };
 
 /// Settings of the PostgreSQL store.
@@ -41,7 +43,7 @@ impl Default for PostgresOptions {
 /// A pooled connection with its prepared statements.
 pub struct PgConnection {
     client: Client,
-    statements: HashMap<&'static str, Statement>,
+    statements: HashMap<String, Statement>,
 }
 
 struct Manager {
@@ -225,18 +227,208 @@ fn run_unit(
 
 struct PgTx<'a> {
     transaction: postgres::Transaction<'a>,
-    statements: &'a mut HashMap<&'static str, Statement>,
+    statements: &'a mut HashMap<String, Statement>,
     savepoints: usize,
 }
 
 impl PgTx<'_> {
-    fn statement(&mut self, sql: &'static str) -> StoreResult<Statement> {
+    fn statement(&mut self, sql: &str) -> StoreResult<Statement> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
         let statement = self.transaction.prepare(sql)?;
-        self.statements.insert(sql, statement.clone());
+        // Search statements vary with the query's shape: bound the cache.
+        if self.statements.len() >= MAX_CACHED_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
+    }
+
+    fn query_built(
+        &mut self,
+        sql: &str,
+        params: &[SqlParam],
+    ) -> StoreResult<Vec<postgres::Row>> {
+        let statement = self.statement(sql)?;
+        let values: Vec<Box<dyn postgres::types::ToSql + Sync>> = params
+            .iter()
+            .map(|param| -> Box<dyn postgres::types::ToSql + Sync> {
+                match param {
+                    SqlParam::Text(text) => Box::new(text.clone()),
+                    SqlParam::Int(value) => Box::new(*value),
+                    SqlParam::Real(value) => Box::new(*value),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            values.iter().map(|value| value.as_ref()).collect();
+        Ok(self.transaction.query(&statement, &refs)?)
+    }
+
+    fn delete_index(&mut self, resource_type: &str, id: &str) -> StoreResult<()> {
+        for sql in search::delete_index_sql(Dialect::Postgres) {
+            let statement = self.statement(&sql)?;
+            self.transaction.execute(&statement, &[&resource_type, &id])?;
+        }
+        Ok(())
+    }
+
+    /// One multi-row INSERT per table (UNNEST of arrays): a round trip per row would make
+    /// indexing an Observation cost dozens of round trips.
+    fn insert_index(&mut self, resource_type: &str, id: &str, rows: &[IndexRow]) -> StoreResult<()> {
+        let mut tokens = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut strings = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut dates = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut numbers = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut quantities = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        let mut references = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut uris = (Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            let (param, group) = (row.param.as_str(), row.group);
+            match &row.cell {
+                IndexCell::Token { system, code } => {
+                    tokens.0.push(param);
+                    tokens.1.push(group);
+                    tokens.2.push(system.as_str());
+                    tokens.3.push(code.as_str());
+                }
+                IndexCell::String { normalized, exact } => {
+                    strings.0.push(param);
+                    strings.1.push(group);
+                    strings
+                        .2
+                        .push(search::truncate(normalized, search::MAX_INDEXED_STRING));
+                    strings.3.push(exact.as_str());
+                }
+                IndexCell::Date { low, high } => {
+                    dates.0.push(param);
+                    dates.1.push(group);
+                    dates.2.push(*low);
+                    dates.3.push(*high);
+                }
+                IndexCell::Number { value, low, high } => {
+                    numbers.0.push(param);
+                    numbers.1.push(group);
+                    numbers.2.push(*value);
+                    numbers.3.push(*low);
+                    numbers.4.push(*high);
+                }
+                IndexCell::Quantity {
+                    system,
+                    code,
+                    value,
+                    low,
+                    high,
+                } => {
+                    quantities.0.push(param);
+                    quantities.1.push(group);
+                    quantities.2.push(system.as_str());
+                    quantities.3.push(code.as_str());
+                    quantities.4.push(*value);
+                    quantities.5.push(*low);
+                    quantities.6.push(*high);
+                }
+                IndexCell::Reference {
+                    target_type,
+                    target_id,
+                    url,
+                } => {
+                    references.0.push(param);
+                    references.1.push(group);
+                    references.2.push(target_type.as_str());
+                    references.3.push(target_id.as_str());
+                    references.4.push(url.as_str());
+                }
+                IndexCell::Uri { value } => {
+                    uris.0.push(param);
+                    uris.1.push(group);
+                    uris.2.push(value.as_str());
+                }
+            }
+        }
+        if !tokens.0.is_empty() {
+            let statement = self.statement(INSERT_TOKENS_SQL)?;
+            self.transaction.execute(
+                &statement,
+                &[&resource_type, &id, &tokens.0, &tokens.1, &tokens.2, &tokens.3],
+            )?;
+        }
+        if !strings.0.is_empty() {
+            let statement = self.statement(INSERT_STRINGS_SQL)?;
+            self.transaction.execute(
+                &statement,
+                &[&resource_type, &id, &strings.0, &strings.1, &strings.2, &strings.3],
+            )?;
+        }
+        if !dates.0.is_empty() {
+            let statement = self.statement(INSERT_DATES_SQL)?;
+            self.transaction.execute(
+                &statement,
+                &[&resource_type, &id, &dates.0, &dates.1, &dates.2, &dates.3],
+            )?;
+        }
+        if !numbers.0.is_empty() {
+            let statement = self.statement(INSERT_NUMBERS_SQL)?;
+            self.transaction.execute(
+                &statement,
+                &[
+                    &resource_type,
+                    &id,
+                    &numbers.0,
+                    &numbers.1,
+                    &numbers.2,
+                    &numbers.3,
+                    &numbers.4,
+                ],
+            )?;
+        }
+        if !quantities.0.is_empty() {
+            let statement = self.statement(INSERT_QUANTITIES_SQL)?;
+            self.transaction.execute(
+                &statement,
+                &[
+                    &resource_type,
+                    &id,
+                    &quantities.0,
+                    &quantities.1,
+                    &quantities.2,
+                    &quantities.3,
+                    &quantities.4,
+                    &quantities.5,
+                    &quantities.6,
+                ],
+            )?;
+        }
+        if !references.0.is_empty() {
+            let statement = self.statement(INSERT_REFERENCES_SQL)?;
+            self.transaction.execute(
+                &statement,
+                &[
+                    &resource_type,
+                    &id,
+                    &references.0,
+                    &references.1,
+                    &references.2,
+                    &references.3,
+                    &references.4,
+                ],
+            )?;
+        }
+        if !uris.0.is_empty() {
+            let statement = self.statement(INSERT_URIS_SQL)?;
+            self.transaction
+                .execute(&statement, &[&resource_type, &id, &uris.0, &uris.1, &uris.2])?;
+        }
+        Ok(())
     }
 }
 
@@ -270,9 +462,40 @@ const UPSERT_HEAD_SQL: &str =
     ON CONFLICT (resource_type, id) DO UPDATE SET
       version = excluded.version, deleted = excluded.deleted,
       last_updated_us = excluded.last_updated_us, seq = excluded.seq";
-const DELETE_TOKENS_SQL: &str = "DELETE FROM search_token WHERE resource_type = $1 AND id = $2";
-const INSERT_TOKEN_SQL: &str =
-    "INSERT INTO search_token (resource_type, id, param, system, code) VALUES ($1, $2, $3, $4, $5)";
+/// Statements kept prepared per connection at most.
+const MAX_CACHED_STATEMENTS: usize = 512;
+const INSERT_TOKENS_SQL: &str = "INSERT INTO search_token (resource_type, id, param, grp, system, code)
+    SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::TEXT[])";
+const INSERT_STRINGS_SQL: &str = "INSERT INTO search_string (resource_type, id, param, grp, normalized, exact)
+    SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::TEXT[])";
+const INSERT_DATES_SQL: &str = "INSERT INTO search_date (resource_type, id, param, grp, low, high)
+    SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::BIGINT[], $6::BIGINT[])";
+const INSERT_NUMBERS_SQL: &str = "INSERT INTO search_number (resource_type, id, param, grp, value, low, high)
+    SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::FLOAT8[], $6::FLOAT8[], $7::FLOAT8[])";
+const INSERT_QUANTITIES_SQL: &str = "INSERT INTO search_quantity (resource_type, id, param, grp, system, code, value, low, high)
+    SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::TEXT[], $7::FLOAT8[], $8::FLOAT8[], $9::FLOAT8[])";
+const INSERT_REFERENCES_SQL: &str = "INSERT INTO search_reference (resource_type, id, param, grp, target_type, target_id, url)
+    SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::TEXT[], $7::TEXT[])";
+const INSERT_URIS_SQL: &str = "INSERT INTO search_uri (resource_type, id, param, grp, value)
+    SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[])";
+const REFERENCES_FROM_SQL: &str = "SELECT DISTINCT target_type, target_id FROM search_reference
+    WHERE resource_type = $1 AND id = ANY($2) AND ($3::TEXT IS NULL OR param = $3) AND target_id <> ''
+    ORDER BY target_type, target_id LIMIT $4";
+const REFERENCES_TO_SQL: &str = "SELECT DISTINCT x.id FROM search_reference x
+    JOIN resources r ON r.resource_type = x.resource_type AND r.id = x.id
+    WHERE x.target_type = $1 AND x.target_id = ANY($2) AND x.resource_type = $3
+      AND ($4::TEXT IS NULL OR x.param = $4) AND NOT r.deleted
+    ORDER BY x.id LIMIT $5";
+const CURRENT_MANY_SQL: &str = "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated_us, v.deleted, v.body
+    FROM resources r JOIN resource_versions v ON v.seq = r.seq
+    WHERE r.resource_type = $1 AND r.id = ANY($2) AND NOT r.deleted";
+const SCAN_CURRENT_SQL: &str = "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated_us, v.deleted, v.body
+    FROM resources r JOIN resource_versions v ON v.seq = r.seq
+    WHERE NOT r.deleted AND (r.resource_type, r.id) > ($1, $2::TEXT COLLATE \"C\")
+    ORDER BY r.resource_type, r.id LIMIT $3";
+const META_GET_SQL: &str = "SELECT value FROM hub_meta WHERE key = $1";
+const META_SET_SQL: &str = "INSERT INTO hub_meta (key, value) VALUES ($1, $2)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 const HISTORY_SYSTEM_SQL: &str =
     "SELECT seq, resource_type, id, version, last_updated_us, deleted, body FROM resource_versions
     WHERE seq < $1 AND seq <= $2 AND last_updated_us >= $3 ORDER BY seq DESC LIMIT $4";
@@ -371,24 +594,10 @@ impl Tx for PgTx<'_> {
             ],
         )?;
         if new.version > 1 {
-            let delete = self.statement(DELETE_TOKENS_SQL)?;
-            self.transaction
-                .execute(&delete, &[&new.resource_type, &new.id])?;
+            self.delete_index(new.resource_type, new.id)?;
         }
-        if !new.deleted && !new.tokens.is_empty() {
-            let insert_token = self.statement(INSERT_TOKEN_SQL)?;
-            for token in new.tokens {
-                self.transaction.execute(
-                    &insert_token,
-                    &[
-                        &new.resource_type,
-                        &new.id,
-                        &token.param,
-                        &token.system,
-                        &token.code,
-                    ],
-                )?;
-            }
+        if !new.deleted {
+            self.insert_index(new.resource_type, new.id, new.index)?;
         }
         Ok(())
     }
@@ -462,6 +671,132 @@ impl Tx for PgTx<'_> {
             &[&resource_type, &after_id.unwrap_or(""), &(limit as i64)],
         )?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    fn search(&mut self, spec: &SearchSpec) -> StoreResult<Vec<SearchHit>> {
+        let mut builder = SqlBuilder::new(Dialect::Postgres);
+        let sql = builder.page_query(spec);
+        let kinds = search::sort_kinds(&spec.sort);
+        let rows = self.query_built(&sql, &builder.params)?;
+        Ok(rows
+            .iter()
+            .map(|row| SearchHit {
+                id: row.get(0),
+                sort_values: kinds
+                    .iter()
+                    .enumerate()
+                    .map(|(index, kind)| match kind {
+                        search::SortKind::Int => SortValue::Int(row.get(index + 1)),
+                        search::SortKind::Real => SortValue::Real(row.get(index + 1)),
+                        search::SortKind::Text => SortValue::Text(row.get(index + 1)),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    fn count(&mut self, resource_type: &str, filters: &[Filter]) -> StoreResult<u64> {
+        let mut builder = SqlBuilder::new(Dialect::Postgres);
+        let sql = builder.count_query(resource_type, filters);
+        let rows = self.query_built(&sql, &builder.params)?;
+        Ok(rows.first().map(|row| row.get::<_, i64>(0)).unwrap_or(0) as u64)
+    }
+
+    fn references_from(
+        &mut self,
+        resource_type: &str,
+        ids: &[String],
+        param: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        let statement = self.statement(REFERENCES_FROM_SQL)?;
+        let rows = self
+            .transaction
+            .query(&statement, &[&resource_type, &ids, &param, &(limit as i64)])?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    fn references_to(
+        &mut self,
+        source_type: &str,
+        param: Option<&str>,
+        target_type: &str,
+        targets: &[String],
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let statement = self.statement(REFERENCES_TO_SQL)?;
+        let rows = self.transaction.query(
+            &statement,
+            &[&target_type, &targets, &source_type, &param, &(limit as i64)],
+        )?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    fn current_many(
+        &mut self,
+        resource_type: &str,
+        ids: &[String],
+    ) -> StoreResult<Vec<VersionRecord>> {
+        let statement = self.statement(CURRENT_MANY_SQL)?;
+        let rows = self.transaction.query(&statement, &[&resource_type, &ids])?;
+        Ok(rows.iter().map(version_from_row).collect())
+    }
+
+    fn compartment(
+        &mut self,
+        target_type: &str,
+        target_id: &str,
+        members: &[(String, Vec<String>)],
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        let (sql, values) = crate::sqlite_store::compartment_sql(
+            Dialect::Postgres,
+            target_type,
+            target_id,
+            members,
+            after,
+            limit,
+        );
+        let rows = self.query_built(&sql, &values)?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    fn scan_current(
+        &mut self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        let (after_type, after_id) = after.unwrap_or(("", ""));
+        let statement = self.statement(SCAN_CURRENT_SQL)?;
+        let rows = self
+            .transaction
+            .query(&statement, &[&after_type, &after_id, &(limit as i64)])?;
+        Ok(rows.iter().map(version_from_row).collect())
+    }
+
+    fn replace_index(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        rows: &[IndexRow],
+    ) -> StoreResult<()> {
+        self.delete_index(resource_type, id)?;
+        self.insert_index(resource_type, id, rows)
+    }
+
+    fn meta_get(&mut self, key: &str) -> StoreResult<Option<String>> {
+        let statement = self.statement(META_GET_SQL)?;
+        Ok(self
+            .transaction
+            .query_opt(&statement, &[&key])?
+            .map(|row| row.get(0)))
+    }
+
+    fn meta_set(&mut self, key: &str, value: &str) -> StoreResult<()> {
+        let statement = self.statement(META_SET_SQL)?;
+        self.transaction.execute(&statement, &[&key, &value])?;
+        Ok(())
     }
 
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64> {

@@ -3,7 +3,7 @@
 
 use hygie_store::testing::TestBackend;
 use hygie_store::{
-    HistoryQuery, HistoryScope, NewVersion, StoreError, StoreExt, TokenEntry, TokenQuery,
+    HistoryQuery, HistoryScope, NewVersion, IndexCell, IndexRow, StoreError, StoreExt, TokenQuery,
 };
 
 type Backend = TestBackend;
@@ -25,7 +25,7 @@ fn version<'a>(
     id: &'a str,
     v: i64,
     body: &'a [u8],
-    tokens: &'a [TokenEntry],
+    tokens: &'a [IndexRow],
 ) -> NewVersion<'a> {
     NewVersion {
         resource_type: ty,
@@ -34,7 +34,7 @@ fn version<'a>(
         last_updated_us: 1_000 * v,
         deleted: false,
         body,
-        tokens,
+        index: tokens,
     }
 }
 
@@ -192,11 +192,14 @@ async fn duplicate_versions_conflict(backend: Backend) {
     assert_eq!(current.body, b"1");
 }
 
-fn token(param: &str, system: &str, code: &str) -> TokenEntry {
-    TokenEntry {
+fn token(param: &str, system: &str, code: &str) -> IndexRow {
+    IndexRow {
         param: param.into(),
-        system: system.into(),
-        code: code.into(),
+        group: 0,
+        cell: IndexCell::Token {
+            system: system.into(),
+            code: code.into(),
+        },
     }
 }
 

@@ -1,0 +1,899 @@
+//! The search index and search queries, as the store sees them: typed rows to write beside
+//! each current version, and a small query language compiled to SQL for either backend.
+//!
+//! The store knows nothing of FHIR: the hub turns a FHIR search into a [`SearchSpec`] of
+//! index tests on named parameters. Every filter becomes `r.id IN (SELECT … FROM index …)`,
+//! so that each database can drive the query from the most selective index instead of
+//! probing every resource of the type.
+
+/// One index row of a resource's current version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexRow {
+    pub param: String,
+    /// Components of one composite value share a group (> 0); plain rows have 0.
+    pub group: i32,
+    pub cell: IndexCell,
+}
+
+/// The typed value of an index row; each kind has its own table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexCell {
+    /// `system` is empty when the value has none.
+    Token { system: String, code: String },
+    /// `normalized`: lowercase, accents removed, at most [`MAX_INDEXED_STRING`] bytes.
+    String { normalized: String, exact: String },
+    /// Inclusive bounds, microseconds since the Unix epoch.
+    Date { low: i64, high: i64 },
+    Number { value: f64, low: f64, high: f64 },
+    Quantity {
+        system: String,
+        code: String,
+        value: f64,
+        low: f64,
+        high: f64,
+    },
+    /// `target_type`/`target_id` are empty when the reference is not to a local resource.
+    Reference {
+        target_type: String,
+        target_id: String,
+        url: String,
+    },
+    Uri { value: String },
+}
+
+/// Strings longer than this are indexed by their first bytes (a btree entry is bounded).
+pub const MAX_INDEXED_STRING: usize = 256;
+
+/// The index tables, one per kind of value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexTable {
+    Token,
+    String,
+    Date,
+    Number,
+    Quantity,
+    Reference,
+    Uri,
+}
+
+impl IndexTable {
+    pub const ALL: [IndexTable; 7] = [
+        IndexTable::Token,
+        IndexTable::String,
+        IndexTable::Date,
+        IndexTable::Number,
+        IndexTable::Quantity,
+        IndexTable::Reference,
+        IndexTable::Uri,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexTable::Token => "search_token",
+            IndexTable::String => "search_string",
+            IndexTable::Date => "search_date",
+            IndexTable::Number => "search_number",
+            IndexTable::Quantity => "search_quantity",
+            IndexTable::Reference => "search_reference",
+            IndexTable::Uri => "search_uri",
+        }
+    }
+}
+
+impl IndexCell {
+    pub fn table(&self) -> IndexTable {
+        match self {
+            IndexCell::Token { .. } => IndexTable::Token,
+            IndexCell::String { .. } => IndexTable::String,
+            IndexCell::Date { .. } => IndexTable::Date,
+            IndexCell::Number { .. } => IndexTable::Number,
+            IndexCell::Quantity { .. } => IndexTable::Quantity,
+            IndexCell::Reference { .. } => IndexTable::Reference,
+            IndexCell::Uri { .. } => IndexTable::Uri,
+        }
+    }
+}
+
+/// How a value's range relates to the searched range (FHIR R4 search prefixes). Both are
+/// inclusive ranges `[low, high]`: the searched value's precision, the stored value's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeOp {
+    /// The stored range lies within the searched one.
+    Eq,
+    Ne,
+    /// Some of the stored range lies above the searched one.
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    /// The stored range starts after the searched one.
+    Sa,
+    /// The stored range ends before the searched one.
+    Eb,
+    /// The ranges overlap (the hub widens the searched range for `ap`).
+    Overlaps,
+}
+
+/// A test on one index row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Test {
+    /// `system`: `None` any, `Some("")` none. `code`: `None` any.
+    Token {
+        system: Option<String>,
+        code: Option<String>,
+    },
+    StringStartsWith(String),
+    StringContains(String),
+    /// Compares the full original text, case and accents included.
+    StringExact(String),
+    Date {
+        op: RangeOp,
+        low: i64,
+        high: i64,
+    },
+    Number {
+        op: RangeOp,
+        low: f64,
+        high: f64,
+    },
+    Quantity {
+        op: RangeOp,
+        low: f64,
+        high: f64,
+        system: Option<String>,
+        code: Option<String>,
+    },
+    /// A local reference; `target_type` `None` means any type.
+    Reference {
+        target_type: Option<String>,
+        target_id: String,
+    },
+    ReferenceUrl(String),
+    Uri(String),
+    UriBelow(String),
+}
+
+impl Test {
+    pub fn table(&self) -> IndexTable {
+        match self {
+            Test::Token { .. } => IndexTable::Token,
+            Test::StringStartsWith(_) | Test::StringContains(_) | Test::StringExact(_) => {
+                IndexTable::String
+            }
+            Test::Date { .. } => IndexTable::Date,
+            Test::Number { .. } => IndexTable::Number,
+            Test::Quantity { .. } => IndexTable::Quantity,
+            Test::Reference { .. } | Test::ReferenceUrl(_) => IndexTable::Reference,
+            Test::Uri(_) | Test::UriBelow(_) => IndexTable::Uri,
+        }
+    }
+}
+
+/// One condition of a search; a [`SearchSpec`] holds all of its filters (AND).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// `_id`: any of these.
+    Ids(Vec<String>),
+    /// `_lastUpdated`: any of these ranges.
+    LastUpdated(Vec<(RangeOp, i64, i64)>),
+    /// Some index row of `param` passes one of `tests` (all of one table); `negate`: none does.
+    Match {
+        param: String,
+        tests: Vec<Test>,
+        negate: bool,
+    },
+    /// `param:missing=true|false`.
+    Missing {
+        param: String,
+        table: IndexTable,
+        missing: bool,
+    },
+    /// One of `alternatives`, each a test per component (`param#i`) within one group.
+    Composite {
+        param: String,
+        alternatives: Vec<Vec<Test>>,
+    },
+    /// A reference `param` to a current `target_type` resource that passes `inner`.
+    Chain {
+        param: String,
+        target_type: String,
+        inner: Vec<Filter>,
+    },
+    /// Referenced by a current `source_type` resource, through its `param`, that passes `inner`.
+    Has {
+        source_type: String,
+        param: String,
+        inner: Vec<Filter>,
+    },
+    /// In the compartment of `target`: references it through one of `params`.
+    Compartment {
+        params: Vec<String>,
+        target_type: String,
+        target_id: String,
+    },
+}
+
+/// A sort key of a search. `_id` is always the last key, so every order is total.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortBy {
+    LastUpdated { descending: bool },
+    Id { descending: bool },
+    /// By the lowest (ascending) or highest (descending) value of `param`; resources with
+    /// none come last.
+    Param {
+        param: String,
+        table: IndexTable,
+        descending: bool,
+    },
+}
+
+impl SortBy {
+    pub fn descending(&self) -> bool {
+        match self {
+            SortBy::LastUpdated { descending }
+            | SortBy::Id { descending }
+            | SortBy::Param { descending, .. } => *descending,
+        }
+    }
+}
+
+/// A sort key's value for one resource: what a paging cursor carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortValue {
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+/// Where a page starts: strictly after (or, for a previous page, before) a position in the
+/// sort order, given by its sort values with the id last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PagePosition {
+    pub values: Vec<SortValue>,
+    pub backwards: bool,
+}
+
+/// A search on one resource type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchSpec {
+    pub resource_type: String,
+    pub filters: Vec<Filter>,
+    /// `_id` ascending is appended when absent.
+    pub sort: Vec<SortBy>,
+    pub position: Option<PagePosition>,
+    /// Rows to return at most (the hub asks one more than a page to know if there is a next).
+    pub limit: usize,
+}
+
+/// A page of search results, in sort order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    pub id: String,
+    /// The sort values, `_id` last: the cursor of the next page.
+    pub sort_values: Vec<SortValue>,
+}
+
+// --- SQL -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A bound SQL parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SqlParam {
+    Text(String),
+    Int(i64),
+    Real(f64),
+}
+
+/// Text greater than any stored text, for "no value sorts last" and prefix ranges.
+pub(crate) const TEXT_MAX: &str = "\u{10FFFF}";
+
+pub(crate) struct SqlBuilder {
+    dialect: Dialect,
+    pub(crate) params: Vec<SqlParam>,
+    aliases: usize,
+}
+
+impl SqlBuilder {
+    pub(crate) fn new(dialect: Dialect) -> SqlBuilder {
+        SqlBuilder {
+            dialect,
+            params: Vec::new(),
+            aliases: 0,
+        }
+    }
+
+    fn bind(&mut self, param: SqlParam) -> String {
+        self.params.push(param);
+        match self.dialect {
+            Dialect::Sqlite => format!("?{}", self.params.len()),
+            Dialect::Postgres => format!("${}", self.params.len()),
+        }
+    }
+
+    fn text(&mut self, value: &str) -> String {
+        self.bind(SqlParam::Text(value.to_owned()))
+    }
+
+    fn int(&mut self, value: i64) -> String {
+        self.bind(SqlParam::Int(value))
+    }
+
+    fn real(&mut self, value: f64) -> String {
+        self.bind(SqlParam::Real(value))
+    }
+
+    fn alias(&mut self, prefix: &str) -> String {
+        self.aliases += 1;
+        format!("{prefix}{}", self.aliases)
+    }
+
+    /// `column = value`; on PostgreSQL through the md5 expression indexes that stand in for
+    /// btree entries on values too long for one.
+    fn hashed_equals(&self, column: &str, placeholder: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!("{column} = {placeholder}"),
+            Dialect::Postgres => {
+                format!("(md5({column}) = md5({placeholder}) AND {column} = {placeholder})")
+            }
+        }
+    }
+
+    /// `SELECT id, sort values… FROM resources … ORDER BY … LIMIT …`.
+    pub(crate) fn page_query(&mut self, spec: &SearchSpec) -> String {
+        let sort = full_sort(&spec.sort);
+        let keys: Vec<String> = sort
+            .iter()
+            .map(|key| self.sort_expression(&spec.resource_type, key, "r"))
+            .collect();
+        let mut sql = String::from("SELECT r.id");
+        for key in &keys {
+            sql.push_str(", ");
+            sql.push_str(key);
+        }
+        sql.push_str(" FROM resources r WHERE ");
+        sql.push_str(&self.where_clause(&spec.resource_type, &spec.filters, "r"));
+        let backwards = spec.position.as_ref().is_some_and(|p| p.backwards);
+        if let Some(position) = &spec.position {
+            sql.push_str(" AND ");
+            sql.push_str(&self.keyset(&sort, &keys, position));
+        }
+        sql.push_str(" ORDER BY ");
+        let order: Vec<String> = sort
+            .iter()
+            .zip(&keys)
+            .map(|(key, expression)| {
+                let descending = key.descending() != backwards;
+                format!("{expression}{}", if descending { " DESC" } else { "" })
+            })
+            .collect();
+        sql.push_str(&order.join(", "));
+        let limit = self.int(spec.limit as i64);
+        sql.push_str(&format!(" LIMIT {limit}"));
+        sql
+    }
+
+    /// `SELECT COUNT(*)` of everything the filters match.
+    pub(crate) fn count_query(&mut self, resource_type: &str, filters: &[Filter]) -> String {
+        format!(
+            "SELECT COUNT(*) FROM resources r WHERE {}",
+            self.where_clause(resource_type, filters, "r")
+        )
+    }
+
+    fn where_clause(&mut self, resource_type: &str, filters: &[Filter], alias: &str) -> String {
+        let ty = self.text(resource_type);
+        let mut parts = vec![
+            format!("{alias}.resource_type = {ty}"),
+            format!("NOT {alias}.deleted"),
+        ];
+        for filter in filters {
+            parts.push(self.filter(resource_type, filter, alias));
+        }
+        parts.join(" AND ")
+    }
+
+    fn filter(&mut self, resource_type: &str, filter: &Filter, alias: &str) -> String {
+        match filter {
+            Filter::Ids(ids) => {
+                let list: Vec<String> = ids.iter().map(|id| self.text(id)).collect();
+                format!("{alias}.id IN ({})", list.join(", "))
+            }
+            Filter::LastUpdated(ranges) => {
+                let column = format!("{alias}.last_updated_us");
+                let alternatives: Vec<String> = ranges
+                    .iter()
+                    .map(|(op, low, high)| {
+                        range_test(
+                            self,
+                            *op,
+                            &column,
+                            &column,
+                            SqlParam::Int(*low),
+                            SqlParam::Int(*high),
+                        )
+                    })
+                    .collect();
+                format!("({})", alternatives.join(" OR "))
+            }
+            Filter::Match {
+                param,
+                tests,
+                negate,
+            } => {
+                let Some(first) = tests.first() else {
+                    return "FALSE".to_owned();
+                };
+                let table = first.table();
+                let t = self.alias("t");
+                let ty = self.text(resource_type);
+                let param = self.text(param);
+                let alternatives: Vec<String> = tests
+                    .iter()
+                    .map(|test| self.test(test, &t))
+                    .collect();
+                format!(
+                    "{alias}.id {}IN (SELECT {t}.id FROM {} {t} WHERE {t}.resource_type = {ty} AND {t}.param = {param} AND ({}))",
+                    if *negate { "NOT " } else { "" },
+                    table.name(),
+                    alternatives.join(" OR ")
+                )
+            }
+            Filter::Missing {
+                param,
+                table,
+                missing,
+            } => {
+                let t = self.alias("t");
+                let ty = self.text(resource_type);
+                let param = self.text(param);
+                format!(
+                    "{alias}.id {}IN (SELECT {t}.id FROM {} {t} WHERE {t}.resource_type = {ty} AND {t}.param = {param})",
+                    if *missing { "NOT " } else { "" },
+                    table.name()
+                )
+            }
+            Filter::Composite {
+                param,
+                alternatives,
+            } => {
+                let parts: Vec<String> = alternatives
+                    .iter()
+                    .map(|components| self.composite(resource_type, param, components, alias))
+                    .collect();
+                if parts.is_empty() {
+                    "FALSE".to_owned()
+                } else {
+                    format!("({})", parts.join(" OR "))
+                }
+            }
+            Filter::Chain {
+                param,
+                target_type,
+                inner,
+            } => {
+                let x = self.alias("x");
+                let r2 = self.alias("r");
+                let ty = self.text(resource_type);
+                let param = self.text(param);
+                let target = self.text(target_type);
+                let inner = self.where_clause(target_type, inner, &r2);
+                format!(
+                    "{alias}.id IN (SELECT {x}.id FROM search_reference {x} WHERE {x}.resource_type = {ty} AND {x}.param = {param} AND {x}.target_type = {target} AND {x}.target_id IN (SELECT {r2}.id FROM resources {r2} WHERE {inner}))"
+                )
+            }
+            Filter::Has {
+                source_type,
+                param,
+                inner,
+            } => {
+                let x = self.alias("x");
+                let r2 = self.alias("r");
+                let source = self.text(source_type);
+                let param = self.text(param);
+                let ty = self.text(resource_type);
+                let inner = self.where_clause(source_type, inner, &r2);
+                format!(
+                    "{alias}.id IN (SELECT {x}.target_id FROM search_reference {x} WHERE {x}.resource_type = {source} AND {x}.param = {param} AND {x}.target_type = {ty} AND {x}.id IN (SELECT {r2}.id FROM resources {r2} WHERE {inner}))"
+                )
+            }
+            Filter::Compartment {
+                params,
+                target_type,
+                target_id,
+            } => {
+                if params.is_empty() {
+                    return "FALSE".to_owned();
+                }
+                let x = self.alias("x");
+                let ty = self.text(resource_type);
+                let list: Vec<String> = params.iter().map(|p| self.text(p)).collect();
+                let target = self.text(target_type);
+                let id = self.text(target_id);
+                format!(
+                    "{alias}.id IN (SELECT {x}.id FROM search_reference {x} WHERE {x}.resource_type = {ty} AND {x}.param IN ({}) AND {x}.target_type = {target} AND {x}.target_id = {id})",
+                    list.join(", ")
+                )
+            }
+        }
+    }
+
+    fn composite(
+        &mut self,
+        resource_type: &str,
+        param: &str,
+        components: &[Test],
+        alias: &str,
+    ) -> String {
+        if components.is_empty() {
+            return "FALSE".to_owned();
+        }
+        let aliases: Vec<String> = components.iter().map(|_| self.alias("c")).collect();
+        let ty = self.text(resource_type);
+        let first = &aliases[0];
+        let mut from = format!("{} {first}", components[0].table().name());
+        let mut conditions = vec![format!("{first}.resource_type = {ty}")];
+        for (index, (test, c)) in components.iter().zip(&aliases).enumerate() {
+            if index > 0 {
+                from.push_str(&format!(
+                    " JOIN {} {c} ON {c}.resource_type = {first}.resource_type AND {c}.id = {first}.id AND {c}.grp = {first}.grp",
+                    test.table().name()
+                ));
+            }
+            let component = self.text(&format!("{param}#{index}"));
+            conditions.push(format!("{c}.param = {component}"));
+            let test = self.test(test, c);
+            conditions.push(format!("({test})"));
+        }
+        format!(
+            "{alias}.id IN (SELECT {first}.id FROM {from} WHERE {})",
+            conditions.join(" AND ")
+        )
+    }
+
+    fn test(&mut self, test: &Test, t: &str) -> String {
+        match test {
+            Test::Token { system, code } => {
+                let mut parts = Vec::new();
+                if let Some(code) = code {
+                    let code = self.text(code);
+                    parts.push(self.hashed_equals(&format!("{t}.code"), &code));
+                }
+                if let Some(system) = system {
+                    let system = self.text(system);
+                    parts.push(self.hashed_equals(&format!("{t}.system"), &system));
+                }
+                if parts.is_empty() {
+                    "TRUE".to_owned()
+                } else {
+                    parts.join(" AND ")
+                }
+            }
+            Test::StringStartsWith(prefix) => {
+                let prefix = truncate(prefix, MAX_INDEXED_STRING);
+                let low = self.text(prefix);
+                let high = self.text(&format!("{prefix}{TEXT_MAX}"));
+                format!("{t}.normalized >= {low} AND {t}.normalized < {high}")
+            }
+            Test::StringContains(part) => {
+                let part = self.text(part);
+                match self.dialect {
+                    Dialect::Sqlite => format!("instr({t}.normalized, {part}) > 0"),
+                    Dialect::Postgres => format!("strpos({t}.normalized, {part}) > 0"),
+                }
+            }
+            Test::StringExact(value) => {
+                let value = self.text(value);
+                format!("{t}.exact = {value}")
+            }
+            Test::Date { op, low, high } => range_test(
+                self,
+                *op,
+                &format!("{t}.low"),
+                &format!("{t}.high"),
+                SqlParam::Int(*low),
+                SqlParam::Int(*high),
+            ),
+            Test::Number { op, low, high } => range_test(
+                self,
+                *op,
+                &format!("{t}.low"),
+                &format!("{t}.high"),
+                SqlParam::Real(*low),
+                SqlParam::Real(*high),
+            ),
+            Test::Quantity {
+                op,
+                low,
+                high,
+                system,
+                code,
+            } => {
+                let mut parts = vec![range_test(
+                    self,
+                    *op,
+                    &format!("{t}.low"),
+                    &format!("{t}.high"),
+                    SqlParam::Real(*low),
+                    SqlParam::Real(*high),
+                )];
+                if let Some(system) = system {
+                    let system = self.text(system);
+                    parts.push(format!("{t}.system = {system}"));
+                }
+                if let Some(code) = code {
+                    let code = self.text(code);
+                    parts.push(self.hashed_equals(&format!("{t}.code"), &code));
+                }
+                format!("({})", parts.join(" AND "))
+            }
+            Test::Reference {
+                target_type,
+                target_id,
+            } => {
+                let id = self.text(target_id);
+                match target_type {
+                    Some(target_type) => {
+                        let target_type = self.text(target_type);
+                        format!("({t}.target_id = {id} AND {t}.target_type = {target_type})")
+                    }
+                    None => format!("{t}.target_id = {id}"),
+                }
+            }
+            Test::ReferenceUrl(url) => {
+                let url = self.text(url);
+                format!("{t}.url = {url}")
+            }
+            Test::Uri(value) => {
+                let value = self.text(value);
+                self.hashed_equals(&format!("{t}.value"), &value)
+            }
+            Test::UriBelow(prefix) => {
+                let low = self.text(prefix);
+                let high = self.text(&format!("{prefix}{TEXT_MAX}"));
+                format!("{t}.value >= {low} AND {t}.value < {high}")
+            }
+        }
+    }
+
+    /// The expression of one sort key for the resource aliased `alias`; absent values are
+    /// replaced by a sentinel that sorts last in the key's direction.
+    fn sort_expression(&mut self, resource_type: &str, key: &SortBy, alias: &str) -> String {
+        match key {
+            SortBy::LastUpdated { .. } => format!("{alias}.last_updated_us"),
+            SortBy::Id { .. } => format!("{alias}.id"),
+            SortBy::Param {
+                param,
+                table,
+                descending,
+            } => {
+                let (column, kind) = sort_column(*table, *descending);
+                let aggregate = if *descending { "MAX" } else { "MIN" };
+                let s = self.alias("s");
+                let ty = self.text(resource_type);
+                let param = self.text(param);
+                let sentinel = match (kind, descending) {
+                    (SortKind::Int, false) => self.int(i64::MAX),
+                    (SortKind::Int, true) => self.int(i64::MIN),
+                    (SortKind::Real, false) => self.real(f64::MAX),
+                    (SortKind::Real, true) => self.real(f64::MIN),
+                    (SortKind::Text, false) => self.text(TEXT_MAX),
+                    (SortKind::Text, true) => self.text(""),
+                };
+                format!(
+                    "COALESCE((SELECT {aggregate}({s}.{column}) FROM {} {s} WHERE {s}.resource_type = {ty} AND {s}.id = {alias}.id AND {s}.param = {param}), {sentinel})",
+                    table.name()
+                )
+            }
+        }
+    }
+
+    /// Rows strictly after (or before) `position` in the order of `sort`.
+    fn keyset(&mut self, sort: &[SortBy], keys: &[String], position: &PagePosition) -> String {
+        let mut alternatives = Vec::new();
+        for index in 0..sort.len().min(position.values.len()) {
+            let mut parts = Vec::new();
+            for earlier in 0..index {
+                let value = self.sort_param(&position.values[earlier]);
+                parts.push(format!("{} = {value}", keys[earlier]));
+            }
+            let descending = sort[index].descending() != position.backwards;
+            let value = self.sort_param(&position.values[index]);
+            parts.push(format!(
+                "{} {} {value}",
+                keys[index],
+                if descending { "<" } else { ">" }
+            ));
+            alternatives.push(format!("({})", parts.join(" AND ")));
+        }
+        if alternatives.is_empty() {
+            "TRUE".to_owned()
+        } else {
+            format!("({})", alternatives.join(" OR "))
+        }
+    }
+
+    fn sort_param(&mut self, value: &SortValue) -> String {
+        match value {
+            SortValue::Int(v) => self.int(*v),
+            SortValue::Real(v) => self.real(*v),
+            SortValue::Text(v) => self.text(v),
+        }
+    }
+}
+
+/// The sort keys with `_id` appended (ascending unless `_id` is already a key).
+pub(crate) fn full_sort(sort: &[SortBy]) -> Vec<SortBy> {
+    let mut keys = sort.to_vec();
+    if !keys.iter().any(|key| matches!(key, SortBy::Id { .. })) {
+        keys.push(SortBy::Id { descending: false });
+    }
+    keys
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SortKind {
+    Int,
+    Real,
+    Text,
+}
+
+/// The column a sort by `table` reads, and its kind.
+pub(crate) fn sort_column(table: IndexTable, descending: bool) -> (&'static str, SortKind) {
+    match table {
+        IndexTable::Token => ("code", SortKind::Text),
+        IndexTable::String => ("normalized", SortKind::Text),
+        IndexTable::Date if descending => ("high", SortKind::Int),
+        IndexTable::Date => ("low", SortKind::Int),
+        IndexTable::Number | IndexTable::Quantity => ("value", SortKind::Real),
+        IndexTable::Reference => ("url", SortKind::Text),
+        IndexTable::Uri => ("value", SortKind::Text),
+    }
+}
+
+/// The kind of each sort key, `_id` included, to read its value back from a row.
+pub(crate) fn sort_kinds(sort: &[SortBy]) -> Vec<SortKind> {
+    full_sort(sort)
+        .iter()
+        .map(|key| match key {
+            SortBy::LastUpdated { .. } => SortKind::Int,
+            SortBy::Id { .. } => SortKind::Text,
+            SortBy::Param {
+                table, descending, ..
+            } => sort_column(*table, *descending).1,
+        })
+        .collect()
+}
+
+/// The FHIR R4 range semantics: the stored range `[rl, rh]` against the searched `[low,
+/// high]`. Binds only the bounds the test uses (an unused placeholder is an error).
+fn range_test(
+    builder: &mut SqlBuilder,
+    op: RangeOp,
+    rl: &str,
+    rh: &str,
+    low: SqlParam,
+    high: SqlParam,
+) -> String {
+    let within = |builder: &mut SqlBuilder| {
+        let (pl, ph) = (builder.bind(low.clone()), builder.bind(high.clone()));
+        format!("({rl} >= {pl} AND {rh} <= {ph})")
+    };
+    match op {
+        RangeOp::Eq => within(builder),
+        RangeOp::Ne => format!("NOT {}", within(builder)),
+        RangeOp::Gt => format!("{rh} > {}", builder.bind(high.clone())),
+        RangeOp::Lt => format!("{rl} < {}", builder.bind(low.clone())),
+        RangeOp::Ge => {
+            let ph = builder.bind(high.clone());
+            format!("({rh} > {ph} OR {})", within(builder))
+        }
+        RangeOp::Le => {
+            let pl = builder.bind(low.clone());
+            format!("({rl} < {pl} OR {})", within(builder))
+        }
+        RangeOp::Sa => format!("{rl} > {}", builder.bind(high.clone())),
+        RangeOp::Eb => format!("{rh} < {}", builder.bind(low.clone())),
+        RangeOp::Overlaps => {
+            let (pl, ph) = (builder.bind(low.clone()), builder.bind(high.clone()));
+            format!("({rl} <= {ph} AND {rh} >= {pl})")
+        }
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The DELETE statements that clear a resource's index rows.
+pub(crate) fn delete_index_sql(dialect: Dialect) -> Vec<String> {
+    IndexTable::ALL
+        .iter()
+        .map(|table| match dialect {
+            Dialect::Sqlite => format!(
+                "DELETE FROM {} WHERE resource_type = ?1 AND id = ?2",
+                table.name()
+            ),
+            Dialect::Postgres => format!(
+                "DELETE FROM {} WHERE resource_type = $1 AND id = $2",
+                table.name()
+            ),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_query_binds_every_value() {
+        let spec = SearchSpec {
+            resource_type: "Observation".into(),
+            filters: vec![
+                Filter::Match {
+                    param: "code".into(),
+                    tests: vec![Test::Token {
+                        system: Some("http://loinc.org".into()),
+                        code: Some("1234-5".into()),
+                    }],
+                    negate: false,
+                },
+                Filter::Chain {
+                    param: "subject".into(),
+                    target_type: "Patient".into(),
+                    inner: vec![Filter::Match {
+                        param: "name".into(),
+                        tests: vec![Test::StringStartsWith("o'brien".into())],
+                        negate: false,
+                    }],
+                },
+            ],
+            sort: vec![SortBy::Param {
+                param: "date".into(),
+                table: IndexTable::Date,
+                descending: true,
+            }],
+            position: Some(PagePosition {
+                values: vec![SortValue::Int(5), SortValue::Text("x".into())],
+                backwards: false,
+            }),
+            limit: 11,
+        };
+        let mut sqlite = SqlBuilder::new(Dialect::Sqlite);
+        let sql = sqlite.page_query(&spec);
+        assert!(!sql.contains("o'brien"), "values are bound, never inlined");
+        assert!(!sql.contains("1234-5"));
+        // Every bound value is used (SQLite and PostgreSQL both refuse unused ones).
+        let spaced = format!("{sql} ");
+        for n in 1..=sqlite.params.len() {
+            assert!(
+                spaced.contains(&format!("?{n} ")) || spaced.contains(&format!("?{n})")),
+                "?{n} unused in {sql}"
+            );
+        }
+        assert!(!sql.contains(&format!("?{}", sqlite.params.len() + 1)));
+        let mut postgres = SqlBuilder::new(Dialect::Postgres);
+        let sql = postgres.page_query(&spec);
+        assert!(sql.contains(&format!("${}", postgres.params.len())));
+        assert!(!sql.contains('?'));
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate("éé", 3), "é");
+        assert_eq!(truncate("abc", 3), "abc");
+    }
+}

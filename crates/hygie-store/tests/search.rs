@@ -1,0 +1,655 @@
+//! The search index and queries, the same tests on SQLite and on PostgreSQL.
+
+use hygie_store::testing::TestBackend;
+use hygie_store::{
+    Filter, IndexCell, IndexRow, IndexTable, NewVersion, PagePosition, RangeOp, SearchSpec, SortBy,
+    StoreExt, Test,
+};
+
+type Backend = TestBackend;
+
+hygie_store::on_both_backends!(
+    every_kind_of_test_finds_exactly_its_rows,
+    date_prefixes_follow_the_range_semantics,
+    chains_reverse_chains_and_compartments,
+    composites_match_within_one_group,
+    keyset_pages_neither_skip_nor_repeat,
+    includes_follow_references_both_ways,
+    deleted_and_replaced_rows_are_not_found,
+    hub_settings_are_kept,
+);
+
+fn row(param: &str, cell: IndexCell) -> IndexRow {
+    IndexRow {
+        param: param.into(),
+        group: 0,
+        cell,
+    }
+}
+
+fn token(param: &str, system: &str, code: &str) -> IndexRow {
+    row(
+        param,
+        IndexCell::Token {
+            system: system.into(),
+            code: code.into(),
+        },
+    )
+}
+
+/// The hub folds accents away; these tests only need it for "É".
+fn string(param: &str, text: &str) -> IndexRow {
+    row(
+        param,
+        IndexCell::String {
+            normalized: text.to_lowercase().replace('é', "e"),
+            exact: text.into(),
+        },
+    )
+}
+
+fn date(param: &str, low: i64, high: i64) -> IndexRow {
+    row(param, IndexCell::Date { low, high })
+}
+
+fn reference(param: &str, target_type: &str, target_id: &str) -> IndexRow {
+    row(
+        param,
+        IndexCell::Reference {
+            target_type: target_type.into(),
+            target_id: target_id.into(),
+            url: format!("{target_type}/{target_id}"),
+        },
+    )
+}
+
+async fn put(store: &hygie_store::SharedStore, ty: &str, id: &str, index: Vec<IndexRow>) {
+    let (ty, id) = (ty.to_owned(), id.to_owned());
+    store
+        .run(move |tx| {
+            let version = tx.head(&ty, &id)?.map_or(1, |head| head.version + 1);
+            tx.put_version(&NewVersion {
+                resource_type: &ty,
+                id: &id,
+                version,
+                last_updated_us: version,
+                deleted: false,
+                body: b"{}",
+                index: &index,
+            })
+        })
+        .await
+        .unwrap();
+}
+
+async fn ids(store: &hygie_store::SharedStore, ty: &str, filters: Vec<Filter>) -> Vec<String> {
+    let spec = SearchSpec {
+        resource_type: ty.into(),
+        filters,
+        sort: vec![],
+        position: None,
+        limit: 1000,
+    };
+    let (spec2, ty2) = (spec.clone(), ty.to_owned());
+    let hits = store.run(move |tx| tx.search(&spec)).await.unwrap();
+    let count = store
+        .run(move |tx| tx.count(&ty2, &spec2.filters))
+        .await
+        .unwrap();
+    assert_eq!(count as usize, hits.len(), "count agrees with the rows");
+    hits.into_iter().map(|hit| hit.id).collect()
+}
+
+fn matching(param: &str, tests: Vec<Test>) -> Filter {
+    Filter::Match {
+        param: param.into(),
+        tests,
+        negate: false,
+    }
+}
+
+async fn every_kind_of_test_finds_exactly_its_rows(backend: Backend) {
+    let store = backend.store;
+    put(
+        &store,
+        "Patient",
+        "a",
+        vec![
+            string("family", "Émile"),
+            token("gender", "http://hl7.org/fhir/administrative-gender", "male"),
+            row(
+                "weight",
+                IndexCell::Quantity {
+                    system: "http://unitsofmeasure.org".into(),
+                    code: "kg".into(),
+                    value: 70.0,
+                    low: 69.5,
+                    high: 70.5,
+                },
+            ),
+            row(
+                "rank",
+                IndexCell::Number {
+                    value: 3.0,
+                    low: 2.5,
+                    high: 3.5,
+                },
+            ),
+            row(
+                "url",
+                IndexCell::Uri {
+                    value: "http://example.org/fhir/a".into(),
+                },
+            ),
+        ],
+    )
+    .await;
+    put(
+        &store,
+        "Patient",
+        "b",
+        vec![
+            string("family", "Emmanuel"),
+            token("gender", "http://hl7.org/fhir/administrative-gender", "female"),
+        ],
+    )
+    .await;
+    put(&store, "Patient", "c", vec![string("family", "Dupont")]).await;
+    put(&store, "Observation", "o", vec![string("family", "Emile")]).await;
+
+    let family = |test| vec![matching("family", vec![test])];
+    assert_eq!(
+        ids(&store, "Patient", family(Test::StringStartsWith("em".into()))).await,
+        ["a", "b"]
+    );
+    assert_eq!(
+        ids(&store, "Patient", family(Test::StringContains("pon".into()))).await,
+        ["c"]
+    );
+    assert_eq!(
+        ids(&store, "Patient", family(Test::StringExact("Émile".into()))).await,
+        ["a"]
+    );
+    assert!(
+        ids(&store, "Patient", family(Test::StringExact("émile".into())))
+            .await
+            .is_empty()
+    );
+    // OR within a parameter, AND across parameters.
+    let either = matching(
+        "family",
+        vec![
+            Test::StringStartsWith("dup".into()),
+            Test::StringStartsWith("emm".into()),
+        ],
+    );
+    assert_eq!(ids(&store, "Patient", vec![either.clone()]).await, ["b", "c"]);
+    let female = matching(
+        "gender",
+        vec![Test::Token {
+            system: None,
+            code: Some("female".into()),
+        }],
+    );
+    assert_eq!(
+        ids(&store, "Patient", vec![either, female.clone()]).await,
+        ["b"]
+    );
+    // :not finds resources with no matching row, including those without the element.
+    let not_female = Filter::Match {
+        param: "gender".into(),
+        tests: vec![Test::Token {
+            system: None,
+            code: Some("female".into()),
+        }],
+        negate: true,
+    };
+    assert_eq!(ids(&store, "Patient", vec![not_female]).await, ["a", "c"]);
+    let wrong_system = matching(
+        "gender",
+        vec![Test::Token {
+            system: Some("http://other".into()),
+            code: Some("female".into()),
+        }],
+    );
+    assert!(ids(&store, "Patient", vec![wrong_system]).await.is_empty());
+    let missing = Filter::Missing {
+        param: "gender".into(),
+        table: IndexTable::Token,
+        missing: true,
+    };
+    assert_eq!(ids(&store, "Patient", vec![missing]).await, ["c"]);
+    let quantity = |op, low, high, code: &str| {
+        vec![matching(
+            "weight",
+            vec![Test::Quantity {
+                op,
+                low,
+                high,
+                system: None,
+                code: Some(code.into()),
+            }],
+        )]
+    };
+    assert_eq!(
+        ids(&store, "Patient", quantity(RangeOp::Gt, 60.0, 60.0, "kg")).await,
+        ["a"]
+    );
+    assert!(
+        ids(&store, "Patient", quantity(RangeOp::Gt, 80.0, 80.0, "kg"))
+            .await
+            .is_empty()
+    );
+    assert!(
+        ids(&store, "Patient", quantity(RangeOp::Gt, 60.0, 60.0, "g"))
+            .await
+            .is_empty()
+    );
+    let number = vec![matching(
+        "rank",
+        vec![Test::Number {
+            op: RangeOp::Eq,
+            low: 2.0,
+            high: 4.0,
+        }],
+    )];
+    assert_eq!(ids(&store, "Patient", number).await, ["a"]);
+    let below = vec![matching(
+        "url",
+        vec![Test::UriBelow("http://example.org/fhir".into())],
+    )];
+    assert_eq!(ids(&store, "Patient", below).await, ["a"]);
+    let exact_uri = vec![matching(
+        "url",
+        vec![Test::Uri("http://example.org/fhir".into())],
+    )];
+    assert!(ids(&store, "Patient", exact_uri).await.is_empty());
+    let by_id = vec![Filter::Ids(vec!["c".into(), "zz".into()])];
+    assert_eq!(ids(&store, "Patient", by_id).await, ["c"]);
+}
+
+async fn date_prefixes_follow_the_range_semantics(backend: Backend) {
+    let store = backend.store;
+    // Stored ranges: early [0,9], middle [10,19], late [20,29], open [15, MAX].
+    put(&store, "Encounter", "early", vec![date("date", 0, 9)]).await;
+    put(&store, "Encounter", "middle", vec![date("date", 10, 19)]).await;
+    put(&store, "Encounter", "late", vec![date("date", 20, 29)]).await;
+    put(&store, "Encounter", "open", vec![date("date", 15, i64::MAX)]).await;
+    let search = |op| {
+        let store = store.clone();
+        async move {
+            ids(
+                &store,
+                "Encounter",
+                vec![matching(
+                    "date",
+                    vec![Test::Date {
+                        op,
+                        low: 10,
+                        high: 19,
+                    }],
+                )],
+            )
+            .await
+        }
+    };
+    assert_eq!(search(RangeOp::Eq).await, ["middle"]);
+    assert_eq!(search(RangeOp::Ne).await, ["early", "late", "open"]);
+    assert_eq!(search(RangeOp::Gt).await, ["late", "open"]);
+    assert_eq!(search(RangeOp::Lt).await, ["early"]);
+    assert_eq!(search(RangeOp::Ge).await, ["late", "middle", "open"]);
+    assert_eq!(search(RangeOp::Le).await, ["early", "middle"]);
+    assert_eq!(search(RangeOp::Sa).await, ["late"]);
+    assert_eq!(search(RangeOp::Eb).await, ["early"]);
+    assert_eq!(search(RangeOp::Overlaps).await, ["middle", "open"]);
+}
+
+async fn chains_reverse_chains_and_compartments(backend: Backend) {
+    let store = backend.store;
+    put(&store, "Patient", "p1", vec![string("name", "Peter")]).await;
+    put(&store, "Patient", "p2", vec![string("name", "Paula")]).await;
+    put(&store, "Group", "g1", vec![string("name", "Peter")]).await;
+    put(
+        &store,
+        "Observation",
+        "o1",
+        vec![
+            reference("subject", "Patient", "p1"),
+            token("code", "http://loinc.org", "1234"),
+        ],
+    )
+    .await;
+    put(
+        &store,
+        "Observation",
+        "o2",
+        vec![
+            reference("subject", "Patient", "p2"),
+            token("code", "http://loinc.org", "9999"),
+        ],
+    )
+    .await;
+    put(
+        &store,
+        "Observation",
+        "o3",
+        vec![
+            reference("subject", "Group", "g1"),
+            token("code", "http://loinc.org", "1234"),
+        ],
+    )
+    .await;
+    let chain = Filter::Chain {
+        param: "subject".into(),
+        target_type: "Patient".into(),
+        inner: vec![matching(
+            "name",
+            vec![Test::StringStartsWith("pete".into())],
+        )],
+    };
+    assert_eq!(ids(&store, "Observation", vec![chain]).await, ["o1"]);
+    let has = Filter::Has {
+        source_type: "Observation".into(),
+        param: "subject".into(),
+        inner: vec![matching(
+            "code",
+            vec![Test::Token {
+                system: Some("http://loinc.org".into()),
+                code: Some("1234".into()),
+            }],
+        )],
+    };
+    assert_eq!(ids(&store, "Patient", vec![has]).await, ["p1"]);
+    let by_reference = |target_type: Option<&str>| {
+        vec![matching(
+            "subject",
+            vec![Test::Reference {
+                target_type: target_type.map(str::to_owned),
+                target_id: "p1".into(),
+            }],
+        )]
+    };
+    assert_eq!(
+        ids(&store, "Observation", by_reference(Some("Patient"))).await,
+        ["o1"]
+    );
+    assert!(
+        ids(&store, "Observation", by_reference(Some("Group")))
+            .await
+            .is_empty()
+    );
+    assert_eq!(ids(&store, "Observation", by_reference(None)).await, ["o1"]);
+    let compartment = Filter::Compartment {
+        params: vec!["subject".into(), "performer".into()],
+        target_type: "Patient".into(),
+        target_id: "p2".into(),
+    };
+    assert_eq!(ids(&store, "Observation", vec![compartment]).await, ["o2"]);
+    let members = vec![("Observation".to_owned(), vec!["subject".to_owned()])];
+    let everything = store
+        .run(move |tx| tx.compartment("Patient", "p1", &members, None, 100))
+        .await
+        .unwrap();
+    assert_eq!(everything, [("Observation".to_owned(), "o1".to_owned())]);
+}
+
+async fn composites_match_within_one_group(backend: Backend) {
+    let store = backend.store;
+    let component = |group, code: &str, value: f64| {
+        vec![
+            IndexRow {
+                param: "component-code-value-quantity#0".into(),
+                group,
+                cell: IndexCell::Token {
+                    system: "http://loinc.org".into(),
+                    code: code.into(),
+                },
+            },
+            IndexRow {
+                param: "component-code-value-quantity#1".into(),
+                group,
+                cell: IndexCell::Quantity {
+                    system: String::new(),
+                    code: "mm[Hg]".into(),
+                    value,
+                    low: value - 0.5,
+                    high: value + 0.5,
+                },
+            },
+        ]
+    };
+    // Systolic 120 and diastolic 80 in one resource: "diastolic > 100" must not match
+    // by pairing the diastolic code with the systolic value.
+    let mut rows = component(1, "8480-6", 120.0);
+    rows.extend(component(2, "8462-4", 80.0));
+    put(&store, "Observation", "bp", rows).await;
+    let search = |code: &str, low: f64| {
+        vec![Filter::Composite {
+            param: "component-code-value-quantity".into(),
+            alternatives: vec![vec![
+                Test::Token {
+                    system: None,
+                    code: Some(code.into()),
+                },
+                Test::Quantity {
+                    op: RangeOp::Gt,
+                    low,
+                    high: low,
+                    system: None,
+                    code: None,
+                },
+            ]],
+        }]
+    };
+    assert_eq!(
+        ids(&store, "Observation", search("8480-6", 100.0)).await,
+        ["bp"]
+    );
+    assert!(
+        ids(&store, "Observation", search("8462-4", 100.0))
+            .await
+            .is_empty()
+    );
+}
+
+async fn keyset_pages_neither_skip_nor_repeat(backend: Backend) {
+    let store = backend.store;
+    for i in 0..25 {
+        let mut index = vec![string("family", &format!("name{:02}", i % 7))];
+        if i % 5 != 0 {
+            index.push(date("birthdate", i % 4, i % 4));
+        }
+        put(&store, "Patient", &format!("p{i:02}"), index).await;
+    }
+    for sort in [
+        vec![SortBy::Param {
+            param: "family".into(),
+            table: IndexTable::String,
+            descending: false,
+        }],
+        vec![
+            SortBy::Param {
+                param: "birthdate".into(),
+                table: IndexTable::Date,
+                descending: true,
+            },
+            SortBy::Param {
+                param: "family".into(),
+                table: IndexTable::String,
+                descending: false,
+            },
+        ],
+        vec![SortBy::Id { descending: true }],
+    ] {
+        let mut seen = Vec::new();
+        let mut position = None;
+        let mut pages = Vec::new();
+        loop {
+            let spec = SearchSpec {
+                resource_type: "Patient".into(),
+                filters: vec![],
+                sort: sort.clone(),
+                position: position.clone(),
+                limit: 4,
+            };
+            let page = store.run(move |tx| tx.search(&spec)).await.unwrap();
+            let Some(last) = page.last() else { break };
+            position = Some(PagePosition {
+                values: last.sort_values.clone(),
+                backwards: false,
+            });
+            pages.push(page.clone());
+            seen.extend(page.into_iter().map(|hit| hit.id));
+        }
+        let all = ids_sorted(&store, sort.clone()).await;
+        assert_eq!(seen, all, "paging by {sort:?} gives the one-shot order");
+        assert_eq!(seen.len(), 25);
+        // A previous page, from the first row of the third page, is the second page.
+        let spec = SearchSpec {
+            resource_type: "Patient".into(),
+            filters: vec![],
+            sort: sort.clone(),
+            position: Some(PagePosition {
+                values: pages[2][0].sort_values.clone(),
+                backwards: true,
+            }),
+            limit: 4,
+        };
+        let mut previous: Vec<String> = store
+            .run(move |tx| tx.search(&spec))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|hit| hit.id)
+            .collect();
+        previous.reverse();
+        let second: Vec<String> = pages[1].iter().map(|hit| hit.id.clone()).collect();
+        assert_eq!(previous, second);
+    }
+    // Patients without a birth date come last, whatever the direction.
+    let sorted = ids_sorted(
+        &store,
+        vec![SortBy::Param {
+            param: "birthdate".into(),
+            table: IndexTable::Date,
+            descending: false,
+        }],
+    )
+    .await;
+    assert_eq!(&sorted[20..], ["p00", "p05", "p10", "p15", "p20"]);
+}
+
+async fn ids_sorted(store: &hygie_store::SharedStore, sort: Vec<SortBy>) -> Vec<String> {
+    let spec = SearchSpec {
+        resource_type: "Patient".into(),
+        filters: vec![],
+        sort,
+        position: None,
+        limit: 1000,
+    };
+    store
+        .run(move |tx| tx.search(&spec))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|hit| hit.id)
+        .collect()
+}
+
+async fn includes_follow_references_both_ways(backend: Backend) {
+    let store = backend.store;
+    put(&store, "Patient", "p1", vec![]).await;
+    put(&store, "Practitioner", "dr", vec![]).await;
+    put(
+        &store,
+        "Observation",
+        "o1",
+        vec![
+            reference("subject", "Patient", "p1"),
+            reference("performer", "Practitioner", "dr"),
+        ],
+    )
+    .await;
+    put(
+        &store,
+        "Observation",
+        "o2",
+        vec![reference("subject", "Patient", "p1")],
+    )
+    .await;
+    let ids = vec!["o1".to_owned(), "o2".to_owned()];
+    let targets = store
+        .run(move |tx| tx.references_from("Observation", &ids, Some("subject"), 100))
+        .await
+        .unwrap();
+    assert_eq!(targets, [("Patient".to_owned(), "p1".to_owned())]);
+    let ids = vec!["o1".to_owned()];
+    let all = store
+        .run(move |tx| tx.references_from("Observation", &ids, None, 100))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    let sources = store
+        .run(|tx| tx.references_to("Observation", Some("subject"), "Patient", &["p1".into()], 100))
+        .await
+        .unwrap();
+    assert_eq!(sources, ["o1", "o2"]);
+    let bounded = store
+        .run(|tx| tx.references_to("Observation", None, "Patient", &["p1".into()], 1))
+        .await
+        .unwrap();
+    assert_eq!(bounded.len(), 1, "the limit bounds the fan-out");
+    let records = store
+        .run(|tx| tx.current_many("Observation", &["o2".into(), "missing".into()]))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].id, "o2");
+}
+
+async fn deleted_and_replaced_rows_are_not_found(backend: Backend) {
+    let store = backend.store;
+    put(&store, "Patient", "x", vec![string("family", "Old")]).await;
+    put(&store, "Patient", "x", vec![string("family", "New")]).await;
+    let family = |prefix: &str| vec![matching("family", vec![Test::StringStartsWith(prefix.into())])];
+    assert!(ids(&store, "Patient", family("old")).await.is_empty());
+    assert_eq!(ids(&store, "Patient", family("new")).await, ["x"]);
+    store
+        .run(|tx| {
+            tx.put_version(&NewVersion {
+                resource_type: "Patient",
+                id: "x",
+                version: 3,
+                last_updated_us: 3,
+                deleted: true,
+                body: b"",
+                index: &[],
+            })
+        })
+        .await
+        .unwrap();
+    assert!(ids(&store, "Patient", family("new")).await.is_empty());
+    assert!(ids(&store, "Patient", vec![]).await.is_empty());
+    // A re-index replaces rows in place.
+    put(&store, "Patient", "y", vec![string("family", "Before")]).await;
+    store
+        .run(|tx| tx.replace_index("Patient", "y", &[string("family", "After")]))
+        .await
+        .unwrap();
+    assert_eq!(ids(&store, "Patient", family("after")).await, ["y"]);
+    assert!(ids(&store, "Patient", family("before")).await.is_empty());
+    let scanned = store.run(|tx| tx.scan_current(None, 10)).await.unwrap();
+    assert_eq!(scanned.len(), 1, "deleted resources are not scanned");
+    assert_eq!(scanned[0].id, "y");
+}
+
+async fn hub_settings_are_kept(backend: Backend) {
+    let store = backend.store;
+    assert_eq!(store.run(|tx| tx.meta_get("k")).await.unwrap(), None);
+    store.run(|tx| tx.meta_set("k", "1")).await.unwrap();
+    store.run(|tx| tx.meta_set("k", "2")).await.unwrap();
+    assert_eq!(
+        store.run(|tx| tx.meta_get("k")).await.unwrap().as_deref(),
+        Some("2")
+    );
+}
