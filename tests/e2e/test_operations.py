@@ -362,6 +362,11 @@ def test_invalid_settings_file_is_refused(hygie_bin, tmp_path):
     output = _refused(hygie_bin, tmp_path, ["--listen", f"127.0.0.1:{free_port()}", "--no-auth",
                                             "--data-dir", str(tmp_path / "d"), "--max-body-bytes", "10"])
     assert "max_body_bytes" in output, output
+    zero_wal = tmp_path / "zero-wal.toml"
+    zero_wal.write_text("[sqlite]\nwal_limit_mib = 0\n")
+    output = _refused(hygie_bin, tmp_path, ["--listen", f"127.0.0.1:{free_port()}", "--no-auth",
+                                            "--data-dir", str(tmp_path / "d"), "--config", str(zero_wal)])
+    assert "wal_limit_mib" in output, output
 
 
 def test_request_time_limit_answers_503_with_an_outcome(start_hub, http):

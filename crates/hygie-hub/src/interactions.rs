@@ -181,7 +181,7 @@ pub(crate) fn write_version(
         last_updated_us,
         deleted: false,
         body: &body,
-        tokens: &tokens,
+        index: &tokens,
     })?;
     Ok(Stored {
         resource_type: resource_type.to_owned(),
@@ -392,7 +392,7 @@ pub(crate) fn exec_delete(
         last_updated_us: now,
         deleted: true,
         body: &[],
-        tokens: &[],
+        index: &[],
     })?;
     Ok(Ok(DeleteOutcome {
         resource_type: resource_type.to_owned(),

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use hygie_store::TokenEntry;
+use hygie_store::{IndexCell, IndexRow};
 use serde_json::{Map, Value};
 
 use crate::HubError;
@@ -96,7 +96,7 @@ pub fn set_server_metadata(resource: &mut Value, id: &str, version: i64, last_up
 }
 
 /// The token index entries of a resource: its business identifiers (`identifier`).
-pub fn index_tokens(resource: &Value) -> Vec<TokenEntry> {
+pub fn index_tokens(resource: &Value) -> Vec<IndexRow> {
     let mut tokens = Vec::new();
     let identifiers = match resource.get("identifier") {
         Some(Value::Array(items)) => items.iter().collect::<Vec<_>>(),
@@ -105,14 +105,17 @@ pub fn index_tokens(resource: &Value) -> Vec<TokenEntry> {
     };
     for identifier in identifiers {
         if let Some(value) = identifier.get("value").and_then(Value::as_str) {
-            tokens.push(TokenEntry {
+            tokens.push(IndexRow {
                 param: "identifier".to_owned(),
-                system: identifier
-                    .get("system")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
-                code: value.to_owned(),
+                group: 0,
+                cell: IndexCell::Token {
+                    system: identifier
+                        .get("system")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    code: value.to_owned(),
+                },
             });
         }
     }
@@ -208,15 +211,16 @@ mod tests {
         let patient = json!({"identifier": [
             {"system": "urn:mrn", "value": "1"}, {"value": "2"}, {"system": "urn:no-value"}
         ]});
-        let tokens = index_tokens(&patient);
-        assert_eq!(tokens.len(), 2);
+        let tokens: Vec<(String, String)> = index_tokens(&patient)
+            .into_iter()
+            .map(|row| match row.cell {
+                IndexCell::Token { system, code } => (system, code),
+                other => panic!("not a token: {other:?}"),
+            })
+            .collect();
         assert_eq!(
-            (tokens[0].system.as_str(), tokens[0].code.as_str()),
-            ("urn:mrn", "1")
-        );
-        assert_eq!(
-            (tokens[1].system.as_str(), tokens[1].code.as_str()),
-            ("", "2")
+            tokens,
+            [("urn:mrn".into(), "1".into()), (String::new(), "2".into())]
         );
     }
 

@@ -10,7 +10,7 @@ use hygie_policy::Principal;
 use hygie_store::testing::TestBackend;
 use hygie_store::{
     BoxFuture, BoxedUnit, Head, HistoryQuery, NewVersion, SharedStore, Store, StoreError, StoreExt,
-    StoreResult, TokenQuery, Tx, VersionRecord,
+    StoreResult, TokenQuery, Tx, VersionRecord, Filter, IndexRow, SearchHit, SearchSpec,
 };
 use serde_json::{Value, json};
 
@@ -189,6 +189,60 @@ impl Tx for FailingAuditTx<'_> {
     }
     fn list_ids(&mut self, t: &str, a: Option<&str>, l: usize) -> StoreResult<Vec<String>> {
         self.0.list_ids(t, a, l)
+    }
+    fn search(&mut self, s: &SearchSpec) -> StoreResult<Vec<SearchHit>> {
+        self.0.search(s)
+    }
+    fn count(&mut self, t: &str, f: &[Filter]) -> StoreResult<u64> {
+        self.0.count(t, f)
+    }
+    fn references_from(
+        &mut self,
+        t: &str,
+        ids: &[String],
+        p: Option<&str>,
+        l: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        self.0.references_from(t, ids, p, l)
+    }
+    fn references_to(
+        &mut self,
+        s: &str,
+        p: Option<&str>,
+        t: &str,
+        ids: &[String],
+        l: usize,
+    ) -> StoreResult<Vec<String>> {
+        self.0.references_to(s, p, t, ids, l)
+    }
+    fn current_many(&mut self, t: &str, ids: &[String]) -> StoreResult<Vec<VersionRecord>> {
+        self.0.current_many(t, ids)
+    }
+    fn compartment(
+        &mut self,
+        t: &str,
+        id: &str,
+        m: &[(String, Vec<String>)],
+        a: Option<(&str, &str)>,
+        l: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        self.0.compartment(t, id, m, a, l)
+    }
+    fn scan_current(
+        &mut self,
+        a: Option<(&str, &str)>,
+        l: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        self.0.scan_current(a, l)
+    }
+    fn replace_index(&mut self, t: &str, id: &str, rows: &[IndexRow]) -> StoreResult<()> {
+        self.0.replace_index(t, id, rows)
+    }
+    fn meta_get(&mut self, k: &str) -> StoreResult<Option<String>> {
+        self.0.meta_get(k)
+    }
+    fn meta_set(&mut self, k: &str, v: &str) -> StoreResult<()> {
+        self.0.meta_set(k, v)
     }
     fn append_audit(&mut self, _: i64, _: &[u8]) -> StoreResult<i64> {
         Err(StoreError::Database("audit_log: disk full".into()))

@@ -83,6 +83,8 @@ pub struct FileSqlite {
     pub synchronous: Option<String>,
     pub max_batch: Option<usize>,
     pub queue_capacity: Option<usize>,
+    /// WAL size (MiB) past which the writer pauses to fold it into the database.
+    pub wal_limit_mib: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -123,6 +125,12 @@ pub fn store_settings(args: &StoreArgs, file: &FileSettings) -> anyhow::Result<S
     }
     if let Some(capacity) = file.sqlite.queue_capacity {
         sqlite.queue_capacity = capacity;
+    }
+    if let Some(mib) = file.sqlite.wal_limit_mib {
+        if mib == 0 {
+            bail!("sqlite.wal_limit_mib must be at least 1");
+        }
+        sqlite.wal_limit_bytes = mib.saturating_mul(1024 * 1024);
     }
     let mut postgres = hygie_store::PostgresOptions::default();
     if let Some(pool_size) = file.postgres.pool_size {
