@@ -1,5 +1,6 @@
 //! FHIR R4 JSON for Hygie: validation against the official R4 structure definitions,
-//! OperationOutcome, Bundle helpers and the CapabilityStatement.
+//! search (parameters, index extraction, query parsing), OperationOutcome, Bundle helpers and
+//! the CapabilityStatement.
 //!
 //! Pure: this crate knows nothing about HTTP, SQL or files. Inner crates exchange plain
 //! `serde_json::Value`s and the types below; only `hygie-server` knows the wire.
@@ -15,6 +16,7 @@
 pub mod json_depth;
 pub mod outcome;
 pub mod schema;
+pub mod search;
 pub mod validate;
 
 pub use outcome::{Issue, IssueSeverity, IssueType};

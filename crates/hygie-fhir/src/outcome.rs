@@ -112,7 +112,8 @@ impl Issue {
             "code": self.code.as_code(),
             "diagnostics": self.diagnostics,
         });
-        if let Some(expression) = &self.expression {
+        // FHIR strings are never empty: an issue about "nothing nameable" has no expression.
+        if let Some(expression) = self.expression.as_ref().filter(|e| !e.trim().is_empty()) {
             issue["expression"] = json!([expression]);
         }
         issue

@@ -373,7 +373,18 @@ impl Hub {
             Plan::Search {
                 resource_type,
                 query,
-            } => EntryResult::Searched(self.search(caller, &resource_type, &query, false).await?),
+            } => EntryResult::Searched(
+                self.search(
+                    caller,
+                    crate::SearchScope {
+                        resource_type: resource_type.clone(),
+                        compartment: None,
+                    },
+                    &query,
+                    false,
+                )
+                .await?,
+            ),
             Plan::Create {
                 resource_type,
                 resource,
@@ -481,7 +492,7 @@ impl Hub {
                         full_url,
                         if_none_exist: if_none_exist
                             .as_deref()
-                            .map(criteria::parse_conditional)
+                            .map(|query| criteria::parse_conditional(&resource_type, query))
                             .transpose()
                             .map_err(|e| located(e, ".request.ifNoneExist"))?,
                     }
@@ -526,7 +537,7 @@ impl Hub {
                     TxPlan::ConditionalUpdate {
                         prepared: Prepared::new(&resource_type, resource)
                             .map_err(|e| located(e, ".resource"))?,
-                        criteria: criteria::parse_conditional(&query)
+                        criteria: criteria::parse_conditional(&resource_type, &query)
                             .map_err(|e| located(e, ".request.url"))?,
                         body_id,
                         full_url,
@@ -600,7 +611,7 @@ impl Hub {
             parsed_conditionals.push((
                 reference.clone(),
                 resource_type.to_owned(),
-                criteria::parse_conditional(query)?,
+                criteria::parse_conditional(resource_type, query)?,
             ));
         }
         let now = now_us();
@@ -685,8 +696,7 @@ fn execute_transaction(
                 if_none_exist: Some(criteria),
             } => {
                 criteria::lock_conditional(tx, &prepared.resource_type)?;
-                let matches =
-                    criteria::matching_ids(tx, &prepared.resource_type, criteria, None, 2)?;
+                let matches = criteria::matching_ids(tx, &prepared.resource_type, criteria, 2)?;
                 match matches.as_slice() {
                     [] => {}
                     [existing] => {
@@ -714,8 +724,7 @@ fn execute_transaction(
                 ..
             } => {
                 criteria::lock_conditional(tx, &prepared.resource_type)?;
-                let matches =
-                    criteria::matching_ids(tx, &prepared.resource_type, criteria, None, 2)?;
+                let matches = criteria::matching_ids(tx, &prepared.resource_type, criteria, 2)?;
                 let id = match matches.as_slice() {
                     [] => body_id.clone().unwrap_or_else(new_id),
                     [existing] => existing.clone(),
@@ -735,7 +744,7 @@ fn execute_transaction(
         }
     }
     for (reference, resource_type, criteria) in &conditionals {
-        let matches = criteria::matching_ids(tx, resource_type, criteria, None, 2)?;
+        let matches = criteria::matching_ids(tx, resource_type, criteria, 2)?;
         match matches.as_slice() {
             [one] => {
                 references.insert(reference.clone(), format!("{resource_type}/{one}"));

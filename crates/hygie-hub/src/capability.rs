@@ -9,19 +9,28 @@ impl Hub {
     pub fn capability_statement(&self, base_url: &str) -> Value {
         let resources: Vec<Value> = hygie_fhir::schema::resource_types()
             .map(|resource_type| {
-                let mut search_params = vec![json!({
-                    "name": "_id",
-                    "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
-                    "type": "token",
-                })];
-                if hygie_fhir::schema::element(&format!("{resource_type}.identifier")).is_some() {
-                    search_params.push(json!({
-                        "name": "identifier",
-                        "type": "token",
-                        "documentation": "system|value of the resource's business identifiers",
+                // Only what the index can evaluate: an unsupported parameter is left out,
+                // never half-supported.
+                let search_params: Vec<Value> =
+                    hygie_fhir::search::params::search_params(resource_type)
+                        .iter()
+                        .filter(|param| param.supported)
+                        .map(|param| {
+                            json!({
+                                "name": param.code,
+                                "definition": param.url,
+                                "type": param_type_code(param.kind),
+                            })
+                        })
+                        .collect();
+                let mut operations = Vec::new();
+                if resource_type == "Patient" {
+                    operations.push(json!({
+                        "name": "everything",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
                     }));
                 }
-                json!({
+                let mut entry = json!({
                     "type": resource_type,
                     "interaction": [
                         {"code": "read"}, {"code": "vread"}, {"code": "update"},
@@ -36,8 +45,17 @@ impl Hub {
                     "conditionalUpdate": true,
                     "conditionalDelete": "not-supported",
                     "referencePolicy": ["literal", "local"],
-                    "searchParam": search_params,
-                })
+                    "searchInclude": ["*"],
+                    "searchRevInclude": ["*"],
+                });
+                // FHIR JSON has no empty arrays.
+                if !search_params.is_empty() {
+                    entry["searchParam"] = Value::Array(search_params);
+                }
+                if !operations.is_empty() {
+                    entry["operation"] = Value::Array(operations);
+                }
+                entry
             })
             .collect();
         json!({
@@ -56,12 +74,27 @@ impl Hub {
             "patchFormat": ["application/json-patch+json"],
             "rest": [{
                 "mode": "server",
-                "documentation": "Every access is decided by one policy point and recorded in the audit log. Search supports _id, identifier, _count and paging; other parameters are reported as ignored (or refused with Prefer: handling=strict).",
+                "documentation": "Every access is decided by one policy point and recorded in the audit log. Search: the R4 search parameters listed per resource (generated from the official definitions), with _count, _sort, _include/_revinclude (:iterate), _summary (count, data, text, false), _elements, _total and signed paging links; unknown parameters are reported as ignored (or refused with Prefer: handling=strict). Compartment search and $everything for Patient.",
                 "resource": resources,
                 "interaction": [
                     {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
                 ],
             }],
         })
+    }
+}
+
+fn param_type_code(kind: hygie_fhir::search::params::ParamType) -> &'static str {
+    use hygie_fhir::search::params::ParamType;
+    match kind {
+        ParamType::Number => "number",
+        ParamType::Date => "date",
+        ParamType::String => "string",
+        ParamType::Token => "token",
+        ParamType::Reference => "reference",
+        ParamType::Composite => "composite",
+        ParamType::Quantity => "quantity",
+        ParamType::Uri => "uri",
+        ParamType::Special => "special",
     }
 }

@@ -5,13 +5,13 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hygie_fhir::{Issue, IssueSeverity, IssueType};
+use hygie_fhir::IssueType;
 use hygie_policy::{Action, Target};
 use hygie_store::{HistoryQuery, HistoryScope, VersionRecord};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::criteria::{self, Criteria};
+use crate::criteria;
 use crate::instant::{format_instant, parse_fhir_instant_us};
 use crate::interactions::mask_body;
 use crate::pipeline::{Access, Audited};
@@ -185,20 +185,6 @@ impl Audited for Page {
     }
 }
 
-struct Matches {
-    records: Vec<VersionRecord>,
-    next_after: Option<String>,
-}
-
-impl Audited for Matches {
-    fn audit_entities(&self) -> Vec<String> {
-        self.records
-            .iter()
-            .map(|r| format!("{}/{}/_history/{}", r.resource_type, r.id, r.version))
-            .collect()
-    }
-}
-
 impl Hub {
     /// `GET [base]/_history`, `[base]/Type/_history`, `[base]/Type/id/_history`.
     pub async fn history(
@@ -324,146 +310,6 @@ impl Hub {
             bundle
                 .entry
                 .push(history_entry(base, record).map_err(HubError::from_store)?);
-        }
-        Ok(bundle.to_vec())
-    }
-
-    /// `GET [base]/Type?…`: the type search this hub can evaluate today (`_id`,
-    /// `identifier`, `_count`). Unsupported parameters are refused under
-    /// `Prefer: handling=strict`, otherwise ignored and reported in an OperationOutcome
-    /// entry of the Bundle.
-    pub async fn search(
-        &self,
-        caller: &Caller,
-        resource_type: &str,
-        query: &str,
-        strict: bool,
-    ) -> Result<Vec<u8>, HubError> {
-        check_resource_type(resource_type)?;
-        let mut count = self.config().default_page_size;
-        let mut after = None;
-        let mut filter = Criteria::default();
-        let mut ignored = Vec::new();
-        let mut kept = Vec::new();
-        for (name, value) in criteria::parse_query(query) {
-            if is_transport_parameter(&name) {
-                continue;
-            }
-            match name.as_str() {
-                "_count" => count = parse_count(&value, self.config().max_page_size)?,
-                "_page" => {
-                    let bytes = URL_SAFE_NO_PAD.decode(&value).ok();
-                    let id = bytes.and_then(|b| String::from_utf8(b).ok());
-                    match id {
-                        Some(id) if crate::resource::is_valid_id(&id) => after = Some(id),
-                        _ => {
-                            return Err(HubError::bad_request(
-                                "invalid _page cursor: use the links the server returned",
-                            ));
-                        }
-                    }
-                    continue;
-                }
-                _ => match criteria::parse_criterion(&name, &value)? {
-                    Some(criterion) => filter.criteria.push(criterion),
-                    None if strict => {
-                        return Err(HubError::new(
-                            400,
-                            IssueType::NotSupported,
-                            format!(
-                                "search parameter {name:?} is not supported for {resource_type} (Prefer: handling=strict)"
-                            ),
-                        ));
-                    }
-                    None => {
-                        ignored.push(name);
-                        continue;
-                    }
-                },
-            }
-            kept.push((name, value));
-        }
-        let ty = resource_type.to_owned();
-        let after_for_unit = after.clone();
-        let matches = self
-            .perform(
-                Access {
-                    caller,
-                    action: Action::Search,
-                    target: Target::resource_type(resource_type),
-                    query: Some(query.to_owned()),
-                },
-                move |tx, mask| {
-                    let mut ids = criteria::matching_ids(
-                        tx,
-                        &ty,
-                        &filter,
-                        after_for_unit.as_deref(),
-                        count + 1,
-                    )?;
-                    let next_after = if ids.len() > count {
-                        ids.truncate(count);
-                        ids.last().cloned()
-                    } else {
-                        None
-                    };
-                    let mut records = Vec::with_capacity(ids.len());
-                    for id in ids {
-                        if let Some(mut record) = tx.current(&ty, &id)?
-                            && !record.deleted
-                        {
-                            record.body = mask_body(std::mem::take(&mut record.body), mask)?;
-                            records.push(record);
-                        }
-                    }
-                    Ok(Ok(Matches {
-                        records,
-                        next_after,
-                    }))
-                },
-            )
-            .await?;
-        let base = &caller.base_url;
-        let mut bundle = BundleOut::new("searchset");
-        let mut self_query = kept.clone();
-        if let Some(after) = &after {
-            self_query.push(("_page".to_owned(), URL_SAFE_NO_PAD.encode(after)));
-        }
-        bundle.link.push(LinkOut {
-            relation: "self",
-            url: join_url(base, resource_type, &encode_query(&self_query)),
-        });
-        if let Some(next_after) = matches.next_after {
-            let mut next = kept.clone();
-            next.push(("_page".to_owned(), URL_SAFE_NO_PAD.encode(next_after)));
-            bundle.link.push(LinkOut {
-                relation: "next",
-                url: join_url(base, resource_type, &encode_query(&next)),
-            });
-        }
-        for record in matches.records {
-            bundle.entry.push(EntryOut {
-                full_url: Some(format!("{base}/{}/{}", record.resource_type, record.id)),
-                resource: Some(raw(record.body).map_err(HubError::from_store)?),
-                search: Some(SearchOut { mode: "match" }),
-                ..EntryOut::default()
-            });
-        }
-        if !ignored.is_empty() {
-            let outcome = hygie_fhir::outcome::operation_outcome(&[Issue {
-                severity: IssueSeverity::Warning,
-                code: IssueType::NotSupported,
-                diagnostics: format!(
-                    "these parameters are not supported and were ignored: {}",
-                    ignored.join(", ")
-                ),
-                expression: None,
-            }]);
-            bundle.entry.push(EntryOut {
-                resource: Some(raw_value(&outcome)),
-                search: Some(SearchOut { mode: "outcome" }),
-                ..EntryOut::default()
-            });
         }
         Ok(bundle.to_vec())
     }

@@ -12,7 +12,7 @@ use crate::criteria::{self, Criteria};
 use crate::instant::{http_date, now_us};
 use crate::pipeline::{Access, Audited, OpResult};
 use crate::resource::{
-    check_body_type, check_id, check_resource_type, index_tokens, new_id, parse_version_tag,
+    check_body_type, check_id, check_resource_type, index_rows, new_id, parse_version_tag,
     set_server_metadata, validate,
 };
 use crate::{Caller, Hub, HubError};
@@ -173,7 +173,7 @@ pub(crate) fn write_version(
 ) -> Result<Stored, StoreError> {
     set_server_metadata(&mut resource, id, version, last_updated_us);
     let body = serde_json::to_vec(&resource).map_err(|e| StoreError::Database(e.to_string()))?;
-    let tokens = index_tokens(&resource);
+    let tokens = index_rows(&resource);
     tx.put_version(&NewVersion {
         resource_type,
         id,
@@ -247,7 +247,7 @@ pub(crate) fn exec_create(
 ) -> OpResult<WriteOutcome> {
     if let Some(criteria) = if_none_exist {
         criteria::lock_conditional(tx, &prepared.resource_type)?;
-        let matches = criteria::matching_ids(tx, &prepared.resource_type, criteria, None, 2)?;
+        let matches = criteria::matching_ids(tx, &prepared.resource_type, criteria, 2)?;
         match matches.as_slice() {
             [] => {}
             [existing] => {
@@ -467,7 +467,9 @@ impl Hub {
         if_none_exist: Option<&str>,
     ) -> Result<WriteOutcome, HubError> {
         let prepared = Prepared::new(resource_type, resource)?;
-        let criteria = if_none_exist.map(criteria::parse_conditional).transpose()?;
+        let criteria = if_none_exist
+            .map(|query| criteria::parse_conditional(resource_type, query))
+            .transpose()?;
         let id = new_id();
         let now = now_us();
         self.perform(
@@ -531,7 +533,7 @@ impl Hub {
         resource: Value,
         if_match: Option<&str>,
     ) -> Result<WriteOutcome, HubError> {
-        let criteria = criteria::parse_conditional(criteria_query)?;
+        let criteria = criteria::parse_conditional(resource_type, criteria_query)?;
         let body_id = resource
             .get("id")
             .and_then(Value::as_str)
@@ -553,7 +555,7 @@ impl Hub {
             },
             move |tx, _mask| {
                 criteria::lock_conditional(tx, &ty)?;
-                let matches = criteria::matching_ids(tx, &ty, &criteria, None, 2)?;
+                let matches = criteria::matching_ids(tx, &ty, &criteria, 2)?;
                 let id = match matches.as_slice() {
                     [] => new_id,
                     [existing] => {

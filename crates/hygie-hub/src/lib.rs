@@ -34,7 +34,9 @@ mod history;
 mod instant;
 mod interactions;
 mod pipeline;
+mod reindex;
 mod resource;
+mod search;
 
 use std::sync::Arc;
 
@@ -45,6 +47,7 @@ pub use error::HubError;
 pub use history::HistoryRequest;
 pub use instant::{format_instant, parse_fhir_instant_us};
 pub use interactions::{DeleteOutcome, ReturnPreference, Stored, WriteOutcome};
+pub use search::{MAX_INCLUDE_DEPTH, MAX_INCLUDED, SearchScope};
 
 /// Named bounds of the hub (DESIGN.md invariant 8). The front doors enforce body size and
 /// time; these are the ones the hub itself enforces.
@@ -100,6 +103,8 @@ struct Inner {
     store: SharedStore,
     policy: Policy,
     config: HubConfig,
+    /// Signs search paging links; read from the store on first use.
+    paging_key: std::sync::OnceLock<aws_lc_rs::hmac::Key>,
 }
 
 impl Hub {
@@ -109,6 +114,7 @@ impl Hub {
                 store,
                 policy: Policy::default(),
                 config,
+                paging_key: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -95,31 +95,87 @@ pub fn set_server_metadata(resource: &mut Value, id: &str, version: i64, last_up
     *object = ordered;
 }
 
-/// The token index entries of a resource: its business identifiers (`identifier`).
-pub fn index_tokens(resource: &Value) -> Vec<IndexRow> {
-    let mut tokens = Vec::new();
-    let identifiers = match resource.get("identifier") {
-        Some(Value::Array(items)) => items.iter().collect::<Vec<_>>(),
-        Some(single @ Value::Object(_)) => vec![single],
-        _ => Vec::new(),
-    };
-    for identifier in identifiers {
-        if let Some(value) = identifier.get("value").and_then(Value::as_str) {
-            tokens.push(IndexRow {
-                param: "identifier".to_owned(),
-                group: 0,
-                cell: IndexCell::Token {
-                    system: identifier
-                        .get("system")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
-                    code: value.to_owned(),
-                },
-            });
-        }
-    }
-    tokens
+/// The index rows of a resource: one per value of every supported search parameter
+/// (hygie-fhir decides what a resource is found by; the store only keeps the rows).
+pub fn index_rows(resource: &Value) -> Vec<IndexRow> {
+    use hygie_fhir::search::index::{IndexValue, extract};
+    extract(resource)
+        .into_iter()
+        .map(|entry| {
+            let group = i32::try_from(entry.group).unwrap_or(i32::MAX);
+            let (param, cell) = match entry.value {
+                IndexValue::Token { system, code } => (
+                    entry.param,
+                    IndexCell::Token {
+                        system: system.unwrap_or_default(),
+                        code,
+                    },
+                ),
+                IndexValue::TokenText(text) => (
+                    format!("{}:text", entry.param),
+                    IndexCell::String {
+                        normalized: text.clone(),
+                        exact: text,
+                    },
+                ),
+                IndexValue::IdentifierOfType {
+                    type_system,
+                    type_code,
+                    value,
+                } => (
+                    format!("{}:of-type", entry.param),
+                    IndexCell::Token {
+                        system: type_system.unwrap_or_default(),
+                        code: format!("{type_code}|{value}"),
+                    },
+                ),
+                IndexValue::String { normalized, exact } => {
+                    (entry.param, IndexCell::String { normalized, exact })
+                }
+                IndexValue::Date { low_us, high_us } => (
+                    entry.param,
+                    IndexCell::Date {
+                        low: low_us,
+                        high: high_us,
+                    },
+                ),
+                IndexValue::Number { value, low, high } => {
+                    (entry.param, IndexCell::Number { value, low, high })
+                }
+                IndexValue::Quantity {
+                    value,
+                    low,
+                    high,
+                    system,
+                    code,
+                    unit,
+                } => (
+                    entry.param,
+                    IndexCell::Quantity {
+                        system: system.unwrap_or_default(),
+                        code: code.or(unit).unwrap_or_default(),
+                        value,
+                        low,
+                        high,
+                    },
+                ),
+                IndexValue::Reference {
+                    target_type,
+                    target_id,
+                    url,
+                } => (
+                    entry.param,
+                    IndexCell::Reference {
+                        target_type: target_type.unwrap_or_default(),
+                        target_id: target_id.unwrap_or_default(),
+                        url,
+                    },
+                ),
+                IndexValue::Uri(value) => (entry.param, IndexCell::Uri { value }),
+            };
+            IndexRow { param, group, cell }
+        })
+        .collect()
 }
 
 /// Replaces every `reference` string found in `map` (e.g. `urn:uuid:…` → `Patient/123`).
@@ -208,11 +264,12 @@ mod tests {
 
     #[test]
     fn identifiers_become_tokens() {
-        let patient = json!({"identifier": [
+        let patient = json!({"resourceType": "Patient", "identifier": [
             {"system": "urn:mrn", "value": "1"}, {"value": "2"}, {"system": "urn:no-value"}
         ]});
-        let tokens: Vec<(String, String)> = index_tokens(&patient)
+        let tokens: Vec<(String, String)> = index_rows(&patient)
             .into_iter()
+            .filter(|row| row.param == "identifier")
             .map(|row| match row.cell {
                 IndexCell::Token { system, code } => (system, code),
                 other => panic!("not a token: {other:?}"),

@@ -9,8 +9,8 @@ use hygie_hub::{Caller, Hub, HubConfig, ReturnPreference};
 use hygie_policy::Principal;
 use hygie_store::testing::TestBackend;
 use hygie_store::{
-    BoxFuture, BoxedUnit, Head, HistoryQuery, NewVersion, SharedStore, Store, StoreError, StoreExt,
-    StoreResult, TokenQuery, Tx, VersionRecord, Filter, IndexRow, SearchHit, SearchSpec,
+    BoxFuture, BoxedUnit, Filter, Head, HistoryQuery, IndexRow, NewVersion, SearchHit, SearchSpec,
+    SharedStore, Store, StoreError, StoreExt, StoreResult, TokenQuery, Tx, VersionRecord,
 };
 use serde_json::{Value, json};
 
@@ -62,9 +62,17 @@ async fn every_access_leaves_one_audit_record(backend: Backend) {
     .await
     .unwrap();
     hub.vread(&caller, "Patient", &id, "1").await.unwrap();
-    hub.search(&caller, "Patient", "_id=x", false)
-        .await
-        .unwrap();
+    hub.search(
+        &caller,
+        hygie_hub::SearchScope {
+            resource_type: "Patient".into(),
+            compartment: None,
+        },
+        "_id=x",
+        false,
+    )
+    .await
+    .unwrap();
     hub.history(&caller, hygie_hub::HistoryRequest::default())
         .await
         .unwrap();

@@ -72,6 +72,8 @@ pub enum Action {
     Patch,
     Delete,
     Search,
+    /// `Patient/{id}/$everything`: the whole patient compartment, and what it references.
+    Everything,
     History,
     /// A transaction or batch Bundle; each entry is decided again on its own.
     Bundle,
@@ -89,6 +91,7 @@ impl Action {
             Action::Patch => "patch",
             Action::Delete => "delete",
             Action::Search => "search-type",
+            Action::Everything => "operation",
             Action::History => "history",
             Action::Bundle => "transaction",
             Action::Import => "import",
@@ -184,7 +187,7 @@ impl Policy {
 mod tests {
     use super::*;
 
-    const ALL_ACTIONS: [Action; 10] = [
+    const ALL_ACTIONS: [Action; 11] = [
         Action::Read,
         Action::VRead,
         Action::Create,
@@ -192,6 +195,7 @@ mod tests {
         Action::Patch,
         Action::Delete,
         Action::Search,
+        Action::Everything,
         Action::History,
         Action::Bundle,
         Action::Import,

@@ -7,7 +7,9 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use hygie_fhir::{Issue, IssueType};
-use hygie_hub::{Caller, HistoryRequest, HubError, ReturnPreference, Stored, WriteOutcome};
+use hygie_hub::{
+    Caller, HistoryRequest, HubError, ReturnPreference, SearchScope, Stored, WriteOutcome,
+};
 use hygie_policy::Principal;
 use serde_json::Value;
 
@@ -398,9 +400,25 @@ async fn dispatch_inner(
             fhir_json(StatusCode::OK, bytes)
         }
         ([resource_type], &Method::GET) => {
-            let bytes = hub
-                .search(&caller, resource_type, &query, prefer.strict)
-                .await?;
+            let scope = SearchScope {
+                resource_type: (*resource_type).to_owned(),
+                compartment: None,
+            };
+            let bytes = hub.search(&caller, scope, &query, prefer.strict).await?;
+            fhir_json(StatusCode::OK, bytes)
+        }
+        (["Patient", patient_id, "$everything"], &Method::GET) => {
+            let bytes = hub.everything(&caller, patient_id, &query).await?;
+            fhir_json(StatusCode::OK, bytes)
+        }
+        ([compartment_type, compartment_id, resource_type], &Method::GET)
+            if !resource_type.starts_with('$') && *resource_type != "_history" =>
+        {
+            let scope = SearchScope {
+                resource_type: (*resource_type).to_owned(),
+                compartment: Some(((*compartment_type).to_owned(), (*compartment_id).to_owned())),
+            };
+            let bytes = hub.search(&caller, scope, &query, prefer.strict).await?;
             fhir_json(StatusCode::OK, bytes)
         }
         ([resource_type, "_search"], &Method::POST) => {
@@ -420,9 +438,11 @@ async fn dispatch_inner(
                 (false, true) => query.clone(),
                 (false, false) => format!("{query}&{form}"),
             };
-            let bytes = hub
-                .search(&caller, resource_type, &combined, prefer.strict)
-                .await?;
+            let scope = SearchScope {
+                resource_type: (*resource_type).to_owned(),
+                compartment: None,
+            };
+            let bytes = hub.search(&caller, scope, &combined, prefer.strict).await?;
             fhir_json(StatusCode::OK, bytes)
         }
         ([resource_type], &Method::POST) => {

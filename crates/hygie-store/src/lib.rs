@@ -36,8 +36,8 @@ use std::sync::Arc;
 
 pub use postgres_store::{PostgresOptions, PostgresStore, open_postgres};
 pub use search::{
-    Filter, IndexCell, IndexRow, IndexTable, PagePosition, RangeOp, SearchHit, SearchSpec,
-    SortBy, SortValue, Test,
+    Filter, IndexCell, IndexRow, IndexTable, PagePosition, RangeOp, SearchHit, SearchSpec, SortBy,
+    SortValue, Test,
 };
 pub use sqlite_store::{SqliteOptions, SqliteStore, open_sqlite};
 
@@ -235,8 +235,12 @@ pub trait Tx {
         limit: usize,
     ) -> StoreResult<Vec<VersionRecord>>;
     /// Replaces a resource's index rows (a re-index).
-    fn replace_index(&mut self, resource_type: &str, id: &str, rows: &[IndexRow])
-    -> StoreResult<()>;
+    fn replace_index(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        rows: &[IndexRow],
+    ) -> StoreResult<()>;
     /// The hub's own settings (index version, paging key), kept with its data.
     fn meta_get(&mut self, key: &str) -> StoreResult<Option<String>>;
     fn meta_set(&mut self, key: &str, value: &str) -> StoreResult<()>;

@@ -18,8 +18,8 @@ use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
 use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, Filter, Head, HistoryQuery, HistoryScope, IndexCell, IndexRow,
-    NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError, StoreResult, TokenQuery,
-    Tx, VersionRecord, panic_message,
+    NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError, StoreResult, TokenQuery, Tx,
+    VersionRecord, panic_message,
 };
 
 /// Settings of the PostgreSQL store.
@@ -245,17 +245,13 @@ impl PgTx<'_> {
         Ok(statement)
     }
 
-    fn query_built(
-        &mut self,
-        sql: &str,
-        params: &[SqlParam],
-    ) -> StoreResult<Vec<postgres::Row>> {
+    fn query_built(&mut self, sql: &str, params: &[SqlParam]) -> StoreResult<Vec<postgres::Row>> {
         let statement = self.statement(sql)?;
         let values: Vec<Box<dyn postgres::types::ToSql + Sync>> = params
             .iter()
             .map(|param| -> Box<dyn postgres::types::ToSql + Sync> {
                 match param {
-                    SqlParam::Text(text) => Box::new(text.clone()),
+                    SqlParam::Text(text) => Box::new(pg_text(text).into_owned()),
                     SqlParam::Int(value) => Box::new(*value),
                     SqlParam::Real(value) => Box::new(*value),
                 }
@@ -269,14 +265,20 @@ impl PgTx<'_> {
     fn delete_index(&mut self, resource_type: &str, id: &str) -> StoreResult<()> {
         for sql in search::delete_index_sql(Dialect::Postgres) {
             let statement = self.statement(&sql)?;
-            self.transaction.execute(&statement, &[&resource_type, &id])?;
+            self.transaction
+                .execute(&statement, &[&resource_type, &id])?;
         }
         Ok(())
     }
 
     /// One multi-row INSERT per table (UNNEST of arrays): a round trip per row would make
     /// indexing an Observation cost dozens of round trips.
-    fn insert_index(&mut self, resource_type: &str, id: &str, rows: &[IndexRow]) -> StoreResult<()> {
+    fn insert_index(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        rows: &[IndexRow],
+    ) -> StoreResult<()> {
         let mut tokens = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut strings = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut dates = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -298,16 +300,17 @@ impl PgTx<'_> {
                 IndexCell::Token { system, code } => {
                     tokens.0.push(param);
                     tokens.1.push(group);
-                    tokens.2.push(system.as_str());
-                    tokens.3.push(code.as_str());
+                    tokens.2.push(pg_text(system));
+                    tokens.3.push(pg_text(code));
                 }
                 IndexCell::String { normalized, exact } => {
                     strings.0.push(param);
                     strings.1.push(group);
-                    strings
-                        .2
-                        .push(search::truncate(normalized, search::MAX_INDEXED_STRING));
-                    strings.3.push(exact.as_str());
+                    strings.2.push(pg_text(search::truncate(
+                        normalized,
+                        search::MAX_INDEXED_STRING,
+                    )));
+                    strings.3.push(pg_text(exact));
                 }
                 IndexCell::Date { low, high } => {
                     dates.0.push(param);
@@ -331,8 +334,8 @@ impl PgTx<'_> {
                 } => {
                     quantities.0.push(param);
                     quantities.1.push(group);
-                    quantities.2.push(system.as_str());
-                    quantities.3.push(code.as_str());
+                    quantities.2.push(pg_text(system));
+                    quantities.3.push(pg_text(code));
                     quantities.4.push(*value);
                     quantities.5.push(*low);
                     quantities.6.push(*high);
@@ -344,14 +347,14 @@ impl PgTx<'_> {
                 } => {
                     references.0.push(param);
                     references.1.push(group);
-                    references.2.push(target_type.as_str());
-                    references.3.push(target_id.as_str());
-                    references.4.push(url.as_str());
+                    references.2.push(pg_text(target_type));
+                    references.3.push(pg_text(target_id));
+                    references.4.push(pg_text(url));
                 }
                 IndexCell::Uri { value } => {
                     uris.0.push(param);
                     uris.1.push(group);
-                    uris.2.push(value.as_str());
+                    uris.2.push(pg_text(value));
                 }
             }
         }
@@ -359,14 +362,28 @@ impl PgTx<'_> {
             let statement = self.statement(INSERT_TOKENS_SQL)?;
             self.transaction.execute(
                 &statement,
-                &[&resource_type, &id, &tokens.0, &tokens.1, &tokens.2, &tokens.3],
+                &[
+                    &resource_type,
+                    &id,
+                    &tokens.0,
+                    &tokens.1,
+                    &tokens.2,
+                    &tokens.3,
+                ],
             )?;
         }
         if !strings.0.is_empty() {
             let statement = self.statement(INSERT_STRINGS_SQL)?;
             self.transaction.execute(
                 &statement,
-                &[&resource_type, &id, &strings.0, &strings.1, &strings.2, &strings.3],
+                &[
+                    &resource_type,
+                    &id,
+                    &strings.0,
+                    &strings.1,
+                    &strings.2,
+                    &strings.3,
+                ],
             )?;
         }
         if !dates.0.is_empty() {
@@ -425,8 +442,10 @@ impl PgTx<'_> {
         }
         if !uris.0.is_empty() {
             let statement = self.statement(INSERT_URIS_SQL)?;
-            self.transaction
-                .execute(&statement, &[&resource_type, &id, &uris.0, &uris.1, &uris.2])?;
+            self.transaction.execute(
+                &statement,
+                &[&resource_type, &id, &uris.0, &uris.1, &uris.2],
+            )?;
         }
         Ok(())
     }
@@ -464,9 +483,11 @@ const UPSERT_HEAD_SQL: &str =
       last_updated_us = excluded.last_updated_us, seq = excluded.seq";
 /// Statements kept prepared per connection at most.
 const MAX_CACHED_STATEMENTS: usize = 512;
-const INSERT_TOKENS_SQL: &str = "INSERT INTO search_token (resource_type, id, param, grp, system, code)
+const INSERT_TOKENS_SQL: &str =
+    "INSERT INTO search_token (resource_type, id, param, grp, system, code)
     SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::TEXT[])";
-const INSERT_STRINGS_SQL: &str = "INSERT INTO search_string (resource_type, id, param, grp, normalized, exact)
+const INSERT_STRINGS_SQL: &str =
+    "INSERT INTO search_string (resource_type, id, param, grp, normalized, exact)
     SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::TEXT[])";
 const INSERT_DATES_SQL: &str = "INSERT INTO search_date (resource_type, id, param, grp, low, high)
     SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::BIGINT[], $6::BIGINT[])";
@@ -474,7 +495,8 @@ const INSERT_NUMBERS_SQL: &str = "INSERT INTO search_number (resource_type, id, 
     SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::FLOAT8[], $6::FLOAT8[], $7::FLOAT8[])";
 const INSERT_QUANTITIES_SQL: &str = "INSERT INTO search_quantity (resource_type, id, param, grp, system, code, value, low, high)
     SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::TEXT[], $7::FLOAT8[], $8::FLOAT8[], $9::FLOAT8[])";
-const INSERT_REFERENCES_SQL: &str = "INSERT INTO search_reference (resource_type, id, param, grp, target_type, target_id, url)
+const INSERT_REFERENCES_SQL: &str =
+    "INSERT INTO search_reference (resource_type, id, param, grp, target_type, target_id, url)
     SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::TEXT[], $7::TEXT[])";
 const INSERT_URIS_SQL: &str = "INSERT INTO search_uri (resource_type, id, param, grp, value)
     SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[])";
@@ -486,10 +508,12 @@ const REFERENCES_TO_SQL: &str = "SELECT DISTINCT x.id FROM search_reference x
     WHERE x.target_type = $1 AND x.target_id = ANY($2) AND x.resource_type = $3
       AND ($4::TEXT IS NULL OR x.param = $4) AND NOT r.deleted
     ORDER BY x.id LIMIT $5";
-const CURRENT_MANY_SQL: &str = "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated_us, v.deleted, v.body
+const CURRENT_MANY_SQL: &str =
+    "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated_us, v.deleted, v.body
     FROM resources r JOIN resource_versions v ON v.seq = r.seq
     WHERE r.resource_type = $1 AND r.id = ANY($2) AND NOT r.deleted";
-const SCAN_CURRENT_SQL: &str = "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated_us, v.deleted, v.body
+const SCAN_CURRENT_SQL: &str =
+    "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated_us, v.deleted, v.body
     FROM resources r JOIN resource_versions v ON v.seq = r.seq
     WHERE NOT r.deleted AND (r.resource_type, r.id) > ($1, $2::TEXT COLLATE \"C\")
     ORDER BY r.resource_type, r.id LIMIT $3";
@@ -727,7 +751,13 @@ impl Tx for PgTx<'_> {
         let statement = self.statement(REFERENCES_TO_SQL)?;
         let rows = self.transaction.query(
             &statement,
-            &[&target_type, &targets, &source_type, &param, &(limit as i64)],
+            &[
+                &target_type,
+                &targets,
+                &source_type,
+                &param,
+                &(limit as i64),
+            ],
         )?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
@@ -738,7 +768,9 @@ impl Tx for PgTx<'_> {
         ids: &[String],
     ) -> StoreResult<Vec<VersionRecord>> {
         let statement = self.statement(CURRENT_MANY_SQL)?;
-        let rows = self.transaction.query(&statement, &[&resource_type, &ids])?;
+        let rows = self
+            .transaction
+            .query(&statement, &[&resource_type, &ids])?;
         Ok(rows.iter().map(version_from_row).collect())
     }
 
@@ -860,5 +892,15 @@ mod tests {
             redact("postgres://postgres@127.0.0.1/test"),
             "postgres://postgres@127.0.0.1/test"
         );
+    }
+}
+
+/// PostgreSQL text cannot hold NUL, which a FHIR string may: index values and searched
+/// values replace it alike (with U+FFFD), so equality and prefixes still mean the same.
+fn pg_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }

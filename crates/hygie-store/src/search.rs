@@ -19,12 +19,25 @@ pub struct IndexRow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexCell {
     /// `system` is empty when the value has none.
-    Token { system: String, code: String },
+    Token {
+        system: String,
+        code: String,
+    },
     /// `normalized`: lowercase, accents removed, at most [`MAX_INDEXED_STRING`] bytes.
-    String { normalized: String, exact: String },
+    String {
+        normalized: String,
+        exact: String,
+    },
     /// Inclusive bounds, microseconds since the Unix epoch.
-    Date { low: i64, high: i64 },
-    Number { value: f64, low: f64, high: f64 },
+    Date {
+        low: i64,
+        high: i64,
+    },
+    Number {
+        value: f64,
+        low: f64,
+        high: f64,
+    },
     Quantity {
         system: String,
         code: String,
@@ -38,7 +51,9 @@ pub enum IndexCell {
         target_id: String,
         url: String,
     },
-    Uri { value: String },
+    Uri {
+        value: String,
+    },
 }
 
 /// Strings longer than this are indexed by their first bytes (a btree entry is bounded).
@@ -216,8 +231,12 @@ pub enum Filter {
 /// A sort key of a search. `_id` is always the last key, so every order is total.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SortBy {
-    LastUpdated { descending: bool },
-    Id { descending: bool },
+    LastUpdated {
+        descending: bool,
+    },
+    Id {
+        descending: bool,
+    },
     /// By the lowest (ascending) or highest (descending) value of `param`; resources with
     /// none come last.
     Param {
@@ -432,10 +451,8 @@ impl SqlBuilder {
                 let t = self.alias("t");
                 let ty = self.text(resource_type);
                 let param = self.text(param);
-                let alternatives: Vec<String> = tests
-                    .iter()
-                    .map(|test| self.test(test, &t))
-                    .collect();
+                let alternatives: Vec<String> =
+                    tests.iter().map(|test| self.test(test, &t)).collect();
                 format!(
                     "{alias}.id {}IN (SELECT {t}.id FROM {} {t} WHERE {t}.resource_type = {ty} AND {t}.param = {param} AND ({}))",
                     if *negate { "NOT " } else { "" },
@@ -697,9 +714,9 @@ impl SqlBuilder {
         let mut alternatives = Vec::new();
         for index in 0..sort.len().min(position.values.len()) {
             let mut parts = Vec::new();
-            for earlier in 0..index {
-                let value = self.sort_param(&position.values[earlier]);
-                parts.push(format!("{} = {value}", keys[earlier]));
+            for (key, value) in keys.iter().zip(&position.values).take(index) {
+                let value = self.sort_param(value);
+                parts.push(format!("{key} = {value}"));
             }
             let descending = sort[index].descending() != position.backwards;
             let value = self.sort_param(&position.values[index]);

@@ -32,8 +32,8 @@ use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
 use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, Filter, Head, HistoryQuery, HistoryScope, IndexCell, IndexRow,
-    NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError, StoreResult, TokenQuery,
-    Tx, VersionRecord, panic_message,
+    NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError, StoreResult, TokenQuery, Tx,
+    VersionRecord, panic_message,
 };
 
 /// Settings of the embedded store.
@@ -842,7 +842,14 @@ impl Tx for SqliteTx<'_> {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> StoreResult<Vec<(String, String)>> {
-        let (sql, values) = compartment_sql(Dialect::Sqlite, target_type, target_id, members, after, limit);
+        let (sql, values) = compartment_sql(
+            Dialect::Sqlite,
+            target_type,
+            target_id,
+            members,
+            after,
+            limit,
+        );
         let mut statement = self.connection.prepare_cached(&sql)?;
         let rows = statement.query_map(
             rusqlite::params_from_iter(values.iter().map(sqlite_value)),
@@ -863,7 +870,10 @@ impl Tx for SqliteTx<'_> {
              WHERE NOT r.deleted AND (r.resource_type > ?1 OR (r.resource_type = ?1 AND r.id > ?2))
              ORDER BY r.resource_type, r.id LIMIT ?3",
         )?;
-        let rows = statement.query_map(params![after_type, after_id, limit as i64], version_from_row)?;
+        let rows = statement.query_map(
+            params![after_type, after_id, limit as i64],
+            version_from_row,
+        )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -3,7 +3,7 @@
 
 use hygie_store::testing::TestBackend;
 use hygie_store::{
-    HistoryQuery, HistoryScope, NewVersion, IndexCell, IndexRow, StoreError, StoreExt, TokenQuery,
+    HistoryQuery, HistoryScope, IndexCell, IndexRow, NewVersion, StoreError, StoreExt, TokenQuery,
 };
 
 type Backend = TestBackend;

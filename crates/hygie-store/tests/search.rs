@@ -17,6 +17,7 @@ hygie_store::on_both_backends!(
     includes_follow_references_both_ways,
     deleted_and_replaced_rows_are_not_found,
     hub_settings_are_kept,
+    nul_characters_are_indexed_and_found,
 );
 
 fn row(param: &str, cell: IndexCell) -> IndexRow {
@@ -116,7 +117,11 @@ async fn every_kind_of_test_finds_exactly_its_rows(backend: Backend) {
         "a",
         vec![
             string("family", "Émile"),
-            token("gender", "http://hl7.org/fhir/administrative-gender", "male"),
+            token(
+                "gender",
+                "http://hl7.org/fhir/administrative-gender",
+                "male",
+            ),
             row(
                 "weight",
                 IndexCell::Quantity {
@@ -150,7 +155,11 @@ async fn every_kind_of_test_finds_exactly_its_rows(backend: Backend) {
         "b",
         vec![
             string("family", "Emmanuel"),
-            token("gender", "http://hl7.org/fhir/administrative-gender", "female"),
+            token(
+                "gender",
+                "http://hl7.org/fhir/administrative-gender",
+                "female",
+            ),
         ],
     )
     .await;
@@ -159,11 +168,21 @@ async fn every_kind_of_test_finds_exactly_its_rows(backend: Backend) {
 
     let family = |test| vec![matching("family", vec![test])];
     assert_eq!(
-        ids(&store, "Patient", family(Test::StringStartsWith("em".into()))).await,
+        ids(
+            &store,
+            "Patient",
+            family(Test::StringStartsWith("em".into()))
+        )
+        .await,
         ["a", "b"]
     );
     assert_eq!(
-        ids(&store, "Patient", family(Test::StringContains("pon".into()))).await,
+        ids(
+            &store,
+            "Patient",
+            family(Test::StringContains("pon".into()))
+        )
+        .await,
         ["c"]
     );
     assert_eq!(
@@ -183,7 +202,10 @@ async fn every_kind_of_test_finds_exactly_its_rows(backend: Backend) {
             Test::StringStartsWith("emm".into()),
         ],
     );
-    assert_eq!(ids(&store, "Patient", vec![either.clone()]).await, ["b", "c"]);
+    assert_eq!(
+        ids(&store, "Patient", vec![either.clone()]).await,
+        ["b", "c"]
+    );
     let female = matching(
         "gender",
         vec![Test::Token {
@@ -274,7 +296,13 @@ async fn date_prefixes_follow_the_range_semantics(backend: Backend) {
     put(&store, "Encounter", "early", vec![date("date", 0, 9)]).await;
     put(&store, "Encounter", "middle", vec![date("date", 10, 19)]).await;
     put(&store, "Encounter", "late", vec![date("date", 20, 29)]).await;
-    put(&store, "Encounter", "open", vec![date("date", 15, i64::MAX)]).await;
+    put(
+        &store,
+        "Encounter",
+        "open",
+        vec![date("date", 15, i64::MAX)],
+    )
+    .await;
     let search = |op| {
         let store = store.clone();
         async move {
@@ -590,7 +618,15 @@ async fn includes_follow_references_both_ways(backend: Backend) {
         .unwrap();
     assert_eq!(all.len(), 2);
     let sources = store
-        .run(|tx| tx.references_to("Observation", Some("subject"), "Patient", &["p1".into()], 100))
+        .run(|tx| {
+            tx.references_to(
+                "Observation",
+                Some("subject"),
+                "Patient",
+                &["p1".into()],
+                100,
+            )
+        })
         .await
         .unwrap();
     assert_eq!(sources, ["o1", "o2"]);
@@ -611,7 +647,12 @@ async fn deleted_and_replaced_rows_are_not_found(backend: Backend) {
     let store = backend.store;
     put(&store, "Patient", "x", vec![string("family", "Old")]).await;
     put(&store, "Patient", "x", vec![string("family", "New")]).await;
-    let family = |prefix: &str| vec![matching("family", vec![Test::StringStartsWith(prefix.into())])];
+    let family = |prefix: &str| {
+        vec![matching(
+            "family",
+            vec![Test::StringStartsWith(prefix.into())],
+        )]
+    };
     assert!(ids(&store, "Patient", family("old")).await.is_empty());
     assert_eq!(ids(&store, "Patient", family("new")).await, ["x"]);
     store
@@ -652,4 +693,40 @@ async fn hub_settings_are_kept(backend: Backend) {
         store.run(|tx| tx.meta_get("k")).await.unwrap().as_deref(),
         Some("2")
     );
+}
+
+async fn nul_characters_are_indexed_and_found(backend: Backend) {
+    // A FHIR string may hold U+0000; PostgreSQL text may not. Both backends must index it
+    // and find it by the same value.
+    let store = backend.store;
+    put(
+        &store,
+        "Patient",
+        "n",
+        vec![string("family", "a\0b"), token("identifier", "", "x\0")],
+    )
+    .await;
+    let found = ids(
+        &store,
+        "Patient",
+        vec![matching(
+            "family",
+            vec![Test::StringStartsWith("a\0".into())],
+        )],
+    )
+    .await;
+    assert_eq!(found, ["n"]);
+    let found = ids(
+        &store,
+        "Patient",
+        vec![matching(
+            "identifier",
+            vec![Test::Token {
+                system: None,
+                code: Some("x\0".into()),
+            }],
+        )],
+    )
+    .await;
+    assert_eq!(found, ["n"]);
 }

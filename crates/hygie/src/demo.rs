@@ -67,6 +67,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let store = config::open_store(&settings).await?;
     let limits = config::limits(&Default::default(), &Default::default())?;
     let hub = Hub::new(store.clone(), config::hub_config(&limits));
+    hub.bring_index_up_to_date()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bring the search index up to date: {e}"))?;
     // The demo data is one transaction, larger than what the HTTP door accepts; the loader
     // gets its own hub on the same store so the served limits stay as configured.
     let mut loader_config = config::hub_config(&limits);

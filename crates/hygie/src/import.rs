@@ -109,6 +109,13 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     // An import may load Bundles larger than what the HTTP door accepts.
     hub_config.max_bundle_entries = hub_config.max_bundle_entries.max(100_000);
     let hub = Hub::new(store, hub_config);
+    let reindexed = hub
+        .bring_index_up_to_date()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bring the search index up to date: {e}"))?;
+    if reindexed > 0 {
+        eprintln!("Re-indexed {reindexed} resources for this version's search rules.");
+    }
     let user = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
     let caller = Arc::new(Caller::new(Principal::local_operator(&user), "import"));
     let total_bytes: u64 = files

@@ -89,10 +89,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     check_exposure(address, tls.is_some(), insecure_http, no_auth)?;
     // Parse the embedded R4 definitions now, not on the first request.
     hygie_fhir::schema::preload();
+    hygie_fhir::search::params::preload();
     let store_settings = config::store_settings(&args.store, &file)?;
     let store = config::open_store(&store_settings).await?;
     let backend = store.backend();
     let hub = hygie_hub::Hub::new(store, config::hub_config(&limits));
+    hub.bring_index_up_to_date()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bring the search index up to date: {e}"))?;
     // Bind before announcing, so that a taken port is a clear error, and `:0` works.
     let listener =
         hygie_server::bind(address).with_context(|| format!("cannot listen on {address}"))?;
