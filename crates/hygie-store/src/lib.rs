@@ -145,19 +145,6 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
-/// A token query: `param=[system|]code` on current, non-deleted resources of one type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenQuery<'a> {
-    pub resource_type: &'a str,
-    pub param: &'a str,
-    /// `None`: any system; `Some("")`: no system.
-    pub system: Option<&'a str>,
-    /// `None`: any code (`system|`).
-    pub code: Option<&'a str>,
-    /// Paging cursor: only ids greater than this one.
-    pub after_id: Option<&'a str>,
-}
-
 /// What a unit of work can do inside its transaction.
 ///
 /// Every method runs inside the unit's transaction; nothing is visible to others, nor
@@ -178,15 +165,6 @@ pub trait Tx {
     fn history(&mut self, query: &HistoryQuery) -> StoreResult<Vec<VersionRecord>>;
     /// The highest sequence number written so far (0 when empty).
     fn max_seq(&mut self) -> StoreResult<i64>;
-    /// Ids of current, non-deleted resources matching a token, at most `limit`, sorted.
-    fn find_by_token(&mut self, query: &TokenQuery<'_>, limit: usize) -> StoreResult<Vec<String>>;
-    /// Ids of current, non-deleted resources of a type after `after_id`, sorted, at most `limit`.
-    fn list_ids(
-        &mut self,
-        resource_type: &str,
-        after_id: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<String>>;
     /// A page of current, non-deleted resources that pass every filter, in sort order.
     fn search(&mut self, spec: &SearchSpec) -> StoreResult<Vec<SearchHit>>;
     /// How many current, non-deleted resources pass every filter.

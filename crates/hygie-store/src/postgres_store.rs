@@ -18,7 +18,7 @@ use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
 use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, Filter, Head, HistoryQuery, HistoryScope, IndexCell, IndexRow,
-    NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError, StoreResult, TokenQuery, Tx,
+    NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError, StoreResult, Tx,
     VersionRecord, panic_message,
 };
 
@@ -533,15 +533,6 @@ const HISTORY_INSTANCE_SQL: &str =
     ORDER BY seq DESC LIMIT $4";
 // Two shapes, so that each can use an index: by code (through its hash, since a code may
 // be longer than a btree entry allows), or by system alone (`system|`).
-const FIND_TOKEN_BY_CODE_SQL: &str = "SELECT DISTINCT id FROM search_token
-    WHERE resource_type = $1 AND param = $2 AND md5(code) = md5($3) AND code = $3
-      AND ($4::TEXT IS NULL OR system = $4) AND id > $6 ORDER BY id LIMIT $5";
-const FIND_TOKEN_BY_SYSTEM_SQL: &str = "SELECT DISTINCT id FROM search_token
-    WHERE resource_type = $1 AND param = $2 AND ($3::TEXT IS NULL)
-      AND ($4::TEXT IS NULL OR md5(system) = md5($4)) AND ($4::TEXT IS NULL OR system = $4)
-      AND id > $6 ORDER BY id LIMIT $5";
-const LIST_IDS_SQL: &str = "SELECT id FROM resources
-    WHERE resource_type = $1 AND NOT deleted AND id > $2 ORDER BY id LIMIT $3";
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 const APPEND_AUDIT_SQL: &str =
     "INSERT INTO audit_log (recorded_us, leaf) VALUES ($1, $2) RETURNING leaf_index - 1";
@@ -661,40 +652,6 @@ impl Tx for PgTx<'_> {
                 &[],
             )?
             .get(0))
-    }
-
-    fn find_by_token(&mut self, query: &TokenQuery<'_>, limit: usize) -> StoreResult<Vec<String>> {
-        let statement = self.statement(if query.code.is_some() {
-            FIND_TOKEN_BY_CODE_SQL
-        } else {
-            FIND_TOKEN_BY_SYSTEM_SQL
-        })?;
-        let rows = self.transaction.query(
-            &statement,
-            &[
-                &query.resource_type,
-                &query.param,
-                &query.code,
-                &query.system,
-                &(limit as i64),
-                &query.after_id.unwrap_or(""),
-            ],
-        )?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
-    }
-
-    fn list_ids(
-        &mut self,
-        resource_type: &str,
-        after_id: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<String>> {
-        let statement = self.statement(LIST_IDS_SQL)?;
-        let rows = self.transaction.query(
-            &statement,
-            &[&resource_type, &after_id.unwrap_or(""), &(limit as i64)],
-        )?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     fn search(&mut self, spec: &SearchSpec) -> StoreResult<Vec<SearchHit>> {
@@ -878,6 +835,16 @@ impl Tx for PgTx<'_> {
     }
 }
 
+/// PostgreSQL text cannot hold NUL, which a FHIR string may: index values and searched
+/// values replace it alike (with U+FFFD), so equality and prefixes still mean the same.
+fn pg_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact;
@@ -892,15 +859,5 @@ mod tests {
             redact("postgres://postgres@127.0.0.1/test"),
             "postgres://postgres@127.0.0.1/test"
         );
-    }
-}
-
-/// PostgreSQL text cannot hold NUL, which a FHIR string may: index values and searched
-/// values replace it alike (with U+FFFD), so equality and prefixes still mean the same.
-fn pg_text(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('\0') {
-        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
-    } else {
-        std::borrow::Cow::Borrowed(text)
     }
 }

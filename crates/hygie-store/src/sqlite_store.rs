@@ -32,7 +32,7 @@ use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
 use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, Filter, Head, HistoryQuery, HistoryScope, IndexCell, IndexRow,
-    NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError, StoreResult, TokenQuery, Tx,
+    NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError, StoreResult, Tx,
     VersionRecord, panic_message,
 };
 
@@ -673,54 +673,6 @@ impl Tx for SqliteTx<'_> {
             [],
             |row| row.get(0),
         )?)
-    }
-
-    fn find_by_token(&mut self, query: &TokenQuery<'_>, limit: usize) -> StoreResult<Vec<String>> {
-        // Two shapes, so that each can use an index: by code, or by system alone.
-        let mut statement = self.connection.prepare_cached(if query.code.is_some() {
-            "SELECT DISTINCT id FROM search_token
-             WHERE resource_type = ?1 AND param = ?2 AND code = ?3
-               AND (?4 IS NULL OR system = ?4) AND id > ?6
-             ORDER BY id LIMIT ?5"
-        } else {
-            "SELECT DISTINCT id FROM search_token
-             WHERE resource_type = ?1 AND param = ?2 AND ?3 IS NULL
-               AND (?4 IS NULL OR system = ?4) AND id > ?6
-             ORDER BY id LIMIT ?5"
-        })?;
-        let ids = statement
-            .query_map(
-                params![
-                    query.resource_type,
-                    query.param,
-                    query.code,
-                    query.system,
-                    limit as i64,
-                    query.after_id.unwrap_or("")
-                ],
-                |row| row.get(0),
-            )?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(ids)
-    }
-
-    fn list_ids(
-        &mut self,
-        resource_type: &str,
-        after_id: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<String>> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT id FROM resources WHERE resource_type = ?1 AND deleted = 0 AND id > ?2
-             ORDER BY id LIMIT ?3",
-        )?;
-        let ids = statement
-            .query_map(
-                params![resource_type, after_id.unwrap_or(""), limit as i64],
-                |row| row.get(0),
-            )?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(ids)
     }
 
     fn search(&mut self, spec: &SearchSpec) -> StoreResult<Vec<SearchHit>> {

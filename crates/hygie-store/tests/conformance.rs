@@ -3,7 +3,8 @@
 
 use hygie_store::testing::TestBackend;
 use hygie_store::{
-    HistoryQuery, HistoryScope, IndexCell, IndexRow, NewVersion, StoreError, StoreExt, TokenQuery,
+    Filter, HistoryQuery, HistoryScope, IndexCell, IndexRow, NewVersion, SearchSpec, StoreError,
+    StoreExt, StoreResult, Test, Tx,
 };
 
 type Backend = TestBackend;
@@ -60,7 +61,7 @@ async fn versions_are_written_read_and_listed(backend: Backend) {
                 tx.current("Patient", "a")?,
                 tx.version("Patient", "a", 1)?,
                 tx.current("Patient", "zzz")?,
-                tx.list_ids("Patient", None, 10)?,
+                all_ids(tx, "Patient")?,
             ))
         })
         .await
@@ -192,6 +193,41 @@ async fn duplicate_versions_conflict(backend: Backend) {
     assert_eq!(current.body, b"1");
 }
 
+/// Ids of current Patients with an `identifier` token (`system` `Some("")`: none).
+fn find_token(
+    tx: &mut dyn Tx,
+    system: Option<&str>,
+    code: Option<&str>,
+) -> StoreResult<Vec<String>> {
+    let spec = SearchSpec {
+        resource_type: "Patient".into(),
+        filters: vec![Filter::Match {
+            param: "identifier".into(),
+            tests: vec![Test::Token {
+                system: system.map(str::to_owned),
+                code: code.map(str::to_owned),
+            }],
+            negate: false,
+        }],
+        sort: vec![],
+        position: None,
+        limit: 10,
+    };
+    Ok(tx.search(&spec)?.into_iter().map(|hit| hit.id).collect())
+}
+
+/// Ids of every current resource of a type, sorted.
+fn all_ids(tx: &mut dyn Tx, resource_type: &str) -> StoreResult<Vec<String>> {
+    let spec = SearchSpec {
+        resource_type: resource_type.into(),
+        filters: vec![],
+        sort: vec![],
+        position: None,
+        limit: 1000,
+    };
+    Ok(tx.search(&spec)?.into_iter().map(|hit| hit.id).collect())
+}
+
 fn token(param: &str, system: &str, code: &str) -> IndexRow {
     IndexRow {
         param: param.into(),
@@ -218,18 +254,7 @@ async fn tokens_follow_the_current_version(backend: Backend) {
         let store = store.clone();
         async move {
             store
-                .run(move |tx| {
-                    tx.find_by_token(
-                        &TokenQuery {
-                            resource_type: "Patient",
-                            param: "identifier",
-                            system,
-                            code,
-                            after_id: None,
-                        },
-                        10,
-                    )
-                })
+                .run(move |tx| find_token(tx, system, code))
                 .await
                 .unwrap()
         }
@@ -412,10 +437,7 @@ async fn concurrent_units_all_commit(backend: Backend) {
     leaves.sort();
     leaves.dedup();
     assert_eq!(leaves.len(), 200, "every unit got its own audit leaf");
-    let ids = store
-        .run(|tx| tx.list_ids("Patient", None, 1000))
-        .await
-        .unwrap();
+    let ids = store.run(|tx| all_ids(tx, "Patient")).await.unwrap();
     assert_eq!(ids.len(), 200);
 }
 
@@ -431,26 +453,8 @@ async fn long_tokens_are_indexed_and_found(backend: Backend) {
         .unwrap();
     let (by_code, by_system) = store
         .run(move |tx| {
-            let by_code = tx.find_by_token(
-                &TokenQuery {
-                    resource_type: "Patient",
-                    param: "identifier",
-                    system: Some(&long_system),
-                    code: Some(&long_code),
-                    after_id: None,
-                },
-                10,
-            )?;
-            let by_system = tx.find_by_token(
-                &TokenQuery {
-                    resource_type: "Patient",
-                    param: "identifier",
-                    system: Some(&long_system),
-                    code: None,
-                    after_id: None,
-                },
-                10,
-            )?;
+            let by_code = find_token(tx, Some(&long_system), Some(&long_code))?;
+            let by_system = find_token(tx, Some(&long_system), None)?;
             Ok((by_code, by_system))
         })
         .await
