@@ -75,6 +75,13 @@ impl HubError {
             StoreError::Busy { .. } => {
                 HubError::new(503, IssueType::Transient, format!("{error}; retry shortly"))
             }
+            StoreError::TooCostly { limit_ms } => HubError::new(
+                400,
+                IssueType::TooCostly,
+                format!(
+                    "the search ran past its time limit ({limit_ms} ms) and was stopped: narrow it (a more selective parameter, a shorter date range)"
+                ),
+            ),
             StoreError::Closed => HubError::new(
                 503,
                 IssueType::Transient,

@@ -79,3 +79,14 @@ impl Hub {
         Ok(done)
     }
 }
+
+impl Hub {
+    /// After a bulk load: lets the database re-plan with the new data's statistics.
+    pub async fn refresh_statistics(&self) -> Result<(), HubError> {
+        self.inner
+            .store
+            .run(|tx| tx.refresh_statistics())
+            .await
+            .map_err(HubError::from_store)
+    }
+}

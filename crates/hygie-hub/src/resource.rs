@@ -8,9 +8,12 @@ use serde_json::{Map, Value};
 use crate::HubError;
 use crate::instant::format_instant;
 
-/// A new server-assigned id.
+/// A new server-assigned id: a UUID version 7, time-ordered, so that the store's indexes
+/// keyed by id grow at their end instead of at random places (a write touches a few pages
+/// instead of one per index). It reveals when the resource was created, which
+/// `meta.lastUpdated` of its first version says anyway.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// FHIR `id`: `[A-Za-z0-9\-\.]{1,64}`.

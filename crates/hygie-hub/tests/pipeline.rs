@@ -252,6 +252,9 @@ impl Tx for FailingAuditTx<'_> {
     fn replace_index(&mut self, t: &str, id: &str, rows: &[IndexRow]) -> StoreResult<()> {
         self.0.replace_index(t, id, rows)
     }
+    fn refresh_statistics(&mut self) -> StoreResult<()> {
+        self.0.refresh_statistics()
+    }
     fn meta_get(&mut self, k: &str) -> StoreResult<Option<String>> {
         self.0.meta_get(k)
     }

@@ -61,6 +61,9 @@ pub enum StoreError {
         "the database schema is at version {found}, newer than this binary knows ({known}); upgrade hygie"
     )]
     SchemaTooNew { found: i64, known: i64 },
+    /// A search ran past the store's query time limit and was interrupted.
+    #[error("the query ran past its time limit ({limit_ms} ms)")]
+    TooCostly { limit_ms: u64 },
     #[error("a unit of work panicked: {0}")]
     Panicked(String),
     #[error("{0}")]
@@ -219,6 +222,10 @@ pub trait Tx {
         id: &str,
         rows: &[IndexRow],
     ) -> StoreResult<()>;
+    /// Refreshes the planner's statistics after a bulk load. PostgreSQL plans from them
+    /// (stale ones after an import made a 2 ms search take 6 s, measured); SQLite's plans
+    /// are pinned by the SQL the store writes, so this is a no-op there.
+    fn refresh_statistics(&mut self) -> StoreResult<()>;
     /// The hub's own settings (index version, paging key), kept with its data.
     fn meta_get(&mut self, key: &str) -> StoreResult<Option<String>>;
     fn meta_set(&mut self, key: &str, value: &str) -> StoreResult<()>;

@@ -351,6 +351,19 @@ impl SqlBuilder {
         format!("{prefix}{}", self.aliases)
     }
 
+    /// `table alias`, read through its owner index `(resource_type, id)`: the right path for
+    /// a probe of one resource's rows. SQLite, without statistics, would otherwise prefer
+    /// the lookup index with more equality columns and walk every row of a common code for
+    /// each candidate (measured: 1.7 s instead of 1 ms); PostgreSQL plans from statistics.
+    fn by_owner(&self, table: IndexTable, alias: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => {
+                format!("{} {alias} INDEXED BY {}_owner", table.name(), table.name())
+            }
+            Dialect::Postgres => format!("{} {alias}", table.name()),
+        }
+    }
+
     /// `column = value`; on PostgreSQL through the md5 expression indexes that stand in for
     /// btree entries on values too long for one.
     fn hashed_equals(&self, column: &str, placeholder: &str) -> String {
@@ -404,19 +417,37 @@ impl SqlBuilder {
         )
     }
 
+    /// One filter, the most selective by a simple ranking, drives the query as
+    /// `id IN (SELECT …)` (an index range the database walks first); the others are
+    /// correlated `EXISTS` probes on each candidate through the owner index. Every
+    /// subquery in `IN` form would be materialized in full: a common code (every patient's
+    /// height) costs thousands of rows even when the patient filter leaves ten.
     fn where_clause(&mut self, resource_type: &str, filters: &[Filter], alias: &str) -> String {
         let ty = self.text(resource_type);
         let mut parts = vec![
             format!("{alias}.resource_type = {ty}"),
             format!("NOT {alias}.deleted"),
         ];
-        for filter in filters {
-            parts.push(self.filter(resource_type, filter, alias));
+        let driver = filters
+            .iter()
+            .enumerate()
+            .filter_map(|(index, filter)| selectivity_rank(filter).map(|rank| (rank, index)))
+            .min()
+            .map(|(_, index)| index);
+        for (index, filter) in filters.iter().enumerate() {
+            let drives = Some(index) == driver;
+            parts.push(self.filter(resource_type, filter, alias, drives));
         }
         parts.join(" AND ")
     }
 
-    fn filter(&mut self, resource_type: &str, filter: &Filter, alias: &str) -> String {
+    fn filter(
+        &mut self,
+        resource_type: &str,
+        filter: &Filter,
+        alias: &str,
+        drives: bool,
+    ) -> String {
         match filter {
             Filter::Ids(ids) => {
                 let list: Vec<String> = ids.iter().map(|id| self.text(id)).collect();
@@ -453,6 +484,14 @@ impl SqlBuilder {
                 let param = self.text(param);
                 let alternatives: Vec<String> =
                     tests.iter().map(|test| self.test(test, &t)).collect();
+                if !drives {
+                    return format!(
+                        "{}EXISTS (SELECT 1 FROM {} WHERE {t}.resource_type = {ty} AND {t}.id = {alias}.id AND {t}.param = {param} AND ({}))",
+                        if *negate { "NOT " } else { "" },
+                        self.by_owner(table, &t),
+                        alternatives.join(" OR ")
+                    );
+                }
                 format!(
                     "{alias}.id {}IN (SELECT {t}.id FROM {} {t} WHERE {t}.resource_type = {ty} AND {t}.param = {param} AND ({}))",
                     if *negate { "NOT " } else { "" },
@@ -469,9 +508,9 @@ impl SqlBuilder {
                 let ty = self.text(resource_type);
                 let param = self.text(param);
                 format!(
-                    "{alias}.id {}IN (SELECT {t}.id FROM {} {t} WHERE {t}.resource_type = {ty} AND {t}.param = {param})",
+                    "{}EXISTS (SELECT 1 FROM {} WHERE {t}.resource_type = {ty} AND {t}.id = {alias}.id AND {t}.param = {param})",
                     if *missing { "NOT " } else { "" },
-                    table.name()
+                    self.by_owner(*table, &t)
                 )
             }
             Filter::Composite {
@@ -702,8 +741,8 @@ impl SqlBuilder {
                     (SortKind::Text, true) => self.text(""),
                 };
                 format!(
-                    "COALESCE((SELECT {aggregate}({s}.{column}) FROM {} {s} WHERE {s}.resource_type = {ty} AND {s}.id = {alias}.id AND {s}.param = {param}), {sentinel})",
-                    table.name()
+                    "COALESCE((SELECT {aggregate}({s}.{column}) FROM {} WHERE {s}.resource_type = {ty} AND {s}.id = {alias}.id AND {s}.param = {param}), {sentinel})",
+                    self.by_owner(*table, &s)
                 )
             }
         }
@@ -740,6 +779,36 @@ impl SqlBuilder {
             SortValue::Real(v) => self.real(*v),
             SortValue::Text(v) => self.text(v),
         }
+    }
+}
+
+/// How selective a filter is likely to be, lower first; `None` for filters that cannot
+/// drive a query (negations, absences). A guess from the shape of the filter: the
+/// databases cannot know that `code=8302-2` matches every patient while `patient=123`
+/// matches one.
+fn selectivity_rank(filter: &Filter) -> Option<u8> {
+    match filter {
+        Filter::Ids(_) => Some(0),
+        Filter::Compartment { .. } => Some(1),
+        Filter::Match {
+            negate: false,
+            tests,
+            ..
+        } => Some(match tests.first()? {
+            Test::Reference { .. } | Test::ReferenceUrl(_) => 1,
+            Test::StringExact(_) => 2,
+            Test::Token { code: Some(_), .. } => 3,
+            Test::StringStartsWith(_) | Test::Uri(_) => 4,
+            Test::Quantity { .. } | Test::Number { .. } => 6,
+            Test::Date { .. } => 7,
+            Test::Token { code: None, .. } | Test::UriBelow(_) | Test::StringContains(_) => 8,
+        }),
+        Filter::Composite { .. } => Some(5),
+        // A chain usually names one resource (a patient by name, an encounter by number):
+        // more selective than a code that every patient has.
+        Filter::Chain { .. } | Filter::Has { .. } => Some(2),
+        Filter::LastUpdated(_) => Some(9),
+        Filter::Match { negate: true, .. } | Filter::Missing { .. } => None,
     }
 }
 
@@ -805,13 +874,15 @@ fn range_test(
         RangeOp::Ne => format!("NOT {}", within(builder)),
         RangeOp::Gt => format!("{rh} > {}", builder.bind(high.clone())),
         RangeOp::Lt => format!("{rl} < {}", builder.bind(low.clone())),
+        // `rh >= pl` (resp. `rl <= ph`) follows from either branch; said first, it gives
+        // the database an index range instead of a scan of the parameter's rows.
         RangeOp::Ge => {
-            let ph = builder.bind(high.clone());
-            format!("({rh} > {ph} OR {})", within(builder))
+            let (pl, ph) = (builder.bind(low.clone()), builder.bind(high.clone()));
+            format!("({rh} >= {pl} AND ({rh} > {ph} OR {}))", within(builder))
         }
         RangeOp::Le => {
-            let pl = builder.bind(low.clone());
-            format!("({rl} < {pl} OR {})", within(builder))
+            let (pl, ph) = (builder.bind(low.clone()), builder.bind(high.clone()));
+            format!("({rl} <= {ph} AND ({rl} < {pl} OR {}))", within(builder))
         }
         RangeOp::Sa => format!("{rl} > {}", builder.bind(high.clone())),
         RangeOp::Eb => format!("{rh} < {}", builder.bind(low.clone())),

@@ -51,6 +51,9 @@ pub struct SqliteOptions {
     pub cache_size_kib: i64,
     /// How often the checkpointer folds committed WAL frames back into the database file.
     pub checkpoint_interval: std::time::Duration,
+    /// A search or count running longer is interrupted (every request waits on the one
+    /// writer thread, so one runaway query must not stall the hub).
+    pub query_time_limit: std::time::Duration,
     /// WAL size beyond which the writer pauses to fold the WAL in and restart it: a
     /// never-idle writer otherwise grows the WAL forever (it restarts only when a write
     /// begins after every frame was checkpointed).
@@ -66,6 +69,7 @@ impl Default for SqliteOptions {
             cache_size_kib: 64 * 1024,
             checkpoint_interval: std::time::Duration::from_millis(100),
             wal_limit_bytes: 64 * 1024 * 1024,
+            query_time_limit: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -115,6 +119,7 @@ pub fn open_sqlite(data_dir: &Path, options: &SqliteOptions) -> StoreResult<Sqli
         (None, None)
     };
     let checkpointer = spawn_checkpointer(&path, options)?;
+    let query_time_limit = options.query_time_limit;
     let writer = std::thread::Builder::new()
         .name("hygie-sqlite-writer".to_owned())
         .spawn(move || {
@@ -125,6 +130,7 @@ pub fn open_sqlite(data_dir: &Path, options: &SqliteOptions) -> StoreResult<Sqli
                 durability,
                 poisoned,
                 checkpointer,
+                query_time_limit,
             )
         })
         .map_err(|e| StoreError::Config(format!("cannot start the writer thread: {e}")))?;
@@ -223,6 +229,7 @@ fn writer_loop(
     durability: Option<std::sync::mpsc::Sender<Answered>>,
     poisoned: Arc<AtomicBool>,
     checkpointer: Checkpointer,
+    query_time_limit: std::time::Duration,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     while let Some(first) = receiver.blocking_recv() {
@@ -239,7 +246,7 @@ fn writer_loop(
             }
             continue;
         }
-        let Some(answered) = run_batch(&mut connection, &mut batch) else {
+        let Some(answered) = run_batch(&mut connection, &mut batch, query_time_limit) else {
             continue;
         };
         checkpointer.committed(&connection);
@@ -391,7 +398,11 @@ fn syncer_loop(
 
 /// Runs one batch in one transaction. Returns the answers of a committed batch (to be
 /// sent once durable); answers a failed batch itself and returns `None`.
-fn run_batch(connection: &mut Connection, batch: &mut Vec<Job>) -> Option<Answered> {
+fn run_batch(
+    connection: &mut Connection,
+    batch: &mut Vec<Job>,
+    query_time_limit: std::time::Duration,
+) -> Option<Answered> {
     let mut jobs = std::mem::take(batch).into_iter();
     let mut answered: Answered = Vec::with_capacity(jobs.len());
     let outcome = (|| -> StoreResult<()> {
@@ -404,6 +415,7 @@ fn run_batch(connection: &mut Connection, batch: &mut Vec<Job>) -> Option<Answer
             let mut tx = SqliteTx {
                 connection,
                 savepoints: 0,
+                query_time_limit,
             };
             let result = match catch_unwind(AssertUnwindSafe(|| unit(&mut tx))) {
                 Ok(result) => result,
@@ -512,6 +524,30 @@ impl Drop for SqliteStore {
 struct SqliteTx<'c> {
     connection: &'c Connection,
     savepoints: usize,
+    query_time_limit: std::time::Duration,
+}
+
+impl SqliteTx<'_> {
+    /// Runs `query` with an interrupt armed at the query time limit.
+    fn bounded<T>(&self, query: impl FnOnce() -> rusqlite::Result<T>) -> StoreResult<T> {
+        let limit = self.query_time_limit;
+        let deadline = std::time::Instant::now() + limit;
+        // Checked every ~10k virtual-machine steps: a few hundred microseconds.
+        self.connection
+            .progress_handler(10_000, Some(move || std::time::Instant::now() > deadline));
+        let result = query();
+        self.connection.progress_handler(0, None::<fn() -> bool>);
+        match result {
+            Err(rusqlite::Error::SqliteFailure(error, _))
+                if error.code == rusqlite::ErrorCode::OperationInterrupted =>
+            {
+                Err(StoreError::TooCostly {
+                    limit_ms: limit.as_millis() as u64,
+                })
+            }
+            other => Ok(other?),
+        }
+    }
 }
 
 const SELECT_VERSION: &str =
@@ -679,36 +715,41 @@ impl Tx for SqliteTx<'_> {
         let mut builder = SqlBuilder::new(Dialect::Sqlite);
         let sql = builder.page_query(spec);
         let kinds = search::sort_kinds(&spec.sort);
-        let mut statement = self.connection.prepare_cached(&sql)?;
-        let mut rows = statement.query(rusqlite::params_from_iter(
-            builder.params.iter().map(sqlite_value),
-        ))?;
-        let mut hits = Vec::new();
-        while let Some(row) = rows.next()? {
-            let mut sort_values = Vec::with_capacity(kinds.len());
-            for (index, kind) in kinds.iter().enumerate() {
-                sort_values.push(match kind {
-                    search::SortKind::Int => SortValue::Int(row.get(index + 1)?),
-                    search::SortKind::Real => SortValue::Real(row.get(index + 1)?),
-                    search::SortKind::Text => SortValue::Text(row.get(index + 1)?),
+        let connection = self.connection;
+        self.bounded(|| {
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query(rusqlite::params_from_iter(
+                builder.params.iter().map(sqlite_value),
+            ))?;
+            let mut hits = Vec::new();
+            while let Some(row) = rows.next()? {
+                let mut sort_values = Vec::with_capacity(kinds.len());
+                for (index, kind) in kinds.iter().enumerate() {
+                    sort_values.push(match kind {
+                        search::SortKind::Int => SortValue::Int(row.get(index + 1)?),
+                        search::SortKind::Real => SortValue::Real(row.get(index + 1)?),
+                        search::SortKind::Text => SortValue::Text(row.get(index + 1)?),
+                    });
+                }
+                hits.push(SearchHit {
+                    id: row.get(0)?,
+                    sort_values,
                 });
             }
-            hits.push(SearchHit {
-                id: row.get(0)?,
-                sort_values,
-            });
-        }
-        Ok(hits)
+            Ok(hits)
+        })
     }
 
     fn count(&mut self, resource_type: &str, filters: &[Filter]) -> StoreResult<u64> {
         let mut builder = SqlBuilder::new(Dialect::Sqlite);
         let sql = builder.count_query(resource_type, filters);
-        let mut statement = self.connection.prepare_cached(&sql)?;
-        let count: i64 = statement.query_row(
-            rusqlite::params_from_iter(builder.params.iter().map(sqlite_value)),
-            |row| row.get(0),
-        )?;
+        let connection = self.connection;
+        let count: i64 = self.bounded(|| {
+            connection.prepare_cached(&sql)?.query_row(
+                rusqlite::params_from_iter(builder.params.iter().map(sqlite_value)),
+                |row| row.get(0),
+            )
+        })?;
         Ok(count as u64)
     }
 
@@ -837,6 +878,10 @@ impl Tx for SqliteTx<'_> {
     ) -> StoreResult<()> {
         delete_index(self.connection, resource_type, id)?;
         insert_index(self.connection, resource_type, id, rows)
+    }
+
+    fn refresh_statistics(&mut self) -> StoreResult<()> {
+        Ok(())
     }
 
     fn meta_get(&mut self, key: &str) -> StoreResult<Option<String>> {

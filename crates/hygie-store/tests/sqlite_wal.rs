@@ -1,11 +1,14 @@
-//! The embedded store's WAL stays bounded under a writer that never pauses, and what was
-//! acknowledged meanwhile is all there after a reopen.
+//! The embedded store's own mechanics: the WAL stays bounded under a writer that never
+//! pauses (and what was acknowledged meanwhile is all there after a reopen); a runaway
+//! search is interrupted at the query time limit instead of stalling the writer thread.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hygie_store::{SqliteOptions, StoreExt};
+use hygie_store::{
+    Filter, IndexCell, IndexRow, NewVersion, SearchSpec, SqliteOptions, StoreError, StoreExt, Test,
+};
 
 const WAL_LIMIT_BYTES: u64 = 512 * 1024;
 
@@ -83,4 +86,60 @@ async fn the_wal_stays_bounded_under_sustained_writes() {
         count as u64, acknowledged,
         "every acknowledged leaf is there"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_past_the_time_limit_is_interrupted_and_the_store_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        query_time_limit: Duration::from_millis(1),
+        ..SqliteOptions::default()
+    };
+    let store = hygie_store::open(None, dir.path(), &options, &Default::default()).unwrap();
+    store
+        .run(|tx| {
+            for i in 0..20_000 {
+                let id = format!("p{i}");
+                let index = [IndexRow {
+                    param: "family".into(),
+                    group: 0,
+                    cell: IndexCell::String {
+                        normalized: format!("name{i}"),
+                        exact: format!("Name{i}"),
+                    },
+                }];
+                tx.put_version(&NewVersion {
+                    resource_type: "Patient",
+                    id: &id,
+                    version: 1,
+                    last_updated_us: 1,
+                    deleted: false,
+                    body: b"{}",
+                    index: &index,
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // `:contains` walks every row: far more than 1 ms of work.
+    let spec = SearchSpec {
+        resource_type: "Patient".into(),
+        filters: vec![Filter::Match {
+            param: "family".into(),
+            tests: vec![Test::StringContains("no such text".into())],
+            negate: false,
+        }],
+        sort: vec![],
+        position: None,
+        limit: 10,
+    };
+    let outcome = store.run(move |tx| tx.search(&spec)).await;
+    assert!(
+        matches!(outcome, Err(StoreError::TooCostly { limit_ms: 1 })),
+        "{outcome:?}"
+    );
+    // The writer thread is free again: a cheap unit goes through.
+    let leaf = store.run(|tx| tx.append_audit(0, b"after")).await.unwrap();
+    assert!(leaf >= 0);
 }

@@ -74,6 +74,8 @@ pub struct FileLimits {
     pub default_page_size: Option<usize>,
     pub max_page_size: Option<usize>,
     pub shutdown_grace_ms: Option<u64>,
+    /// A search (or count) running longer is stopped with 400 too-costly.
+    pub search_time_limit_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -135,6 +137,13 @@ pub fn store_settings(args: &StoreArgs, file: &FileSettings) -> anyhow::Result<S
     let mut postgres = hygie_store::PostgresOptions::default();
     if let Some(pool_size) = file.postgres.pool_size {
         postgres.pool_size = pool_size;
+    }
+    if let Some(ms) = file.limits.search_time_limit_ms {
+        if ms == 0 {
+            bail!("limits.search_time_limit_ms must be at least 1");
+        }
+        sqlite.query_time_limit = std::time::Duration::from_millis(ms);
+        postgres.query_time_limit = std::time::Duration::from_millis(ms);
     }
     Ok(StoreSettings {
         data_dir: args

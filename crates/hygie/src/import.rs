@@ -157,6 +157,13 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         progress.inc(size);
     }
     progress.finish_and_clear();
+    if summary.resources_written > 0
+        && let Err(error) = hub.refresh_statistics().await
+    {
+        // The data is in; only the query plans may be poor until the database's own
+        // statistics catch up.
+        eprintln!("warning: could not refresh the database statistics: {error}");
+    }
     hub.close().await;
     let elapsed = started.elapsed();
     eprintln!(
