@@ -5,7 +5,7 @@
 //! halves, shared with batch and transaction Bundles.
 
 use hygie_policy::{Action, Mask, Target};
-use hygie_store::{NewVersion, StoreError, Tx, VersionRecord};
+use hygie_store::{IndexRow, NewVersion, StoreError, Tx, VersionRecord};
 use serde_json::Value;
 
 use crate::criteria::{self, Criteria};
@@ -147,6 +147,10 @@ pub(crate) fn mask_body(body: Vec<u8>, mask: &Mask) -> Result<Vec<u8>, StoreErro
 pub(crate) struct Prepared {
     pub resource_type: String,
     pub resource: Value,
+    /// The index rows, when computed before the transaction (off the store's writer).
+    /// `None` when the resource may still change inside it (references a transaction
+    /// Bundle rewrites): then they are computed at the write.
+    pub index: Option<Vec<IndexRow>>,
 }
 
 impl Prepared {
@@ -158,7 +162,15 @@ impl Prepared {
         Ok(Prepared {
             resource_type: resource_type.to_owned(),
             resource,
+            index: None,
         })
+    }
+
+    /// Computes the index rows now, on the caller's thread: the resource will not change
+    /// before it is written (server metadata does not affect them).
+    pub(crate) fn index_now(mut self) -> Prepared {
+        self.index = Some(index_rows(&self.resource));
+        self
     }
 }
 
@@ -170,10 +182,11 @@ pub(crate) fn write_version(
     version: i64,
     mut resource: Value,
     last_updated_us: i64,
+    index: Option<Vec<IndexRow>>,
 ) -> Result<Stored, StoreError> {
     set_server_metadata(&mut resource, id, version, last_updated_us);
     let body = serde_json::to_vec(&resource).map_err(|e| StoreError::Database(e.to_string()))?;
-    let tokens = index_rows(&resource);
+    let tokens = index.unwrap_or_else(|| index_rows(&resource));
     tx.put_version(&NewVersion {
         resource_type,
         id,
@@ -267,7 +280,15 @@ pub(crate) fn exec_create(
             }
         }
     }
-    let stored = write_version(tx, &prepared.resource_type, id, 1, prepared.resource, now)?;
+    let stored = write_version(
+        tx,
+        &prepared.resource_type,
+        id,
+        1,
+        prepared.resource,
+        now,
+        prepared.index,
+    )?;
     Ok(Ok(WriteOutcome {
         status: 201,
         stored,
@@ -314,6 +335,7 @@ pub(crate) fn exec_update(
         version,
         prepared.resource,
         now,
+        prepared.index,
     )?;
     Ok(Ok(WriteOutcome { status, stored }))
 }
@@ -359,7 +381,15 @@ pub(crate) fn exec_patch(
     if let Err(error) = validate(&resource) {
         return Ok(Err(error));
     }
-    let stored = write_version(tx, resource_type, id, current.version + 1, resource, now)?;
+    let stored = write_version(
+        tx,
+        resource_type,
+        id,
+        current.version + 1,
+        resource,
+        now,
+        None,
+    )?;
     Ok(Ok(WriteOutcome {
         status: 200,
         stored,
@@ -466,7 +496,7 @@ impl Hub {
         resource: Value,
         if_none_exist: Option<&str>,
     ) -> Result<WriteOutcome, HubError> {
-        let prepared = Prepared::new(resource_type, resource)?;
+        let prepared = Prepared::new(resource_type, resource)?.index_now();
         let criteria = if_none_exist
             .map(|query| criteria::parse_conditional(resource_type, query))
             .transpose()?;
@@ -508,7 +538,7 @@ impl Hub {
                 ));
             }
         }
-        let prepared = Prepared::new(resource_type, resource)?;
+        let prepared = Prepared::new(resource_type, resource)?.index_now();
         let if_match = if_match.map(parse_version_tag).transpose()?;
         let id_owned = id.to_owned();
         let now = now_us();
@@ -541,7 +571,7 @@ impl Hub {
         if let Some(body_id) = &body_id {
             check_id(body_id)?;
         }
-        let prepared = Prepared::new(resource_type, resource)?;
+        let prepared = Prepared::new(resource_type, resource)?.index_now();
         let if_match = if_match.map(parse_version_tag).transpose()?;
         let now = now_us();
         let new_id = body_id.clone().unwrap_or_else(new_id);
