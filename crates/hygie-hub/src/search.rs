@@ -161,9 +161,28 @@ impl Hub {
             max_count: self.config().max_page_size,
             ..QueryOptions::default()
         };
-        let request = query::parse(&scope.resource_type, &pairs, &options)
+        let mut request = query::parse(&scope.resource_type, &pairs, &options)
             .map_err(|issues| HubError::with_issues(400, issues))?;
         refuse_broken_chains(&request)?;
+        if request.summary == Some(Summary::True) {
+            // The summary elements are not in our schema yet: say so rather than return
+            // something else under that name.
+            let issue = Issue {
+                severity: if strict {
+                    IssueSeverity::Error
+                } else {
+                    IssueSeverity::Warning
+                },
+                code: IssueType::NotSupported,
+                diagnostics: "_summary=true is not supported yet (count, data, text and false are); the full resources are returned".to_owned(),
+                expression: Some("_summary".to_owned()),
+            };
+            if strict {
+                return Err(HubError::with_issues(400, vec![issue]));
+            }
+            request.ignored.push(issue);
+            request.summary = None;
+        }
         let plan = Plan::new(&request, &scope, &caller.base_url)?;
         let query_for_audit = encode_query(&pairs);
         let limit = request.count;
