@@ -19,7 +19,7 @@ impl Hub {
                             json!({
                                 "name": param.code,
                                 "definition": param.url,
-                                "type": param_type_code(param.kind),
+                                "type": param.kind.as_code(),
                             })
                         })
                         .collect();
@@ -81,20 +81,5 @@ impl Hub {
                 ],
             }],
         })
-    }
-}
-
-fn param_type_code(kind: hygie_fhir::search::params::ParamType) -> &'static str {
-    use hygie_fhir::search::params::ParamType;
-    match kind {
-        ParamType::Number => "number",
-        ParamType::Date => "date",
-        ParamType::String => "string",
-        ParamType::Token => "token",
-        ParamType::Reference => "reference",
-        ParamType::Composite => "composite",
-        ParamType::Quantity => "quantity",
-        ParamType::Uri => "uri",
-        ParamType::Special => "special",
     }
 }
