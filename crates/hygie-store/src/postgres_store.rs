@@ -766,7 +766,7 @@ impl Tx for PgTx<'_> {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> StoreResult<Vec<(String, String)>> {
-        let (sql, values) = crate::sqlite_store::compartment_sql(
+        let (sql, values) = search::compartment_sql(
             Dialect::Postgres,
             target_type,
             target_id,

@@ -835,7 +835,7 @@ impl Tx for SqliteTx<'_> {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> StoreResult<Vec<(String, String)>> {
-        let (sql, values) = compartment_sql(
+        let (sql, values) = search::compartment_sql(
             Dialect::Sqlite,
             target_type,
             target_id,
@@ -1034,57 +1034,4 @@ fn insert_index(
         };
     }
     Ok(())
-}
-
-/// The members of a compartment, by (type, id), for both backends.
-pub(crate) fn compartment_sql(
-    dialect: Dialect,
-    target_type: &str,
-    target_id: &str,
-    members: &[(String, Vec<String>)],
-    after: Option<(&str, &str)>,
-    limit: usize,
-) -> (String, Vec<SqlParam>) {
-    let mut values = Vec::new();
-    let mut bind = |value: SqlParam| {
-        values.push(value);
-        match dialect {
-            Dialect::Sqlite => format!("?{}", values.len()),
-            Dialect::Postgres => format!("${}", values.len()),
-        }
-    };
-    let target_type = bind(SqlParam::Text(target_type.to_owned()));
-    let target_id = bind(SqlParam::Text(target_id.to_owned()));
-    let mut alternatives = Vec::new();
-    for (member_type, params) in members {
-        if params.is_empty() {
-            continue;
-        }
-        let member_type = bind(SqlParam::Text(member_type.clone()));
-        let params: Vec<String> = params
-            .iter()
-            .map(|p| bind(SqlParam::Text(p.clone())))
-            .collect();
-        alternatives.push(format!(
-            "(x.resource_type = {member_type} AND x.param IN ({}))",
-            params.join(", ")
-        ));
-    }
-    if alternatives.is_empty() {
-        alternatives.push("FALSE".to_owned());
-    }
-    let (after_type, after_id) = after.unwrap_or(("", ""));
-    let after_type = bind(SqlParam::Text(after_type.to_owned()));
-    let after_id = bind(SqlParam::Text(after_id.to_owned()));
-    let limit = bind(SqlParam::Int(limit as i64));
-    let sql = format!(
-        "SELECT DISTINCT x.resource_type, x.id FROM search_reference x
-         JOIN resources r ON r.resource_type = x.resource_type AND r.id = x.id
-         WHERE x.target_type = {target_type} AND x.target_id = {target_id} AND NOT r.deleted
-           AND ({})
-           AND (x.resource_type > {after_type} OR (x.resource_type = {after_type} AND x.id > {after_id}))
-         ORDER BY x.resource_type, x.id LIMIT {limit}",
-        alternatives.join(" OR ")
-    );
-    (sql, values)
 }
