@@ -47,7 +47,18 @@ impl Hub {
                         return Ok(None);
                     };
                     let last = (last.resource_type.clone(), last.id.clone());
+                    // Re-indexing reads patient data: it is recorded like any access, in
+                    // the same transaction (DESIGN.md invariant 3).
+                    let mut audit = hygie_audit::AuditRecord::new(
+                        "reindex",
+                        "system:hygie-reindex",
+                        crate::instant::now_us(),
+                    );
                     for record in &records {
+                        audit.entities.push(format!(
+                            "{}/{}/_history/{}",
+                            record.resource_type, record.id, record.version
+                        ));
                         let resource: serde_json::Value = serde_json::from_slice(&record.body)
                             .map_err(|e| {
                                 hygie_store::StoreError::Database(format!(
@@ -61,6 +72,7 @@ impl Hub {
                             &index_rows(&resource),
                         )?;
                     }
+                    tx.append_audit(audit.recorded_us, &audit.to_leaf())?;
                     Ok(Some((last.0, last.1, records.len() as u64)))
                 })
                 .await

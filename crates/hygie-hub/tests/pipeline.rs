@@ -23,6 +23,7 @@ hygie_store::on_both_backends!(
     anonymous_callers_are_denied_and_audited,
     a_failing_transaction_writes_nothing_but_its_audit,
     a_history_page_audits_exactly_what_it_returned,
+    a_reindex_is_audited_and_makes_old_data_findable,
 );
 
 fn developer() -> Caller {
@@ -487,4 +488,64 @@ async fn a_history_page_audits_exactly_what_it_returned(backend: Backend) {
     // The version fetched only to know that a next page exists was not returned, so it
     // is not recorded as accessed.
     assert_eq!(entities, ["Patient/h/_history/3", "Patient/h/_history/2"]);
+}
+
+async fn a_reindex_is_audited_and_makes_old_data_findable(backend: Backend) {
+    let hub = Hub::new(backend.store.clone(), HubConfig::default());
+    let caller = developer();
+    assert_eq!(
+        hub.bring_index_up_to_date().await.unwrap(),
+        0,
+        "empty store"
+    );
+    let created = hub
+        .create(
+            &caller,
+            "Patient",
+            json!({"resourceType": "Patient", "name": [{"family": "Reindexed"}]}),
+            None,
+        )
+        .await
+        .unwrap();
+    let id = created.stored.id.clone();
+    // As if the data had been indexed by older rules: rows gone, version marker stale.
+    let wipe_id = id.clone();
+    backend
+        .store
+        .run(move |tx| {
+            tx.replace_index("Patient", &wipe_id, &[])?;
+            tx.meta_set("search.index_version", "older-rules")
+        })
+        .await
+        .unwrap();
+    let scope = || hygie_hub::SearchScope {
+        resource_type: "Patient".into(),
+        compartment: None,
+    };
+    let found = |bytes: Vec<u8>| -> usize {
+        let bundle: Value = serde_json::from_slice(&bytes).unwrap();
+        bundle["entry"].as_array().map_or(0, Vec::len)
+    };
+    let before = hub
+        .search(&caller, scope(), "family=reindexed", false)
+        .await
+        .unwrap();
+    assert_eq!(found(before), 0, "the rows were wiped");
+    let leaves_before = audit_events(&backend.store).await.len();
+    assert_eq!(hub.bring_index_up_to_date().await.unwrap(), 1);
+    let events = audit_events(&backend.store).await;
+    assert_eq!(events.len(), leaves_before + 1, "one leaf for the batch");
+    let leaf = events.last().unwrap().to_string();
+    assert!(leaf.contains("reindex"), "{leaf}");
+    assert!(leaf.contains(&format!("Patient/{id}/_history/1")), "{leaf}");
+    let after = hub
+        .search(&caller, scope(), "family=reindexed", false)
+        .await
+        .unwrap();
+    assert_eq!(found(after), 1, "found again after the re-index");
+    assert_eq!(
+        hub.bring_index_up_to_date().await.unwrap(),
+        0,
+        "once is enough"
+    );
 }
