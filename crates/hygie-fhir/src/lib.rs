@@ -1,6 +1,6 @@
 //! FHIR R4 JSON for Hygie: validation against the official R4 structure definitions,
-//! search (parameters, index extraction, query parsing), OperationOutcome, Bundle helpers and
-//! the CapabilityStatement.
+//! search (parameters, index extraction, query parsing), the `_summary=true` subset of a
+//! resource, OperationOutcome, Bundle helpers and the CapabilityStatement.
 //!
 //! Pure: this crate knows nothing about HTTP, SQL or files. Inner crates exchange plain
 //! `serde_json::Value`s and the types below; only `hygie-server` knows the wire.
@@ -17,6 +17,7 @@ pub mod json_depth;
 pub mod outcome;
 pub mod schema;
 pub mod search;
+pub mod summary;
 pub mod validate;
 
 pub use outcome::{Issue, IssueSeverity, IssueType};

@@ -21,6 +21,7 @@
 //! let genders = schema::element("Patient.gender").unwrap().required_binding().unwrap();
 //! assert_eq!(genders.url(), "http://hl7.org/fhir/ValueSet/administrative-gender");
 //! assert!(genders.contains_code("female") && !genders.contains_code("Female"));
+//! assert!(schema::element("Patient.name").unwrap().is_summary());
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -388,6 +389,8 @@ pub struct Element {
     pub(crate) max: Option<u32>,
     pub(crate) types: Vec<ElementType>,
     pub(crate) choice: bool,
+    /// `isSummary` in the definitions.
+    pub(crate) summary: bool,
     pub(crate) special: Special,
     /// The required terminology binding, when its value set could be expanded.
     pub(crate) binding: Option<Binding>,
@@ -411,6 +414,14 @@ impl Element {
     /// Whether this is a choice element (`value[x]`).
     pub fn is_choice(&self) -> bool {
         self.choice
+    }
+
+    /// Whether the definitions mark this element `isSummary`: part of what `_summary=true`
+    /// returns (see [`crate::summary`]). Inherited elements keep their base's flag
+    /// (`Patient.id` from `Resource.id`, `Patient.contact.modifierExtension` from
+    /// `BackboneElement.modifierExtension`).
+    pub fn is_summary(&self) -> bool {
+        self.summary
     }
 
     /// The allowed type codes; for a contentReference, the code of the element it points to.
@@ -726,9 +737,10 @@ struct RawType {
     elements: Vec<Row>,
 }
 
-/// `[path relative to the type, min, max, "code|code" or "#contentReference"]`.
+/// `[path relative to the type, min, max, "code|code" or "#contentReference"]`, and a fifth
+/// item `true` when the element is marked `isSummary`.
 #[derive(Deserialize, Clone, PartialEq, Debug)]
-struct Row(String, u32, String, String);
+struct Row(String, u32, String, String, #[serde(default)] bool);
 
 const INLINE_TYPES: [&str; 2] = ["BackboneElement", "Element"];
 
@@ -824,6 +836,7 @@ impl<'r> Builder<'r> {
                         inherited.1,
                         inherited.2.clone(),
                         inherited.3.clone(),
+                        inherited.4,
                     ));
                 }
             }
@@ -1010,7 +1023,7 @@ impl<'r> Builder<'r> {
         row: &Row,
         vs_index: &HashMap<&str, u16>,
     ) -> Result<Element, String> {
-        let Row(rel, min, max, codes) = row;
+        let Row(rel, min, max, codes, summary) = row;
         let path = format!("{node_path}.{name}");
         let max = match max.as_str() {
             "*" => None,
@@ -1108,6 +1121,7 @@ impl<'r> Builder<'r> {
             max,
             types,
             choice,
+            summary: *summary,
             special,
             binding,
         })
@@ -1278,6 +1292,124 @@ mod tests {
         assert_eq!(element("Patient.gender").unwrap().max(), Some(1));
         assert!(element("Patient.nope").is_none());
         assert!(element("Nope.id").is_none());
+    }
+
+    #[test]
+    fn summary_flags_follow_the_definitions() {
+        let summary = |path: &str| {
+            element(path)
+                .unwrap_or_else(|| panic!("{path}"))
+                .is_summary()
+        };
+        for path in [
+            // From Resource, inherited.
+            "Patient.id",
+            "Patient.meta",
+            "Patient.implicitRules",
+            "Patient.identifier",
+            "Patient.name",
+            "Patient.birthDate",
+            "Patient.deceased[x]",
+            "Patient.managingOrganization",
+            // A modifier BackboneElement and its required children.
+            "Patient.link",
+            "Patient.link.other",
+            "Patient.link.type",
+            // From BackboneElement, inherited by every inline node.
+            "Patient.contact.modifierExtension",
+            "Observation.status",
+            "Observation.code",
+            "Observation.value[x]",
+            "Observation.component",
+            "Observation.component.code",
+            "Observation.component.value[x]",
+            // Through a contentReference (Bundle.entry.link is Bundle.link).
+            "Bundle.entry.link.url",
+            // Datatype elements carry the flag too; Age.value is Quantity.value.
+            "HumanName.family",
+            "Attachment.contentType",
+            "Age.value",
+        ] {
+            assert!(summary(path), "{path} is summary");
+        }
+        for path in [
+            "Patient.language",
+            "Patient.text",
+            "Patient.contained",
+            "Patient.extension",
+            // A modifier, yet not summary in R4: summarize keeps it anyway.
+            "Patient.modifierExtension",
+            "Patient.maritalStatus",
+            "Patient.multipleBirth[x]",
+            "Patient.photo",
+            "Patient.contact",
+            "Patient.contact.name",
+            "Patient.communication",
+            "Patient.communication.language",
+            "Patient.generalPractitioner",
+            "Patient.contact.id",
+            "Patient.contact.extension",
+            "Observation.category",
+            "Observation.note",
+            "Observation.referenceRange",
+            "Observation.component.interpretation",
+            "Attachment.data",
+            "HumanName.extension",
+            // Medplum's additions to R4 carry no isSummary.
+            "Meta.project",
+        ] {
+            assert!(!summary(path), "{path} is not summary");
+        }
+        let s = schema();
+        let flagged = s
+            .nodes
+            .iter()
+            .flat_map(|n| &n.elements)
+            .filter(|e| e.summary)
+            .count();
+        // As many as the snapshots of the package mark (the generator left inherited ones out).
+        assert_eq!(flagged, 3_291, "regenerated definitions? read the diff");
+    }
+
+    /// What summarize keeps of a node: the resource roots, then the summary inline nodes.
+    fn required_dropped_by_summary(s: &Schema, node: &Node, out: &mut Vec<String>) {
+        for element in &node.elements {
+            if element.min >= 1 && !element.summary {
+                out.push(element.path.to_string());
+            }
+            if !element.summary {
+                continue;
+            }
+            for t in &element.types {
+                if let TypeKind::Node(id) = t.kind {
+                    let inner = s.node(id);
+                    // Content references point back up (Questionnaire.item.item): stop there.
+                    if inner.kind == NodeKind::Backbone && inner.path.len() > node.path.len() {
+                        required_dropped_by_summary(s, inner, out);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_summary_drops_required_elements_of_four_types_only() {
+        let s = schema();
+        let mut dropped = Vec::new();
+        for name in resource_types() {
+            let root = s.node(s.resource_node(name).unwrap());
+            required_dropped_by_summary(s, root, &mut dropped);
+        }
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            [
+                "Appointment.participant",
+                "AuditEvent.agent",
+                "AuditEvent.source",
+                "Provenance.agent"
+            ]
+        );
     }
 
     #[test]

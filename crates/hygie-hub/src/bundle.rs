@@ -22,7 +22,7 @@ use crate::interactions::{
 };
 use crate::pipeline::{Access, Audited, OpResult};
 use crate::resource::{
-    check_id, check_resource_type, collect_references, new_id, parse_version_tag,
+    check_id, check_resource_type, collect_references, index_rows, new_id, parse_version_tag,
     rewrite_references,
 };
 use crate::{Caller, Hub, HubError};
@@ -302,6 +302,15 @@ impl Hub {
         bundle: Value,
         preference: ReturnPreference,
     ) -> Result<Vec<u8>, HubError> {
+        let (kind, entries) = self.bundle_entries(&bundle)?;
+        match kind {
+            BundleKind::Transaction => self.transaction(caller, entries, preference).await,
+            BundleKind::Batch => Ok(self.batch(caller, entries, preference).await),
+        }
+    }
+
+    /// The kind and entries of a request Bundle, within the configured limits.
+    fn bundle_entries<'b>(&self, bundle: &'b Value) -> Result<(BundleKind, &'b [Value]), HubError> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(HubError::bad_request(
                 "POST to the base URL takes a Bundle of type batch or transaction",
@@ -317,10 +326,9 @@ impl Hub {
                 .located_in("Bundle.type"));
             }
         };
-        let empty = Vec::new();
         let entries = match bundle.get("entry") {
-            Some(Value::Array(entries)) => entries,
-            None => &empty,
+            Some(Value::Array(entries)) => entries.as_slice(),
+            None => &[],
             Some(_) => {
                 return Err(HubError::bad_request("Bundle.entry must be an array")
                     .located_in("Bundle.entry"));
@@ -334,10 +342,7 @@ impl Hub {
             ))
             .located_in("Bundle.entry"));
         }
-        match kind {
-            BundleKind::Transaction => self.transaction(caller, entries, preference).await,
-            BundleKind::Batch => Ok(self.batch(caller, entries, preference).await),
-        }
+        Ok((kind, entries))
     }
 
     async fn batch(
@@ -441,7 +446,94 @@ impl Hub {
         entries: &[Value],
         preference: ReturnPreference,
     ) -> Result<Vec<u8>, HubError> {
-        let base = caller.base_url.clone();
+        let prepared = PreparedTransaction::new(&caller.base_url, entries)?;
+        let outcome = self
+            .perform(transaction_access(caller), move |tx, mask| {
+                prepared.execute(tx, mask)
+            })
+            .await?;
+        Ok(transaction_response(&caller.base_url, outcome, preference))
+    }
+
+    /// Parses, validates and plans a transaction Bundle: all the work that needs no store,
+    /// so that a bulk load can do it for the next Bundles while the store writes these.
+    pub fn prepare_transaction(
+        &self,
+        caller: &Caller,
+        bundle: &Value,
+    ) -> Result<PreparedTransaction, HubError> {
+        match self.bundle_entries(bundle)? {
+            (BundleKind::Transaction, entries) => {
+                PreparedTransaction::new(&caller.base_url, entries)
+            }
+            (BundleKind::Batch, _) => Err(HubError::bad_request(
+                "a bulk load takes transaction Bundles; this is a batch",
+            )
+            .located_in("Bundle.type")),
+        }
+    }
+
+    /// Runs prepared transactions in order, in ONE unit of work (one commit, one fsync),
+    /// each still all-or-nothing and audited on its own: one that fails leaves the others.
+    /// Returns the response Bundle of each, in order.
+    pub async fn commit_transactions(
+        &self,
+        caller: &Caller,
+        transactions: Vec<PreparedTransaction>,
+        preference: ReturnPreference,
+    ) -> Vec<Result<Vec<u8>, HubError>> {
+        let accesses = transactions
+            .into_iter()
+            .map(|prepared| {
+                (
+                    transaction_access(caller),
+                    move |tx: &mut dyn Tx, mask: &Mask| prepared.execute(tx, mask),
+                )
+            })
+            .collect();
+        self.perform_all(accesses)
+            .await
+            .into_iter()
+            .map(|outcome| {
+                outcome.map(|outcome| transaction_response(&caller.base_url, outcome, preference))
+            })
+            .collect()
+    }
+}
+
+fn transaction_access(caller: &Caller) -> Access<'_> {
+    Access {
+        caller,
+        action: Action::Bundle,
+        target: Target::system(),
+        query: None,
+    }
+}
+
+fn transaction_response(
+    base: &str,
+    outcome: TransactionOutcome,
+    preference: ReturnPreference,
+) -> Vec<u8> {
+    let mut response = BundleOut::new("transaction-response");
+    for result in outcome.results {
+        response
+            .entry
+            .push(response_entry(base, result, preference));
+    }
+    response.to_vec()
+}
+
+/// A transaction Bundle parsed, validated and planned, ready for the store.
+pub struct PreparedTransaction {
+    planned: Vec<TxEntry>,
+    references: HashMap<String, String>,
+    conditionals: Vec<(String, String, Criteria)>,
+    now: i64,
+}
+
+impl PreparedTransaction {
+    fn new(base: &str, entries: &[Value]) -> Result<PreparedTransaction, HubError> {
         // 1. Parse, validate and assign ids: everything that needs no store.
         let mut planned = Vec::with_capacity(entries.len());
         let mut references: HashMap<String, String> = HashMap::new();
@@ -454,7 +546,7 @@ impl Hub {
             let located = |error: HubError, what: &str| {
                 error.located_in(&format!("Bundle.entry[{index}]{what}"))
             };
-            let plan = match parse_entry(index, entry, &base)? {
+            let plan = match parse_entry(index, entry, base)? {
                 Plan::Read { resource_type, id } => TxPlan::Read { resource_type, id },
                 Plan::VRead {
                     resource_type,
@@ -614,40 +706,59 @@ impl Hub {
                 criteria::parse_conditional(resource_type, query)?,
             ));
         }
-        let now = now_us();
-        let count = planned.len();
-        let outcome = self
-            .perform(
-                Access {
-                    caller,
-                    action: Action::Bundle,
-                    target: Target::system(),
-                    query: None,
-                },
-                move |tx, mask| {
-                    execute_transaction(
-                        tx,
-                        mask,
-                        planned,
-                        references,
-                        parsed_conditionals,
-                        now,
-                        count,
-                    )
-                },
-            )
-            .await?;
-        let mut response = BundleOut::new("transaction-response");
-        for result in outcome.results {
-            response
-                .entry
-                .push(response_entry(&base, result, preference));
+        // Without conditional references, conditional creates or conditional updates, every
+        // reference is known now: rewrite them and build the search index here rather
+        // than in the store's unit of work (on SQLite, the one writer thread).
+        let decided_in_store = !parsed_conditionals.is_empty()
+            || planned.iter().any(|entry| {
+                matches!(
+                    entry.plan,
+                    TxPlan::Create {
+                        if_none_exist: Some(_),
+                        ..
+                    } | TxPlan::ConditionalUpdate { .. }
+                )
+            });
+        if !decided_in_store {
+            for entry in &mut planned {
+                entry.resolve_now(&references);
+            }
+            references.clear();
         }
-        Ok(response.to_vec())
+        Ok(PreparedTransaction {
+            planned,
+            references,
+            conditionals: parsed_conditionals,
+            now: now_us(),
+        })
+    }
+
+    fn execute(self, tx: &mut dyn Tx, mask: &Mask) -> OpResult<TransactionOutcome> {
+        let count = self.planned.len();
+        execute_transaction(
+            tx,
+            mask,
+            self.planned,
+            self.references,
+            self.conditionals,
+            self.now,
+            count,
+        )
     }
 }
 
 impl TxEntry {
+    /// Rewrites the entry's references with ids known before the store, and indexes it.
+    fn resolve_now(&mut self, references: &HashMap<String, String>) {
+        if let TxPlan::Create { prepared, .. }
+        | TxPlan::Update { prepared, .. }
+        | TxPlan::ConditionalUpdate { prepared, .. } = &mut self.plan
+        {
+            rewrite_references(&mut prepared.resource, references);
+            prepared.index = Some(index_rows(&prepared.resource));
+        }
+    }
+
     fn resource(&self) -> Option<&Value> {
         match &self.plan {
             TxPlan::Create { prepared, .. }

@@ -74,7 +74,7 @@ impl Hub {
             "patchFormat": ["application/json-patch+json"],
             "rest": [{
                 "mode": "server",
-                "documentation": "Every access is decided by one policy point and recorded in the audit log. Search: the R4 search parameters listed per resource (generated from the official definitions), with _count, _sort, _include/_revinclude (:iterate), _summary (count, data, text, false), _elements, _total and signed paging links; unknown parameters are reported as ignored (or refused with Prefer: handling=strict). Compartment search and $everything for Patient.",
+                "documentation": "Every access is decided by one policy point and recorded in the audit log. Search: the R4 search parameters listed per resource (generated from the official definitions), with _count, _sort, _include/_revinclude (:iterate), _summary (true: the elements marked isSummary in the R4 definitions; count, data, text, false), _elements, _total and signed paging links; _summary and _elements on read and vread too; unknown parameters are reported as ignored (or refused with Prefer: handling=strict). Compartment search and $everything for Patient.",
                 "resource": resources,
                 "interaction": [
                     {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},

@@ -15,6 +15,7 @@ use crate::resource::{
     check_body_type, check_id, check_resource_type, index_rows, new_id, parse_version_tag,
     set_server_metadata, validate,
 };
+use crate::shape::Shape;
 use crate::{Caller, Hub, HubError};
 
 /// A stored version as the hub returns it. `body` is the resource's JSON, already carrying
@@ -486,6 +487,42 @@ impl Hub {
             move |tx, mask| exec_vread(tx, mask, &ty, &id_owned, version),
         )
         .await
+    }
+
+    /// [`Hub::read`] with the query of `GET [type]/[id]?…`: `_summary` and `_elements` cut
+    /// the resource down as they do a search's matches (marked SUBSETTED); `_summary=count`
+    /// is refused, other parameters are ignored. A bad `_summary`/`_elements` is refused
+    /// before anything is read.
+    pub async fn read_with_query(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        query: &str,
+        strict: bool,
+    ) -> Result<Stored, HubError> {
+        check_resource_type(resource_type)?;
+        let shape = Shape::for_read(resource_type, query, strict)?;
+        let mut stored = self.read(caller, resource_type, id).await?;
+        stored.body = shape.apply_to_body(stored.body)?;
+        Ok(stored)
+    }
+
+    /// [`Hub::vread`] with the query, shaped as [`Hub::read_with_query`] does.
+    pub async fn vread_with_query(
+        &self,
+        caller: &Caller,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+        query: &str,
+        strict: bool,
+    ) -> Result<Stored, HubError> {
+        check_resource_type(resource_type)?;
+        let shape = Shape::for_read(resource_type, query, strict)?;
+        let mut stored = self.vread(caller, resource_type, id, version).await?;
+        stored.body = shape.apply_to_body(stored.body)?;
+        Ok(stored)
     }
 
     /// `POST /Type`, with optional `If-None-Exist` criteria. The server assigns the id.

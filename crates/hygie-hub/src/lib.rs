@@ -37,12 +37,14 @@ mod pipeline;
 mod reindex;
 mod resource;
 mod search;
+mod shape;
 
 use std::sync::Arc;
 
 use hygie_policy::{Policy, Principal};
 use hygie_store::SharedStore;
 
+pub use bundle::PreparedTransaction;
 pub use error::HubError;
 pub use history::HistoryRequest;
 pub use instant::{format_instant, parse_fhir_instant_us};

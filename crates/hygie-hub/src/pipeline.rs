@@ -52,6 +52,21 @@ impl Access<'_> {
     }
 }
 
+/// A denied access: the error to answer and the record of the attempt.
+struct Denied {
+    error: HubError,
+    record: AuditRecord,
+}
+
+/// One access, decided, with what its audit record needs once it has run.
+struct Decided<F> {
+    record: AuditRecord,
+    target_reference: Option<String>,
+    undoable: bool,
+    mask: Mask,
+    op: F,
+}
+
 impl Hub {
     /// Runs `op` for `access` if the policy permits it, and audits the attempt either way,
     /// in the same transaction as `op`'s writes.
@@ -60,14 +75,90 @@ impl Hub {
         T: Audited + Send + 'static,
         F: FnOnce(&mut dyn Tx, &Mask) -> OpResult<T> + Send + 'static,
     {
+        let decided = match self.decide(access, op) {
+            Ok(decided) => decided,
+            Err(denied) => return self.audit_denial(denied).await,
+        };
+        let outcome = self
+            .inner
+            .store
+            .run(move |tx| run_decided(tx, decided))
+            .await;
+        match outcome {
+            Ok(result) => result,
+            Err(error) => Err(HubError::from_store(error)),
+        }
+    }
+
+    /// Runs several accesses, in order, in ONE unit of work: one commit (and one fsync)
+    /// for all. Each is decided, undone on refusal and audited on its own, exactly as
+    /// `perform` would; a store failure fails them all (nothing of the unit is kept).
+    /// For bulk loads, where a commit per request would dominate the cost.
+    pub(crate) async fn perform_all<T, F>(
+        &self,
+        accesses: Vec<(Access<'_>, F)>,
+    ) -> Vec<Result<T, HubError>>
+    where
+        T: Audited + Send + 'static,
+        F: FnOnce(&mut dyn Tx, &Mask) -> OpResult<T> + Send + 'static,
+    {
+        let count = accesses.len();
+        let mut answers: Vec<Option<Result<T, HubError>>> = (0..count).map(|_| None).collect();
+        let mut permitted = Vec::with_capacity(count);
+        for (position, (access, op)) in accesses.into_iter().enumerate() {
+            match self.decide(access, op) {
+                Ok(decided) => permitted.push((position, decided)),
+                Err(denied) => answers[position] = Some(self.audit_denial(denied).await),
+            }
+        }
+        let positions: Vec<usize> = permitted.iter().map(|(position, _)| *position).collect();
+        let outcome = self
+            .inner
+            .store
+            .run(move |tx| {
+                let mut results = Vec::with_capacity(permitted.len());
+                for (_, decided) in permitted {
+                    results.push(run_decided(tx, decided)?);
+                }
+                Ok(results)
+            })
+            .await;
+        match outcome {
+            Ok(results) => {
+                for (position, result) in positions.into_iter().zip(results) {
+                    answers[position] = Some(result);
+                }
+            }
+            Err(error) => {
+                let error = HubError::from_store(error);
+                for position in positions {
+                    answers[position] = Some(Err(error.clone()));
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| answer.expect("every access was answered"))
+            .collect()
+    }
+
+    /// Applies the policy: a permit carries its mask, a denial the error and its record.
+    fn decide<F>(&self, access: Access<'_>, op: F) -> Result<Decided<F>, Box<Denied>> {
         let decision =
             self.inner
                 .policy
                 .decide(&access.caller.principal, access.action, &access.target);
         let mut record = access.record(now_us());
         let target_reference = access.target_reference();
-        let mask = match decision {
-            Decision::Permit { mask } => mask,
+        match decision {
+            // A read writes nothing but its audit leaf: it needs no savepoint to undo.
+            Decision::Permit { mask } => Ok(Decided {
+                record,
+                target_reference,
+                undoable: access.action.writes() || access.action == Action::Bundle,
+                mask,
+                op,
+            }),
             Decision::Deny { reason } => {
                 let error = match reason {
                     DenyReason::Unauthenticated => HubError::new(
@@ -82,60 +173,72 @@ impl Hub {
                 record.outcome = AuditOutcome::from_status(error.status);
                 record.outcome_description = Some(error.to_string());
                 record.entities.extend(target_reference);
-                let leaf = record.to_leaf();
-                let recorded_us = record.recorded_us;
-                self.inner
-                    .store
-                    .run(move |tx| tx.append_audit(recorded_us, &leaf))
-                    .await
-                    .map_err(HubError::from_store)?;
-                return Err(error);
+                Err(Box::new(Denied { error, record }))
             }
-        };
-        // A read writes nothing but its audit leaf: it needs no savepoint to undo.
-        let undoable = access.action.writes() || access.action == Action::Bundle;
-        let outcome = self
-            .inner
-            .store
-            .run(move |tx| {
-                if undoable {
-                    tx.savepoint()?;
-                }
-                let result = match op(tx, &mask) {
-                    Ok(Ok(value)) => {
-                        if undoable {
-                            tx.release_savepoint()?;
-                        }
-                        Ok(value)
-                    }
-                    Ok(Err(refusal)) => {
-                        if undoable {
-                            tx.rollback_to_savepoint()?;
-                        }
-                        Err(refusal)
-                    }
-                    Err(conflict @ StoreError::Conflict { .. }) if undoable => {
-                        tx.rollback_to_savepoint()?;
-                        Err(HubError::from_store(conflict))
-                    }
-                    // Anything else aborts the unit: no data, no answer (fail closed).
-                    Err(other) => return Err(other),
-                };
-                match &result {
-                    Ok(value) => record.entities = value.audit_entities(),
-                    Err(error) => {
-                        record.outcome = AuditOutcome::from_status(error.status);
-                        record.outcome_description = Some(error.to_string());
-                        record.entities.extend(target_reference);
-                    }
-                }
-                tx.append_audit(record.recorded_us, &record.to_leaf())?;
-                Ok(result)
-            })
-            .await;
-        match outcome {
-            Ok(result) => result,
-            Err(error) => Err(HubError::from_store(error)),
         }
     }
+
+    /// Records a denied access, then answers with its error.
+    async fn audit_denial<T>(&self, denied: Box<Denied>) -> Result<T, HubError> {
+        let Denied { error, record } = *denied;
+        let leaf = record.to_leaf();
+        let recorded_us = record.recorded_us;
+        self.inner
+            .store
+            .run(move |tx| tx.append_audit(recorded_us, &leaf))
+            .await
+            .map_err(HubError::from_store)?;
+        Err(error)
+    }
+}
+
+/// Runs one permitted operation inside the unit: undone on refusal, audited either way.
+fn run_decided<T, F>(
+    tx: &mut dyn Tx,
+    decided: Decided<F>,
+) -> Result<Result<T, HubError>, StoreError>
+where
+    T: Audited,
+    F: FnOnce(&mut dyn Tx, &Mask) -> OpResult<T>,
+{
+    let Decided {
+        mut record,
+        target_reference,
+        undoable,
+        mask,
+        op,
+    } = decided;
+    if undoable {
+        tx.savepoint()?;
+    }
+    let result = match op(tx, &mask) {
+        Ok(Ok(value)) => {
+            if undoable {
+                tx.release_savepoint()?;
+            }
+            Ok(value)
+        }
+        Ok(Err(refusal)) => {
+            if undoable {
+                tx.rollback_to_savepoint()?;
+            }
+            Err(refusal)
+        }
+        Err(conflict @ StoreError::Conflict { .. }) if undoable => {
+            tx.rollback_to_savepoint()?;
+            Err(HubError::from_store(conflict))
+        }
+        // Anything else aborts the unit: no data, no answer (fail closed).
+        Err(other) => return Err(other),
+    };
+    match &result {
+        Ok(value) => record.entities = value.audit_entities(),
+        Err(error) => {
+            record.outcome = AuditOutcome::from_status(error.status);
+            record.outcome_description = Some(error.to_string());
+            record.entities.extend(target_reference);
+        }
+    }
+    tx.append_audit(record.recorded_us, &record.to_leaf())?;
+    Ok(result)
 }

@@ -22,12 +22,12 @@ use hygie_store::{
     Filter, IndexTable, PagePosition, RangeOp, SearchSpec, SortBy, SortValue, StoreExt, Test, Tx,
     VersionRecord,
 };
-use serde_json::Value as Json;
 
 use crate::history::{BundleOut, EntryOut, LinkOut, SearchOut, raw, raw_value};
 use crate::interactions::mask_body;
 use crate::pipeline::{Access, Audited, OpResult};
 use crate::resource::check_resource_type;
+use crate::shape::Shape;
 use crate::{Caller, Hub, HubError};
 
 /// Resources added by `_include`/`_revinclude` (all levels of `:iterate` together) at most.
@@ -161,28 +161,9 @@ impl Hub {
             max_count: self.config().max_page_size,
             ..QueryOptions::default()
         };
-        let mut request = query::parse(&scope.resource_type, &pairs, &options)
+        let request = query::parse(&scope.resource_type, &pairs, &options)
             .map_err(|issues| HubError::with_issues(400, issues))?;
         refuse_broken_chains(&request)?;
-        if request.summary == Some(Summary::True) {
-            // The summary elements are not in our schema yet: say so rather than return
-            // something else under that name.
-            let issue = Issue {
-                severity: if strict {
-                    IssueSeverity::Error
-                } else {
-                    IssueSeverity::Warning
-                },
-                code: IssueType::NotSupported,
-                diagnostics: "_summary=true is not supported yet (count, data, text and false are); the full resources are returned".to_owned(),
-                expression: Some("_summary".to_owned()),
-            };
-            if strict {
-                return Err(HubError::with_issues(400, vec![issue]));
-            }
-            request.ignored.push(issue);
-            request.summary = None;
-        }
         let plan = Plan::new(&request, &scope, &caller.base_url)?;
         let query_for_audit = encode_query(&pairs);
         let limit = request.count;
@@ -890,58 +871,6 @@ fn number_range(prefix: Prefix, value: f64, low: f64, high: f64) -> (RangeOp, f6
     (range_op(prefix), low, high)
 }
 
-/// What of each resource a searchset shows (`_summary`, `_elements`).
-struct Shape {
-    elements: Option<Vec<String>>,
-    summary: Option<Summary>,
-}
-
-impl Shape {
-    fn of(request: &SearchRequest) -> Shape {
-        Shape {
-            elements: (!request.elements.is_empty()).then(|| request.elements.clone()),
-            summary: request.summary,
-        }
-    }
-
-    fn is_full(&self) -> bool {
-        self.elements.is_none() && matches!(self.summary, None | Some(Summary::False))
-    }
-
-    /// The resource cut down to what was asked, marked SUBSETTED as the spec requires.
-    fn apply(&self, mut resource: Json) -> Json {
-        let Some(object) = resource.as_object_mut() else {
-            return resource;
-        };
-        let keep = |key: &str| -> bool {
-            if matches!(key, "resourceType" | "id" | "meta") {
-                return true;
-            }
-            match (&self.elements, self.summary) {
-                (Some(elements), _) => elements.iter().any(|e| e == key),
-                (None, Some(Summary::Text)) => key == "text",
-                (None, Some(Summary::Data)) => key != "text",
-                _ => true,
-            }
-        };
-        object.retain(|key, _| keep(key));
-        let meta = object
-            .entry("meta")
-            .or_insert_with(|| Json::Object(Default::default()));
-        if let Some(meta) = meta.as_object_mut() {
-            let tags = meta.entry("tag").or_insert_with(|| Json::Array(Vec::new()));
-            if let Some(tags) = tags.as_array_mut() {
-                tags.push(serde_json::json!({
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-                    "code": "SUBSETTED",
-                    "display": "subsetted"
-                }));
-            }
-        }
-        resource
-    }
-}
-
 fn entry(
     base: &str,
     record: VersionRecord,
@@ -949,13 +878,13 @@ fn entry(
     shape: &Shape,
 ) -> Result<EntryOut, HubError> {
     let full_url = format!("{base}/{}/{}", record.resource_type, record.id);
-    let resource = if shape.is_full() || mode == "include" {
-        raw(record.body).map_err(HubError::from_store)?
+    // Included resources are shown whole: `_summary` and `_elements` shape the matches.
+    let body = if mode == "include" {
+        record.body
     } else {
-        let parsed: Json = serde_json::from_slice(&record.body)
-            .map_err(|e| HubError::new(500, IssueType::Exception, format!("stored body: {e}")))?;
-        raw_value(&shape.apply(parsed))
+        shape.apply_to_body(record.body)?
     };
+    let resource = raw(body).map_err(HubError::from_store)?;
     Ok(EntryOut {
         full_url: Some(full_url),
         resource: Some(resource),
@@ -1223,10 +1152,7 @@ impl Hub {
                 ),
             });
         }
-        let full = Shape {
-            elements: None,
-            summary: None,
-        };
+        let full = Shape::full();
         for record in page.members {
             bundle.entry.push(entry(base, record, "match", &full)?);
         }

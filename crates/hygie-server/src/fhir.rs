@@ -488,7 +488,9 @@ async fn dispatch_inner(
             fhir_json(StatusCode::OK, bytes)
         }
         ([resource_type, id], &Method::GET) => {
-            let stored = hub.read(&caller, resource_type, id).await?;
+            let stored = hub
+                .read_with_query(&caller, resource_type, id, &query, prefer.strict)
+                .await?;
             resource_response(&stored, StatusCode::OK, &base)
         }
         ([resource_type, id], &Method::PUT) => {
@@ -537,7 +539,9 @@ async fn dispatch_inner(
             fhir_json(StatusCode::OK, bytes)
         }
         ([resource_type, id, "_history", version], &Method::GET) => {
-            let stored = hub.vread(&caller, resource_type, id, version).await?;
+            let stored = hub
+                .vread_with_query(&caller, resource_type, id, version, &query, prefer.strict)
+                .await?;
             resource_response(&stored, StatusCode::OK, &base)
         }
         ([_, _, "_history", _], _) => return Err(method_not_allowed(&method, &path, "GET")),

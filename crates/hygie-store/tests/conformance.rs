@@ -19,6 +19,7 @@ hygie_store::on_both_backends!(
     history_pages_newest_first_and_is_stable,
     audit_leaves_are_dense_and_ordered,
     concurrent_units_all_commit,
+    failed_units_do_not_take_their_batch_down,
 );
 
 fn version<'a>(
@@ -439,6 +440,50 @@ async fn concurrent_units_all_commit(backend: Backend) {
     assert_eq!(leaves.len(), 200, "every unit got its own audit leaf");
     let ids = store.run(|tx| all_ids(tx, "Patient")).await.unwrap();
     assert_eq!(ids.len(), 200);
+}
+
+/// Units queued together share a transaction (group commit): the failed ones must be
+/// undone alone, the others kept, whether they fail with an error or a panic.
+async fn failed_units_do_not_take_their_batch_down(backend: Backend) {
+    let store = backend.store;
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .run(move |tx| {
+                    let id = format!("b{i}");
+                    tx.put_version(&version("Patient", &id, 1, id.as_bytes(), &[]))?;
+                    tx.append_audit(i, id.as_bytes())?;
+                    match (i % 3, i % 30) {
+                        (0, _) => Ok(i),
+                        (_, 2) => panic!("a bug in unit {i}"),
+                        _ => Err(StoreError::Database("the unit gives up".into())),
+                    }
+                })
+                .await
+        }));
+    }
+    let mut kept = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match (i % 3, task.await.unwrap()) {
+            (0, Ok(n)) => kept.push(format!("b{n}")),
+            (_, Err(StoreError::Panicked(_))) if i % 30 == 2 => {}
+            (_, Err(StoreError::Database(_))) if i % 30 != 2 => {}
+            (_, other) => panic!("unit {i}: unexpected answer {other:?}"),
+        }
+    }
+    kept.sort();
+    let mut ids = store.run(|tx| all_ids(tx, "Patient")).await.unwrap();
+    ids.sort();
+    assert_eq!(ids, kept, "exactly the units that succeeded are stored");
+    let leaves = store.run(|tx| tx.audit_leaves(0, 1_000)).await.unwrap();
+    let mut bodies: Vec<String> = leaves
+        .iter()
+        .map(|(_, leaf)| String::from_utf8(leaf.clone()).unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, kept, "exactly their audit leaves are kept");
 }
 
 async fn long_tokens_are_indexed_and_found(backend: Backend) {

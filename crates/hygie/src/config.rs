@@ -87,6 +87,8 @@ pub struct FileSqlite {
     pub queue_capacity: Option<usize>,
     /// WAL size (MiB) past which the writer pauses to fold it into the database.
     pub wal_limit_mib: Option<u64>,
+    /// Page cache of the writer's connection (MiB): index pages that stay in memory.
+    pub cache_mib: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -133,6 +135,12 @@ pub fn store_settings(args: &StoreArgs, file: &FileSettings) -> anyhow::Result<S
             bail!("sqlite.wal_limit_mib must be at least 1");
         }
         sqlite.wal_limit_bytes = mib.saturating_mul(1024 * 1024);
+    }
+    if let Some(mib) = file.sqlite.cache_mib {
+        if mib == 0 {
+            bail!("sqlite.cache_mib must be at least 1");
+        }
+        sqlite.cache_size_kib = i64::try_from(mib.saturating_mul(1024)).unwrap_or(i64::MAX);
     }
     let mut postgres = hygie_store::PostgresOptions::default();
     if let Some(pool_size) = file.postgres.pool_size {

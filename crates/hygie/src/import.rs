@@ -2,6 +2,10 @@
 //! validated, audited like any other write), with a progress bar and a summary.
 //!
 //! - a transaction Bundle is all-or-nothing: on any bad entry, nothing of it is written;
+//!   consecutive transaction Bundles are committed together (each still all-or-nothing and
+//!   audited on its own, in file order), and the next ones are read, validated and indexed
+//!   on another thread while the store writes: a commit per file made the WAL rewrite the
+//!   same index pages hundreds of times;
 //! - a batch or collection Bundle, and NDJSON, load resource by resource: a bad one is
 //!   reported with its file and position (entry index, line number), the rest loads;
 //! - a resource with an `id` keeps it (update semantics), so references between NDJSON
@@ -13,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use hygie_hub::{Caller, Hub, HubError, ReturnPreference};
+use hygie_hub::{Caller, Hub, HubError, PreparedTransaction, ReturnPreference};
 use hygie_policy::Principal;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -36,6 +40,11 @@ pub struct ImportArgs {
 const BUNDLE_FILE_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// The longest NDJSON line accepted.
 const NDJSON_LINE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Transaction Bundles committed together: up to this many entries in all...
+const COMMIT_MAX_ENTRIES: usize = 5_000;
+/// ...and up to this many bytes of files (what a group holds in memory, prepared).
+const COMMIT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How files are read and written.
 struct Options {
@@ -135,26 +144,72 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     };
     let started = std::time::Instant::now();
     let mut summary = Summary::default();
-    for file in &files {
-        progress.set_message(
-            file.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let is_ndjson = file.extension().and_then(|e| e.to_str()) == Some("ndjson");
-        let result = if is_ndjson {
-            import_ndjson(&hub, &caller, file, &options, &mut summary).await
-        } else {
-            import_json(&hub, &caller, file, &options, &mut summary).await
-        };
-        if let Err(error) = result {
-            summary
-                .failures
-                .push(format!("{}: {error:#}", file.display()));
+    // One thread reads, parses and prepares files in order, a group of transaction
+    // Bundles at a time; this task writes them, in the same order. At most one group
+    // waits ready while another is written.
+    let (groups, mut ready) = tokio::sync::mpsc::channel::<Work>(1);
+    let reader = {
+        let hub = hub.clone();
+        let caller = caller.clone();
+        let max_json_depth = options.max_json_depth;
+        tokio::task::spawn_blocking(move || {
+            read_ahead(&hub, &caller, files, max_json_depth, groups)
+        })
+    };
+    while let Some(work) = ready.recv().await {
+        match work {
+            Work::Transactions(group) => {
+                let bytes: u64 = group.iter().map(|t| t.bytes).sum();
+                if let Some(last) = group.last() {
+                    progress.set_message(file_name(&last.file));
+                }
+                let (files, transactions): (Vec<_>, Vec<_>) = group
+                    .into_iter()
+                    .map(|t| ((t.file, t.entries), t.prepared))
+                    .unzip();
+                let results = hub
+                    .commit_transactions(&caller, transactions, ReturnPreference::Minimal)
+                    .await;
+                for ((file, entries), result) in files.into_iter().zip(results) {
+                    summary.files += 1;
+                    match result {
+                        Ok(_) => summary.resources_written += entries,
+                        Err(error) => summary.failures.push(format!(
+                            "{}: transaction not written: {}",
+                            file.display(),
+                            describe(&error)
+                        )),
+                    }
+                }
+                progress.inc(bytes);
+            }
+            Work::Failed { file, bytes, why } => {
+                summary.files += 1;
+                summary.failures.push(format!("{}: {why}", file.display()));
+                progress.inc(bytes);
+            }
+            Work::Other { file, bytes, value } => {
+                progress.set_message(file_name(&file));
+                let result = match value {
+                    Some(value) => {
+                        import_resources(&hub, &caller, &file, value, &options, &mut summary).await
+                    }
+                    None => import_ndjson(&hub, &caller, &file, &options, &mut summary).await,
+                };
+                if let Err(error) = result {
+                    summary
+                        .failures
+                        .push(format!("{}: {error:#}", file.display()));
+                }
+                summary.files += 1;
+                progress.inc(bytes);
+            }
         }
-        summary.files += 1;
-        progress.inc(size);
+    }
+    if let Err(error) = reader.await {
+        summary
+            .failures
+            .push(format!("the file reader failed: {error}"));
     }
     progress.finish_and_clear();
     if summary.resources_written > 0
@@ -184,36 +239,142 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn import_json(
+/// What the reader thread hands to the writing task, in file order.
+enum Work {
+    /// Consecutive transaction Bundles, prepared, to commit together.
+    Transactions(Vec<ReadyTransaction>),
+    /// A file that is not a transaction Bundle: a parsed Bundle or resource, or (`None`)
+    /// an NDJSON file, streamed by the writing task itself.
+    Other {
+        file: PathBuf,
+        bytes: u64,
+        value: Option<Value>,
+    },
+    /// A file that cannot be imported, and why.
+    Failed {
+        file: PathBuf,
+        bytes: u64,
+        why: String,
+    },
+}
+
+struct ReadyTransaction {
+    file: PathBuf,
+    bytes: u64,
+    entries: usize,
+    prepared: PreparedTransaction,
+}
+
+fn file_name(file: &Path) -> String {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads every file in order; prepares transaction Bundles (parse, validate, index) and
+/// groups consecutive ones up to `COMMIT_MAX_ENTRIES` / `COMMIT_MAX_BYTES`.
+fn read_ahead(
     hub: &Hub,
-    caller: &Arc<Caller>,
-    file: &Path,
-    options: &Options,
-    summary: &mut Summary,
-) -> anyhow::Result<()> {
-    let size = file.metadata()?.len();
+    caller: &Caller,
+    files: Vec<PathBuf>,
+    max_json_depth: usize,
+    out: tokio::sync::mpsc::Sender<Work>,
+) {
+    let mut group: Vec<ReadyTransaction> = Vec::new();
+    let (mut group_entries, mut group_bytes) = (0usize, 0u64);
+    let send = |work: Work| out.blocking_send(work).is_ok();
+    for file in files {
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let work = if file.extension().and_then(|e| e.to_str()) == Some("ndjson") {
+            Work::Other {
+                file,
+                bytes,
+                value: None,
+            }
+        } else {
+            match read_json(&file, bytes, max_json_depth) {
+                Err(error) => Work::Failed {
+                    file,
+                    bytes,
+                    why: format!("{error:#}"),
+                },
+                Ok(value) if is_transaction(&value) => {
+                    let entries = value["entry"].as_array().map(Vec::len).unwrap_or(0);
+                    match hub.prepare_transaction(caller, &value) {
+                        Ok(prepared) => {
+                            if !group.is_empty()
+                                && (group_entries + entries > COMMIT_MAX_ENTRIES
+                                    || group_bytes + bytes > COMMIT_MAX_BYTES)
+                                && !send(Work::Transactions(std::mem::take(&mut group)))
+                            {
+                                return;
+                            }
+                            if group.is_empty() {
+                                (group_entries, group_bytes) = (0, 0);
+                            }
+                            group_entries += entries;
+                            group_bytes += bytes;
+                            group.push(ReadyTransaction {
+                                file,
+                                bytes,
+                                entries,
+                                prepared,
+                            });
+                            continue;
+                        }
+                        Err(error) => Work::Failed {
+                            file,
+                            bytes,
+                            why: format!("transaction not written: {}", describe(&error)),
+                        },
+                    }
+                }
+                Ok(value) => Work::Other {
+                    file,
+                    bytes,
+                    value: Some(value),
+                },
+            }
+        };
+        // Anything else is handled after the group before it, to keep the file order.
+        if !group.is_empty() && !send(Work::Transactions(std::mem::take(&mut group))) {
+            return;
+        }
+        if !send(work) {
+            return;
+        }
+    }
+    if !group.is_empty() {
+        send(Work::Transactions(group));
+    }
+}
+
+fn read_json(file: &Path, size: u64, max_json_depth: usize) -> anyhow::Result<Value> {
     if size > BUNDLE_FILE_MAX_BYTES {
         anyhow::bail!(
             "file is {size} bytes, over the {BUNDLE_FILE_MAX_BYTES}-byte limit for a Bundle: split it or use NDJSON"
         );
     }
-    let bytes = tokio::fs::read(file).await?;
-    hygie_fhir::json_depth::check_json_depth(&bytes, options.max_json_depth)?;
-    let value: Value = serde_json::from_slice(&bytes).context("not valid JSON")?;
+    let bytes = std::fs::read(file)?;
+    hygie_fhir::json_depth::check_json_depth(&bytes, max_json_depth)?;
+    serde_json::from_slice(&bytes).context("not valid JSON")
+}
+
+fn is_transaction(value: &Value) -> bool {
+    value.get("resourceType").and_then(Value::as_str) == Some("Bundle")
+        && value.get("type").and_then(Value::as_str) == Some("transaction")
+}
+
+/// A Bundle other than a transaction (its entries one by one), or a single resource.
+async fn import_resources(
+    hub: &Hub,
+    caller: &Arc<Caller>,
+    file: &Path,
+    value: Value,
+    options: &Options,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
     let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle");
-    let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
-    if is_bundle && kind == "transaction" {
-        let entries = value["entry"].as_array().map(Vec::len).unwrap_or(0);
-        match hub.bundle(caller, value, ReturnPreference::Minimal).await {
-            Ok(_) => summary.resources_written += entries,
-            Err(error) => summary.failures.push(format!(
-                "{}: transaction not written: {}",
-                file.display(),
-                describe(&error)
-            )),
-        }
-        return Ok(());
-    }
     let resources: Vec<(String, Value)> = if is_bundle {
         value["entry"]
             .as_array()
