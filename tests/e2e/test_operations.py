@@ -372,6 +372,11 @@ def test_invalid_settings_file_is_refused(hygie_bin, tmp_path):
     output = _refused(hygie_bin, tmp_path, ["--listen", f"127.0.0.1:{free_port()}", "--no-auth",
                                             "--data-dir", str(tmp_path / "d"), "--config", str(zero_cache)])
     assert "cache_mib" in output, output
+    no_readers = tmp_path / "no-readers.toml"
+    no_readers.write_text("[sqlite]\nreaders = 0\n")
+    output = _refused(hygie_bin, tmp_path, ["--listen", f"127.0.0.1:{free_port()}", "--no-auth",
+                                            "--data-dir", str(tmp_path / "d"), "--config", str(no_readers)])
+    assert "sqlite.readers" in output, output
 
 
 def test_request_time_limit_answers_503_with_an_outcome(start_hub, http):

@@ -247,7 +247,7 @@ impl Hub {
         };
         let page_scope = scope.clone();
         let page = self
-            .perform(
+            .perform_read(
                 Access {
                     caller,
                     action: Action::History,

@@ -90,6 +90,48 @@ impl Hub {
         }
     }
 
+    /// Like `perform`, for an operation that only reads (a search, a history page,
+    /// `$everything`): it runs on a read-only snapshot beside the writes, so that a search
+    /// of seconds holds up no write; its audit leaf is appended afterwards, and the answer
+    /// still waits until that leaf is durable (fail closed: no leaf, no data). A read that
+    /// fails in the store (too costly, a database error) is audited as a failed attempt.
+    pub(crate) async fn perform_read<T, F>(&self, access: Access<'_>, op: F) -> Result<T, HubError>
+    where
+        T: Audited + Send + 'static,
+        F: FnOnce(&mut dyn Tx, &Mask) -> OpResult<T> + Send + 'static,
+    {
+        let Decided {
+            mut record,
+            target_reference,
+            mask,
+            op,
+            ..
+        } = match self.decide(access, op) {
+            Ok(decided) => decided,
+            Err(denied) => return self.audit_denial(denied).await,
+        };
+        let result = match self.inner.store.read(move |tx| op(tx, &mask)).await {
+            Ok(result) => result,
+            Err(error) => Err(HubError::from_store(error)),
+        };
+        match &result {
+            Ok(value) => record.entities = value.audit_entities(),
+            Err(error) => {
+                record.outcome = AuditOutcome::from_status(error.status);
+                record.outcome_description = Some(error.to_string());
+                record.entities.extend(target_reference);
+            }
+        }
+        let leaf = record.to_leaf();
+        let recorded_us = record.recorded_us;
+        self.inner
+            .store
+            .run(move |tx| tx.append_audit(recorded_us, &leaf))
+            .await
+            .map_err(HubError::from_store)?;
+        result
+    }
+
     /// Runs several accesses, in order, in ONE unit of work: one commit (and one fsync)
     /// for all. Each is decided, undone on refusal and audited on its own, exactly as
     /// `perform` would; a store failure fails them all (nothing of the unit is kept).

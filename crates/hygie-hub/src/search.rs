@@ -181,7 +181,7 @@ impl Hub {
         let revincludes = request.revinclude.clone();
         let backwards = position.as_ref().is_some_and(|p| p.backwards);
         let found = self
-            .perform(
+            .perform_read(
                 Access {
                     caller,
                     action: Action::Search,
@@ -1030,7 +1030,7 @@ impl Hub {
             .is_none_or(|t| t.iter().any(|ty| ty == "Patient"));
         let id = patient_id.to_owned();
         let page = self
-            .perform(
+            .perform_read(
                 Access {
                     caller,
                     action: Action::Everything,

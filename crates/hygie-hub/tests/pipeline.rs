@@ -287,6 +287,10 @@ impl Store for FailingAudit {
         self.0
             .run_boxed(Box::new(move |tx| unit(&mut FailingAuditTx(tx))))
     }
+    fn read_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn Any + Send>>> {
+        self.0
+            .read_boxed(Box::new(move |tx| unit(&mut FailingAuditTx(tx))))
+    }
     fn backend(&self) -> &'static str {
         self.0.backend()
     }
@@ -329,6 +333,24 @@ async fn an_access_whose_audit_fails_is_not_performed(backend: Backend) {
         "no data is returned without its audit record"
     );
     assert!(read.issues[0].diagnostics.contains("not performed"));
+    // A search reads on a snapshot beside the writer, then appends its leaf: no leaf, no
+    // data either.
+    let search = failing
+        .search(
+            &caller,
+            hygie_hub::SearchScope {
+                resource_type: "Patient".to_owned(),
+                compartment: None,
+            },
+            "",
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        search.status, 500,
+        "no search result is returned without its audit record"
+    );
     assert!(
         failing.ready().await.is_err(),
         "/readyz reports the audit as not writable"

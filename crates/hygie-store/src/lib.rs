@@ -257,6 +257,13 @@ pub trait Store: Send + Sync + 'static {
     /// Runs `unit` in a transaction. When the future resolves `Ok`, the unit's writes are
     /// durable. When the unit returns `Err`, none of its writes remain.
     fn run_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn Any + Send>>>;
+    /// Runs `unit` in a read-only transaction that sees one committed snapshot, beside the
+    /// writes: on SQLite on a reader thread, not the one writer. Any write in it fails
+    /// (and `head`, which locks for a write, on PostgreSQL: read with `current`).
+    /// What it read may be committed but not yet durable: a caller that must not answer
+    /// before that (the hub, whose answers wait for their audit leaf) writes afterwards
+    /// with `run`, which is durable only once everything committed before it is.
+    fn read_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn Any + Send>>>;
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
     /// Stops taking work, finishes what is queued, and closes. Idempotent.
@@ -266,6 +273,11 @@ pub trait Store: Send + Sync + 'static {
 /// The typed face of [`Store::run_boxed`].
 pub trait StoreExt {
     fn run<R, F>(&self, unit: F) -> impl Future<Output = StoreResult<R>> + Send
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> StoreResult<R> + Send + 'static;
+    /// The typed face of [`Store::read_boxed`].
+    fn read<R, F>(&self, unit: F) -> impl Future<Output = StoreResult<R>> + Send
     where
         R: Send + 'static,
         F: FnOnce(&mut dyn Tx) -> StoreResult<R> + Send + 'static;
@@ -285,6 +297,22 @@ impl<S: Store + ?Sized> StoreExt for S {
             Ok(*any
                 .downcast::<R>()
                 .expect("run_boxed returns what its unit returned"))
+        }
+    }
+
+    fn read<R, F>(&self, unit: F) -> impl Future<Output = StoreResult<R>> + Send
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> StoreResult<R> + Send + 'static,
+    {
+        let boxed: BoxedUnit =
+            Box::new(move |tx| unit(tx).map(|value| Box::new(value) as Box<dyn Any + Send>));
+        let future = self.read_boxed(boxed);
+        async move {
+            let any = future.await?;
+            Ok(*any
+                .downcast::<R>()
+                .expect("read_boxed returns what its unit returned"))
         }
     }
 }

@@ -177,7 +177,24 @@ impl Store for PostgresStore {
             if closed.load(Ordering::Acquire) {
                 return Err(StoreError::Closed);
             }
-            tokio::task::spawn_blocking(move || run_unit(&pool, unit, query_time_limit))
+            tokio::task::spawn_blocking(move || run_unit(&pool, unit, query_time_limit, false))
+                .await
+                .map_err(|e| StoreError::Panicked(e.to_string()))?
+        })
+    }
+
+    fn read_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn std::any::Any + Send>>> {
+        let pool = self
+            .pool
+            .clone()
+            .expect("the pool lives as long as the store");
+        let closed = self.closed.clone();
+        let query_time_limit = self.query_time_limit;
+        Box::pin(async move {
+            if closed.load(Ordering::Acquire) {
+                return Err(StoreError::Closed);
+            }
+            tokio::task::spawn_blocking(move || run_unit(&pool, unit, query_time_limit, true))
                 .await
                 .map_err(|e| StoreError::Panicked(e.to_string()))?
         })
@@ -205,12 +222,23 @@ fn run_unit(
     pool: &r2d2::Pool<Manager>,
     unit: BoxedUnit,
     query_time_limit: Duration,
+    read_only: bool,
 ) -> StoreResult<Box<dyn std::any::Any + Send>> {
     let mut connection = pool
         .get()
         .map_err(|e| StoreError::Database(format!("no PostgreSQL connection: {e}")))?;
     let PgConnection { client, statements } = &mut *connection;
-    let transaction = client.transaction()?;
+    let transaction = if read_only {
+        // One snapshot for every query of the unit (a search and its includes), as on
+        // SQLite; READ ONLY makes any write fail.
+        client
+            .build_transaction()
+            .read_only(true)
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .start()?
+    } else {
+        client.transaction()?
+    };
     let mut tx = PgTx {
         transaction,
         statements,

@@ -51,9 +51,13 @@ pub struct SqliteOptions {
     pub cache_size_kib: i64,
     /// How often the checkpointer folds committed WAL frames back into the database file.
     pub checkpoint_interval: std::time::Duration,
-    /// A search or count running longer is interrupted (every request waits on the one
-    /// writer thread, so one runaway query must not stall the hub).
+    /// A search or count running longer is interrupted: one runaway query must not hold
+    /// a reader (or the writer) for long.
     pub query_time_limit: std::time::Duration,
+    /// Threads, each with its own read-only connection, that run read units (searches)
+    /// beside the writer: a search that takes seconds must not hold up every write. Two
+    /// measured best on two cores (four: more context switches, no more throughput).
+    pub readers: usize,
     /// WAL size beyond which the writer pauses to fold the WAL in and restart it: a
     /// never-idle writer otherwise grows the WAL forever (it restarts only when a write
     /// begins after every frame was checkpointed).
@@ -70,6 +74,7 @@ impl Default for SqliteOptions {
             checkpoint_interval: std::time::Duration::from_millis(100),
             wal_limit_bytes: 64 * 1024 * 1024,
             query_time_limit: std::time::Duration::from_secs(5),
+            readers: 2,
         }
     }
 }
@@ -82,6 +87,9 @@ type Job = (
 /// The embedded store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Read units for the reader threads; they end when it is dropped.
+    read_sender: Mutex<Option<std::sync::mpsc::SyncSender<Job>>>,
+    readers: Mutex<Vec<JoinHandle<()>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     syncer: Mutex<Option<JoinHandle<()>>>,
     queue_capacity: usize,
@@ -120,6 +128,7 @@ pub fn open_sqlite(data_dir: &Path, options: &SqliteOptions) -> StoreResult<Sqli
     };
     let checkpointer = spawn_checkpointer(&path, options)?;
     let query_time_limit = options.query_time_limit;
+    let (read_sender, readers) = spawn_readers(&path, options)?;
     let writer = std::thread::Builder::new()
         .name("hygie-sqlite-writer".to_owned())
         .spawn(move || {
@@ -136,6 +145,8 @@ pub fn open_sqlite(data_dir: &Path, options: &SqliteOptions) -> StoreResult<Sqli
         .map_err(|e| StoreError::Config(format!("cannot start the writer thread: {e}")))?;
     Ok(SqliteStore {
         sender: Mutex::new(Some(sender)),
+        read_sender: Mutex::new(Some(read_sender)),
+        readers: Mutex::new(readers),
         writer: Mutex::new(Some(writer)),
         syncer: Mutex::new(syncer),
         queue_capacity: options.queue_capacity,
@@ -199,6 +210,81 @@ fn migrate(connection: &mut Connection) -> StoreResult<()> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Page cache of each reader connection, KiB.
+const READER_CACHE_KIB: i64 = 16 * 1024;
+
+/// Starts the reader threads. They share one queue; each owns a connection that can only
+/// read (`query_only`), so a read unit that tries to write fails instead of writing
+/// outside the writer's serialized, audited path. In WAL mode they read a committed
+/// snapshot while the writer goes on.
+fn spawn_readers(
+    database: &Path,
+    options: &SqliteOptions,
+) -> StoreResult<(std::sync::mpsc::SyncSender<Job>, Vec<JoinHandle<()>>)> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(options.queue_capacity);
+    let receiver = Arc::new(Mutex::new(receiver));
+    let mut threads = Vec::new();
+    for number in 0..options.readers.max(1) {
+        let connection = Connection::open(database)?;
+        connection.pragma_update(None, "query_only", true)?;
+        // A small page cache: SQLite empties a connection's cache whenever another one has
+        // written since its last transaction, which here is always (every request appends
+        // an audit leaf). Readers read from the OS page cache; a large private cache would
+        // only hold memory. (Mapping the file instead, `mmap_size`, measured slower here.)
+        connection.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
+        connection.pragma_update(None, "temp_store", "MEMORY")?;
+        connection.busy_timeout(std::time::Duration::from_secs(30))?;
+        let receiver = receiver.clone();
+        let query_time_limit = options.query_time_limit;
+        let thread = std::thread::Builder::new()
+            .name(format!("hygie-sqlite-reader-{number}"))
+            .spawn(move || reader_loop(connection, receiver, query_time_limit))
+            .map_err(|e| StoreError::Config(format!("cannot start a reader thread: {e}")))?;
+        threads.push(thread);
+    }
+    Ok((sender, threads))
+}
+
+fn reader_loop(
+    connection: Connection,
+    receiver: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>,
+    query_time_limit: std::time::Duration,
+) {
+    loop {
+        let job = match receiver.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(_) => return,
+        };
+        let Ok((unit, reply)) = job else {
+            return;
+        };
+        let _ = reply.send(run_read(&connection, unit, query_time_limit));
+    }
+}
+
+/// Runs a read unit in one read transaction: every query of it sees the same snapshot.
+fn run_read(
+    connection: &Connection,
+    unit: BoxedUnit,
+    query_time_limit: std::time::Duration,
+) -> StoreResult<Box<dyn std::any::Any + Send>> {
+    execute_cached(connection, "BEGIN")?;
+    let mut tx = SqliteTx {
+        connection,
+        savepoints: 0,
+        query_time_limit,
+    };
+    let result = match catch_unwind(AssertUnwindSafe(|| unit(&mut tx))) {
+        Ok(result) => result,
+        Err(payload) => Err(StoreError::Panicked(panic_message(payload.as_ref()))),
+    };
+    // Nothing to keep: a read transaction ends the same way whatever happened in it.
+    let ended = execute_cached(connection, "ROLLBACK");
+    let value = result?;
+    ended?;
+    Ok(value)
 }
 
 /// Units answered by a committed batch, waiting for durability.
@@ -292,7 +378,12 @@ impl Checkpointer {
     /// checkpoint can restart the WAL, since the writer holds the write lock otherwise.
     fn committed(&self, connection: &Connection) {
         if self.over_limit.swap(false, Ordering::AcqRel) {
-            match checkpoint(connection, "RESTART") {
+            // A RESTART waits for the readers still on the old WAL; the writer does not:
+            // when one is (a long search), the restart is postponed to a later commit.
+            let _ = connection.busy_timeout(std::time::Duration::ZERO);
+            let restarted = checkpoint(connection, "RESTART");
+            let _ = connection.busy_timeout(std::time::Duration::from_secs(30));
+            match restarted {
                 Ok((0, _, _)) => {}
                 Ok(_) => tracing::debug!("SQLite WAL restart postponed: a checkpoint is running"),
                 Err(error) => tracing::warn!(%error, "SQLite WAL restart checkpoint failed"),
@@ -494,17 +585,47 @@ impl Store for SqliteStore {
         })
     }
 
+    fn read_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn std::any::Any + Send>>> {
+        let sender = self.read_sender.lock().expect("reader lock").clone();
+        let capacity = self.queue_capacity;
+        Box::pin(async move {
+            let sender = sender.ok_or(StoreError::Closed)?;
+            let (reply, answer) = oneshot::channel();
+            match sender.try_send((unit, reply)) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    return Err(StoreError::Busy { capacity });
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    return Err(StoreError::Closed);
+                }
+            }
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
     fn backend(&self) -> &'static str {
         "sqlite"
     }
 
     fn close(&self) -> BoxFuture<()> {
         let sender = self.sender.lock().expect("sender lock").take();
+        let read_sender = self.read_sender.lock().expect("reader lock").take();
+        let readers = std::mem::take(&mut *self.readers.lock().expect("readers lock"));
         let writer = self.writer.lock().expect("writer lock").take();
         let syncer = self.syncer.lock().expect("syncer lock").take();
         let path = self.path.clone();
         Box::pin(async move {
             drop(sender);
+            drop(read_sender);
+            if !readers.is_empty() {
+                let _ = tokio::task::spawn_blocking(move || {
+                    for reader in readers {
+                        let _ = reader.join();
+                    }
+                })
+                .await;
+            }
             if let Some(writer) = writer {
                 let _ = tokio::task::spawn_blocking(move || {
                     // The writer ends when the queue is drained; the syncer when the writer
@@ -525,6 +646,14 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         if let Ok(mut sender) = self.sender.lock() {
             sender.take();
+        }
+        if let Ok(mut sender) = self.read_sender.lock() {
+            sender.take();
+        }
+        if let Ok(mut readers) = self.readers.lock() {
+            for reader in readers.drain(..) {
+                let _ = reader.join();
+            }
         }
         if let Ok(mut writer) = self.writer.lock()
             && let Some(writer) = writer.take()

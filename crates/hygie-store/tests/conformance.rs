@@ -20,6 +20,8 @@ hygie_store::on_both_backends!(
     audit_leaves_are_dense_and_ordered,
     concurrent_units_all_commit,
     failed_units_do_not_take_their_batch_down,
+    read_units_cannot_write,
+    a_long_read_does_not_hold_up_writes,
 );
 
 fn version<'a>(
@@ -484,6 +486,74 @@ async fn failed_units_do_not_take_their_batch_down(backend: Backend) {
         .collect();
     bodies.sort();
     assert_eq!(bodies, kept, "exactly their audit leaves are kept");
+}
+
+/// Read units run beside the writer, outside its serialized and audited path: they must
+/// not be able to write anything.
+async fn read_units_cannot_write(backend: Backend) {
+    let store = backend.store;
+    let audit = store.read(|tx| tx.append_audit(1, b"sneaky")).await;
+    assert!(audit.is_err(), "a read unit appended an audit leaf");
+    let put = store
+        .read(|tx| tx.put_version(&version("Patient", "sneaky", 1, b"x", &[])))
+        .await;
+    assert!(put.is_err(), "a read unit wrote a version");
+    let (head, leaves) = store
+        .run(|tx| Ok((tx.head("Patient", "sneaky")?, tx.audit_leaves(0, 10)?)))
+        .await
+        .unwrap();
+    assert!(head.is_none() && leaves.is_empty(), "nothing was written");
+    // Reads see what was committed before them.
+    store
+        .run(|tx| tx.put_version(&version("Patient", "seen", 1, b"x", &[])))
+        .await
+        .unwrap();
+    let seen = store
+        .read(|tx| tx.current("Patient", "seen"))
+        .await
+        .unwrap();
+    assert_eq!(seen.map(|h| h.version), Some(1));
+}
+
+/// A read that takes its time (a costly search) holds up no write: the write below must
+/// complete while the read is still running, or the read gives up waiting for it.
+async fn a_long_read_does_not_hold_up_writes(backend: Backend) {
+    let store = backend.store;
+    let (written, wait_for_write) = std::sync::mpsc::channel::<()>();
+    let (started, read_started) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .read(move |tx| {
+                    let before = tx.current("Patient", "during")?;
+                    started.send(()).expect("the test waits");
+                    let saw_write = wait_for_write
+                        .recv_timeout(std::time::Duration::from_secs(20))
+                        .is_ok();
+                    // Still the snapshot the read started on.
+                    let after = tx.current("Patient", "during")?;
+                    Ok((saw_write, before.is_none() && after.is_none()))
+                })
+                .await
+        })
+    };
+    // The read has taken its snapshot before the write.
+    tokio::task::spawn_blocking(move || read_started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .run(|tx| tx.put_version(&version("Patient", "during", 1, b"x", &[])))
+        .await
+        .unwrap();
+    written.send(()).unwrap();
+    let (saw_write, one_snapshot) = reader.await.unwrap().unwrap();
+    assert!(saw_write, "the write waited for the read to finish");
+    assert!(
+        one_snapshot,
+        "the read saw a write committed after it began"
+    );
 }
 
 async fn long_tokens_are_indexed_and_found(backend: Backend) {

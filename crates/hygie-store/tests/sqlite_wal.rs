@@ -134,10 +134,19 @@ async fn a_search_past_the_time_limit_is_interrupted_and_the_store_goes_on() {
         position: None,
         limit: 10,
     };
-    let outcome = store.run(move |tx| tx.search(&spec)).await;
+    let on_writer = {
+        let spec = spec.clone();
+        store.run(move |tx| tx.search(&spec)).await
+    };
     assert!(
-        matches!(outcome, Err(StoreError::TooCostly { limit_ms: 1 })),
-        "{outcome:?}"
+        matches!(on_writer, Err(StoreError::TooCostly { limit_ms: 1 })),
+        "{on_writer:?}"
+    );
+    // Searches run on the reader threads: the same limit holds there.
+    let on_reader = store.read(move |tx| tx.search(&spec)).await;
+    assert!(
+        matches!(on_reader, Err(StoreError::TooCostly { limit_ms: 1 })),
+        "{on_reader:?}"
     );
     // The writer thread is free again: a cheap unit goes through.
     let leaf = store.run(|tx| tx.append_audit(0, b"after")).await.unwrap();

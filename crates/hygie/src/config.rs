@@ -89,6 +89,8 @@ pub struct FileSqlite {
     pub wal_limit_mib: Option<u64>,
     /// Page cache of the writer's connection (MiB): index pages that stay in memory.
     pub cache_mib: Option<u64>,
+    /// Threads reading (searches, history) beside the writer, each with a connection.
+    pub readers: Option<usize>,
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -141,6 +143,12 @@ pub fn store_settings(args: &StoreArgs, file: &FileSettings) -> anyhow::Result<S
             bail!("sqlite.cache_mib must be at least 1");
         }
         sqlite.cache_size_kib = i64::try_from(mib.saturating_mul(1024)).unwrap_or(i64::MAX);
+    }
+    if let Some(readers) = file.sqlite.readers {
+        if !(1..=64).contains(&readers) {
+            bail!("sqlite.readers must be between 1 and 64, not {readers}");
+        }
+        sqlite.readers = readers;
     }
     let mut postgres = hygie_store::PostgresOptions::default();
     if let Some(pool_size) = file.postgres.pool_size {
