@@ -19,8 +19,8 @@ diffs readable:
   codes joined with `|`, or `#path` for a contentReference (always within the same type).
   An element marked `isSummary` in its snapshot has a fifth item, `true`:
   `["name",0,"*","HumanName",true]`. That is what `_summary=true` returns (search.html#summary);
-  an absent `isSummary` counts as false (only the package's own additions lack it, e.g.
-  Medplum's `Meta.project`). Datatype elements carry the flag too, although R4 returns a
+  an absent `isSummary` counts as false (below the roots only Medplum's own additions lack it,
+  and they are dropped, see below). Datatype elements carry the flag too, although R4 returns a
   summary element's datatype value whole (except `Attachment.data`, see the comment of
   `ElementDefinition.isSummary`).
 
@@ -42,14 +42,50 @@ summary flags included). It also fails if the required elements that `_summary=t
 (required but not summary, under the root or a kept BackboneElement) are not exactly
 `SUMMARY_DROPS_REQUIRED`: the four R4 has are why a summary is not always valid R4.
 
-Three deliberate departures from the raw snapshots, all checked:
+Deliberate departures from the raw snapshots, all checked:
 * `Resource.id` (and every inherited copy) is typed `id`, not `string`: the R4 snapshot encodes
   it as System.String, but the spec (resource.html) and the HL7 validator use `id`;
-* `DetectedIssue.status` is bound to R4's `observation-status`, as in the R4 specification:
-  the package binds it to the R5 value set `detectedissue-status` 5.0.0 (see `R4_BINDINGS`);
 * StructureDefinitions whose fhirVersion is not 4.0.1 are dropped (the package adds the R4B
   backport `SubscriptionStatus`), as are logical models and constraint profiles
-  (SimpleQuantity, MoneyQuantity).
+  (SimpleQuantity, MoneyQuantity);
+* the package labels everything 4.0.1 but changed some R4 snapshots, with Medplum's own elements
+  and R5 backports. Only R4's elements are kept, as R4 defines them, so that a client cannot
+  put data in an element R4 does not define (the validator refuses unknown elements), and
+  `_summary` follows R4 (see `r4_snapshot`):
+  - elements outside R4 are dropped with everything under them (`NON_R4_ELEMENTS`): Medplum's
+    `Meta.project`, `.author`, `.onBehalfOf`, `.account`, `.accounts`, `.compartment`,
+    `ObservationDefinition.publisher` and `Binary.url`; the R5 `DeviceDefinition.classification`
+    and `.bodySite`; 14 R5 elements of ResearchStudy (`name`, `label`, `studyDesign`, `region`,
+    `descriptionSummary`, `classifier`, `associatedParty`, `progressStatus`, `whyStopped`,
+    `recruitment`, `comparisonGroup`, `objective.description`, `outcomeMeasure`, `result`).
+    The rule (`non_r4_elements`) reads the markers HL7's definitions always carry: every element
+    of an HL7 snapshot has `isModifier` (Medplum's own lack it), and every element a type declares
+    itself (`base.path` is its own path) is in the type's `differential`, from which HL7 generates
+    the snapshot (`Binary.url` and the R5 backports are in the snapshot only). One R5 element,
+    `ResearchStudy.studyDesign`, was written into the differential too; that entry carries
+    `base`, which no HL7 differential entry does, and is listed (`NON_R4_IN_DIFFERENTIAL`).
+    The generator fails if the rule finds another set than `NON_R4_ELEMENTS`;
+  - `EvidenceVariable.characteristic` has R5's structure in the snapshot (`definitionReference`
+    … as separate optional elements, `definitionByTypeAndValue`, `definitionByCombination`,
+    `timeFromEvent`, `linkId`, `note`, `instances[x]`, `duration[x]`; `description` markdown;
+    `characteristic` 0..*) while its differential kept R4's: that subtree is rebuilt from the
+    differential (`R4_FROM_DIFFERENTIAL`): `characteristic` 1..*, `description` string,
+    `definition[x]` 1..1, `usageContext`, `exclude`, `participantEffective[x]`,
+    `timeFromStart`, `groupMeasure` (bound to `group-measure`);
+  - `Bundle.entry.response.outcome` is typed `Resource` as in R4, not `OperationOutcome`
+    (`R4_TYPES`);
+  - `DetectedIssue.status` is bound to R4's `observation-status`, as in the R4 specification:
+    the package binds it to the R5 value set `detectedissue-status` 5.0.0 (see `R4_BINDINGS`);
+  - then every element a type declares must agree with its differential entry on what is kept
+    here (min, max, type codes, contentReference, isSummary, required value set), except the
+    departures above and `ResearchStudy.status`, whose differential entry the package rewrote
+    from R5 (bound to `publication-status` 5.0.0; the snapshot has R4's `research-study-status`,
+    kept). Reference target profiles are not kept, so the package's additions there (Medplum's
+    `Bot` and `ClientApplication` on `AuditEvent.source.observer`, R5 targets on
+    `MeasureReport.subject` and `ResearchStudy.site`) change nothing.
+  The result was cross-checked, outside this script, against the R4 models of the Python
+  package fhir.resources 6.4.0 (FHIR 4.0.1): the same element names, choice types, cardinalities
+  and single types in every resource and complex datatype.
 
 Value set expansion (see `expand_value_set`), from the ValueSets and CodeSystems the same
 package ships (`valuesets.json`, `v3-codesystems.json`, `v2-tables.json`; the package's own
@@ -93,6 +129,184 @@ R4_BINDINGS = {
         "http://hl7.org/fhir/ValueSet/observation-status|4.0.1",
     ),
 }
+
+
+# Elements of the package's R4 snapshots that HL7 FHIR R4 4.0.1 does not define, each dropped with
+# everything under it. `non_r4_elements` finds them; the generator fails if it finds another set,
+# so a new package version is reviewed, not trusted. Cross-checked against the R4 models of the
+# Python package fhir.resources 6.4.0 (FHIR 4.0.1): besides the EvidenceVariable shape restored
+# below, these are the only element names of the package that R4 lacks.
+NON_R4_ELEMENTS = {
+    # Medplum's own, without the isModifier every R4 element carries.
+    "Meta.project",
+    "Meta.author",
+    "Meta.onBehalfOf",
+    "Meta.account",
+    "Meta.accounts",
+    "Meta.compartment",
+    "ObservationDefinition.publisher",
+    # Medplum's own (for its binary storage), with R4-looking markers but in no differential.
+    "Binary.url",
+    # R5 elements the package backports, in no differential.
+    "DeviceDefinition.classification",
+    "DeviceDefinition.bodySite",
+    "ResearchStudy.name",
+    "ResearchStudy.label",
+    "ResearchStudy.region",
+    "ResearchStudy.descriptionSummary",
+    "ResearchStudy.classifier",
+    "ResearchStudy.associatedParty",
+    "ResearchStudy.progressStatus",
+    "ResearchStudy.whyStopped",
+    "ResearchStudy.recruitment",
+    "ResearchStudy.comparisonGroup",
+    "ResearchStudy.objective.description",
+    "ResearchStudy.outcomeMeasure",
+    "ResearchStudy.result",
+    # The one R5 element the package also wrote into a differential (see NON_R4_IN_DIFFERENTIAL).
+    "ResearchStudy.studyDesign",
+}
+# R5 elements of NON_R4_ELEMENTS that the package added to the differential too, so the rule
+# cannot see them. Their differential entry carries `base`, which no HL7 differential entry does;
+# the generator checks that it still does.
+NON_R4_IN_DIFFERENTIAL = {"ResearchStudy.studyDesign"}
+# Subtrees whose snapshot the package replaced with R5's while the differential kept R4's: they
+# are rebuilt from the differential (see `restore_from_differential`). The generator fails if the
+# snapshot and the differential agree again.
+R4_FROM_DIFFERENTIAL = {"EvidenceVariable.characteristic"}
+# Types the package changed from R4 (its differential keeps R4's): element -> (package, R4).
+R4_TYPES = {"Bundle.entry.response.outcome": ("OperationOutcome", "Resource")}
+# Required bindings where the package's differential, not its snapshot, departs from R4 (the
+# package rewrote the differential entry from R5): the snapshot is kept.
+R5_DIFFERENTIAL_BINDINGS = {"ResearchStudy.status"}
+
+
+def in_subtree(path, root):
+    """`path` is `root` or under it."""
+    return path == root or path.startswith(root + ".")
+
+
+def restore_from_differential(sd, root):
+    """The snapshot of `sd` with the subtree at `root` rebuilt from the differential: its own
+    elements as the differential defines them, with the inherited `id` / `extension` /
+    `modifierExtension` of each BackboneElement node kept from the snapshot."""
+    snap = sd["snapshot"]["element"]
+    diff = [d for d in sd["differential"]["element"] if in_subtree(d["path"], root)]
+    if not diff or diff[0]["path"] != root:
+        fail("no differential for %s" % root)
+    old = [e for e in snap if in_subtree(e["path"], root)]
+
+    def shape(els):
+        return [(e["path"], e["min"], e["max"], [t["code"] for t in e.get("type", [])]) for e in els]
+
+    if shape(e for e in old if e["base"]["path"] == e["path"]) == shape(diff):
+        fail("the snapshot of %s agrees with its differential: review R4_FROM_DIFFERENTIAL" % root)
+    inherited = [e for e in old if e["base"]["path"] != e["path"]]
+    rebuilt = []
+    for d in diff:
+        el = dict(d)
+        el["base"] = {"path": d["path"], "min": d["min"], "max": d["max"]}
+        # A differential states these only when true.
+        el.setdefault("isModifier", False)
+        el.setdefault("isSummary", False)
+        rebuilt.append(el)
+        rebuilt.extend(e for e in inherited if e["path"].rsplit(".", 1)[0] == d["path"])
+    known = {e["path"] for e in rebuilt}
+    for e in inherited:
+        if e["path"] not in known and e["path"].rsplit(".", 1)[0] in known:
+            fail("inherited %s lost while restoring %s" % (e["path"], root))
+    start = next(i for i, e in enumerate(snap) if e["path"] == root)
+    rest = [e for e in snap[start:] if not in_subtree(e["path"], root)]
+    return snap[:start] + rebuilt + rest
+
+
+def non_r4_elements(sd):
+    """Roots of the subtrees of `sd`'s snapshot that are not R4's. Every element of the HL7
+    snapshots has `isModifier`, and every element a type declares itself (`base.path` is its own
+    path) is in its differential, the snapshot being generated from it; what the package added
+    afterwards has no `isModifier` (Medplum's own, `Meta.project`) or is in the snapshot only
+    (`Binary.url`, the R5 backports)."""
+    diff = {d["path"]: d for d in sd["differential"]["element"]}
+    roots = []
+    for el in sd["snapshot"]["element"]:
+        path = el["path"]
+        if any(in_subtree(path, r) for r in roots):
+            continue
+        own = el["base"]["path"] == path
+        if "isModifier" not in el or (own and path not in diff) or path in NON_R4_IN_DIFFERENTIAL:
+            if path in NON_R4_IN_DIFFERENTIAL and "base" not in diff.get(path, {}):
+                fail("%s is no longer a rewritten differential entry: review "
+                     "NON_R4_IN_DIFFERENTIAL" % path)
+            roots.append(path)
+    return roots
+
+
+def check_against_differential(sd, departures_seen):
+    """Every element `sd` declares itself must agree with its differential entry on what the
+    schema keeps (min, max, type codes, contentReference, isSummary, required value set), except
+    the departures listed above (added to `departures_seen` when met)."""
+    diff = {d["path"]: d for d in sd["differential"]["element"]}
+    for el in sd["snapshot"]["element"][1:]:
+        d = diff.get(el["path"])
+        if d is None or el["base"]["path"] != el["path"]:
+            continue
+        path = el["path"]
+        differs = []
+        for key in ("min", "max", "contentReference"):
+            if key in d and d[key] != el.get(key):
+                differs.append(key)
+        if "type" in d:
+            mine = "|".join(t["code"] for t in el.get("type", []))
+            theirs = "|".join(t["code"] for t in d["type"])
+            if mine != theirs:
+                if R4_TYPES.get(path) == (mine, theirs):
+                    departures_seen.add(path)
+                else:
+                    differs.append("type %s, differential %s" % (mine, theirs))
+        if bool(d.get("isSummary")) != bool(el.get("isSummary")):
+            differs.append("isSummary")
+        strengths = (el.get("binding", {}).get("strength"), d.get("binding", {}).get("strength"))
+        if "required" in strengths:
+            sets = (el.get("binding", {}).get("valueSet"), d.get("binding", {}).get("valueSet"))
+            if strengths[0] != strengths[1] or sets[0] != sets[1]:
+                r4 = R4_BINDINGS.get(path, (None, None))[1]
+                if path in R5_DIFFERENTIAL_BINDINGS:
+                    departures_seen.add(path)
+                elif sets[1] != r4:
+                    differs.append("required binding %s, differential %s" % sets)
+        if differs:
+            fail("%s differs from its differential (%s): review the R4 departures"
+                 % (path, "; ".join(differs)))
+
+
+def r4_snapshot(sd, found, departures_seen):
+    """A copy of `sd` whose snapshot holds R4's elements only, as R4 defines them; adds the roots
+    it dropped to `found`."""
+    sd = dict(sd)
+    for root in sorted(R4_FROM_DIFFERENTIAL):
+        if root.split(".", 1)[0] == sd["type"]:
+            sd["snapshot"] = {"element": restore_from_differential(sd, root)}
+    roots = non_r4_elements(sd)
+    found.update(roots)
+    snap = [
+        e for e in sd["snapshot"]["element"] if not any(in_subtree(e["path"], r) for r in roots)
+    ]
+    sd["snapshot"] = {"element": snap}
+    check_against_differential(sd, departures_seen)
+    sd["snapshot"] = {"element": [retype(e) for e in snap]}
+    return sd
+
+
+def retype(el):
+    """`el` with R4's type where the package changed it (R4_TYPES)."""
+    r4 = R4_TYPES.get(el["path"])
+    if r4 is None:
+        return el
+    if [t["code"] for t in el.get("type", [])] != [r4[0]]:
+        fail("%s is no longer typed %s: review R4_TYPES" % (el["path"], r4[0]))
+    el = dict(el)
+    el["type"] = [{"code": r4[1]}]
+    return el
 
 
 def ancestors(path):
@@ -376,6 +590,8 @@ def main():
     types = {}
     dropped = []
     kept_sds = []
+    non_r4 = set()
+    departures_seen = set()
     for sd in sds:
         if sd.get("fhirVersion") != FHIR_VERSION:
             dropped.append("%s (fhirVersion %s)" % (sd["name"], sd.get("fhirVersion")))
@@ -384,6 +600,7 @@ def main():
             why = "logical" if sd["kind"] == "logical" else "constraint"
             dropped.append("%s (%s)" % (sd["name"], why))
             continue
+        sd = r4_snapshot(sd, non_r4, departures_seen)
         name = sd["type"]
         if sd["name"] != name:
             fail("name %s differs from type %s" % (sd["name"], name))
@@ -400,6 +617,15 @@ def main():
             "base": base,
             "elements": snapshots[name],
         }
+
+    if non_r4 != NON_R4_ELEMENTS:
+        fail(
+            "elements outside R4 changed: %s new, %s gone; review NON_R4_ELEMENTS"
+            % (sorted(non_r4 - NON_R4_ELEMENTS), sorted(NON_R4_ELEMENTS - non_r4))
+        )
+    stale = (set(R4_TYPES) | R5_DIFFERENTIAL_BINDINGS) - departures_seen
+    if stale:
+        fail("departures no longer in the package: %s" % sorted(stale))
 
     # Leave out what is inherited unchanged, from the bases first.
     def depth(n):
@@ -516,6 +742,10 @@ def main():
         % (out, len(text.encode()), len(resources), len(abstract_resources),
            len(types) - len(resources) - len(abstract_resources), len(primitives),
            ", ".join(sorted(dropped)) or "none")
+    )
+    sys.stderr.write(
+        "gen-r4-schema: %d elements outside R4 dropped (with their subtrees): %s\n"
+        % (len(non_r4), ", ".join(sorted(non_r4)))
     )
     sys.stderr.write(
         "gen-r4-schema: %d required bindings checked (%d value sets, %d codes); "

@@ -9,7 +9,9 @@
 //!
 //! Checked:
 //! - the value is an object whose `resourceType` is a known, concrete R4 resource type;
-//! - every property is an element defined at its path (unknown ones are named);
+//! - every property is an element R4 defines at its path (unknown ones are named). What the
+//!   npm package of the definitions adds to R4 (Medplum's `meta.project`, `meta.compartment`,
+//!   …, R5 backports) is unknown too: the generator left it out (see `data/PROVENANCE.md`);
 //! - cardinality: required elements present; arrays exactly for repeating elements; max;
 //!   no empty arrays, empty objects or `null` (except as the placeholder in an array of
 //!   primitives whose `_name` array carries an extension at the same index);
@@ -28,7 +30,7 @@
 //! - `Reference.reference` syntax (see [`check_reference`]);
 //! - Narrative `div`: a string starting with `<div`;
 //! - required terminology bindings (issue code `code-invalid`), against the value sets that
-//!   the generator expanded from the R4 definitions (see [`schema::ValueSet`]; 348 of the 366
+//!   the generator expanded from the R4 definitions (see [`schema::ValueSet`]; 349 of the 366
 //!   required bindings of R4, every one whose value set is enumerable):
 //!   - a `code` element (`Patient.gender`, `Bundle.entry.request.method`, each item of a
 //!     repeating one) must be one of the value set's codes, from any of its code systems,
@@ -54,8 +56,8 @@
 //!   referenced");
 //! - required bindings whose value set cannot be enumerated from the definitions: mime types
 //!   (BCP 13: `Attachment.contentType`, `Binary.contentType`, …), UCUM units, ISO 4217
-//!   currencies (`Money.currency`), a LOINC answer list, and an R5 value set the npm package
-//!   binds in its R5-shaped EvidenceVariable; the full list is in `data/PROVENANCE.md`. R4
+//!   currencies (`Money.currency`) and a LOINC answer list; the full list is in
+//!   `data/PROVENANCE.md`. R4
 //!   binds no `Quantity.code` `required` (the UCUM rules of Age, Duration, … are invariants,
 //!   not checked);
 //! - bindings of strength `extensible`, `preferred` or `example` (they do not make a code

