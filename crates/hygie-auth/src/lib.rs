@@ -1,0 +1,395 @@
+//! Bearer tokens: who a request comes from.
+//!
+//! Two kinds of issuers sign the JWTs a request may present:
+//! - the hub's own [`Issuer`] (Ed25519, `alg: EdDSA`), whose key the hub keeps with its
+//!   data, for development, tests and small sites (`hygie token`);
+//! - an external OpenID Connect provider (its keys from a JWKS): later.
+//!
+//! [`Verifier::verify`] checks a token completely before anything of it is believed: the
+//! algorithm is the one of the key it names (never `none`, never an HMAC keyed with a
+//! public key), the signature, then `iss`, `aud`, `exp` and `nbf` with a bounded clock skew.
+//! Verified tokens are cached until they expire, so a request pays the signature check
+//! once per token, not once per request. What the claims allow is the policy's business
+//! (`hygie-policy`); this crate only says who signed what.
+//!
+//! ```
+//! use hygie_auth::{Issuer, TokenRequest, Verifier};
+//! let issuer = Issuer::generate("https://hygie.example/auth").unwrap();
+//! let token = issuer
+//!     .issue(&TokenRequest {
+//!         subject: "Practitioner/123".into(),
+//!         audience: "https://hygie.example/fhir".into(),
+//!         roles: vec!["clinician".into()],
+//!         scope: "user/*.rs".into(),
+//!         patient: None,
+//!         ttl_seconds: 3600,
+//!     }, 1_700_000_000)
+//!     .unwrap();
+//! let verifier = Verifier::new(&issuer, "https://hygie.example/fhir", "roles");
+//! let claims = verifier.verify(&token, 1_700_000_100).unwrap();
+//! assert_eq!(claims.subject, "Practitioner/123");
+//! assert!(verifier.verify(&token, 1_700_003_700).is_err(), "expired");
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+/// Clock skew tolerated on `exp` and `nbf`, seconds.
+pub const CLOCK_SKEW_SECONDS: u64 = 60;
+/// The longest lifetime `hygie token` signs, seconds (one day).
+pub const MAX_TTL_SECONDS: u64 = 24 * 3600;
+/// The longest token accepted, bytes: a JWT is a few hundred bytes to a few KiB.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Verified tokens kept in the cache at most.
+pub const MAX_CACHED_TOKENS: usize = 10_000;
+
+/// Why a token is refused. The messages may be shown to the caller: they name what failed,
+/// never a key or what the token would have granted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("the bearer token is not a well-formed JWT")]
+    Malformed,
+    #[error("the bearer token is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
+    #[error("the token's algorithm {0} is not accepted (EdDSA, RS256, ES256 only)")]
+    UnsupportedAlgorithm(String),
+    #[error("the token was not signed by a trusted issuer")]
+    UnknownIssuer,
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token is meant for another audience")]
+    WrongAudience,
+    #[error("the token lacks the claim {0}")]
+    MissingClaim(&'static str),
+    #[error("the token has been revoked")]
+    Revoked,
+    #[error("cannot sign the token: {0}")]
+    Signing(String),
+}
+
+/// What `hygie token` (or a test) asks the hub's issuer to sign.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// `sub`: `Practitioner/ID`, `Patient/ID`, `Device/ID` (a system), …
+    pub subject: String,
+    /// `aud`: the FHIR base URL the token is for.
+    pub audience: String,
+    pub roles: Vec<String>,
+    /// SMART scopes, space-separated.
+    pub scope: String,
+    /// The SMART `patient` launch context.
+    pub patient: Option<String>,
+    pub ttl_seconds: u64,
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub issuer: String,
+    pub subject: String,
+    /// `jti`, for revocation.
+    pub token_id: Option<String>,
+    pub expires_at: i64,
+    pub roles: Vec<String>,
+    /// SMART scopes, space-separated, as the token has them.
+    pub scope: String,
+    pub patient: Option<String>,
+    /// `fhirUser`: the FHIR resource of the user, when the issuer says.
+    pub fhir_user: Option<String>,
+}
+
+/// The hub's own token issuer: an Ed25519 key pair.
+pub struct Issuer {
+    key_pair: Ed25519KeyPair,
+    pkcs8: Vec<u8>,
+    issuer: String,
+    key_id: String,
+}
+
+impl Issuer {
+    /// A new key pair, from the system's randomness.
+    pub fn generate(issuer: &str) -> Result<Issuer, AuthError> {
+        let document = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+            .map_err(|_| AuthError::Signing("no system randomness for a key".into()))?;
+        Issuer::from_pkcs8(issuer, document.as_ref())
+    }
+
+    /// The issuer of a stored key (PKCS#8 v2, as [`Issuer::pkcs8`] gives it).
+    pub fn from_pkcs8(issuer: &str, pkcs8: &[u8]) -> Result<Issuer, AuthError> {
+        let key_pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| {
+            AuthError::Signing(
+                "the stored issuer key is not a valid Ed25519 PKCS#8 document".into(),
+            )
+        })?;
+        // The key id is a digest of the public key: stable, and says nothing secret.
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_pair.public_key().as_ref());
+        let key_id = URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12]);
+        Ok(Issuer {
+            key_pair,
+            pkcs8: pkcs8.to_vec(),
+            issuer: issuer.to_owned(),
+            key_id,
+        })
+    }
+
+    /// The private key, to keep with the hub's data.
+    pub fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The public key as a JWK (`kty: OKP`, `crv: Ed25519`), for a JWKS document.
+    pub fn public_jwk(&self) -> Value {
+        serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "alg": "EdDSA",
+            "use": "sig",
+            "kid": self.key_id,
+            "x": URL_SAFE_NO_PAD.encode(self.key_pair.public_key().as_ref()),
+        })
+    }
+
+    /// Signs a token valid from `now` (Unix seconds) for `ttl_seconds` (at most
+    /// [`MAX_TTL_SECONDS`]), with a fresh `jti`.
+    pub fn issue(&self, request: &TokenRequest, now: i64) -> Result<String, AuthError> {
+        if request.ttl_seconds == 0 || request.ttl_seconds > MAX_TTL_SECONDS {
+            return Err(AuthError::Signing(format!(
+                "the lifetime must be between 1 and {MAX_TTL_SECONDS} seconds"
+            )));
+        }
+        if request.subject.is_empty() {
+            return Err(AuthError::Signing("the subject is empty".into()));
+        }
+        let mut claims = Map::new();
+        claims.insert("iss".into(), Value::from(self.issuer.clone()));
+        claims.insert("sub".into(), Value::from(request.subject.clone()));
+        claims.insert("aud".into(), Value::from(request.audience.clone()));
+        claims.insert("iat".into(), Value::from(now));
+        claims.insert("nbf".into(), Value::from(now));
+        claims.insert("exp".into(), Value::from(now + request.ttl_seconds as i64));
+        claims.insert("jti".into(), Value::from(uuid::Uuid::new_v4().to_string()));
+        claims.insert("scope".into(), Value::from(request.scope.clone()));
+        claims.insert("roles".into(), Value::from(request.roles.clone()));
+        if let Some(patient) = &request.patient {
+            claims.insert("patient".into(), Value::from(patient.clone()));
+        }
+        if request.subject.contains('/') {
+            claims.insert("fhirUser".into(), Value::from(request.subject.clone()));
+        }
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key_id.clone());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&self.pkcs8))
+            .map_err(|e| AuthError::Signing(e.to_string()))
+    }
+}
+
+/// A key a verifier trusts, and the one algorithm it may be used with.
+struct TrustedKey {
+    issuer: String,
+    key_id: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies tokens against the keys it trusts, and caches what it verified.
+pub struct Verifier {
+    keys: Vec<TrustedKey>,
+    audience: String,
+    /// The claim holding the roles: a dotted path (`roles`, `realm_access.roles`).
+    roles_claim: String,
+    cache: Mutex<HashMap<String, Claims>>,
+}
+
+impl Verifier {
+    /// A verifier of the hub's own tokens for `audience`.
+    pub fn new(issuer: &Issuer, audience: &str, roles_claim: &str) -> Verifier {
+        Verifier {
+            keys: vec![TrustedKey {
+                issuer: issuer.issuer.clone(),
+                key_id: Some(issuer.key_id.clone()),
+                algorithm: Algorithm::EdDSA,
+                key: DecodingKey::from_ed_der(issuer.key_pair.public_key().as_ref()),
+            }],
+            audience: audience.to_owned(),
+            roles_claim: roles_claim.to_owned(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks `token` at time `now` (Unix seconds) and returns what it says.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLong);
+        }
+        if let Some(claims) = self.cache.lock().expect("token cache").get(token) {
+            // Cached tokens expire like any other.
+            if claims.expires_at + CLOCK_SKEW_SECONDS as i64 <= now {
+                return Err(AuthError::Expired);
+            }
+            return Ok(claims.clone());
+        }
+        let claims = self.verify_uncached(token, now)?;
+        let mut cache = self.cache.lock().expect("token cache");
+        if cache.len() >= MAX_CACHED_TOKENS {
+            cache.retain(|_, c| c.expires_at > now);
+            if cache.len() >= MAX_CACHED_TOKENS {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|error| {
+            match error.kind() {
+                // `alg` is a name jsonwebtoken does not know (`none`, a typo).
+                jsonwebtoken::errors::ErrorKind::Json(_) if token_alg(token).is_some() => {
+                    AuthError::UnsupportedAlgorithm(token_alg(token).unwrap_or_default())
+                }
+                _ => AuthError::Malformed,
+            }
+        })?;
+        if !matches!(
+            header.alg,
+            Algorithm::EdDSA | Algorithm::RS256 | Algorithm::ES256
+        ) {
+            return Err(AuthError::UnsupportedAlgorithm(format!("{:?}", header.alg)));
+        }
+        let unverified_issuer =
+            unverified_claim(token, "iss").ok_or(AuthError::MissingClaim("iss"))?;
+        let candidates: Vec<&TrustedKey> = self
+            .keys
+            .iter()
+            .filter(|k| k.issuer == unverified_issuer)
+            .filter(|k| match (&header.kid, &k.key_id) {
+                (Some(kid), Some(id)) => kid == id,
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::UnknownIssuer);
+        }
+        let mut last = AuthError::BadSignature;
+        for trusted in candidates {
+            // The key decides the algorithm, never the token: a token saying HS256 (an HMAC
+            // keyed with the public key) or anything else than the key's is refused.
+            if header.alg != trusted.algorithm {
+                last = AuthError::UnsupportedAlgorithm(format!("{:?}", header.alg));
+                continue;
+            }
+            let mut validation = Validation::new(trusted.algorithm);
+            validation.set_issuer(&[&trusted.issuer]);
+            validation.set_audience(&[&self.audience]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            validation.validate_nbf = true;
+            validation.leeway = CLOCK_SKEW_SECONDS;
+            // `now` is ours to give (tests, and one clock per request): the library's own
+            // clock check is replaced by the one below.
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &trusted.key, &validation) {
+                Ok(data) => return self.claims(&data.claims, now),
+                Err(error) => {
+                    use jsonwebtoken::errors::ErrorKind;
+                    last = match error.kind() {
+                        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                        ErrorKind::InvalidIssuer => AuthError::UnknownIssuer,
+                        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+                            "exp" => AuthError::MissingClaim("exp"),
+                            "aud" => AuthError::MissingClaim("aud"),
+                            "sub" => AuthError::MissingClaim("sub"),
+                            _ => AuthError::MissingClaim("iss"),
+                        },
+                        ErrorKind::InvalidSignature => AuthError::BadSignature,
+                        ErrorKind::InvalidAlgorithm => {
+                            AuthError::UnsupportedAlgorithm(format!("{:?}", header.alg))
+                        }
+                        _ => AuthError::Malformed,
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn claims(&self, claims: &Map<String, Value>, now: i64) -> Result<Claims, AuthError> {
+        let skew = CLOCK_SKEW_SECONDS as i64;
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or(AuthError::MissingClaim("exp"))?;
+        if expires_at + skew <= now {
+            return Err(AuthError::Expired);
+        }
+        if let Some(not_before) = claims.get("nbf") {
+            let not_before = not_before.as_i64().ok_or(AuthError::Malformed)?;
+            if not_before - skew > now {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let mut roles_value = Some(&Value::Object(claims.clone()));
+        for part in self.roles_claim.split('.') {
+            roles_value = roles_value.and_then(|v| v.get(part));
+        }
+        let roles = match roles_value {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(one)) => one.split_whitespace().map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Claims {
+            issuer: text("iss").ok_or(AuthError::MissingClaim("iss"))?,
+            subject: text("sub")
+                .filter(|s| !s.is_empty())
+                .ok_or(AuthError::MissingClaim("sub"))?,
+            token_id: text("jti"),
+            expires_at,
+            roles,
+            scope: text("scope").unwrap_or_default(),
+            patient: text("patient"),
+            fhir_user: text("fhirUser"),
+        })
+    }
+}
+
+/// The `alg` of a token's header, read without trusting it (for the error message).
+fn token_alg(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let bytes = URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')).ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    let alg = value.get("alg")?.as_str()?;
+    Some(alg.chars().take(16).collect())
+}
+
+/// A claim of the payload, read WITHOUT verification: only to choose which key verifies.
+fn unverified_claim(token: &str, name: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    value.get(name)?.as_str().map(str::to_owned)
+}
