@@ -11,6 +11,10 @@
 //! everything, and the local operator running a CLI command on the hub's own data directory.
 //! Anything else is denied: deny by default, until SMART scopes and roles land.
 //!
+//! [`scopes`] is the SMART App Launch 2.x scope language: [`ScopeSet::parse`] reads a
+//! token's `scope` claim, [`ScopeSet::grants`] says what it allows on a resource type. The
+//! policy will combine it with the principal once access tokens are verified.
+//!
 //! ```
 //! use hygie_policy::{Action, Decision, Policy, Principal, Target};
 //! let policy = Policy::default();
@@ -19,6 +23,13 @@
 //! assert!(matches!(policy.decide(&Principal::development(), Action::Read, &read), Decision::Permit { .. }));
 //! ```
 #![forbid(unsafe_code)]
+
+pub mod scopes;
+
+pub use scopes::{
+    ClinicalScope, Grant, InvalidScope, OtherScope, Permission, Permissions, QueryConstraint,
+    Scope, ScopeContext, ScopeResource, ScopeSet, ScopeSetError,
+};
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
