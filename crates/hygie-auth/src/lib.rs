@@ -205,6 +205,8 @@ impl Issuer {
 
 /// A key a verifier trusts, and the one algorithm it may be used with.
 struct TrustedKey {
+    /// The public key as a JWK, for the hub's JWKS document.
+    jwk: Value,
     issuer: String,
     key_id: Option<String>,
     algorithm: Algorithm,
@@ -220,11 +222,25 @@ pub struct Verifier {
     cache: Mutex<HashMap<String, Claims>>,
 }
 
+impl std::fmt::Debug for Verifier {
+    /// The issuers and audience only: never a key nor a cached token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field(
+                "issuers",
+                &self.keys.iter().map(|k| &k.issuer).collect::<Vec<_>>(),
+            )
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Verifier {
     /// A verifier of the hub's own tokens for `audience`.
     pub fn new(issuer: &Issuer, audience: &str, roles_claim: &str) -> Verifier {
         Verifier {
             keys: vec![TrustedKey {
+                jwk: issuer.public_jwk(),
                 issuer: issuer.issuer.clone(),
                 key_id: Some(issuer.key_id.clone()),
                 algorithm: Algorithm::EdDSA,
@@ -234,6 +250,11 @@ impl Verifier {
             roles_claim: roles_claim.to_owned(),
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The JWKS document of the keys this verifier trusts (public keys only).
+    pub fn jwks(&self) -> Value {
+        serde_json::json!({ "keys": self.keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
     }
 
     /// Checks `token` at time `now` (Unix seconds) and returns what it says.

@@ -447,6 +447,8 @@ impl Hub {
         preference: ReturnPreference,
     ) -> Result<Vec<u8>, HubError> {
         let prepared = PreparedTransaction::new(&caller.base_url, entries)?;
+        self.authorize_reach(transaction_access(caller), &prepared.reached())
+            .await?;
         let outcome = self
             .perform(transaction_access(caller), move |tx, mask| {
                 prepared.execute(tx, mask)
@@ -482,7 +484,21 @@ impl Hub {
         transactions: Vec<PreparedTransaction>,
         preference: ReturnPreference,
     ) -> Vec<Result<Vec<u8>, HubError>> {
-        let accesses = transactions
+        let mut permitted = Vec::with_capacity(transactions.len());
+        let mut answers: Vec<Option<Result<Vec<u8>, HubError>>> = Vec::new();
+        for prepared in transactions {
+            match self
+                .authorize_reach(transaction_access(caller), &prepared.reached())
+                .await
+            {
+                Ok(()) => {
+                    permitted.push(prepared);
+                    answers.push(None);
+                }
+                Err(error) => answers.push(Some(Err(error))),
+            }
+        }
+        let accesses = permitted
             .into_iter()
             .map(|prepared| {
                 (
@@ -491,11 +507,14 @@ impl Hub {
                 )
             })
             .collect();
-        self.perform_all(accesses)
-            .await
+        let mut done = self.perform_all(accesses).await.into_iter().map(|outcome| {
+            outcome.map(|outcome| transaction_response(&caller.base_url, outcome, preference))
+        });
+        answers
             .into_iter()
-            .map(|outcome| {
-                outcome.map(|outcome| transaction_response(&caller.base_url, outcome, preference))
+            .map(|answer| match answer {
+                Some(refused) => refused,
+                None => done.next().expect("one outcome per permitted transaction"),
             })
             .collect()
     }
@@ -731,6 +750,68 @@ impl PreparedTransaction {
             conditionals: parsed_conditionals,
             now: now_us(),
         })
+    }
+
+    /// What each entry does, for the policy: a transaction is permitted only if every
+    /// entry would be on its own (conditional criteria and references search their type).
+    fn reached(&self) -> Vec<(Action, Target, String)> {
+        let mut reached = Vec::new();
+        for entry in &self.planned {
+            let at = format!("Bundle.entry[{}]", entry.index);
+            let (action, target) = match &entry.plan {
+                TxPlan::Read { resource_type, id }
+                | TxPlan::VRead {
+                    resource_type, id, ..
+                } => (Action::Read, Target::instance(resource_type, id)),
+                TxPlan::Create {
+                    prepared,
+                    if_none_exist,
+                    ..
+                } => {
+                    if if_none_exist.is_some() {
+                        reached.push((
+                            Action::Search,
+                            Target::resource_type(&prepared.resource_type),
+                            format!("{at}.request.ifNoneExist"),
+                        ));
+                    }
+                    (
+                        Action::Create,
+                        Target::resource_type(&prepared.resource_type),
+                    )
+                }
+                TxPlan::Update { prepared, id, .. } => (
+                    Action::Update,
+                    Target::instance(&prepared.resource_type, id),
+                ),
+                TxPlan::ConditionalUpdate { prepared, .. } => {
+                    reached.push((
+                        Action::Search,
+                        Target::resource_type(&prepared.resource_type),
+                        format!("{at}.request.url"),
+                    ));
+                    (
+                        Action::Update,
+                        Target::resource_type(&prepared.resource_type),
+                    )
+                }
+                TxPlan::Patch {
+                    resource_type, id, ..
+                } => (Action::Patch, Target::instance(resource_type, id)),
+                TxPlan::Delete { resource_type, id } => {
+                    (Action::Delete, Target::instance(resource_type, id))
+                }
+            };
+            reached.push((action, target, at));
+        }
+        for (reference, resource_type, _) in &self.conditionals {
+            reached.push((
+                Action::Search,
+                Target::resource_type(resource_type),
+                format!("the conditional reference {reference}"),
+            ));
+        }
+        reached
     }
 
     fn execute(self, tx: &mut dyn Tx, mask: &Mask) -> OpResult<TransactionOutcome> {

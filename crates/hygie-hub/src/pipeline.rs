@@ -184,6 +184,44 @@ impl Hub {
             .collect()
     }
 
+    /// Asks the policy about every `(action, target)` a request reaches besides its main
+    /// one (the types a search's includes and chains reach, the entries of a transaction).
+    /// The first denial is audited as the refused attempt of `access` and returned.
+    pub(crate) async fn authorize_reach(
+        &self,
+        access: Access<'_>,
+        reached: &[(Action, Target, String)],
+    ) -> Result<(), HubError> {
+        for (action, target, what) in reached {
+            if let Decision::Deny { reason } =
+                self.inner
+                    .policy
+                    .decide(&access.caller.principal, *action, target)
+            {
+                let error = match reason {
+                    DenyReason::Unauthenticated => HubError::new(
+                        401,
+                        hygie_fhir::IssueType::Login,
+                        "authentication required: send Authorization: Bearer <token>",
+                    ),
+                    DenyReason::Forbidden(why) => HubError::new(
+                        403,
+                        hygie_fhir::IssueType::Forbidden,
+                        format!("{what}: {why}"),
+                    ),
+                };
+                let mut record = access.record(now_us());
+                record.outcome = AuditOutcome::from_status(error.status);
+                record.outcome_description = Some(error.to_string());
+                record.entities.extend(access.target_reference());
+                return self
+                    .audit_denial::<()>(Box::new(Denied { error, record }))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies the policy: a permit carries its mask, a denial the error and its record.
     fn decide<F>(&self, access: Access<'_>, op: F) -> Result<Decided<F>, Box<Denied>> {
         let decision =

@@ -164,6 +164,16 @@ impl Hub {
         let request = query::parse(&scope.resource_type, &pairs, &options)
             .map_err(|issues| HubError::with_issues(400, issues))?;
         refuse_broken_chains(&request)?;
+        self.authorize_reach(
+            Access {
+                caller,
+                action: Action::Search,
+                target: Target::resource_type(&scope.resource_type),
+                query: None,
+            },
+            &reached_types(&request),
+        )
+        .await?;
         let plan = Plan::new(&request, &scope, &caller.base_url)?;
         let query_for_audit = encode_query(&pairs);
         let limit = request.count;
@@ -1176,4 +1186,53 @@ impl Hub {
         }
         Ok(bundle.to_vec())
     }
+}
+
+/// What a search reads besides its own type: the types its chains and reverse chains search
+/// (a chain reveals what matched), and those its includes return. Each must be permitted
+/// to the caller as much as the search itself.
+fn reached_types(request: &SearchRequest) -> Vec<(Action, Target, String)> {
+    let mut reached: Vec<(Action, Target, String)> = Vec::new();
+    let mut add = |action: Action, resource_type: &str, what: String| {
+        if resource_type != request.resource_type
+            && !reached
+                .iter()
+                .any(|(a, t, _)| *a == action && t.resource_type.as_deref() == Some(resource_type))
+        {
+            reached.push((action, Target::resource_type(resource_type), what));
+        }
+    };
+    for filter in &request.filters {
+        for hop in &filter.path {
+            match hop {
+                Hop::Chain { target_type, .. } => add(
+                    Action::Search,
+                    target_type,
+                    format!("a chain through {target_type}"),
+                ),
+                Hop::Has { source_type, .. } => add(
+                    Action::Search,
+                    source_type,
+                    format!("_has on {source_type}"),
+                ),
+            }
+        }
+    }
+    for include in &request.include {
+        let targets = match &include.target_type {
+            Some(target) => vec![target.clone()],
+            None => include.param.targets.clone(),
+        };
+        for target in targets {
+            add(Action::Read, &target, format!("_include of {target}"));
+        }
+    }
+    for include in &request.revinclude {
+        add(
+            Action::Search,
+            &include.source_type,
+            format!("_revinclude of {}", include.source_type),
+        );
+    }
+    reached
 }

@@ -6,14 +6,15 @@
 //! about HTTP, SQL or tokens: front doors turn credentials into a [`Principal`], the hub
 //! calls [`Policy::decide`] before it touches the store.
 //!
-//! Today the policy knows two kinds of principals: the development principal that
-//! `hygie serve --no-auth` gives every request (loopback only), which is permitted
-//! everything, and the local operator running a CLI command on the hub's own data directory.
-//! Anything else is denied: deny by default, until SMART scopes and roles land.
+//! The principals: the development principal that `hygie serve --no-auth` gives every
+//! request (loopback only), permitted everything; the local operator running a CLI command
+//! on the hub's own data directory; a caller with a verified bearer token
+//! ([`PrincipalKind::Token`]); and the anonymous caller, denied everything.
 //!
-//! [`scopes`] is the SMART App Launch 2.x scope language: [`ScopeSet::parse`] reads a
-//! token's `scope` claim, [`ScopeSet::grants`] says what it allows on a resource type. The
-//! policy will combine it with the principal once access tokens are verified.
+//! A token's caller may do what BOTH its SMART scopes ([`scopes`]) and the ceiling of one of
+//! its roles ([`RoleCeilings`]) allow, on the resource type at hand: deny by default. What
+//! is not enforced yet is denied rather than half-applied: `patient/` scopes (the patient
+//! compartment check), query-constrained scopes, `$everything` without a `*` scope.
 //!
 //! ```
 //! use hygie_policy::{Action, Decision, Policy, Principal, Target};
@@ -37,6 +38,17 @@ pub struct Principal {
     pub kind: PrincipalKind,
     /// A stable name for logs and the audit trail, e.g. `Practitioner/123` or `cli:root`.
     pub subject: String,
+    /// What a verified token grants (for [`PrincipalKind::Token`] only).
+    pub access: Option<Box<TokenAccess>>,
+}
+
+/// What a verified token says its bearer may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenAccess {
+    pub roles: Vec<String>,
+    pub scopes: ScopeSet,
+    /// The SMART `patient` launch context.
+    pub patient: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +60,8 @@ pub enum PrincipalKind {
     /// An operator running a `hygie` subcommand against the hub's own data directory or
     /// database: whoever can do that can already read the files.
     LocalOperator,
+    /// A caller whose bearer token was verified: limited to its scopes and roles.
+    Token,
 }
 
 impl Principal {
@@ -55,6 +69,7 @@ impl Principal {
         Principal {
             kind: PrincipalKind::Anonymous,
             subject: "anonymous".to_owned(),
+            access: None,
         }
     }
 
@@ -62,6 +77,7 @@ impl Principal {
         Principal {
             kind: PrincipalKind::Development,
             subject: "development (--no-auth)".to_owned(),
+            access: None,
         }
     }
 
@@ -69,6 +85,16 @@ impl Principal {
         Principal {
             kind: PrincipalKind::LocalOperator,
             subject: format!("cli:{user}"),
+            access: None,
+        }
+    }
+
+    /// The bearer of a verified token.
+    pub fn token(subject: &str, access: TokenAccess) -> Principal {
+        Principal {
+            kind: PrincipalKind::Token,
+            subject: subject.to_owned(),
+            access: Some(Box::new(access)),
         }
     }
 }
@@ -175,14 +201,84 @@ pub enum DenyReason {
     Forbidden(String),
 }
 
-/// The policy. Stateless today; it will hold the role table and consent rules.
+/// The most each role may do, as SMART scopes: a token's scopes are cut down to these.
+/// Built in for now (a policy file comes with need-to-know); roles not listed get nothing.
+#[derive(Debug, Clone)]
+pub struct RoleCeilings {
+    ceilings: Vec<(String, ScopeSet)>,
+}
+
+/// The built-in ceilings: clinical roles read and write clinical data, administrative roles
+/// only what their work needs; `admin`, `researcher` and `security` no clinical data at all
+/// through the FHIR API (their tools come with later issues).
+pub const DEFAULT_ROLE_CEILINGS: &[(&str, &str)] = &[
+    ("clinician", "user/*.cruds"),
+    ("nurse", "user/*.crus"),
+    (
+        "reception",
+        "user/Patient.crus user/Encounter.crus user/Appointment.crus user/Coverage.crus \
+         user/RelatedPerson.crus user/Organization.rs user/Practitioner.rs \
+         user/PractitionerRole.rs user/Location.rs",
+    ),
+    (
+        "billing",
+        "user/Patient.rs user/Encounter.rs user/Coverage.crus user/Claim.crus \
+         user/ExplanationOfBenefit.crus user/Organization.rs user/Practitioner.rs",
+    ),
+    (
+        "dpo",
+        "user/AuditEvent.rs user/Consent.crus user/Provenance.rs user/Patient.rs",
+    ),
+    ("integration", "system/*.cruds"),
+];
+
+impl Default for RoleCeilings {
+    fn default() -> RoleCeilings {
+        RoleCeilings {
+            ceilings: DEFAULT_ROLE_CEILINGS
+                .iter()
+                .map(|(role, scopes)| {
+                    let scopes = scopes.split_whitespace().collect::<Vec<_>>().join(" ");
+                    let parsed = ScopeSet::parse(&scopes, |_| true)
+                        .expect("the built-in ceilings are within the limits");
+                    (role.to_string(), parsed)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl RoleCeilings {
+    /// The grant of the most generous of `roles` (unknown roles grant nothing).
+    fn grants(
+        &self,
+        roles: &[String],
+        context: ScopeContext,
+        resource_type: &str,
+        permission: Permission,
+    ) -> Grant {
+        let mut best = Grant::Denied;
+        for (role, ceiling) in &self.ceilings {
+            if roles.iter().any(|r| r == role) {
+                match ceiling.grants(context, resource_type, permission) {
+                    Grant::Allowed => return Grant::Allowed,
+                    Grant::Denied => {}
+                    constrained => best = constrained,
+                }
+            }
+        }
+        best
+    }
+}
+
+/// The policy decision point.
 #[derive(Debug, Clone, Default)]
-pub struct Policy {}
+pub struct Policy {
+    ceilings: RoleCeilings,
+}
 
 impl Policy {
-    /// Decides whether `principal` may perform `action` on `target`. Deny by default.
     pub fn decide(&self, principal: &Principal, action: Action, target: &Target) -> Decision {
-        let _ = (action, target);
         match principal.kind {
             PrincipalKind::Development | PrincipalKind::LocalOperator => Decision::Permit {
                 mask: Mask::default(),
@@ -190,6 +286,126 @@ impl Policy {
             PrincipalKind::Anonymous => Decision::Deny {
                 reason: DenyReason::Unauthenticated,
             },
+            PrincipalKind::Token => match &principal.access {
+                Some(access) => self.decide_token(access, action, target),
+                None => Decision::Deny {
+                    reason: DenyReason::Unauthenticated,
+                },
+            },
+        }
+    }
+
+    fn decide_token(&self, access: &TokenAccess, action: Action, target: &Target) -> Decision {
+        let forbidden = |why: String| Decision::Deny {
+            reason: DenyReason::Forbidden(why),
+        };
+        let permission = match action {
+            Action::Read | Action::VRead => Permission::Read,
+            Action::Create => Permission::Create,
+            Action::Update | Action::Patch => Permission::Update,
+            Action::Delete => Permission::Delete,
+            // A history of one resource reads it; of a type or the system, it lists.
+            Action::History if target.id.is_some() => Permission::Read,
+            Action::Search | Action::History => Permission::Search,
+            // Each entry of a Bundle is decided on its own by the hub.
+            Action::Bundle => {
+                return Decision::Permit {
+                    mask: Mask::default(),
+                };
+            }
+            Action::Everything => return self.decide_everything(access),
+            Action::Import => {
+                return forbidden("import is for the hub's operator (hygie import)".to_owned());
+            }
+        };
+        let Some(resource_type) = target.resource_type.as_deref() else {
+            return forbidden(format!(
+                "{} across every resource type needs a scope on each type: not granted to tokens",
+                action.interaction_code()
+            ));
+        };
+        let needed = format!("{}.{}", resource_type, permission.letter());
+        if access
+            .scopes
+            .clinical()
+            .any(|s| s.context() == ScopeContext::Patient)
+        {
+            // Deny rather than half-apply: patient/ scopes need the compartment check.
+            if !access
+                .scopes
+                .clinical()
+                .any(|s| s.context() != ScopeContext::Patient)
+            {
+                return forbidden(
+                    "patient/ scopes are not supported by this server yet; use user/ or system/ scopes"
+                        .to_owned(),
+                );
+            }
+        }
+        for context in [ScopeContext::User, ScopeContext::System] {
+            let by_scope = access.scopes.grants(context, resource_type, permission);
+            if by_scope.is_denied() {
+                continue;
+            }
+            let by_role = self
+                .ceilings
+                .grants(&access.roles, context, resource_type, permission);
+            match (by_scope, by_role) {
+                (Grant::Allowed, Grant::Allowed) => {
+                    return Decision::Permit {
+                        mask: Mask::default(),
+                    };
+                }
+                (_, Grant::Denied) => {
+                    return forbidden(format!(
+                        "the token's roles ({}) do not allow {context}/{needed}",
+                        if access.roles.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            access.roles.join(", ")
+                        }
+                    ));
+                }
+                _ => {
+                    return forbidden(format!(
+                        "query-constrained scopes are not enforced by this server yet: {context}/{needed} needs an unconstrained scope"
+                    ));
+                }
+            }
+        }
+        forbidden(format!(
+            "the token's scopes do not grant user/{needed} (nor system/{needed})"
+        ))
+    }
+
+    /// `$everything` reaches every type of the patient compartment: it needs read and
+    /// search on every type (`*`), unconstrained, by scope and by role.
+    fn decide_everything(&self, access: &TokenAccess) -> Decision {
+        for context in [ScopeContext::User, ScopeContext::System] {
+            let wildcard = |set: &ScopeSet| {
+                set.clinical().any(|s| {
+                    s.context() == context
+                        && matches!(s.resource(), ScopeResource::Any)
+                        && s.query().is_none()
+                        && s.permissions().contains(Permission::Read)
+                        && s.permissions().contains(Permission::Search)
+                })
+            };
+            let by_role =
+                self.ceilings.ceilings.iter().any(|(role, ceiling)| {
+                    access.roles.iter().any(|r| r == role) && wildcard(ceiling)
+                });
+            if wildcard(&access.scopes) && by_role {
+                return Decision::Permit {
+                    mask: Mask::default(),
+                };
+            }
+        }
+        Decision::Deny {
+            reason: DenyReason::Forbidden(
+                "$everything needs user/*.rs (or system/*.rs) in both the token's scopes and its role"
+                    .to_owned(),
+            ),
         }
     }
 }
@@ -211,6 +427,161 @@ mod tests {
         Action::Bundle,
         Action::Import,
     ];
+
+    fn bearer(roles: &[&str], scopes: &str) -> Principal {
+        Principal::token(
+            "Practitioner/p1",
+            TokenAccess {
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                scopes: ScopeSet::parse(scopes, |t| {
+                    t.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                })
+                .unwrap(),
+                patient: None,
+            },
+        )
+    }
+
+    fn permitted(policy: &Policy, principal: &Principal, action: Action, target: &Target) -> bool {
+        matches!(
+            policy.decide(principal, action, target),
+            Decision::Permit { .. }
+        )
+    }
+
+    #[test]
+    fn a_token_gets_the_intersection_of_its_scopes_and_its_role() {
+        let policy = Policy::default();
+        let observation = Target::instance("Observation", "o1");
+        let observations = Target::resource_type("Observation");
+        let clinician = bearer(&["clinician"], "user/Observation.rs");
+        assert!(permitted(&policy, &clinician, Action::Read, &observation));
+        assert!(permitted(
+            &policy,
+            &clinician,
+            Action::Search,
+            &observations
+        ));
+        assert!(permitted(
+            &policy,
+            &clinician,
+            Action::History,
+            &observation
+        ));
+        // The scope does not grant writes, whatever the role allows.
+        for action in [
+            Action::Create,
+            Action::Update,
+            Action::Patch,
+            Action::Delete,
+        ] {
+            assert!(
+                !permitted(&policy, &clinician, action, &observation),
+                "{action:?}"
+            );
+        }
+        // The scope names Observation only.
+        assert!(!permitted(
+            &policy,
+            &clinician,
+            Action::Read,
+            &Target::instance("Condition", "c")
+        ));
+        // The role caps a broad scope: reception reads patients, not observations.
+        let reception = bearer(&["reception"], "user/*.cruds");
+        assert!(permitted(
+            &policy,
+            &reception,
+            Action::Read,
+            &Target::instance("Patient", "p")
+        ));
+        assert!(permitted(
+            &policy,
+            &reception,
+            Action::Update,
+            &Target::instance("Patient", "p")
+        ));
+        assert!(!permitted(&policy, &reception, Action::Read, &observation));
+        assert!(!permitted(
+            &policy,
+            &reception,
+            Action::Delete,
+            &Target::instance("Patient", "p")
+        ));
+        // No role, or an unknown one: nothing.
+        for roles in [&[][..], &["superuser"][..]] {
+            let nobody = bearer(roles, "user/*.cruds");
+            assert!(
+                !permitted(&policy, &nobody, Action::Read, &observation),
+                "{roles:?}"
+            );
+        }
+        // v1 `.read` reads and searches, and does not write.
+        let v1 = bearer(&["nurse"], "user/Observation.read");
+        assert!(permitted(&policy, &v1, Action::Search, &observations));
+        assert!(!permitted(&policy, &v1, Action::Create, &observations));
+        // `r` without `s` does not search.
+        let read_only = bearer(&["clinician"], "user/Observation.r");
+        assert!(!permitted(
+            &policy,
+            &read_only,
+            Action::Search,
+            &observations
+        ));
+    }
+
+    #[test]
+    fn what_is_not_enforced_yet_is_denied() {
+        let policy = Policy::default();
+        let observations = Target::resource_type("Observation");
+        // Query-constrained scopes: no unconstrained access.
+        let lab = bearer(&["clinician"], "user/Observation.rs?category=laboratory");
+        assert!(!permitted(&policy, &lab, Action::Search, &observations));
+        // patient/ scopes: not until the compartment is enforced.
+        let app = bearer(&["clinician"], "patient/*.rs");
+        assert!(!permitted(
+            &policy,
+            &app,
+            Action::Read,
+            &Target::instance("Patient", "p")
+        ));
+        // System-wide searches and history, and import.
+        let broad = bearer(&["clinician"], "user/*.cruds");
+        assert!(!permitted(
+            &policy,
+            &broad,
+            Action::History,
+            &Target::system()
+        ));
+        assert!(!permitted(
+            &policy,
+            &broad,
+            Action::Import,
+            &Target::system()
+        ));
+        // $everything needs `*` read and search in both scope and role.
+        let patient = Target::instance("Patient", "p");
+        assert!(permitted(&policy, &broad, Action::Everything, &patient));
+        let narrow = bearer(&["clinician"], "user/Patient.rs user/Observation.rs");
+        assert!(!permitted(&policy, &narrow, Action::Everything, &patient));
+        let reception = bearer(&["reception"], "user/*.rs");
+        assert!(!permitted(
+            &policy,
+            &reception,
+            Action::Everything,
+            &patient
+        ));
+        // A system scope needs a system role.
+        let service = bearer(&["integration"], "system/Observation.cruds");
+        assert!(permitted(&policy, &service, Action::Create, &observations));
+        let user_role = bearer(&["clinician"], "system/Observation.cruds");
+        assert!(!permitted(
+            &policy,
+            &user_role,
+            Action::Create,
+            &observations
+        ));
+    }
 
     #[test]
     fn anonymous_is_denied_every_action() {

@@ -344,11 +344,7 @@ async fn dispatch_inner(
         .unwrap_or_default();
     check_accept(&headers, &query)?;
     let base = base_url(&state, &headers);
-    let principal = if state.config.no_auth {
-        Principal::development()
-    } else {
-        Principal::anonymous()
-    };
+    let principal = principal(&state, &headers)?;
     let caller = Caller {
         principal,
         request_id,
@@ -554,6 +550,93 @@ async fn dispatch_inner(
         }
     };
     Ok(response)
+}
+
+/// Who the request comes from: the development principal under `--no-auth`, the bearer of
+/// a verified token, or anonymous (no `Authorization`, refused by the policy). A token that
+/// does not verify is refused here with 401 and the reason.
+fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
+    if state.config.no_auth {
+        return Ok(Principal::development());
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(Principal::anonymous());
+    };
+    let unauthorized = |why: String| ErrorResponse(HubError::new(401, IssueType::Login, why));
+    let value = value
+        .to_str()
+        .map_err(|_| unauthorized("the Authorization header is not ASCII".to_owned()))?;
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => {
+            return Err(unauthorized(
+                "only Authorization: Bearer <token> is accepted".to_owned(),
+            ));
+        }
+    };
+    let Some(verifier) = &state.config.tokens else {
+        return Err(unauthorized("this server accepts no tokens".to_owned()));
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let claims = verifier.verify(token, now).map_err(|error| {
+        tracing::warn!(%error, "bearer token refused");
+        unauthorized(format!("invalid bearer token: {error}"))
+    })?;
+    let scopes = hygie_policy::ScopeSet::parse(&claims.scope, hygie_fhir::schema::is_resource_type)
+        .map_err(|error| unauthorized(format!("invalid bearer token: scope: {error}")))?;
+    Ok(Principal::token(
+        &claims.subject,
+        hygie_policy::TokenAccess {
+            roles: claims.roles,
+            scopes,
+            patient: claims.patient,
+        },
+    ))
+}
+
+/// `GET /fhir/.well-known/smart-configuration`: what a SMART client needs to know. This hub
+/// has no authorization endpoint of its own: tokens come from `hygie token` (signed with the
+/// keys of `jwks.json`) or, later, from the site's OpenID Connect provider.
+pub(crate) async fn smart_configuration(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Response {
+    let base = base_url(&state, &headers);
+    let document = serde_json::json!({
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "grant_types_supported": [],
+        "token_endpoint_auth_methods_supported": [],
+        "scopes_supported": [
+            "openid", "fhirUser", "user/*.cruds", "user/*.rs", "system/*.cruds", "system/*.rs"
+        ],
+        "response_types_supported": [],
+        "capabilities": ["permission-v1", "permission-v2"],
+    });
+    fhir_json_plain(document)
+}
+
+/// `GET /fhir/.well-known/jwks.json`: the public keys tokens of this hub are signed with.
+pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
+    match &state.config.tokens {
+        Some(verifier) => fhir_json_plain(verifier.jwks()),
+        None => fhir_json_plain(serde_json::json!({ "keys": [] })),
+    }
+}
+
+fn fhir_json_plain(document: Value) -> Response {
+    let mut response = (
+        StatusCode::OK,
+        serde_json::to_vec(&document).expect("a JSON document serializes"),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[cfg(test)]

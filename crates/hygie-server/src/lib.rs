@@ -41,6 +41,9 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Every request acts as the development principal (loopback only; checked by the CLI).
     pub no_auth: bool,
+    /// Verifies bearer tokens; without one (and without `no_auth`), every request is
+    /// anonymous and refused.
+    pub tokens: Option<Arc<hygie_auth::Verifier>>,
     /// The base URL clients use, for links and `Location`; derived from `Host` when unset.
     pub public_base_url: Option<String>,
     /// `https` when serving TLS, for derived base URLs.
@@ -54,6 +57,7 @@ impl Default for HttpConfig {
             max_json_depth: 64,
             request_timeout: Duration::from_secs(30),
             no_auth: false,
+            tokens: None,
             public_base_url: None,
             scheme: "http",
         }
@@ -76,6 +80,11 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(middleware::readyz))
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(fhir::smart_configuration),
+        )
+        .route("/fhir/.well-known/jwks.json", get(fhir::jwks))
         .route("/fhir", any(fhir::dispatch))
         .route("/fhir/", any(fhir::dispatch))
         .route("/fhir/{*path}", any(fhir::dispatch))

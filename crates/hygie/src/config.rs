@@ -62,6 +62,57 @@ pub struct FileSettings {
     pub sqlite: FileSqlite,
     #[serde(default)]
     pub postgres: FilePostgres,
+    #[serde(default)]
+    pub auth: FileAuth,
+}
+
+/// `[auth]`: the bearer tokens this hub accepts.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    /// `iss` of the tokens the hub signs (`hygie token`).
+    pub issuer: Option<String>,
+    /// `aud` every token must carry: this hub's FHIR base URL, or a name for it.
+    pub audience: Option<String>,
+    /// The claim that holds the roles: `roles`, or a dotted path (`realm_access.roles`).
+    pub roles_claim: Option<String>,
+}
+
+/// The token settings, with their defaults.
+pub struct AuthSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub roles_claim: String,
+}
+
+pub fn auth_settings(file: &FileSettings) -> anyhow::Result<AuthSettings> {
+    let settings = AuthSettings {
+        issuer: file
+            .auth
+            .issuer
+            .clone()
+            .unwrap_or_else(|| "hygie".to_owned()),
+        audience: file
+            .auth
+            .audience
+            .clone()
+            .unwrap_or_else(|| "hygie".to_owned()),
+        roles_claim: file
+            .auth
+            .roles_claim
+            .clone()
+            .unwrap_or_else(|| "roles".to_owned()),
+    };
+    for (name, value) in [
+        ("auth.issuer", &settings.issuer),
+        ("auth.audience", &settings.audience),
+        ("auth.roles_claim", &settings.roles_claim),
+    ] {
+        if value.trim().is_empty() {
+            bail!("{name} must not be empty");
+        }
+    }
+    Ok(settings)
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]

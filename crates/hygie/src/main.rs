@@ -6,6 +6,7 @@ mod config;
 mod demo;
 mod import;
 mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Load FHIR Bundles (e.g. Synthea output) and NDJSON files into a hub's store.
     Import(import::ImportArgs),
+    /// Print a bearer token signed by the hub's own issuer.
+    Token(token::TokenArgs),
 }
 
 fn init_logging(format: Option<&str>) -> anyhow::Result<()> {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Import(args) => import::run(args).await,
+            Command::Token(args) => token::run(args).await,
         }
     });
     match result {

@@ -97,6 +97,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     hub.bring_index_up_to_date()
         .await
         .map_err(|e| anyhow::anyhow!("cannot bring the search index up to date: {e}"))?;
+    let tokens = if no_auth {
+        None
+    } else {
+        let auth = config::auth_settings(&file)?;
+        let issuer = hub
+            .token_issuer(&auth.issuer)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot load the token issuer key: {e}"))?;
+        Some(std::sync::Arc::new(hygie_auth::Verifier::new(
+            &issuer,
+            &auth.audience,
+            &auth.roles_claim,
+        )))
+    };
     // Bind before announcing, so that a taken port is a clear error, and `:0` works.
     let listener =
         hygie_server::bind(address).with_context(|| format!("cannot listen on {address}"))?;
@@ -106,6 +120,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_json_depth: limits.max_json_depth,
         request_timeout: limits.request_timeout,
         no_auth,
+        tokens,
         public_base_url: args
             .public_base_url
             .clone()
@@ -115,8 +130,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let scheme = http.scheme;
     let app = hygie_server::router(hub.clone(), http);
     if !no_auth {
-        tracing::warn!(
-            "access control (tokens) is not available yet: without --no-auth every data request is refused with 401"
+        tracing::info!(
+            "every request needs a bearer token; for a first one: hygie token --subject Practitioner/ID --role clinician --scope 'user/*.rs' (with this hub's --data-dir or --database)"
         );
     }
     tracing::info!(

@@ -1,0 +1,209 @@
+"""Bearer tokens from `hygie token`: what they grant, what they do not, and the tokens that
+must be refused (OWASP API1, API2, API5). Each check would fail if its protection broke.
+Both backends; the SMART client library `fhirclient` and PyJWT act as independent clients."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import jwt  # PyJWT, an independent JWT implementation
+import pytest
+import requests
+from fhirclient.auth import FHIROAuth2Auth
+from fhirclient.models.observation import Observation as ClientObservation
+from fhirclient.models.patient import Patient as ClientPatient
+from fhirclient.server import FHIRServer
+
+from e2e_support import (
+    MRN_SYSTEM,
+    assert_outcome,
+    check_resource,
+    observation,
+    one_shot,
+    patient,
+    run_cli,
+)
+
+
+def _store_args(server) -> list[str]:
+    if server.database_url:
+        return ["--database", server.database_url]
+    return ["--data-dir", str(server.data_dir)]
+
+
+def token(hygie_bin, tmp_path, server, *, subject="Practitioner/p1", roles=("clinician",), scope="user/*.cruds",
+          ttl=None) -> str:
+    args = ["token", *_store_args(server), "--subject", subject, "--scope", scope]
+    for role in roles:
+        args += ["--role", role]
+    if ttl is not None:
+        args += ["--ttl", str(ttl)]
+    done = run_cli(hygie_bin, args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def bearer(value: str) -> dict:
+    return {"Authorization": f"Bearer {value}"}
+
+
+def get(url, value, **params):
+    return one_shot("GET", url, headers=bearer(value), params=params)
+
+
+def post(url, value, body):
+    return one_shot("POST", url, headers={**bearer(value), "Content-Type": "application/fhir+json"}, json=body)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def secured(request, start_hub):
+    """A hub that requires tokens (no --no-auth)."""
+    return start_hub(request.param, no_auth=False)
+
+
+def test_a_token_grants_what_its_scopes_and_role_allow(secured, hygie_bin, tmp_path):
+    hub = secured.fhir_url
+    writer = token(hygie_bin, tmp_path, secured, scope="user/Patient.cruds user/Observation.cruds")
+    created = check_resource(post(f"{hub}/Patient", writer, patient("auth-1")), 201, "Patient")
+    obs = check_resource(post(f"{hub}/Observation", writer, observation(f"Patient/{created['id']}")),
+                         201, "Observation")
+    # Read-only on Observation: reads and searches, no write, nothing else.
+    reader = token(hygie_bin, tmp_path, secured, scope="user/Observation.rs")
+    check_resource(get(f"{hub}/Observation/{obs['id']}", reader), 200, "Observation")
+    check_resource(get(f"{hub}/Observation", reader, subject=f"Patient/{created['id']}"), 200, "Bundle")
+    assert_outcome(post(f"{hub}/Observation", reader, observation(f"Patient/{created['id']}")), 403,
+                   code="forbidden")
+    assert_outcome(get(f"{hub}/Patient/{created['id']}", reader), 403, code="forbidden",
+                   diagnostics_contains="Patient.r")
+    # `r` without `s`: reads, does not search.
+    read_only = token(hygie_bin, tmp_path, secured, scope="user/Observation.r")
+    check_resource(get(f"{hub}/Observation/{obs['id']}", read_only), 200, "Observation")
+    assert_outcome(get(f"{hub}/Observation", read_only), 403, code="forbidden")
+    # The role caps the scopes: reception sees patients, not observations.
+    reception = token(hygie_bin, tmp_path, secured, roles=("reception",), scope="user/*.cruds")
+    check_resource(get(f"{hub}/Patient/{created['id']}", reception), 200, "Patient")
+    assert_outcome(get(f"{hub}/Observation/{obs['id']}", reception), 403, code="forbidden",
+                   diagnostics_contains="reception")
+    # An unknown role grants nothing.
+    nobody = token(hygie_bin, tmp_path, secured, roles=("superuser",), scope="user/*.cruds")
+    assert_outcome(get(f"{hub}/Patient/{created['id']}", nobody), 403, code="forbidden")
+
+
+def test_includes_chains_and_transactions_cannot_reach_around_a_scope(secured, hygie_bin, tmp_path):
+    """API1: data of a type the token may not read must not come back through _include,
+    _revinclude, a chain, _has, or hide in a transaction entry."""
+    hub = secured.fhir_url
+    writer = token(hygie_bin, tmp_path, secured, scope="user/Patient.cruds user/Observation.cruds")
+    pat = check_resource(post(f"{hub}/Patient", writer, patient("auth-2", family="Hidden")), 201, "Patient")
+    check_resource(post(f"{hub}/Observation", writer, observation(f"Patient/{pat['id']}")), 201, "Observation")
+    observations_only = token(hygie_bin, tmp_path, secured, scope="user/Observation.rs")
+    for params, named in (({"_include": "Observation:subject"}, "_include of"),
+                          ({"_include": "Observation:patient:Patient"}, "_include of Patient"),
+                          ({"subject:Patient.family": "Hidden"}, "chain through Patient"),
+                          ({"patient.family": "Hidden"}, "chain through Patient")):
+        assert_outcome(get(f"{hub}/Observation", observations_only, **params), 403, code="forbidden",
+                       diagnostics_contains=named)
+    patients_only = token(hygie_bin, tmp_path, secured, scope="user/Patient.rs")
+    for params, named in (({"_revinclude": "Observation:subject"}, "_revinclude of Observation"),
+                          ({"_has:Observation:subject:code": "8867-4"}, "_has on Observation")):
+        assert_outcome(get(f"{hub}/Patient", patients_only, **params), 403, code="forbidden",
+                       diagnostics_contains=named)
+    # A transaction with one entry the token may not write writes nothing.
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:7a1c3d52-7f0e-4c55-9a55-000000000001", "resource": patient("auth-3"),
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": observation("urn:uuid:7a1c3d52-7f0e-4c55-9a55-000000000001"),
+         "request": {"method": "POST", "url": "Observation"}},
+    ]}
+    patient_writer = token(hygie_bin, tmp_path, secured, scope="user/Patient.cruds")
+    assert_outcome(post(hub, patient_writer, bundle), 403, code="forbidden", diagnostics_contains="entry[1]")
+    found = check_resource(get(f"{hub}/Patient", writer, identifier=f"{MRN_SYSTEM}|auth-3"), 200, "Bundle")
+    assert not found.get("entry"), "the refused transaction wrote its Patient"
+    # The same transaction with the right scopes goes through.
+    check_resource(post(hub, writer, bundle), 200, "Bundle")
+
+
+def test_tokens_that_must_be_refused(secured, hygie_bin, tmp_path, start_hub):
+    """API2: forged, tampered, foreign and malformed tokens get 401 with WWW-Authenticate."""
+    hub = secured.fhir_url
+    good = token(hygie_bin, tmp_path, secured, scope="user/Patient.rs")
+    assert get(f"{hub}/Patient", good).status_code == 200
+    header, payload, signature = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+    def encode(part: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+
+    escalated = dict(claims, scope="user/*.cruds", roles=["admin", "clinician"])
+    forged = {
+        "tampered payload": f"{header}.{encode(escalated)}.{signature}",
+        "alg none": f"{encode({'alg': 'none', 'typ': 'JWT'})}.{encode(escalated)}.",
+        "HS256 keyed with the public key": jwt.encode(
+            escalated, _public_key_bytes(hub), algorithm="HS256", headers={"kid": _kid(good)}),
+        "not a JWT": "not-a-jwt",
+        "truncated": f"{header}.{payload}",
+    }
+    # Signed by another hub's key (another data directory or database).
+    other = start_hub("sqlite", no_auth=False)
+    forged["another hub's key"] = token(hygie_bin, tmp_path, other, scope="user/Patient.rs")
+    for name, value in forged.items():
+        response = get(f"{hub}/Patient", value)
+        assert_outcome(response, 401, code="login")
+        assert response.headers.get("WWW-Authenticate", "").startswith("Bearer"), name
+    # Only Bearer.
+    response = one_shot("GET", f"{hub}/Patient", headers={"Authorization": f"Basic {good}"})
+    assert_outcome(response, 401)
+    # An expired token (PyJWT re-signs nothing: we ask our issuer for the shortest life and
+    # check the claim PyJWT reads; expiry itself is tested in hygie-auth with a clock).
+    short = token(hygie_bin, tmp_path, secured, scope="user/Patient.rs", ttl=1)
+    decoded = jwt.decode(short, options={"verify_signature": False})
+    assert decoded["exp"] - decoded["iat"] == 1
+
+
+def _public_key_bytes(hub: str) -> bytes:
+    keys = requests.get(f"{hub}/.well-known/jwks.json", timeout=10).json()["keys"]
+    x = keys[0]["x"]
+    return base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
+
+
+def _kid(value: str) -> str:
+    return jwt.get_unverified_header(value)["kid"]
+
+
+def test_jwks_verifies_our_tokens_with_an_independent_library(secured, hygie_bin, tmp_path):
+    hub = secured.fhir_url
+    configuration = requests.get(f"{hub}/.well-known/smart-configuration", timeout=10).json()
+    assert "permission-v2" in configuration["capabilities"]
+    jwks = requests.get(configuration["jwks_uri"], timeout=10).json()
+    assert all("d" not in key for key in jwks["keys"]), "no private key material is published"
+    value = token(hygie_bin, tmp_path, secured, subject="Practitioner/p9", scope="user/Patient.rs")
+    key = jwt.PyJWK(jwks["keys"][0])
+    claims = jwt.decode(value, key=key, algorithms=["EdDSA"], audience="hygie")
+    assert claims["sub"] == "Practitioner/p9"
+    assert claims["scope"] == "user/Patient.rs"
+    assert claims["roles"] == ["clinician"]
+    assert claims["jti"]
+
+
+def test_a_smart_client_library_uses_a_token(secured, hygie_bin, tmp_path):
+    """Python fhirclient (SMART on FHIR's reference client) reads and searches with it."""
+    hub = secured.fhir_url
+    writer = token(hygie_bin, tmp_path, secured, scope="user/Patient.cruds user/Observation.cruds")
+    pat = check_resource(post(f"{hub}/Patient", writer, patient("auth-4", family="Client")), 201, "Patient")
+    check_resource(post(f"{hub}/Observation", writer, observation(f"Patient/{pat['id']}")), 201, "Observation")
+
+    auth = FHIROAuth2Auth()
+    auth.access_token = token(hygie_bin, tmp_path, secured, scope="user/Patient.rs user/Observation.rs")
+    server = FHIRServer(None, base_uri=hub + "/")
+    server.auth = auth
+    read = ClientPatient.read(pat["id"], server)
+    assert read.name[0].family == "Client"
+    bundle = ClientObservation.where(struct={"subject": f"Patient/{pat['id']}"}).perform(server)
+    assert len(bundle.entry) == 1
+    assert bundle.entry[0].resource.subject.reference == f"Patient/{pat['id']}"
+    # Without the token, the same library gets the 401.
+    anonymous = FHIRServer(None, base_uri=hub + "/")
+    with pytest.raises(Exception) as refused:
+        ClientPatient.read(pat["id"], anonymous)
+    assert "401" in str(refused.value)
