@@ -1,4 +1,5 @@
-"""`hygie demo`: starts, prints its base URL and curl commands that work as printed, stops on
+"""`hygie demo`: starts, prints its base URL, a token per role and curl commands that work as
+printed (a clinician's read, reception refused the observations, no token refused), stops on
 SIGINT with exit code 0 and removes its throwaway data."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import signal
 import urllib.parse
 from pathlib import Path
 
-from e2e_support import Process, check_bundle, check_resource, free_port, run_cli
+from e2e_support import Process, assert_outcome, check_bundle, check_resource, free_port, one_shot, run_cli
 
 DEMO_START_TIMEOUT_S = 90  # generating and loading 20 patients in a debug build
 
@@ -20,13 +21,18 @@ def test_demo(hygie_bin, tmp_path, http):
         banner = demo.wait_for_output(r"Hygie demo hub: (\S+)", DEMO_START_TIMEOUT_S)
         base = banner.group(1)
         assert base == f"http://127.0.0.1:{port}/fhir", f"printed base URL: {base}"
-        demo.wait_for_output(r"^Try:\n(?:.*\n)*.*_history\?_count=3", 30)
+        demo.wait_for_output(r"^Reception reads(?:.*\n)*.*curl -s http\S+/Patient/\S+\s*$", 30)
         output = demo.output()
+        tokens = dict(re.findall(r"^\s+export (\w+)='([^']+)'$", output, re.MULTILINE))
+        assert {"CLINICIAN", "NURSE", "RECEPTION", "BILLING", "DPO"} <= set(tokens), output
+        http.headers["Authorization"] = f"Bearer {tokens['CLINICIAN']}"
 
-        read_cmd = re.search(rf"curl -s {re.escape(base)}/(Patient/[A-Za-z0-9\-.]+)\s*$", output, re.MULTILINE)
+        as_clinician = re.escape('-H "Authorization: Bearer $CLINICIAN"')
+        read_cmd = re.search(rf"curl -s {as_clinician} {re.escape(base)}/(Patient/[A-Za-z0-9\-.]+)\s*$", output,
+                             re.MULTILINE)
         assert read_cmd, f"no `curl {base}/Patient/<id>` in the output:\n{output}"
         reference = read_cmd.group(1)
-        search_cmd = re.search(rf"curl -s '({re.escape(base)}/Patient\?identifier=[^']+)'", output)
+        search_cmd = re.search(rf"curl -s {as_clinician} '({re.escape(base)}/Patient\?identifier=[^']+)'", output)
         assert search_cmd, f"no `curl '{base}/Patient?identifier=…'` in the output:\n{output}"
 
         patient = check_resource(http.get(f"{base}/{reference}"), 200, "Patient")
@@ -43,8 +49,14 @@ def test_demo(hygie_bin, tmp_path, http):
         # The other printed commands answer too.
         check_bundle(http.get(f"{base}/Patient", params={"_count": "5"}), "searchset")
         check_bundle(http.get(f"{base}/{reference}/_history"), "history")
-        check_bundle(http.get(f"{base}/_history", params={"_count": "3"}), "history")
+        check_bundle(http.get(f"{base}/Observation", params={"subject": reference, "_count": "3"}), "searchset")
         check_resource(http.get(f"{base}/metadata"), 200, "CapabilityStatement")
+        # Reception reads the patient and is refused the observations; no token is 401.
+        reception = {"Authorization": f"Bearer {tokens['RECEPTION']}"}
+        check_resource(one_shot("GET", f"{base}/{reference}", headers=reception), 200, "Patient")
+        assert_outcome(one_shot("GET", f"{base}/Observation", params={"subject": reference}, headers=reception),
+                       403, code="forbidden")
+        assert_outcome(one_shot("GET", f"{base}/{reference}"), 401, code="login")
         listed = re.findall(r"^\s+.+?\s(Patient/[A-Za-z0-9\-.]+)\s", output, re.MULTILINE)
         assert len(listed) >= 5, f"five patients are listed with their references:\n{output}"
         for other in listed[:5]:

@@ -116,11 +116,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     })?;
     let bound = listener.local_addr()?;
     let base = format!("http://{bound}/fhir");
-    print_tries(&base, &options, &assigned);
+    let auth = config::auth_settings(&config::FileSettings::default())?;
+    let issuer = hub
+        .token_issuer(&auth.issuer)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load the token issuer key: {e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let mut tokens = Vec::new();
+    for (role, scope) in DEMO_ROLES {
+        let token = issuer.issue(
+            &hygie_auth::TokenRequest {
+                subject: format!("Practitioner/demo-{role}"),
+                audience: auth.audience.clone(),
+                roles: vec![(*role).to_owned()],
+                scope: (*scope).to_owned(),
+                patient: None,
+                ttl_seconds: DEMO_TOKEN_TTL_SECONDS,
+            },
+            now,
+        )?;
+        tokens.push((role.to_ascii_uppercase(), token));
+    }
+    print_tries(&base, &options, &assigned, &tokens);
     let app = hygie_server::router(
         hub.clone(),
         hygie_server::HttpConfig {
-            no_auth: true,
+            tokens: Some(std::sync::Arc::new(hygie_auth::Verifier::new(
+                &issuer,
+                &auth.audience,
+                &auth.roles_claim,
+            ))),
             ..hygie_server::HttpConfig::default()
         },
     );
@@ -148,17 +175,33 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The roles the demo prints a token for, and the scopes each token asks for (the role's
+/// ceiling then caps them: reception asks for everything and gets demographics).
+const DEMO_ROLES: &[(&str, &str)] = &[
+    ("clinician", "user/*.cruds"),
+    ("nurse", "user/*.crus"),
+    ("reception", "user/*.cruds"),
+    ("billing", "user/*.rs"),
+    ("dpo", "user/*.rs"),
+];
+const DEMO_TOKEN_TTL_SECONDS: u64 = 8 * 3600;
+
 fn print_tries(
     base: &str,
     options: &hygie_synth::SynthOptions,
     assigned: &HashMap<String, String>,
+    tokens: &[(String, String)],
 ) {
     let people = hygie_synth::demo_people(options);
     println!();
     println!("Hygie demo hub: {base}");
     println!(
-        "Development mode: no authentication, loopback only. Ctrl-C stops it and deletes its data."
+        "Every request needs a bearer token: paste these lines into your shell (valid 8 hours)."
     );
+    println!("Loopback only. Ctrl-C stops the demo and deletes its data.");
+    for (role, token) in tokens {
+        println!("  export {role}='{token}'");
+    }
     println!();
     println!("Patients (first five):");
     for patient in people.patients.iter().take(5) {
@@ -187,16 +230,23 @@ fn print_tries(
     let token = first
         .map(|p| p.identifier.search_token())
         .unwrap_or_default();
+    let as_clinician = "-H \"Authorization: Bearer $CLINICIAN\"";
     println!();
     println!("Try:");
     println!("  curl -s {base}/metadata | head -c 400");
-    println!("  curl -s {base}/{patient_ref}");
-    println!("  curl -s '{base}/Patient?identifier={token}'");
-    println!("  curl -s '{base}/Patient?_count=5'");
-    println!("  curl -s {base}/{patient_ref}/_history");
+    println!("  curl -s {as_clinician} {base}/{patient_ref}");
+    println!("  curl -s {as_clinician} '{base}/Patient?identifier={token}'");
+    println!("  curl -s {as_clinician} '{base}/Patient?_count=5'");
+    println!("  curl -s {as_clinician} {base}/{patient_ref}/_history");
     println!(
-        "  curl -s -X POST {base}/Patient -H 'Content-Type: application/fhir+json' \\\n       -d '{{\"resourceType\":\"Patient\",\"name\":[{{\"family\":\"Durand\",\"given\":[\"Alice\"]}}]}}'"
+        "  curl -s {as_clinician} -X POST {base}/Patient -H 'Content-Type: application/fhir+json' \\\n       -d '{{\"resourceType\":\"Patient\",\"name\":[{{\"family\":\"Durand\",\"given\":[\"Alice\"]}}]}}'"
     );
-    println!("  curl -s '{base}/_history?_count=3'");
+    println!("  curl -s {as_clinician} '{base}/Observation?subject={patient_ref}&_count=3'");
+    println!("Reception reads the patient, not their observations (403), and no token is 401:");
+    println!("  curl -s -H \"Authorization: Bearer $RECEPTION\" {base}/{patient_ref}");
+    println!(
+        "  curl -s -H \"Authorization: Bearer $RECEPTION\" '{base}/Observation?subject={patient_ref}'"
+    );
+    println!("  curl -s {base}/{patient_ref}");
     println!();
 }
