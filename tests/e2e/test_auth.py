@@ -207,3 +207,37 @@ def test_a_smart_client_library_uses_a_token(secured, hygie_bin, tmp_path):
     with pytest.raises(Exception) as refused:
         ClientPatient.read(pat["id"], anonymous)
     assert "401" in str(refused.value)
+
+
+def test_revocation_refuses_a_token_or_a_principal_from_the_next_request(secured, hygie_bin, tmp_path):
+    """`hygie revoke --jti` refuses one token, `--subject` every token of a principal (even
+    one already verified and cached), until `--lift`; the refusals are 401."""
+    hub = secured.fhir_url
+    first = token(hygie_bin, tmp_path, secured, subject="Practitioner/rev", scope="user/Patient.rs")
+    second = token(hygie_bin, tmp_path, secured, subject="Practitioner/rev", scope="user/Patient.crs")
+    other = token(hygie_bin, tmp_path, secured, subject="Practitioner/stays", scope="user/Patient.rs")
+    for value in (first, second, other):
+        assert get(f"{hub}/Patient", value).status_code == 200  # verified and cached
+    jti = jwt.decode(first, options={"verify_signature": False})["jti"]
+
+    def revoke(*args):
+        done = run_cli(hygie_bin, ["revoke", *_store_args(secured), *args], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    revoke("--jti", jti, "--reason", "stolen laptop")
+    assert_outcome(get(f"{hub}/Patient", first), 401, code="login", diagnostics_contains="stolen laptop")
+    assert get(f"{hub}/Patient", second).status_code == 200, "only that token"
+    revoke("--subject", "Practitioner/rev", "--reason", "left the hospital")
+    for value in (first, second):
+        assert_outcome(get(f"{hub}/Patient", value), 401, code="login")
+    # Writes too, and searches on the reader threads.
+    assert_outcome(post(f"{hub}/Patient", second, patient("rev-1")), 401, code="login")
+    assert get(f"{hub}/Patient", other).status_code == 200, "another principal is not affected"
+    revoke("--subject", "Practitioner/rev", "--lift")
+    assert get(f"{hub}/Patient", second).status_code == 200
+    assert_outcome(get(f"{hub}/Patient", first), 401, code="login")  # its own revocation stays
+    # Lifting what is not revoked says so.
+    done = run_cli(hygie_bin, ["revoke", *_store_args(secured), "--subject", "Practitioner/none", "--lift"],
+                   cwd=tmp_path)
+    assert done.returncode != 0 and "not revoked" in done.stderr

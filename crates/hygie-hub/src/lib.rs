@@ -182,8 +182,80 @@ impl Hub {
             .map_err(|e| HubError::new(500, hygie_fhir::IssueType::Exception, e.to_string()))
     }
 
+    /// Revokes one token (`kind` `jti`) or every token of a principal (`kind` `subject`),
+    /// from the next request on, on every hub process of the store; with `lift`, undoes it.
+    /// Audited as an administrative act of `caller`.
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        kind: RevocationKind,
+        value: &str,
+        reason: &str,
+        lift: bool,
+    ) -> Result<bool, HubError> {
+        if value.is_empty() || value.len() > 1024 {
+            return Err(HubError::bad_request(
+                "the revoked value must be 1 to 1024 bytes",
+            ));
+        }
+        let kind = kind.as_str();
+        let value_owned = value.to_owned();
+        let reason = if reason.is_empty() {
+            "revoked by an administrator".to_owned()
+        } else {
+            reason.to_owned()
+        };
+        let now = instant::now_us();
+        let changed = self
+            .perform(
+                pipeline::Access {
+                    caller,
+                    action: hygie_policy::Action::Revoke,
+                    target: hygie_policy::Target::system(),
+                    query: Some(format!("{}{kind}={value}", if lift { "lift:" } else { "" })),
+                },
+                move |tx, _mask| {
+                    if lift {
+                        Ok(Ok(Revocation(tx.lift_revocation(kind, &value_owned)?)))
+                    } else {
+                        tx.revoke(kind, &value_owned, now, &reason)?;
+                        Ok(Ok(Revocation(true)))
+                    }
+                },
+            )
+            .await?;
+        Ok(changed.0)
+    }
+
     /// Stops the store after the work in flight; nothing acknowledged is lost.
     pub async fn close(&self) {
         self.inner.store.close().await;
+    }
+}
+
+/// What a revocation names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationKind {
+    /// One token, by its `jti`.
+    TokenId,
+    /// Every token of a principal (`sub`): a kill switch.
+    Subject,
+}
+
+impl RevocationKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::TokenId => "jti",
+            RevocationKind::Subject => "subject",
+        }
+    }
+}
+
+/// Whether a revocation changed anything.
+struct Revocation(bool);
+
+impl pipeline::Audited for Revocation {
+    fn audit_entities(&self) -> Vec<String> {
+        Vec::new()
     }
 }

@@ -60,6 +60,9 @@ struct Denied {
 
 /// One access, decided, with what its audit record needs once it has run.
 struct Decided<F> {
+    /// For a token: its `jti` and subject, checked against the revocations inside the
+    /// unit, so that a revocation holds from the next request on, on every hub process.
+    revocable: Option<(Option<String>, String)>,
     record: AuditRecord,
     target_reference: Option<String>,
     undoable: bool,
@@ -101,6 +104,7 @@ impl Hub {
         F: FnOnce(&mut dyn Tx, &Mask) -> OpResult<T> + Send + 'static,
     {
         let Decided {
+            revocable,
             mut record,
             target_reference,
             mask,
@@ -110,7 +114,13 @@ impl Hub {
             Ok(decided) => decided,
             Err(denied) => return self.audit_denial(denied).await,
         };
-        let result = match self.inner.store.read(move |tx| op(tx, &mask)).await {
+        let read = move |tx: &mut dyn Tx| -> OpResult<T> {
+            if let Some(refusal) = revoked(tx, revocable.as_ref())? {
+                return Ok(Err(refusal));
+            }
+            op(tx, &mask)
+        };
+        let result = match self.inner.store.read(read).await {
             Ok(result) => result,
             Err(error) => Err(HubError::from_store(error)),
         };
@@ -233,6 +243,12 @@ impl Hub {
         match decision {
             // A read writes nothing but its audit leaf: it needs no savepoint to undo.
             Decision::Permit { mask } => Ok(Decided {
+                revocable: access.caller.principal.access.as_ref().map(|token| {
+                    (
+                        token.token_id.clone(),
+                        access.caller.principal.subject.clone(),
+                    )
+                }),
                 record,
                 target_reference,
                 undoable: access.action.writes() || access.action == Action::Bundle,
@@ -282,6 +298,7 @@ where
     F: FnOnce(&mut dyn Tx, &Mask) -> OpResult<T>,
 {
     let Decided {
+        revocable,
         mut record,
         target_reference,
         undoable,
@@ -291,7 +308,11 @@ where
     if undoable {
         tx.savepoint()?;
     }
-    let result = match op(tx, &mask) {
+    let outcome = match revoked(tx, revocable.as_ref())? {
+        Some(refusal) => Ok(Err(refusal)),
+        None => op(tx, &mask),
+    };
+    let result = match outcome {
         Ok(Ok(value)) => {
             if undoable {
                 tx.release_savepoint()?;
@@ -321,4 +342,21 @@ where
     }
     tx.append_audit(record.recorded_us, &record.to_leaf())?;
     Ok(result)
+}
+
+/// The refusal of a revoked token (or of a token whose subject is revoked), if it is.
+fn revoked(
+    tx: &mut dyn Tx,
+    revocable: Option<&(Option<String>, String)>,
+) -> Result<Option<HubError>, StoreError> {
+    let Some((token_id, subject)) = revocable else {
+        return Ok(None);
+    };
+    Ok(tx.revocation(token_id.as_deref(), subject)?.map(|reason| {
+        HubError::new(
+            401,
+            hygie_fhir::IssueType::Login,
+            format!("the token has been revoked: {reason}"),
+        )
+    }))
 }

@@ -262,6 +262,15 @@ impl Tx for FailingAuditTx<'_> {
     fn meta_set(&mut self, k: &str, v: &str) -> StoreResult<()> {
         self.0.meta_set(k, v)
     }
+    fn revoke(&mut self, k: &str, v: &str, at: i64, why: &str) -> StoreResult<()> {
+        self.0.revoke(k, v, at, why)
+    }
+    fn lift_revocation(&mut self, k: &str, v: &str) -> StoreResult<bool> {
+        self.0.lift_revocation(k, v)
+    }
+    fn revocation(&mut self, jti: Option<&str>, subject: &str) -> StoreResult<Option<String>> {
+        self.0.revocation(jti, subject)
+    }
     fn append_audit(&mut self, _: i64, _: &[u8]) -> StoreResult<i64> {
         Err(StoreError::Database("audit_log: disk full".into()))
     }

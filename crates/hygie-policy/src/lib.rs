@@ -45,6 +45,8 @@ pub struct Principal {
 /// What a verified token says its bearer may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenAccess {
+    /// `jti`, for revocation.
+    pub token_id: Option<String>,
     pub roles: Vec<String>,
     pub scopes: ScopeSet,
     /// The SMART `patient` launch context.
@@ -115,6 +117,8 @@ pub enum Action {
     /// A transaction or batch Bundle; each entry is decided again on its own.
     Bundle,
     Import,
+    /// Revoking a token or a principal, or lifting a revocation: an administrative act.
+    Revoke,
 }
 
 impl Action {
@@ -132,6 +136,7 @@ impl Action {
             Action::History => "history",
             Action::Bundle => "transaction",
             Action::Import => "import",
+            Action::Revoke => "revoke",
         }
     }
 
@@ -139,7 +144,12 @@ impl Action {
     pub fn writes(self) -> bool {
         matches!(
             self,
-            Action::Create | Action::Update | Action::Patch | Action::Delete | Action::Import
+            Action::Create
+                | Action::Update
+                | Action::Patch
+                | Action::Delete
+                | Action::Import
+                | Action::Revoke
         )
     }
 }
@@ -317,6 +327,15 @@ impl Policy {
             Action::Import => {
                 return forbidden("import is for the hub's operator (hygie import)".to_owned());
             }
+            Action::Revoke => {
+                return if access.roles.iter().any(|r| r == "admin") {
+                    Decision::Permit {
+                        mask: Mask::default(),
+                    }
+                } else {
+                    forbidden("revocations need the admin role".to_owned())
+                };
+            }
         };
         let Some(resource_type) = target.resource_type.as_deref() else {
             return forbidden(format!(
@@ -414,7 +433,7 @@ impl Policy {
 mod tests {
     use super::*;
 
-    const ALL_ACTIONS: [Action; 11] = [
+    const ALL_ACTIONS: [Action; 12] = [
         Action::Read,
         Action::VRead,
         Action::Create,
@@ -426,12 +445,14 @@ mod tests {
         Action::History,
         Action::Bundle,
         Action::Import,
+        Action::Revoke,
     ];
 
     fn bearer(roles: &[&str], scopes: &str) -> Principal {
         Principal::token(
             "Practitioner/p1",
             TokenAccess {
+                token_id: None,
                 roles: roles.iter().map(|r| r.to_string()).collect(),
                 scopes: ScopeSet::parse(scopes, |t| {
                     t.chars().next().is_some_and(|c| c.is_ascii_uppercase())

@@ -590,6 +590,7 @@ fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
     Ok(Principal::token(
         &claims.subject,
         hygie_policy::TokenAccess {
+            token_id: claims.token_id,
             roles: claims.roles,
             scopes,
             patient: claims.patient,

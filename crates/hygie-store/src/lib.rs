@@ -229,6 +229,14 @@ pub trait Tx {
     /// The hub's own settings (index version, paging key), kept with its data.
     fn meta_get(&mut self, key: &str) -> StoreResult<Option<String>>;
     fn meta_set(&mut self, key: &str, value: &str) -> StoreResult<()>;
+    /// Records a revocation: `kind` is `jti` (one token) or `subject` (every token of a
+    /// principal, a kill switch). Revoking again keeps the first record.
+    fn revoke(&mut self, kind: &str, value: &str, revoked_us: i64, reason: &str)
+    -> StoreResult<()>;
+    /// Lifts a revocation; false when there was none.
+    fn lift_revocation(&mut self, kind: &str, value: &str) -> StoreResult<bool>;
+    /// The reason a token (its `jti`) or its subject is revoked, if either is.
+    fn revocation(&mut self, token_id: Option<&str>, subject: &str) -> StoreResult<Option<String>>;
     /// Appends one leaf to the audit log; returns its sequence number, increasing in commit
     /// order on SQLite. On PostgreSQL several processes append concurrently, so numbers
     /// may have gaps (rolled-back units) and are dense only once the audit integrator

@@ -86,6 +86,13 @@ pub const SQLITE: &[&str] = &[
     CREATE INDEX search_uri_owner ON search_uri (resource_type, id);
     CREATE TABLE hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     "#,
+    // 3: revoked tokens (by `jti`) and revoked principals (every token of a subject).
+    r#"
+    CREATE TABLE revocations (
+        kind TEXT NOT NULL, value TEXT NOT NULL, revoked_us INTEGER NOT NULL,
+        reason TEXT NOT NULL, PRIMARY KEY (kind, value)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -178,6 +185,13 @@ pub const POSTGRES: &[&str] = &[
     CREATE INDEX search_uri_lookup ON search_uri (resource_type, param, md5(value));
     CREATE INDEX search_uri_owner ON search_uri (resource_type, id);
     CREATE TABLE hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    "#,
+    // 3: revoked tokens (by `jti`) and revoked principals (every token of a subject).
+    r#"
+    CREATE TABLE revocations (
+        kind TEXT COLLATE "C" NOT NULL, value TEXT COLLATE "C" NOT NULL,
+        revoked_us BIGINT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (kind, value)
+    );
     "#,
 ];
 

@@ -852,6 +852,38 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    fn revoke(
+        &mut self,
+        kind: &str,
+        value: &str,
+        revoked_us: i64,
+        reason: &str,
+    ) -> StoreResult<()> {
+        let statement = self.statement(
+            "INSERT INTO revocations (kind, value, revoked_us, reason) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (kind, value) DO NOTHING",
+        )?;
+        self.transaction
+            .execute(&statement, &[&kind, &value, &revoked_us, &reason])?;
+        Ok(())
+    }
+
+    fn lift_revocation(&mut self, kind: &str, value: &str) -> StoreResult<bool> {
+        let statement = self.statement("DELETE FROM revocations WHERE kind = $1 AND value = $2")?;
+        Ok(self.transaction.execute(&statement, &[&kind, &value])? > 0)
+    }
+
+    fn revocation(&mut self, token_id: Option<&str>, subject: &str) -> StoreResult<Option<String>> {
+        let statement = self.statement(
+            "SELECT reason FROM revocations
+             WHERE (kind = 'jti' AND value = $1) OR (kind = 'subject' AND value = $2) LIMIT 1",
+        )?;
+        Ok(self
+            .transaction
+            .query_opt(&statement, &[&token_id.unwrap_or(""), &subject])?
+            .map(|row| row.get(0)))
+    }
+
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64> {
         let statement = self.statement(APPEND_AUDIT_SQL)?;
         Ok(self

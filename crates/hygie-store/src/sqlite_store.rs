@@ -1049,6 +1049,41 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn revoke(
+        &mut self,
+        kind: &str,
+        value: &str,
+        revoked_us: i64,
+        reason: &str,
+    ) -> StoreResult<()> {
+        self.connection
+            .prepare_cached(
+                "INSERT INTO revocations (kind, value, revoked_us, reason) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (kind, value) DO NOTHING",
+            )?
+            .execute(params![kind, value, revoked_us, reason])?;
+        Ok(())
+    }
+
+    fn lift_revocation(&mut self, kind: &str, value: &str) -> StoreResult<bool> {
+        Ok(self
+            .connection
+            .prepare_cached("DELETE FROM revocations WHERE kind = ?1 AND value = ?2")?
+            .execute(params![kind, value])?
+            > 0)
+    }
+
+    fn revocation(&mut self, token_id: Option<&str>, subject: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .connection
+            .prepare_cached(
+                "SELECT reason FROM revocations
+                 WHERE (kind = 'jti' AND value = ?1) OR (kind = 'subject' AND value = ?2) LIMIT 1",
+            )?
+            .query_row(params![token_id.unwrap_or(""), subject], |row| row.get(0))
+            .optional()?)
+    }
+
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64> {
         let mut statement = self.connection.prepare_cached(
             "INSERT INTO audit_log (leaf_index, recorded_us, leaf)

@@ -21,6 +21,7 @@ hygie_store::on_both_backends!(
     concurrent_units_all_commit,
     failed_units_do_not_take_their_batch_down,
     read_units_cannot_write,
+    revocations_are_kept_found_and_lifted,
     a_long_read_does_not_hold_up_writes,
 );
 
@@ -554,6 +555,60 @@ async fn a_long_read_does_not_hold_up_writes(backend: Backend) {
         one_snapshot,
         "the read saw a write committed after it began"
     );
+}
+
+async fn revocations_are_kept_found_and_lifted(backend: Backend) {
+    let store = backend.store;
+    let found = |jti: Option<&'static str>, subject: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .read(move |tx| tx.revocation(jti, subject))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(found(Some("t1"), "Practitioner/a").await, None);
+    store
+        .run(|tx| {
+            tx.revoke("jti", "t1", 1, "stolen laptop")?;
+            tx.revoke("subject", "Practitioner/b", 2, "left the hospital")?;
+            // Revoking again keeps the first reason.
+            tx.revoke("jti", "t1", 3, "again")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        found(Some("t1"), "Practitioner/a").await.as_deref(),
+        Some("stolen laptop")
+    );
+    assert_eq!(
+        found(Some("t2"), "Practitioner/a").await,
+        None,
+        "another token of the same subject"
+    );
+    assert_eq!(
+        found(None, "Practitioner/b").await.as_deref(),
+        Some("left the hospital")
+    );
+    assert_eq!(
+        found(Some("t9"), "Practitioner/b").await.as_deref(),
+        Some("left the hospital")
+    );
+    // A jti equal to a subject's name, or the reverse, is not confused.
+    assert_eq!(found(Some("Practitioner/b"), "x").await, None);
+    assert_eq!(found(None, "t1").await, None);
+    let lifted = store
+        .run(|tx| {
+            Ok((
+                tx.lift_revocation("jti", "t1")?,
+                tx.lift_revocation("jti", "t1")?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(lifted, (true, false));
+    assert_eq!(found(Some("t1"), "Practitioner/a").await, None);
 }
 
 async fn long_tokens_are_indexed_and_found(backend: Backend) {

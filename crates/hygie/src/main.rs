@@ -5,6 +5,7 @@
 mod config;
 mod demo;
 mod import;
+mod revoke;
 mod serve;
 mod token;
 
@@ -33,6 +34,8 @@ enum Command {
     Import(import::ImportArgs),
     /// Print a bearer token signed by the hub's own issuer.
     Token(token::TokenArgs),
+    /// Revoke a token (by jti) or every token of a principal, or lift a revocation.
+    Revoke(revoke::RevokeArgs),
 }
 
 fn init_logging(format: Option<&str>) -> anyhow::Result<()> {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Import(args) => import::run(args).await,
             Command::Token(args) => token::run(args).await,
+            Command::Revoke(args) => revoke::run(args).await,
         }
     });
     match result {
