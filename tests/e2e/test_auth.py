@@ -241,3 +241,26 @@ def test_revocation_refuses_a_token_or_a_principal_from_the_next_request(secured
     done = run_cli(hygie_bin, ["revoke", *_store_args(secured), "--subject", "Practitioner/none", "--lift"],
                    cwd=tmp_path)
     assert done.returncode != 0 and "not revoked" in done.stderr
+
+
+def test_rate_limits_per_principal_and_per_address(start_hub, hygie_bin, tmp_path):
+    """API4: a flood from one principal, or from one address, gets 429 with Retry-After and
+    a `throttled` OperationOutcome; others are not held up by it."""
+    settings = tmp_path / "limits.toml"
+    settings.write_text("[limits]\nrate_per_principal = 5\nrate_per_address = 40\n")
+    server = start_hub("sqlite", no_auth=False, args=["--config", str(settings)])
+    hub = server.fhir_url
+    flooder = token(hygie_bin, tmp_path, server, subject="Practitioner/flood", scope="user/Patient.rs")
+    calm = token(hygie_bin, tmp_path, server, subject="Practitioner/calm", scope="user/Patient.rs")
+    with requests.Session() as session:
+        statuses = [session.get(f"{hub}/Patient", headers=bearer(flooder)).status_code for _ in range(30)]
+        assert statuses[:10] == [200] * 10, f"the burst (twice the rate) passes: {statuses}"
+        assert 429 in statuses, statuses
+        refused = session.get(f"{hub}/Patient", headers=bearer(flooder))
+        assert_outcome(refused, 429, code="throttled")
+        assert int(refused.headers["Retry-After"]) >= 1
+        # Another principal, same address: its own bucket.
+        assert session.get(f"{hub}/Patient", headers=bearer(calm)).status_code == 200
+        # The address's own limit (40/s, burst 80) holds whatever the tokens.
+        seen = [session.get(f"{hub}/metadata").status_code for _ in range(120)]
+        assert 429 in seen, "the address is limited, even without a token"

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::middleware::RequestId;
-use crate::response::{ErrorResponse, fhir_json, outcome_response};
+use crate::response::{ErrorResponse, Throttled, fhir_json, outcome_response};
 
 type Result<T> = std::result::Result<T, ErrorResponse>;
 
@@ -344,7 +344,18 @@ async fn dispatch_inner(
         .unwrap_or_default();
     check_accept(&headers, &query)?;
     let base = base_url(&state, &headers);
+    let now = std::time::Instant::now();
+    if let Some(address) = remote
+        && let Err(wait) = state.by_address.check(&address.ip().to_string(), now)
+    {
+        return Ok(Throttled(wait).into_response());
+    }
     let principal = principal(&state, &headers)?;
+    if principal.access.is_some()
+        && let Err(wait) = state.by_principal.check(&principal.subject, now)
+    {
+        return Ok(Throttled(wait).into_response());
+    }
     let caller = Caller {
         principal,
         request_id,

@@ -17,6 +17,7 @@
 
 mod fhir;
 mod middleware;
+mod rate;
 mod response;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use axum::Router;
 use axum::routing::{any, get};
 use hygie_hub::Hub;
 
+pub use rate::Rate;
 pub use response::outcome_response;
 
 /// Named bounds and switches of the HTTP front door.
@@ -44,6 +46,10 @@ pub struct HttpConfig {
     /// Verifies bearer tokens; without one (and without `no_auth`), every request is
     /// anonymous and refused.
     pub tokens: Option<Arc<hygie_auth::Verifier>>,
+    /// Requests per client address (token bucket, 429 beyond).
+    pub rate_per_address: Rate,
+    /// Requests per authenticated principal (token bucket, 429 beyond).
+    pub rate_per_principal: Rate,
     /// The base URL clients use, for links and `Location`; derived from `Host` when unset.
     pub public_base_url: Option<String>,
     /// `https` when serving TLS, for derived base URLs.
@@ -58,16 +64,25 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             no_auth: false,
             tokens: None,
+            rate_per_address: Rate::per_second(DEFAULT_RATE_PER_ADDRESS),
+            rate_per_principal: Rate::per_second(DEFAULT_RATE_PER_PRINCIPAL),
             public_base_url: None,
             scheme: "http",
         }
     }
 }
 
+/// Default sustained requests per second from one address (burst: twice as many).
+pub const DEFAULT_RATE_PER_ADDRESS: u32 = 2_000;
+/// Default sustained requests per second of one principal (burst: twice as many).
+pub const DEFAULT_RATE_PER_PRINCIPAL: u32 = 1_000;
+
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub hub: Hub,
     pub config: Arc<HttpConfig>,
+    pub by_address: Arc<rate::Limiter>,
+    pub by_principal: Arc<rate::Limiter>,
 }
 
 /// The application: FHIR REST under `/fhir`, health probes, request ids, time-outs.
@@ -75,6 +90,8 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
     let timeout = config.request_timeout;
     let state = AppState {
         hub,
+        by_address: Arc::new(rate::Limiter::new(config.rate_per_address)),
+        by_principal: Arc::new(rate::Limiter::new(config.rate_per_principal)),
         config: Arc::new(config),
     };
     Router::new()

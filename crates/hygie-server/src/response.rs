@@ -51,3 +51,20 @@ impl From<HubError> for ErrorResponse {
         ErrorResponse(error)
     }
 }
+
+/// 429 with `Retry-After: wait_seconds`.
+pub struct Throttled(pub u64);
+
+impl IntoResponse for Throttled {
+    fn into_response(self) -> Response {
+        let issue = Issue::error(
+            hygie_fhir::IssueType::Throttled,
+            format!("too many requests: try again in {} s", self.0),
+        );
+        let mut response = outcome_response(429, &[issue]);
+        if let Ok(value) = HeaderValue::from_str(&self.0.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}

@@ -127,6 +127,10 @@ pub struct FileLimits {
     pub shutdown_grace_ms: Option<u64>,
     /// A search (or count) running longer is stopped with 400 too-costly.
     pub search_time_limit_ms: Option<u64>,
+    /// Sustained requests per second from one client address (0: no limit).
+    pub rate_per_address: Option<u32>,
+    /// Sustained requests per second of one authenticated principal (0: no limit).
+    pub rate_per_principal: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]

@@ -121,6 +121,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         request_timeout: limits.request_timeout,
         no_auth,
         tokens,
+        rate_per_address: hygie_server::Rate::per_second(
+            file.limits
+                .rate_per_address
+                .unwrap_or(hygie_server::DEFAULT_RATE_PER_ADDRESS),
+        ),
+        rate_per_principal: hygie_server::Rate::per_second(
+            file.limits
+                .rate_per_principal
+                .unwrap_or(hygie_server::DEFAULT_RATE_PER_PRINCIPAL),
+        ),
         public_base_url: args
             .public_base_url
             .clone()
