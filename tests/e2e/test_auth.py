@@ -33,8 +33,10 @@ def _store_args(server) -> list[str]:
 
 
 def token(hygie_bin, tmp_path, server, *, subject="Practitioner/p1", roles=("clinician",), scope="user/*.cruds",
-          ttl=None) -> str:
+          ttl=None, patient_context=None) -> str:
     args = ["token", *_store_args(server), "--subject", subject, "--scope", scope]
+    if patient_context:
+        args += ["--patient", patient_context]
     for role in roles:
         args += ["--role", role]
     if ttl is not None:
@@ -264,3 +266,48 @@ def test_rate_limits_per_principal_and_per_address(start_hub, hygie_bin, tmp_pat
         # The address's own limit (40/s, burst 80) holds whatever the tokens.
         seen = [session.get(f"{hub}/metadata").status_code for _ in range(120)]
         assert 429 in seen, "the address is limited, even without a token"
+
+
+def test_a_patient_token_sees_only_that_patients_compartment(secured, hygie_bin, tmp_path):
+    """API1: a patient's own token (patient/ scopes, a patient context) reads and searches
+    that patient's data and nothing of anyone else's, not even whether it exists."""
+    hub = secured.fhir_url
+    writer = token(hygie_bin, tmp_path, secured, scope="user/Patient.cruds user/Observation.cruds")
+    me = check_resource(post(f"{hub}/Patient", writer, patient("pt-me")), 201, "Patient")["id"]
+    other = check_resource(post(f"{hub}/Patient", writer, patient("pt-other")), 201, "Patient")["id"]
+    mine = [check_resource(post(f"{hub}/Observation", writer, observation(f"Patient/{me}", value=v)), 201,
+                           "Observation")["id"] for v in (60.0, 61.0)]
+    theirs = check_resource(post(f"{hub}/Observation", writer, observation(f"Patient/{other}")), 201,
+                            "Observation")["id"]
+    value = token(hygie_bin, tmp_path, secured, subject=f"Patient/{me}", roles=("patient",),
+                  scope="patient/*.rs", patient_context=me)
+
+    check_resource(get(f"{hub}/Patient/{me}", value), 200, "Patient")
+    for observation_id in mine:
+        check_resource(get(f"{hub}/Observation/{observation_id}", value), 200, "Observation")
+    # Someone else's, and one that does not exist: the same refusal, so nothing is told.
+    for reference in (f"Observation/{theirs}", f"Patient/{other}", "Observation/does-not-exist"):
+        assert_outcome(get(f"{hub}/{reference}", value), 403, code="forbidden",
+                       diagnostics_contains="compartment")
+    # Searches, totals and compartment searches hold only this patient's data.
+    found = check_resource(get(f"{hub}/Observation", value, _total="accurate"), 200, "Bundle")
+    assert sorted(e["resource"]["id"] for e in found.get("entry", [])) == sorted(mine)
+    assert found["total"] == 2
+    patients = check_resource(get(f"{hub}/Patient", value), 200, "Bundle")
+    assert [e["resource"]["id"] for e in patients["entry"]] == [me]
+    elsewhere = check_resource(get(f"{hub}/Patient/{other}/Observation", value), 200, "Bundle")
+    assert not elsewhere.get("entry"), "another patient's compartment is empty to this token"
+    everything = check_resource(get(f"{hub}/Patient/{me}/$everything", value), 200, "Bundle")
+    assert theirs not in {e["resource"]["id"] for e in everything["entry"]}
+    assert_outcome(get(f"{hub}/Patient/{other}/$everything", value), 403, code="forbidden")
+    # Refused until they are limited to the compartment: includes, writes, history, Bundles.
+    assert_outcome(get(f"{hub}/Observation", value, _include="Observation:subject"), 403, code="forbidden")
+    assert_outcome(post(f"{hub}/Observation", value, observation(f"Patient/{me}")), 403, code="forbidden")
+    assert_outcome(get(f"{hub}/Observation/{mine[0]}/_history", value), 403, code="forbidden")
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"request": {"method": "GET", "url": f"Observation/{theirs}"}}]}
+    assert_outcome(post(hub, value, bundle), 403, code="forbidden")
+    # A patient's token with user/ scopes gets nothing from them.
+    sneaky = token(hygie_bin, tmp_path, secured, subject=f"Patient/{me}", roles=("patient",),
+                   scope="user/*.rs", patient_context=me)
+    assert_outcome(get(f"{hub}/Observation/{theirs}", sneaky), 403, code="forbidden")

@@ -207,12 +207,52 @@ pub(crate) fn write_version(
     })
 }
 
+/// Under a `patient/` scope, a resource outside the compartment of the token's patient is
+/// refused whether it exists or not, so that the answer says nothing about it.
+fn check_patient_compartment(
+    tx: &mut dyn Tx,
+    mask: &Mask,
+    resource_type: &str,
+    id: &str,
+) -> Result<Result<(), HubError>, StoreError> {
+    let Some(patient) = &mask.patient_compartment else {
+        return Ok(Ok(()));
+    };
+    let inside = if resource_type == "Patient" {
+        id == patient
+    } else {
+        !tx.search(&hygie_store::SearchSpec {
+            resource_type: resource_type.to_owned(),
+            filters: vec![
+                hygie_store::Filter::Ids(vec![id.to_owned()]),
+                crate::search::compartment_filter(resource_type, "Patient", patient),
+            ],
+            sort: Vec::new(),
+            position: None,
+            limit: 1,
+        })?
+        .is_empty()
+    };
+    Ok(if inside {
+        Ok(())
+    } else {
+        Err(HubError::new(
+            403,
+            hygie_fhir::IssueType::Forbidden,
+            format!("{resource_type}/{id} is not in the compartment of the token's patient"),
+        ))
+    })
+}
+
 pub(crate) fn exec_read(
     tx: &mut dyn Tx,
     mask: &Mask,
     resource_type: &str,
     id: &str,
 ) -> OpResult<Stored> {
+    if let Err(refusal) = check_patient_compartment(tx, mask, resource_type, id)? {
+        return Ok(Err(refusal));
+    }
     let Some(record) = tx.current(resource_type, id)? else {
         return Ok(Err(HubError::not_found(format!(
             "{resource_type}/{id} is not known"
@@ -236,6 +276,9 @@ pub(crate) fn exec_vread(
     id: &str,
     version: i64,
 ) -> OpResult<Stored> {
+    if let Err(refusal) = check_patient_compartment(tx, mask, resource_type, id)? {
+        return Ok(Err(refusal));
+    }
     let Some(record) = tx.version(resource_type, id, version)? else {
         return Ok(Err(HubError::not_found(format!(
             "{resource_type}/{id} has no version {version}"

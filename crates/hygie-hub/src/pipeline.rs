@@ -203,11 +203,24 @@ impl Hub {
         reached: &[(Action, Target, String)],
     ) -> Result<(), HubError> {
         for (action, target, what) in reached {
-            if let Decision::Deny { reason } =
-                self.inner
-                    .policy
-                    .decide(&access.caller.principal, *action, target)
-            {
+            let decision = self
+                .inner
+                .policy
+                .decide(&access.caller.principal, *action, target);
+            // What a transaction entry does runs unmasked: an entry the policy would only
+            // permit in part (a patient/ scope's compartment) is refused.
+            let decision = match decision {
+                Decision::Permit { mask } if !mask.is_empty() && access.action == Action::Bundle => {
+                    Decision::Deny {
+                        reason: DenyReason::Forbidden(
+                            "this token's access is limited (patient/ scope): not inside a transaction"
+                                .to_owned(),
+                        ),
+                    }
+                }
+                other => other,
+            };
+            if let Decision::Deny { reason } = decision {
                 let error = match reason {
                     DenyReason::Unauthenticated => HubError::new(
                         401,

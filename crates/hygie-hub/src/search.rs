@@ -353,6 +353,20 @@ fn run_search(
     revincludes: &[Include],
     backwards: bool,
 ) -> OpResult<Found> {
+    let mut spec = spec;
+    if let Some(patient) = &mask.patient_compartment {
+        // A patient/ scope: only that patient's compartment, for the matches, the total and
+        // the paging alike. Includes could reach beyond it: refused until they are limited.
+        if !includes.is_empty() || !revincludes.is_empty() {
+            return Ok(Err(HubError::new(
+                403,
+                IssueType::Forbidden,
+                "_include and _revinclude are not supported under a patient/ scope yet",
+            )));
+        }
+        spec.filters
+            .push(compartment_filter(&spec.resource_type, "Patient", patient));
+    }
     let total = if with_total {
         Some(tx.count(&spec.resource_type, &spec.filters)?)
     } else {
@@ -595,7 +609,7 @@ pub(crate) fn patient_compartment() -> &'static std::collections::BTreeMap<Strin
     })
 }
 
-fn compartment_filter(resource_type: &str, compartment_type: &str, id: &str) -> Filter {
+pub(crate) fn compartment_filter(resource_type: &str, compartment_type: &str, id: &str) -> Filter {
     if resource_type == compartment_type {
         return Filter::Ids(vec![id.to_owned()]);
     }

@@ -182,16 +182,19 @@ impl Target {
     }
 }
 
-/// Elements to remove from what a permitted action returns. Empty today; roles will fill it.
+/// What a permitted action may return: less than everything when not empty.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Mask {
     /// FHIRPath-like element paths, e.g. `Patient.telecom`.
     pub remove_elements: Vec<String>,
+    /// Only what belongs to the compartment of `Patient/{id}` (a `patient/` scope): the hub
+    /// adds it to searches and checks it on reads.
+    pub patient_compartment: Option<String>,
 }
 
 impl Mask {
     pub fn is_empty(&self) -> bool {
-        self.remove_elements.is_empty()
+        self.remove_elements.is_empty() && self.patient_compartment.is_none()
     }
 }
 
@@ -240,6 +243,9 @@ pub const DEFAULT_ROLE_CEILINGS: &[(&str, &str)] = &[
         "user/AuditEvent.rs user/Consent.crus user/Provenance.rs user/Patient.rs",
     ),
     ("integration", "system/*.cruds"),
+    // A patient (or their app) reads their own record: with `patient/` scopes and the
+    // token's `patient` context only (see `decide_patient_context`).
+    ("patient", "patient/*.rs"),
 ];
 
 impl Default for RoleCeilings {
@@ -323,7 +329,7 @@ impl Policy {
                     mask: Mask::default(),
                 };
             }
-            Action::Everything => return self.decide_everything(access),
+            Action::Everything => return self.decide_everything(access, target),
             Action::Import => {
                 return forbidden("import is for the hub's operator (hygie import)".to_owned());
             }
@@ -344,24 +350,15 @@ impl Policy {
             ));
         };
         let needed = format!("{}.{}", resource_type, permission.letter());
-        if access
-            .scopes
-            .clinical()
-            .any(|s| s.context() == ScopeContext::Patient)
-        {
-            // Deny rather than half-apply: patient/ scopes need the compartment check.
-            if !access
-                .scopes
-                .clinical()
-                .any(|s| s.context() != ScopeContext::Patient)
-            {
-                return forbidden(
-                    "patient/ scopes are not supported by this server yet; use user/ or system/ scopes"
-                        .to_owned(),
-                );
-            }
-        }
-        for context in [ScopeContext::User, ScopeContext::System] {
+        // A patient's own token only ever reaches that patient's compartment: its user/ and
+        // system/ scopes, if any, count for nothing.
+        let is_patient = access.roles.iter().any(|r| r == "patient");
+        let contexts: &[ScopeContext] = if is_patient {
+            &[]
+        } else {
+            &[ScopeContext::User, ScopeContext::System]
+        };
+        for &context in contexts {
             let by_scope = access.scopes.grants(context, resource_type, permission);
             if by_scope.is_denied() {
                 continue;
@@ -392,29 +389,106 @@ impl Policy {
                 }
             }
         }
+        if let Some(decision) = self.decide_patient_context(access, action, target, permission) {
+            return decision;
+        }
         forbidden(format!(
-            "the token's scopes do not grant user/{needed} (nor system/{needed})"
+            "the token's scopes do not grant user/{needed} (nor system/{needed}, nor patient/{needed} with a patient context)"
         ))
+    }
+
+    /// A `patient/` scope: the same permission, limited to the compartment of the token's
+    /// `patient`. Reads and searches only; writes and histories under a `patient/` scope
+    /// are refused until their compartment rules are built.
+    fn decide_patient_context(
+        &self,
+        access: &TokenAccess,
+        action: Action,
+        target: &Target,
+        permission: Permission,
+    ) -> Option<Decision> {
+        let resource_type = target.resource_type.as_deref()?;
+        let by_scope = access
+            .scopes
+            .grants(ScopeContext::Patient, resource_type, permission);
+        if by_scope.is_denied() {
+            return None;
+        }
+        let forbidden = |why: String| {
+            Some(Decision::Deny {
+                reason: DenyReason::Forbidden(why),
+            })
+        };
+        let Some(patient) = &access.patient else {
+            return forbidden("patient/ scopes need the token's patient launch context".to_owned());
+        };
+        if !matches!(action, Action::Read | Action::VRead | Action::Search) {
+            return forbidden(format!(
+                "{} under a patient/ scope is not supported yet",
+                action.interaction_code()
+            ));
+        }
+        let roles_allow = |context| {
+            matches!(
+                self.ceilings
+                    .grants(&access.roles, context, resource_type, permission),
+                Grant::Allowed
+            )
+        };
+        if !roles_allow(ScopeContext::User) && !roles_allow(ScopeContext::Patient) {
+            return forbidden(format!(
+                "the token's roles do not allow {resource_type}.{}",
+                permission.letter()
+            ));
+        }
+        if !matches!(by_scope, Grant::Allowed) {
+            return forbidden(
+                "query-constrained scopes are not enforced by this server yet".to_owned(),
+            );
+        }
+        Some(Decision::Permit {
+            mask: Mask {
+                remove_elements: Vec::new(),
+                patient_compartment: Some(patient.clone()),
+            },
+        })
     }
 
     /// `$everything` reaches every type of the patient compartment: it needs read and
     /// search on every type (`*`), unconstrained, by scope and by role.
-    fn decide_everything(&self, access: &TokenAccess) -> Decision {
-        for context in [ScopeContext::User, ScopeContext::System] {
-            let wildcard = |set: &ScopeSet| {
-                set.clinical().any(|s| {
-                    s.context() == context
-                        && matches!(s.resource(), ScopeResource::Any)
-                        && s.query().is_none()
-                        && s.permissions().contains(Permission::Read)
-                        && s.permissions().contains(Permission::Search)
-                })
+    fn decide_everything(&self, access: &TokenAccess, target: &Target) -> Decision {
+        let is_patient = access.roles.iter().any(|r| r == "patient");
+        let own_record = access.patient.is_some() && access.patient == target.id;
+        let contexts: &[ScopeContext] = match (is_patient, own_record) {
+            (true, true) => &[ScopeContext::Patient],
+            (true, false) => &[],
+            (false, true) => &[
+                ScopeContext::User,
+                ScopeContext::System,
+                ScopeContext::Patient,
+            ],
+            (false, false) => &[ScopeContext::User, ScopeContext::System],
+        };
+        let wildcard = |set: &ScopeSet, contexts: &[ScopeContext]| {
+            set.clinical().any(|s| {
+                contexts.contains(&s.context())
+                    && matches!(s.resource(), ScopeResource::Any)
+                    && s.query().is_none()
+                    && s.permissions().contains(Permission::Read)
+                    && s.permissions().contains(Permission::Search)
+            })
+        };
+        for &context in contexts {
+            // A patient/ scope is capped by a role's user/ (or patient/) ceiling.
+            let ceiling_contexts: &[ScopeContext] = if context == ScopeContext::Patient {
+                &[ScopeContext::User, ScopeContext::Patient]
+            } else {
+                std::slice::from_ref(&context)
             };
-            let by_role =
-                self.ceilings.ceilings.iter().any(|(role, ceiling)| {
-                    access.roles.iter().any(|r| r == role) && wildcard(ceiling)
-                });
-            if wildcard(&access.scopes) && by_role {
+            let by_role = self.ceilings.ceilings.iter().any(|(role, ceiling)| {
+                access.roles.iter().any(|r| r == role) && wildcard(ceiling, ceiling_contexts)
+            });
+            if wildcard(&access.scopes, &[context]) && by_role {
                 return Decision::Permit {
                     mask: Mask::default(),
                 };
@@ -422,7 +496,7 @@ impl Policy {
         }
         Decision::Deny {
             reason: DenyReason::Forbidden(
-                "$everything needs user/*.rs (or system/*.rs) in both the token's scopes and its role"
+                "$everything needs */.rs in both the token's scopes and its role (user/, system/, or patient/ for the token's own patient)"
                     .to_owned(),
             ),
         }
@@ -558,7 +632,7 @@ mod tests {
         // Query-constrained scopes: no unconstrained access.
         let lab = bearer(&["clinician"], "user/Observation.rs?category=laboratory");
         assert!(!permitted(&policy, &lab, Action::Search, &observations));
-        // patient/ scopes: not until the compartment is enforced.
+        // patient/ scopes without a patient context: nothing.
         let app = bearer(&["clinician"], "patient/*.rs");
         assert!(!permitted(
             &policy,
@@ -601,6 +675,78 @@ mod tests {
             &user_role,
             Action::Create,
             &observations
+        ));
+    }
+
+    fn patient_token(roles: &[&str], scopes: &str, patient: &str) -> Principal {
+        let mut principal = bearer(roles, scopes);
+        principal.access.as_mut().unwrap().patient = Some(patient.to_owned());
+        principal
+    }
+
+    #[test]
+    fn a_patient_scope_is_limited_to_the_patients_compartment() {
+        let policy = Policy::default();
+        let mine = patient_token(&["patient"], "patient/*.rs", "p1");
+        let decision = policy.decide(&mine, Action::Search, &Target::resource_type("Observation"));
+        assert_eq!(
+            decision,
+            Decision::Permit {
+                mask: Mask {
+                    remove_elements: Vec::new(),
+                    patient_compartment: Some("p1".to_owned()),
+                }
+            },
+            "searches carry the compartment for the hub to apply"
+        );
+        assert!(matches!(
+            policy.decide(&mine, Action::Read, &Target::instance("Observation", "o")),
+            Decision::Permit { mask } if mask.patient_compartment.as_deref() == Some("p1")
+        ));
+        // No writes, no histories under a patient/ scope yet; not even with write scopes.
+        let writer = patient_token(&["patient"], "patient/*.cruds", "p1");
+        for action in [
+            Action::Create,
+            Action::Update,
+            Action::Delete,
+            Action::History,
+        ] {
+            assert!(
+                !permitted(
+                    &policy,
+                    &writer,
+                    action,
+                    &Target::instance("Observation", "o")
+                ),
+                "{action:?}"
+            );
+        }
+        // A patient's user/ scopes count for nothing.
+        let sneaky = patient_token(&["patient"], "user/*.cruds", "p1");
+        assert!(!permitted(
+            &policy,
+            &sneaky,
+            Action::Read,
+            &Target::instance("Observation", "o")
+        ));
+        // $everything: their own record only.
+        assert!(permitted(
+            &policy,
+            &mine,
+            Action::Everything,
+            &Target::instance("Patient", "p1")
+        ));
+        assert!(!permitted(
+            &policy,
+            &mine,
+            Action::Everything,
+            &Target::instance("Patient", "p2")
+        ));
+        // A clinician's app launched for a patient: the same compartment limit.
+        let app = patient_token(&["clinician"], "patient/Observation.rs", "p7");
+        assert!(matches!(
+            policy.decide(&app, Action::Search, &Target::resource_type("Observation")),
+            Decision::Permit { mask } if mask.patient_compartment.as_deref() == Some("p7")
         ));
     }
 
