@@ -311,3 +311,29 @@ def test_a_patient_token_sees_only_that_patients_compartment(secured, hygie_bin,
     sneaky = token(hygie_bin, tmp_path, secured, subject=f"Patient/{me}", roles=("patient",),
                    scope="user/*.rs", patient_context=me)
     assert_outcome(get(f"{hub}/Observation/{theirs}", sneaky), 403, code="forbidden")
+
+
+def test_revocation_over_http_needs_the_admin_role(secured, hygie_bin, tmp_path):
+    """API5: administrative functions refuse clinical tokens and anonymous callers."""
+    admin_url = secured.root_url + "/admin/revocations"
+    victim = token(hygie_bin, tmp_path, secured, subject="Practitioner/v", scope="user/Patient.rs")
+    jti = jwt.decode(victim, options={"verify_signature": False})["jti"]
+    clinician = token(hygie_bin, tmp_path, secured, scope="user/*.cruds")
+    admin = token(hygie_bin, tmp_path, secured, subject="Practitioner/officer", roles=("admin",), scope="openid")
+    body = {"jti": jti, "reason": "phished"}
+    assert_outcome(one_shot("POST", admin_url, json=body), 401)
+    assert_outcome(one_shot("POST", admin_url, json=body, headers=bearer(clinician)), 403, code="forbidden",
+                   diagnostics_contains="admin")
+    assert get(f"{secured.fhir_url}/Patient", victim).status_code == 200, "nothing was revoked"
+    # Malformed requests: a precise 400.
+    for bad in ({}, {"jti": jti, "subject": "Practitioner/v"}, {"jti": 7}):
+        assert_outcome(one_shot("POST", admin_url, json=bad, headers=bearer(admin)), 400)
+    done = one_shot("POST", admin_url, json=body, headers=bearer(admin))
+    assert done.status_code == 200, done.text
+    assert_outcome(get(f"{secured.fhir_url}/Patient", victim), 401, diagnostics_contains="phished")
+    # The admin role reads no clinical data.
+    assert_outcome(get(f"{secured.fhir_url}/Patient", admin), 403, code="forbidden")
+    lifted = one_shot("DELETE", admin_url, json={"jti": jti}, headers=bearer(admin))
+    assert lifted.status_code == 200, lifted.text
+    assert get(f"{secured.fhir_url}/Patient", victim).status_code == 200
+    assert_outcome(one_shot("DELETE", admin_url, json={"jti": jti}, headers=bearer(admin)), 404)

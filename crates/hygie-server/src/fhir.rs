@@ -566,7 +566,7 @@ async fn dispatch_inner(
 /// Who the request comes from: the development principal under `--no-auth`, the bearer of
 /// a verified token, or anonymous (no `Authorization`, refused by the policy). A token that
 /// does not verify is refused here with 401 and the reason.
-fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
+pub(crate) fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
     if state.config.no_auth {
         return Ok(Principal::development());
     }

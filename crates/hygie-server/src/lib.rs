@@ -15,6 +15,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod admin;
 mod fhir;
 mod middleware;
 mod rate;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use hygie_hub::Hub;
 
 pub use rate::Rate;
@@ -102,6 +103,10 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
             get(fhir::smart_configuration),
         )
         .route("/fhir/.well-known/jwks.json", get(fhir::jwks))
+        .route(
+            "/admin/revocations",
+            post(admin::revocations).delete(admin::revocations),
+        )
         .route("/fhir", any(fhir::dispatch))
         .route("/fhir/", any(fhir::dispatch))
         .route("/fhir/{*path}", any(fhir::dispatch))
