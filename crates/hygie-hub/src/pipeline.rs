@@ -124,14 +124,7 @@ impl Hub {
             Ok(result) => result,
             Err(error) => Err(HubError::from_store(error)),
         };
-        match &result {
-            Ok(value) => record.entities = value.audit_entities(),
-            Err(error) => {
-                record.outcome = AuditOutcome::from_status(error.status);
-                record.outcome_description = Some(error.to_string());
-                record.entities.extend(target_reference);
-            }
-        }
+        record_result(&mut record, &result, target_reference);
         let leaf = record.to_leaf();
         let recorded_us = record.recorded_us;
         self.inner
@@ -345,14 +338,7 @@ where
         // Anything else aborts the unit: no data, no answer (fail closed).
         Err(other) => return Err(other),
     };
-    match &result {
-        Ok(value) => record.entities = value.audit_entities(),
-        Err(error) => {
-            record.outcome = AuditOutcome::from_status(error.status);
-            record.outcome_description = Some(error.to_string());
-            record.entities.extend(target_reference);
-        }
-    }
+    record_result(&mut record, &result, target_reference);
     tx.append_audit(record.recorded_us, &record.to_leaf())?;
     Ok(result)
 }
@@ -372,4 +358,20 @@ fn revoked(
             format!("the token has been revoked: {reason}"),
         )
     }))
+}
+
+/// What an access touched, or how it failed, into its audit record.
+fn record_result<T: Audited>(
+    record: &mut AuditRecord,
+    result: &Result<T, HubError>,
+    target_reference: Option<String>,
+) {
+    match result {
+        Ok(value) => record.entities = value.audit_entities(),
+        Err(error) => {
+            record.outcome = AuditOutcome::from_status(error.status);
+            record.outcome_description = Some(error.to_string());
+            record.entities.extend(target_reference);
+        }
+    }
 }

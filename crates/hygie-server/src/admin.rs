@@ -12,9 +12,9 @@ use hygie_hub::{Caller, HubError, RevocationKind};
 use serde_json::Value;
 
 use crate::AppState;
-use crate::fhir::principal;
+use crate::fhir::admit;
 use crate::middleware::RequestId;
-use crate::response::{ErrorResponse, Throttled, outcome_response};
+use crate::response::{ErrorResponse, outcome_response};
 
 /// The largest request body accepted here, bytes.
 const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -45,18 +45,10 @@ async fn handle(
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    let now = std::time::Instant::now();
-    if let Some(address) = remote
-        && let Err(wait) = state.by_address.check(&address.ip().to_string(), now)
-    {
-        return Ok(Throttled(wait).into_response());
-    }
-    let principal = principal(&state, &headers)?;
-    if principal.access.is_some()
-        && let Err(wait) = state.by_principal.check(&principal.subject, now)
-    {
-        return Ok(Throttled(wait).into_response());
-    }
+    let principal = match admit(&state, &headers, remote) {
+        Ok(principal) => principal,
+        Err(refusal) => return Ok(*refusal),
+    };
     let lift = match method {
         Method::POST => false,
         Method::DELETE => true,

@@ -344,18 +344,10 @@ async fn dispatch_inner(
         .unwrap_or_default();
     check_accept(&headers, &query)?;
     let base = base_url(&state, &headers);
-    let now = std::time::Instant::now();
-    if let Some(address) = remote
-        && let Err(wait) = state.by_address.check(&address.ip().to_string(), now)
-    {
-        return Ok(Throttled(wait).into_response());
-    }
-    let principal = principal(&state, &headers)?;
-    if principal.access.is_some()
-        && let Err(wait) = state.by_principal.check(&principal.subject, now)
-    {
-        return Ok(Throttled(wait).into_response());
-    }
+    let principal = match admit(&state, &headers, remote) {
+        Ok(principal) => principal,
+        Err(refusal) => return Ok(*refusal),
+    };
     let caller = Caller {
         principal,
         request_id,
@@ -563,10 +555,32 @@ async fn dispatch_inner(
     Ok(response)
 }
 
+/// The rate limits and the credentials of a request: who it comes from, or the answer that
+/// refuses it (429, 401).
+pub(crate) fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    remote: Option<SocketAddr>,
+) -> std::result::Result<Principal, Box<Response>> {
+    let now = std::time::Instant::now();
+    if let Some(address) = remote
+        && let Err(wait) = state.by_address.check(&address.ip().to_string(), now)
+    {
+        return Err(Box::new(Throttled(wait).into_response()));
+    }
+    let principal = principal(state, headers).map_err(|e| Box::new(e.into_response()))?;
+    if principal.access.is_some()
+        && let Err(wait) = state.by_principal.check(&principal.subject, now)
+    {
+        return Err(Box::new(Throttled(wait).into_response()));
+    }
+    Ok(principal)
+}
+
 /// Who the request comes from: the development principal under `--no-auth`, the bearer of
 /// a verified token, or anonymous (no `Authorization`, refused by the policy). A token that
 /// does not verify is refused here with 401 and the reason.
-pub(crate) fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
+fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
     if state.config.no_auth {
         return Ok(Principal::development());
     }

@@ -165,8 +165,13 @@ fn migrate(client: &mut Client) -> StoreResult<()> {
     Ok(())
 }
 
-impl Store for PostgresStore {
-    fn run_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn std::any::Any + Send>>> {
+impl PostgresStore {
+    /// Runs a unit on a pooled connection, off the async workers.
+    fn spawn_unit(
+        &self,
+        unit: BoxedUnit,
+        read_only: bool,
+    ) -> BoxFuture<StoreResult<Box<dyn std::any::Any + Send>>> {
         let pool = self
             .pool
             .clone()
@@ -177,27 +182,20 @@ impl Store for PostgresStore {
             if closed.load(Ordering::Acquire) {
                 return Err(StoreError::Closed);
             }
-            tokio::task::spawn_blocking(move || run_unit(&pool, unit, query_time_limit, false))
+            tokio::task::spawn_blocking(move || run_unit(&pool, unit, query_time_limit, read_only))
                 .await
                 .map_err(|e| StoreError::Panicked(e.to_string()))?
         })
     }
+}
+
+impl Store for PostgresStore {
+    fn run_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn std::any::Any + Send>>> {
+        self.spawn_unit(unit, false)
+    }
 
     fn read_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn std::any::Any + Send>>> {
-        let pool = self
-            .pool
-            .clone()
-            .expect("the pool lives as long as the store");
-        let closed = self.closed.clone();
-        let query_time_limit = self.query_time_limit;
-        Box::pin(async move {
-            if closed.load(Ordering::Acquire) {
-                return Err(StoreError::Closed);
-            }
-            tokio::task::spawn_blocking(move || run_unit(&pool, unit, query_time_limit, true))
-                .await
-                .map_err(|e| StoreError::Panicked(e.to_string()))?
-        })
+        self.spawn_unit(unit, true)
     }
 
     fn backend(&self) -> &'static str {
