@@ -364,6 +364,9 @@ fn writer_loop(
     }
 }
 
+/// How long the writer waits to restart the WAL (see `Checkpointer::committed`).
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The writer's handle on the checkpointer thread.
 struct Checkpointer {
     /// Holds at most one pending "something was committed": signals coalesce.
@@ -378,9 +381,10 @@ impl Checkpointer {
     /// checkpoint can restart the WAL, since the writer holds the write lock otherwise.
     fn committed(&self, connection: &Connection) {
         if self.over_limit.swap(false, Ordering::AcqRel) {
-            // A RESTART waits for the readers still on the old WAL; the writer does not:
-            // when one is (a long search), the restart is postponed to a later commit.
-            let _ = connection.busy_timeout(std::time::Duration::ZERO);
+            // A RESTART waits for the checkpointer's pass and for the readers still on the
+            // old WAL. The writer waits a little (a pass takes milliseconds), not for a
+            // long search: past `RESTART_WAIT`, the restart is postponed to a later commit.
+            let _ = connection.busy_timeout(RESTART_WAIT);
             let restarted = checkpoint(connection, "RESTART");
             let _ = connection.busy_timeout(std::time::Duration::from_secs(30));
             match restarted {
