@@ -337,3 +337,25 @@ def test_revocation_over_http_needs_the_admin_role(secured, hygie_bin, tmp_path)
     assert lifted.status_code == 200, lifted.text
     assert get(f"{secured.fhir_url}/Patient", victim).status_code == 200
     assert_outcome(one_shot("DELETE", admin_url, json={"jti": jti}, headers=bearer(admin)), 404)
+
+
+def test_role_ceilings_come_from_the_settings_file(start_hub, hygie_bin, tmp_path):
+    """`[auth.roles]` replaces or adds role ceilings; a ceiling that is not valid SMART is
+    refused at start, naming the setting."""
+    settings = tmp_path / "roles.toml"
+    settings.write_text('[auth.roles]\nclinician = "user/Patient.cruds"\npharmacist = "user/Medication.rs"\n')
+    server = start_hub("sqlite", no_auth=False, args=["--config", str(settings)])
+    hub = server.fhir_url
+    clinician = token(hygie_bin, tmp_path, server, scope="user/*.cruds")
+    check_resource(post(f"{hub}/Patient", clinician, patient("roles-1")), 201, "Patient")
+    assert_outcome(get(f"{hub}/Observation", clinician), 403, code="forbidden", diagnostics_contains="clinician")
+    pharmacist = token(hygie_bin, tmp_path, server, roles=("pharmacist",), scope="user/*.rs")
+    check_resource(get(f"{hub}/Medication", pharmacist), 200, "Bundle")
+    assert_outcome(get(f"{hub}/Patient", pharmacist), 403, code="forbidden")
+
+    bad = tmp_path / "bad-roles.toml"
+    bad.write_text('[auth.roles]\nclinician = "user/Observation.sr"\n')
+    done = run_cli(hygie_bin, ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
+                               "--config", str(bad)], cwd=tmp_path)
+    assert done.returncode != 0
+    assert "auth.roles" in done.stderr and "clinician" in done.stderr, done.stderr

@@ -110,6 +110,17 @@ struct Inner {
 }
 
 impl Hub {
+    /// A hub deciding with `policy` instead of the default one.
+    pub fn with_policy(store: SharedStore, config: HubConfig, policy: Policy) -> Hub {
+        let hub = Hub::new(store, config);
+        Hub {
+            inner: Arc::new(Inner {
+                policy,
+                ..Arc::into_inner(hub.inner).expect("a new hub is not shared yet")
+            }),
+        }
+    }
+
     pub fn new(store: SharedStore, config: HubConfig) -> Hub {
         Hub {
             inner: Arc::new(Inner {

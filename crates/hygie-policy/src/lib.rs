@@ -265,6 +265,35 @@ impl Default for RoleCeilings {
 }
 
 impl RoleCeilings {
+    /// The built-in ceilings, with `overrides` replacing or adding roles: each a role name
+    /// and its ceiling as SMART scopes (an empty string: the role gets nothing). A scope
+    /// that does not parse is an error, never silently dropped.
+    pub fn with_overrides<'a>(
+        overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
+        is_resource_type: impl Fn(&str) -> bool + Copy,
+    ) -> Result<RoleCeilings, String> {
+        let mut ceilings = RoleCeilings::default();
+        for (role, scopes) in overrides {
+            if role.is_empty()
+                || !role
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+            {
+                return Err(format!("role {role:?}: letters, digits and - _ : . only"));
+            }
+            let parsed = ScopeSet::parse(scopes, is_resource_type)
+                .map_err(|e| format!("role {role}: {e}"))?;
+            if let Some((token, reason)) = parsed.invalid().next() {
+                return Err(format!(
+                    "role {role}: {token:?} is not a valid SMART scope: {reason}"
+                ));
+            }
+            ceilings.ceilings.retain(|(name, _)| name != role);
+            ceilings.ceilings.push((role.to_owned(), parsed));
+        }
+        Ok(ceilings)
+    }
+
     /// The grant of the most generous of `roles` (unknown roles grant nothing).
     fn grants(
         &self,
@@ -294,6 +323,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// A policy with these role ceilings (the default: [`DEFAULT_ROLE_CEILINGS`]).
+    pub fn with_ceilings(ceilings: RoleCeilings) -> Policy {
+        Policy { ceilings }
+    }
+
     pub fn decide(&self, principal: &Principal, action: Action, target: &Target) -> Decision {
         match principal.kind {
             PrincipalKind::Development | PrincipalKind::LocalOperator => Decision::Permit {
@@ -747,6 +781,65 @@ mod tests {
         assert!(matches!(
             policy.decide(&app, Action::Search, &Target::resource_type("Observation")),
             Decision::Permit { mask } if mask.patient_compartment.as_deref() == Some("p7")
+        ));
+    }
+
+    #[test]
+    fn role_ceilings_can_be_replaced_or_added_and_bad_ones_are_refused() {
+        let is_type = |t: &str| t.chars().next().is_some_and(|c| c.is_ascii_uppercase());
+        let ceilings = RoleCeilings::with_overrides(
+            [
+                ("clinician", "user/Patient.rs"),
+                ("pharmacist", "user/MedicationRequest.rs"),
+            ],
+            is_type,
+        )
+        .unwrap();
+        let policy = Policy::with_ceilings(ceilings);
+        let clinician = bearer(&["clinician"], "user/*.cruds");
+        assert!(permitted(
+            &policy,
+            &clinician,
+            Action::Read,
+            &Target::instance("Patient", "p")
+        ));
+        assert!(
+            !permitted(
+                &policy,
+                &clinician,
+                Action::Read,
+                &Target::instance("Observation", "o")
+            ),
+            "narrowed"
+        );
+        let pharmacist = bearer(&["pharmacist"], "user/*.rs");
+        assert!(permitted(
+            &policy,
+            &pharmacist,
+            Action::Search,
+            &Target::resource_type("MedicationRequest")
+        ));
+        // Untouched roles keep their default.
+        let nurse = bearer(&["nurse"], "user/*.rs");
+        assert!(permitted(
+            &policy,
+            &nurse,
+            Action::Read,
+            &Target::instance("Observation", "o")
+        ));
+        assert!(
+            RoleCeilings::with_overrides([("clinician", "user/Observation.sr")], is_type).is_err()
+        );
+        assert!(RoleCeilings::with_overrides([("bad role", "user/*.rs")], is_type).is_err());
+        // An empty ceiling takes everything away.
+        let none = Policy::with_ceilings(
+            RoleCeilings::with_overrides([("clinician", "")], is_type).unwrap(),
+        );
+        assert!(!permitted(
+            &none,
+            &clinician,
+            Action::Read,
+            &Target::instance("Patient", "p")
         ));
     }
 

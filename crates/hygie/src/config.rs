@@ -76,6 +76,9 @@ pub struct FileAuth {
     pub audience: Option<String>,
     /// The claim that holds the roles: `roles`, or a dotted path (`realm_access.roles`).
     pub roles_claim: Option<String>,
+    /// Role ceilings replacing or adding to the built-in ones: role = "SMART scopes".
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, String>,
 }
 
 /// The token settings, with their defaults.
@@ -300,4 +303,17 @@ pub fn parse_listen(text: &str) -> anyhow::Result<SocketAddr> {
     text.parse().with_context(|| {
         format!("invalid listen address {text:?}: use IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
     })
+}
+
+/// The policy: the built-in role ceilings with the settings' `[auth.roles]` over them.
+pub fn policy(file: &FileSettings) -> anyhow::Result<hygie_policy::Policy> {
+    let ceilings = hygie_policy::RoleCeilings::with_overrides(
+        file.auth
+            .roles
+            .iter()
+            .map(|(role, scopes)| (role.as_str(), scopes.as_str())),
+        hygie_fhir::schema::is_resource_type,
+    )
+    .map_err(|e| anyhow::anyhow!("auth.roles: {e}"))?;
+    Ok(hygie_policy::Policy::with_ceilings(ceilings))
 }

@@ -93,7 +93,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store_settings = config::store_settings(&args.store, &file)?;
     let store = config::open_store(&store_settings).await?;
     let backend = store.backend();
-    let hub = hygie_hub::Hub::new(store, config::hub_config(&limits));
+    let hub =
+        hygie_hub::Hub::with_policy(store, config::hub_config(&limits), config::policy(&file)?);
     hub.bring_index_up_to_date()
         .await
         .map_err(|e| anyhow::anyhow!("cannot bring the search index up to date: {e}"))?;
@@ -141,7 +142,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let app = hygie_server::router(hub.clone(), http);
     if !no_auth {
         tracing::info!(
-            "every request needs a bearer token; for a first one: hygie token --subject Practitioner/ID --role clinician --scope 'user/*.rs' (with this hub's --data-dir or --database)"
+            "every request needs a bearer token; there are no default credentials. With this hub's --data-dir or --database: `hygie token --subject Practitioner/ID --role clinician --scope 'user/*.rs'` for a clinician, `hygie token --subject Practitioner/ID --role admin --scope openid` for an administrator (revocations)"
         );
     }
     tracing::info!(
