@@ -110,22 +110,16 @@ struct Inner {
 }
 
 impl Hub {
-    /// A hub deciding with `policy` instead of the default one.
-    pub fn with_policy(store: SharedStore, config: HubConfig, policy: Policy) -> Hub {
-        let hub = Hub::new(store, config);
-        Hub {
-            inner: Arc::new(Inner {
-                policy,
-                ..Arc::into_inner(hub.inner).expect("a new hub is not shared yet")
-            }),
-        }
+    pub fn new(store: SharedStore, config: HubConfig) -> Hub {
+        Hub::with_policy(store, config, Policy::default())
     }
 
-    pub fn new(store: SharedStore, config: HubConfig) -> Hub {
+    /// A hub deciding with `policy` (role ceilings from the settings) instead of the default.
+    pub fn with_policy(store: SharedStore, config: HubConfig, policy: Policy) -> Hub {
         Hub {
             inner: Arc::new(Inner {
                 store,
-                policy: Policy::default(),
+                policy,
                 config,
                 paging_key: std::sync::OnceLock::new(),
             }),

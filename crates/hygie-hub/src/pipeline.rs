@@ -125,13 +125,7 @@ impl Hub {
             Err(error) => Err(HubError::from_store(error)),
         };
         record_result(&mut record, &result, target_reference);
-        let leaf = record.to_leaf();
-        let recorded_us = record.recorded_us;
-        self.inner
-            .store
-            .run(move |tx| tx.append_audit(recorded_us, &leaf))
-            .await
-            .map_err(HubError::from_store)?;
+        self.append_record(record).await?;
         result
     }
 
@@ -283,14 +277,20 @@ impl Hub {
     /// Records a denied access, then answers with its error.
     async fn audit_denial<T>(&self, denied: Box<Denied>) -> Result<T, HubError> {
         let Denied { error, record } = *denied;
+        self.append_record(record).await?;
+        Err(error)
+    }
+
+    /// Appends a record in a unit of its own (an access that wrote nothing to undo with it).
+    async fn append_record(&self, record: AuditRecord) -> Result<(), HubError> {
         let leaf = record.to_leaf();
         let recorded_us = record.recorded_us;
         self.inner
             .store
             .run(move |tx| tx.append_audit(recorded_us, &leaf))
             .await
-            .map_err(HubError::from_store)?;
-        Err(error)
+            .map(|_| ())
+            .map_err(HubError::from_store)
     }
 }
 

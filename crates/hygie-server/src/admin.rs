@@ -2,9 +2,7 @@
 //! the security officer on call. Needs a token with the `admin` role (the policy decides,
 //! `Action::Revoke`); every attempt is audited by the hub. `POST` revokes, `DELETE` lifts.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode};
 use hygie_fhir::{Issue, IssueSeverity, IssueType};
@@ -12,8 +10,7 @@ use hygie_hub::{Caller, HubError, RevocationKind};
 use serde_json::Value;
 
 use crate::AppState;
-use crate::fhir::admit;
-use crate::middleware::RequestId;
+use crate::fhir::{admit, origin};
 use crate::response::{ErrorResponse, outcome_response};
 
 /// The largest request body accepted here, bytes.
@@ -36,15 +33,7 @@ async fn handle(
     let (parts, body) = request.into_parts();
     let method = parts.method;
     let headers = parts.headers;
-    let remote = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0);
-    let request_id = parts
-        .extensions
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+    let (remote, request_id) = origin(&parts.extensions);
     let principal = match admit(&state, &headers, remote) {
         Ok(principal) => principal,
         Err(refusal) => return Ok(*refusal),

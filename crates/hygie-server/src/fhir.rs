@@ -333,15 +333,7 @@ async fn dispatch_inner(
     let headers = parts.headers;
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
-    let remote = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0);
-    let request_id = parts
-        .extensions
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+    let (remote, request_id) = origin(&parts.extensions);
     check_accept(&headers, &query)?;
     let base = base_url(&state, &headers);
     let principal = match admit(&state, &headers, remote) {
@@ -553,6 +545,19 @@ async fn dispatch_inner(
         }
     };
     Ok(response)
+}
+
+/// The client's address and the request id, as the connection and middleware layers
+/// attached them.
+pub(crate) fn origin(extensions: &http::Extensions) -> (Option<SocketAddr>, String) {
+    let remote = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    let request_id = extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    (remote, request_id)
 }
 
 /// The rate limits and the credentials of a request: who it comes from, or the answer that

@@ -264,6 +264,24 @@ fn reader_loop(
     }
 }
 
+/// Runs `unit` on `connection` inside the transaction already begun; a panic becomes an
+/// error of the unit instead of killing the thread that serves every unit.
+fn run_caught(
+    connection: &Connection,
+    unit: BoxedUnit,
+    query_time_limit: std::time::Duration,
+) -> StoreResult<Box<dyn std::any::Any + Send>> {
+    let mut tx = SqliteTx {
+        connection,
+        savepoints: 0,
+        query_time_limit,
+    };
+    match catch_unwind(AssertUnwindSafe(|| unit(&mut tx))) {
+        Ok(result) => result,
+        Err(payload) => Err(StoreError::Panicked(panic_message(payload.as_ref()))),
+    }
+}
+
 /// Runs a read unit in one read transaction: every query of it sees the same snapshot.
 fn run_read(
     connection: &Connection,
@@ -271,15 +289,7 @@ fn run_read(
     query_time_limit: std::time::Duration,
 ) -> StoreResult<Box<dyn std::any::Any + Send>> {
     execute_cached(connection, "BEGIN")?;
-    let mut tx = SqliteTx {
-        connection,
-        savepoints: 0,
-        query_time_limit,
-    };
-    let result = match catch_unwind(AssertUnwindSafe(|| unit(&mut tx))) {
-        Ok(result) => result,
-        Err(payload) => Err(StoreError::Panicked(panic_message(payload.as_ref()))),
-    };
+    let result = run_caught(connection, unit, query_time_limit);
     // Nothing to keep: a read transaction ends the same way whatever happened in it.
     let ended = execute_cached(connection, "ROLLBACK");
     let value = result?;
@@ -518,15 +528,7 @@ fn run_batch(
                 answered.push((sender, Err(StoreError::Database(error.to_string()))));
                 return Err(error.into());
             }
-            let mut tx = SqliteTx {
-                connection,
-                savepoints: 0,
-                query_time_limit,
-            };
-            let result = match catch_unwind(AssertUnwindSafe(|| unit(&mut tx))) {
-                Ok(result) => result,
-                Err(payload) => Err(StoreError::Panicked(panic_message(payload.as_ref()))),
-            };
+            let result = run_caught(connection, unit, query_time_limit);
             let cleanup = match (alone, result.is_err()) {
                 (true, true) => execute_cached(connection, "ROLLBACK"),
                 (true, false) => Ok(()),
