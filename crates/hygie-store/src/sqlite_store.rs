@@ -110,6 +110,8 @@ pub fn open_sqlite(data_dir: &Path, options: &SqliteOptions) -> StoreResult<Sqli
     let path = data_dir.join(DATABASE_FILE);
     let mut connection = Connection::open(&path)?;
     configure(&connection, options)?;
+    // After `configure`: setting `wal_autocheckpoint` replaces the connection's WAL hook.
+    connection.wal_hook(Some(record_wal_frames));
     migrate(&mut connection)?;
     let (sender, receiver) = mpsc::channel::<Job>(options.queue_capacity);
     let max_batch = options.max_batch.max(1);
@@ -383,14 +385,30 @@ struct Checkpointer {
     signal: Option<std::sync::mpsc::SyncSender<()>>,
     /// Set by the checkpointer when the WAL is over its limit.
     over_limit: Arc<AtomicBool>,
+    /// The limit, in WAL frames, which the writer also checks itself after each commit:
+    /// a checkpointer starved of CPU must not let a fast writer grow the WAL unbounded.
+    limit_frames: i64,
     thread: Option<JoinHandle<()>>,
+}
+
+thread_local! {
+    /// Frames in the WAL after the last commit of the connection on this thread (the
+    /// writer's: each store has its own writer thread), from SQLite's WAL hook.
+    static WAL_FRAMES: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+fn record_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|cell| cell.set(i64::from(frames)));
+    Ok(())
 }
 
 impl Checkpointer {
     /// Called by the writer after each commit, between batches: the only moment when a
     /// checkpoint can restart the WAL, since the writer holds the write lock otherwise.
     fn committed(&self, connection: &Connection) {
-        if self.over_limit.swap(false, Ordering::AcqRel) {
+        let over_limit = self.over_limit.swap(false, Ordering::AcqRel)
+            | (WAL_FRAMES.with(std::cell::Cell::get) > self.limit_frames);
+        if over_limit {
             // A RESTART waits for the checkpointer's pass and for the readers still on the
             // old WAL. The writer waits a little (a pass takes milliseconds), not for a
             // long search: past `RESTART_WAIT`, the restart is postponed to a later commit.
@@ -399,7 +417,9 @@ impl Checkpointer {
             let _ = connection.busy_timeout(std::time::Duration::from_secs(30));
             match restarted {
                 Ok((0, _, _)) => {}
-                Ok(_) => tracing::debug!("SQLite WAL restart postponed: a checkpoint is running"),
+                Ok(_) => tracing::debug!(
+                    "SQLite WAL restart postponed: a checkpoint or a reader is running"
+                ),
                 Err(error) => tracing::warn!(%error, "SQLite WAL restart checkpoint failed"),
             }
         }
@@ -434,6 +454,7 @@ fn spawn_checkpointer(database: &Path, options: &SqliteOptions) -> StoreResult<C
     Ok(Checkpointer {
         signal: Some(signal),
         over_limit,
+        limit_frames,
         thread: Some(thread),
     })
 }
