@@ -376,8 +376,15 @@ fn writer_loop(
     }
 }
 
-/// How long the writer waits to restart the WAL (see `Checkpointer::committed`).
+/// How long the writer waits for readers to leave the old WAL before it postpones a
+/// restart (see `Checkpointer::committed`), while the WAL is under `HARD_LIMIT_FACTOR`
+/// times its limit.
 const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Past this many times its limit, the WAL must restart: the writer waits for the readers
+/// on the old WAL however long they take (each is interrupted at the query time limit), so
+/// writes slow down instead of the WAL growing without bound.
+const HARD_LIMIT_FACTOR: i64 = 4;
 
 /// The writer's handle on the checkpointer thread.
 struct Checkpointer {
@@ -388,6 +395,12 @@ struct Checkpointer {
     /// The limit, in WAL frames, which the writer also checks itself after each commit:
     /// a checkpointer starved of CPU must not let a fast writer grow the WAL unbounded.
     limit_frames: i64,
+    /// Held by whoever checkpoints. SQLite answers BUSY at once, without calling the busy
+    /// handler, to a checkpoint that finds another one running; this lock turns that into
+    /// a wait for the checkpointer's pass to end.
+    pass: Arc<std::sync::Mutex<()>>,
+    /// How long a reader may hold a snapshot: the bound on a forced restart's wait.
+    reader_bound: std::time::Duration,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -406,20 +419,30 @@ impl Checkpointer {
     /// Called by the writer after each commit, between batches: the only moment when a
     /// checkpoint can restart the WAL, since the writer holds the write lock otherwise.
     fn committed(&self, connection: &Connection) {
-        let over_limit = self.over_limit.swap(false, Ordering::AcqRel)
-            | (WAL_FRAMES.with(std::cell::Cell::get) > self.limit_frames);
+        let frames = WAL_FRAMES.with(std::cell::Cell::get);
+        let over_limit =
+            self.over_limit.swap(false, Ordering::AcqRel) | (frames > self.limit_frames);
         if over_limit {
-            // A RESTART waits for the checkpointer's pass and for the readers still on the
-            // old WAL. The writer waits a little (a pass takes milliseconds), not for a
-            // long search: past `RESTART_WAIT`, the restart is postponed to a later commit.
-            let _ = connection.busy_timeout(RESTART_WAIT);
-            let restarted = checkpoint(connection, "RESTART");
+            // A RESTART first waits for the checkpointer's pass (milliseconds), then for
+            // the readers still on the old WAL: a little while under the hard limit (past
+            // `RESTART_WAIT` the restart is postponed to a later commit rather than stall
+            // writes behind a long search), as long as a reader may run past it.
+            let wait = if frames > HARD_LIMIT_FACTOR * self.limit_frames {
+                self.reader_bound
+            } else {
+                RESTART_WAIT
+            };
+            let restarted = {
+                let _pass = self.pass.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = connection.busy_timeout(wait);
+                checkpoint(connection, "RESTART")
+            };
             let _ = connection.busy_timeout(std::time::Duration::from_secs(30));
             match restarted {
-                Ok((0, _, _)) => {}
-                Ok(_) => tracing::debug!(
-                    "SQLite WAL restart postponed: a checkpoint or a reader is running"
-                ),
+                Ok((0, _, _)) => WAL_FRAMES.with(|cell| cell.set(0)),
+                Ok(_) => {
+                    tracing::debug!(frames, "SQLite WAL restart postponed: a reader is running")
+                }
                 Err(error) => tracing::warn!(%error, "SQLite WAL restart checkpoint failed"),
             }
         }
@@ -446,15 +469,18 @@ fn spawn_checkpointer(database: &Path, options: &SqliteOptions) -> StoreResult<C
     let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
     let limit_frames = (options.wal_limit_bytes / (page_size as u64 + 24)).max(1) as i64;
     let over_limit = Arc::new(AtomicBool::new(false));
-    let flag = over_limit.clone();
+    let pass = Arc::new(std::sync::Mutex::new(()));
+    let (flag, held) = (over_limit.clone(), pass.clone());
     let thread = std::thread::Builder::new()
         .name("hygie-sqlite-checkpoint".to_owned())
-        .spawn(move || checkpointer_loop(connection, receiver, interval, limit_frames, flag))
+        .spawn(move || checkpointer_loop(connection, receiver, interval, limit_frames, flag, held))
         .map_err(|e| StoreError::Config(format!("cannot start the checkpoint thread: {e}")))?;
     Ok(Checkpointer {
         signal: Some(signal),
         over_limit,
         limit_frames,
+        pass,
+        reader_bound: options.query_time_limit + std::time::Duration::from_secs(1),
         thread: Some(thread),
     })
 }
@@ -468,10 +494,15 @@ fn checkpointer_loop(
     interval: std::time::Duration,
     limit_frames: i64,
     over_limit: Arc<AtomicBool>,
+    pass: Arc<std::sync::Mutex<()>>,
 ) {
     while receiver.recv().is_ok() {
         let started = std::time::Instant::now();
-        match checkpoint(&connection, "PASSIVE") {
+        let passed = {
+            let _pass = pass.lock().unwrap_or_else(|e| e.into_inner());
+            checkpoint(&connection, "PASSIVE")
+        };
+        match passed {
             Ok((_, log_frames, _)) => {
                 if log_frames > limit_frames {
                     over_limit.store(true, Ordering::Release);

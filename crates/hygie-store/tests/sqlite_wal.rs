@@ -59,16 +59,21 @@ async fn the_wal_stays_bounded_under_sustained_writes() {
     for writer in writers {
         acknowledged += writer.await.unwrap();
     }
+    eprintln!(
+        "largest WAL {largest} bytes, {written} bytes written",
+        written = acknowledged * leaf.len() as u64
+    );
     // Far more than the limit was written: without restarts the WAL would hold all of it.
     let written = acknowledged * leaf.len() as u64;
     assert!(
         written > 20 * WAL_LIMIT_BYTES,
         "the test wrote only {written} bytes"
     );
-    // The limit is checked between batches, so one batch (and the checkpoint's own lag)
-    // may overshoot it; a few times the limit is the bound, not the megabytes written.
+    // The limit is checked between batches, so one batch may overshoot it, and a restart
+    // may be postponed while a reader holds the old WAL, up to the hard limit (4x) past
+    // which the writer waits: a few times the limit is the bound, not the megabytes written.
     assert!(
-        largest < 8 * WAL_LIMIT_BYTES,
+        largest < 6 * WAL_LIMIT_BYTES,
         "WAL grew to {largest} bytes (limit {WAL_LIMIT_BYTES}) after {written} bytes written"
     );
     store.close().await;
