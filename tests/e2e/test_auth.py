@@ -46,6 +46,19 @@ def token(hygie_bin, tmp_path, server, *, subject="Practitioner/p1", roles=("cli
     return done.stdout.strip()
 
 
+def admit(hygie_bin, tmp_path, server, patient_id, practitioner="Practitioner/p1") -> dict:
+    """Admits a patient with `practitioner` attending, as the ADT feed would (an integration
+    system token): the care relationship need-to-know asks of clinicians."""
+    adt = token(hygie_bin, tmp_path, server, subject="Device/adt", roles=("integration",),
+                scope="system/Encounter.cruds")
+    encounter = {"resourceType": "Encounter", "status": "in-progress",
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                 "subject": {"reference": f"Patient/{patient_id}"},
+                 "participant": [{"individual": {"reference": practitioner}}],
+                 "period": {"start": "2026-01-01T08:00:00Z"}}
+    return check_resource(post(f"{server.fhir_url}/Encounter", adt, encounter), 201, "Encounter")
+
+
 def bearer(value: str) -> dict:
     return {"Authorization": f"Bearer {value}"}
 
@@ -68,6 +81,7 @@ def test_a_token_grants_what_its_scopes_and_role_allow(secured, hygie_bin, tmp_p
     hub = secured.fhir_url
     writer = token(hygie_bin, tmp_path, secured, scope="user/Patient.cruds user/Observation.cruds")
     created = check_resource(post(f"{hub}/Patient", writer, patient("auth-1")), 201, "Patient")
+    admit(hygie_bin, tmp_path, secured, created["id"])
     obs = check_resource(post(f"{hub}/Observation", writer, observation(f"Patient/{created['id']}")),
                          201, "Observation")
     # Read-only on Observation: reads and searches, no write, nothing else.
@@ -98,6 +112,7 @@ def test_includes_chains_and_transactions_cannot_reach_around_a_scope(secured, h
     hub = secured.fhir_url
     writer = token(hygie_bin, tmp_path, secured, scope="user/Patient.cruds user/Observation.cruds")
     pat = check_resource(post(f"{hub}/Patient", writer, patient("auth-2", family="Hidden")), 201, "Patient")
+    admit(hygie_bin, tmp_path, secured, pat["id"])
     check_resource(post(f"{hub}/Observation", writer, observation(f"Patient/{pat['id']}")), 201, "Observation")
     observations_only = token(hygie_bin, tmp_path, secured, scope="user/Observation.rs")
     for params, named in (({"_include": "Observation:subject"}, "_include of"),
@@ -122,8 +137,12 @@ def test_includes_chains_and_transactions_cannot_reach_around_a_scope(secured, h
     assert_outcome(post(hub, patient_writer, bundle), 403, code="forbidden", diagnostics_contains="entry[1]")
     found = check_resource(get(f"{hub}/Patient", writer, identifier=f"{MRN_SYSTEM}|auth-3"), 200, "Bundle")
     assert not found.get("entry"), "the refused transaction wrote its Patient"
-    # The same transaction with the right scopes goes through.
-    check_resource(post(hub, writer, bundle), 200, "Bundle")
+    # The same transaction with the right scopes goes through (a system's token: a user's
+    # entries under need-to-know are sent one by one, each checked against their patient).
+    system_writer = token(hygie_bin, tmp_path, secured, subject="Device/feed", roles=("integration",),
+                          scope="system/Patient.cruds system/Observation.cruds")
+    check_resource(post(hub, system_writer, bundle), 200, "Bundle")
+    assert_outcome(post(hub, writer, bundle), 403, code="forbidden", diagnostics_contains="need-to-know")
 
 
 def test_tokens_that_must_be_refused(secured, hygie_bin, tmp_path, start_hub):
@@ -193,6 +212,7 @@ def test_a_smart_client_library_uses_a_token(secured, hygie_bin, tmp_path):
     hub = secured.fhir_url
     writer = token(hygie_bin, tmp_path, secured, scope="user/Patient.cruds user/Observation.cruds")
     pat = check_resource(post(f"{hub}/Patient", writer, patient("auth-4", family="Client")), 201, "Patient")
+    admit(hygie_bin, tmp_path, secured, pat["id"])
     check_resource(post(f"{hub}/Observation", writer, observation(f"Patient/{pat['id']}")), 201, "Observation")
 
     auth = FHIROAuth2Auth()
@@ -275,6 +295,8 @@ def test_a_patient_token_sees_only_that_patients_compartment(secured, hygie_bin,
     writer = token(hygie_bin, tmp_path, secured, scope="user/Patient.cruds user/Observation.cruds")
     me = check_resource(post(f"{hub}/Patient", writer, patient("pt-me")), 201, "Patient")["id"]
     other = check_resource(post(f"{hub}/Patient", writer, patient("pt-other")), 201, "Patient")["id"]
+    for admitted in (me, other):
+        admit(hygie_bin, tmp_path, secured, admitted)
     mine = [check_resource(post(f"{hub}/Observation", writer, observation(f"Patient/{me}", value=v)), 201,
                            "Observation")["id"] for v in (60.0, 61.0)]
     theirs = check_resource(post(f"{hub}/Observation", writer, observation(f"Patient/{other}")), 201,

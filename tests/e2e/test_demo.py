@@ -57,6 +57,21 @@ def test_demo(hygie_bin, tmp_path, http):
         assert_outcome(one_shot("GET", f"{base}/Observation", params={"subject": reference}, headers=reception),
                        403, code="forbidden")
         assert_outcome(one_shot("GET", f"{base}/{reference}"), 401, code="login")
+        # Need-to-know: the clinician's token is refused a patient they do not care for, breaks
+        # the glass with a reason (the printed commands), and the DPO sees the review item.
+        stranger = re.search(r"X-Break-Glass-Reason: ([^']+)' '([^']+)'", output)
+        assert stranger, f"no break-the-glass example in the output:\n{output}"
+        reason, url = stranger.group(1), stranger.group(2)
+        assert_outcome(http.get(url), 403, code="forbidden", diagnostics_contains="X-Break-Glass-Reason")
+        check_bundle(http.get(url, headers={"X-Break-Glass-Reason": reason}), "searchset")
+        check_bundle(http.get(url), "searchset")  # the grant holds for its window
+        admin = base.removesuffix("/fhir")
+        dpo = {"Authorization": f"Bearer {tokens['DPO']}"}
+        listing = one_shot("GET", f"{admin}/admin/break-glass", headers=dpo)
+        assert listing.status_code == 200, listing.text
+        items = listing.json()["items"]
+        assert [item["reason"] for item in items] == [reason], items
+        assert url.split("subject=", 1)[1].split("&", 1)[0] == items[0]["patient"], items
         listed = re.findall(r"^\s+.+?\s(Patient/[A-Za-z0-9\-.]+)\s", output, re.MULTILINE)
         assert len(listed) >= 5, f"five patients are listed with their references:\n{output}"
         for other in listed[:5]:

@@ -66,6 +66,26 @@ pub struct AuditRecord {
     pub query: Option<String>,
     pub network_address: Option<String>,
     pub request_id: Option<String>,
+    /// Why the data was reached, when it is not plain treatment under a care relationship:
+    /// `ETREAT` (emergency treatment, the glass broken), with the caller's stated reason.
+    pub purpose_of_use: Option<PurposeOfUse>,
+}
+
+/// A purpose of use (v3 ActReason code) and the caller's own words for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurposeOfUse {
+    pub code: String,
+    pub reason: Option<String>,
+}
+
+impl PurposeOfUse {
+    /// Emergency treatment: the access a broken glass opened.
+    pub fn emergency(reason: &str) -> PurposeOfUse {
+        PurposeOfUse {
+            code: "ETREAT".to_owned(),
+            reason: Some(reason.to_owned()),
+        }
+    }
 }
 
 impl AuditRecord {
@@ -80,6 +100,7 @@ impl AuditRecord {
             query: None,
             network_address: None,
             request_id: None,
+            purpose_of_use: None,
         }
     }
 
@@ -157,6 +178,16 @@ impl AuditRecord {
             recorded: &recorded,
             outcome: self.outcome.code(),
             outcome_desc: self.outcome_description.as_deref(),
+            purpose_of_event: self.purpose_of_use.as_ref().map(|purpose| {
+                [PurposeOut {
+                    coding: [Coding {
+                        system: "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        code: &purpose.code,
+                        display: None,
+                    }],
+                    text: purpose.reason.as_deref(),
+                }]
+            }),
             agent: [AgentOut {
                 agent_type: CodeableConcept {
                     coding: [Coding {
@@ -210,6 +241,8 @@ struct AuditEventOut<'a> {
     outcome: &'static str,
     #[serde(rename = "outcomeDesc", skip_serializing_if = "Option::is_none")]
     outcome_desc: Option<&'a str>,
+    #[serde(rename = "purposeOfEvent", skip_serializing_if = "Option::is_none")]
+    purpose_of_event: Option<[PurposeOut<'a>; 1]>,
     agent: [AgentOut<'a>; 1],
     source: SourceOut<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -227,6 +260,13 @@ struct Coding<'a> {
     code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     display: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct PurposeOut<'a> {
+    coding: [Coding<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -311,6 +351,23 @@ mod tests {
         assert_eq!(event["agent"][0]["network"]["address"], "127.0.0.1");
         assert_eq!(event["entity"][1]["query"], "bmFtZT1zbWl0aA==");
         assert_eq!(event["recorded"], "1970-01-01T00:00:00Z");
+        assert!(
+            event.get("purposeOfEvent").is_none(),
+            "no purpose unless one is given"
+        );
+    }
+
+    #[test]
+    fn a_broken_glass_is_recorded_as_emergency_treatment_with_its_reason() {
+        let mut record = AuditRecord::new("read", "Practitioner/7", 0).entity("Observation/1");
+        record.purpose_of_use = Some(PurposeOfUse::emergency("unconscious, no ID"));
+        let event = record.to_audit_event();
+        assert_eq!(event["purposeOfEvent"][0]["coding"][0]["code"], "ETREAT");
+        assert_eq!(
+            event["purposeOfEvent"][0]["coding"][0]["system"],
+            "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+        );
+        assert_eq!(event["purposeOfEvent"][0]["text"], "unconscious, no ID");
     }
 
     #[test]

@@ -526,6 +526,7 @@ fn transaction_access(caller: &Caller) -> Access<'_> {
         action: Action::Bundle,
         target: Target::system(),
         query: None,
+        patient_hint: None,
     }
 }
 

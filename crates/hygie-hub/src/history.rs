@@ -246,6 +246,7 @@ impl Hub {
             id: request.id.clone(),
         };
         let page_scope = scope.clone();
+        let (history_type, history_id) = (request.resource_type.clone(), request.id.clone());
         let page = self
             .perform_read(
                 Access {
@@ -253,8 +254,27 @@ impl Hub {
                     action: Action::History,
                     target,
                     query: (!request.query.is_empty()).then(|| request.query.clone()),
+                    patient_hint: None,
                 },
                 move |tx, mask| {
+                    // Need-to-know: one resource's history if its patient is in care;
+                    // never a history that mixes patients.
+                    match (&history_type, &history_id) {
+                        (Some(resource_type), Some(id)) => {
+                            if let Err(refusal) =
+                                crate::care::check_visible(tx, mask, resource_type, id)?
+                            {
+                                return Ok(Err(refusal));
+                            }
+                        }
+                        (resource_type, _) => {
+                            if let Err(refusal) =
+                                crate::care::refuse_wide_history(mask, resource_type.as_deref())
+                            {
+                                return Ok(Err(refusal));
+                            }
+                        }
+                    }
                     let max_seq = match max_seq {
                         Some(max) => max,
                         None => tx.max_seq()?,

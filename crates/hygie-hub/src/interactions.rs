@@ -253,6 +253,9 @@ pub(crate) fn exec_read(
     if let Err(refusal) = check_patient_compartment(tx, mask, resource_type, id)? {
         return Ok(Err(refusal));
     }
+    if let Err(refusal) = crate::care::check_visible(tx, mask, resource_type, id)? {
+        return Ok(Err(refusal));
+    }
     let Some(record) = tx.current(resource_type, id)? else {
         return Ok(Err(HubError::not_found(format!(
             "{resource_type}/{id} is not known"
@@ -277,6 +280,9 @@ pub(crate) fn exec_vread(
     version: i64,
 ) -> OpResult<Stored> {
     if let Err(refusal) = check_patient_compartment(tx, mask, resource_type, id)? {
+        return Ok(Err(refusal));
+    }
+    if let Err(refusal) = crate::care::check_visible(tx, mask, resource_type, id)? {
         return Ok(Err(refusal));
     }
     let Some(record) = tx.version(resource_type, id, version)? else {
@@ -503,6 +509,7 @@ impl Hub {
                 action: Action::Read,
                 target: Target::instance(resource_type, id),
                 query: None,
+                patient_hint: None,
             },
             move |tx, mask| exec_read(tx, mask, &ty, &id_owned),
         )
@@ -526,6 +533,7 @@ impl Hub {
                 action: Action::VRead,
                 target: Target::instance(resource_type, id),
                 query: None,
+                patient_hint: None,
             },
             move |tx, mask| exec_vread(tx, mask, &ty, &id_owned, version),
         )
@@ -588,6 +596,7 @@ impl Hub {
                 action: Action::Create,
                 target: Target::resource_type(resource_type),
                 query: if_none_exist.map(str::to_owned),
+                patient_hint: None,
             },
             move |tx, _mask| exec_create(tx, prepared, &id, criteria.as_ref(), now),
         )
@@ -628,6 +637,7 @@ impl Hub {
                 action: Action::Update,
                 target: Target::instance(resource_type, id),
                 query: None,
+                patient_hint: None,
             },
             move |tx, _mask| exec_update(tx, prepared, &id_owned, if_match, now),
         )
@@ -662,6 +672,7 @@ impl Hub {
                 action: Action::Update,
                 target: Target::resource_type(resource_type),
                 query: Some(criteria_query.to_owned()),
+                patient_hint: None,
             },
             move |tx, _mask| {
                 criteria::lock_conditional(tx, &ty)?;
@@ -714,6 +725,7 @@ impl Hub {
                 action: Action::Patch,
                 target: Target::instance(resource_type, id),
                 query: None,
+                patient_hint: None,
             },
             move |tx, _mask| exec_patch(tx, &ty, &id_owned, &patch, if_match, now),
         )
@@ -736,6 +748,7 @@ impl Hub {
                 action: Action::Delete,
                 target: Target::instance(resource_type, id),
                 query: None,
+                patient_hint: None,
             },
             move |tx, _mask| exec_delete(tx, &ty, &id_owned, now),
         )

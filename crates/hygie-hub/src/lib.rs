@@ -26,8 +26,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod break_glass;
 mod bundle;
 mod capability;
+mod care;
 mod criteria;
 mod error;
 mod history;
@@ -44,9 +46,12 @@ use std::sync::Arc;
 use hygie_policy::{Policy, Principal};
 use hygie_store::SharedStore;
 
+pub use break_glass::{MAX_BREAK_GLASS_REASON_CHARS, MAX_REVIEW_ITEMS};
 pub use bundle::PreparedTransaction;
+pub use care::{MAX_CARE_PATIENTS, MAX_CARE_SOURCES};
 pub use error::HubError;
 pub use history::HistoryRequest;
+pub use hygie_store::BreakGlassGrant;
 pub use instant::{format_instant, parse_fhir_instant_us};
 pub use interactions::{DeleteOutcome, ReturnPreference, Stored, WriteOutcome};
 pub use search::{MAX_INCLUDE_DEPTH, MAX_INCLUDED, SearchScope};
@@ -82,6 +87,10 @@ pub struct Caller {
     pub network_address: Option<String>,
     /// The base URL the client used (`https://host/fhir`), for absolute links in Bundles.
     pub base_url: String,
+    /// The reason given to break the glass (`X-Break-Glass-Reason`), if any: the request
+    /// opens the patient it is about when no care relationship does, and is recorded as
+    /// emergency treatment.
+    pub break_glass: Option<String>,
 }
 
 impl Caller {
@@ -91,6 +100,7 @@ impl Caller {
             request_id: request_id.to_owned(),
             network_address: None,
             base_url: "http://localhost/fhir".to_owned(),
+            break_glass: None,
         }
     }
 }
@@ -218,6 +228,7 @@ impl Hub {
                     action: hygie_policy::Action::Revoke,
                     target: hygie_policy::Target::system(),
                     query: Some(format!("{}{kind}={value}", if lift { "lift:" } else { "" })),
+                    patient_hint: None,
                 },
                 move |tx, _mask| {
                     if lift {

@@ -7,6 +7,7 @@ use hygie_audit::{AuditOutcome, AuditRecord};
 use hygie_policy::{Action, Decision, DenyReason, Mask, Target};
 use hygie_store::{StoreError, StoreExt, Tx};
 
+use crate::break_glass::BreakGlassReach;
 use crate::instant::now_us;
 use crate::{Caller, Hub, HubError};
 
@@ -28,6 +29,9 @@ pub struct Access<'a> {
     pub target: Target,
     /// The query string of a search or history, or the conditional criteria.
     pub query: Option<String>,
+    /// The patient a request is about when neither its target nor its query says it (a
+    /// compartment search): the one a broken glass opens.
+    pub patient_hint: Option<String>,
 }
 
 impl Access<'_> {
@@ -40,6 +44,11 @@ impl Access<'_> {
         record.network_address = self.caller.network_address.clone();
         record.request_id = Some(self.caller.request_id.clone());
         record.query = self.query.clone();
+        record.purpose_of_use = self
+            .caller
+            .break_glass
+            .as_deref()
+            .map(hygie_audit::PurposeOfUse::emergency);
         record
     }
 
@@ -65,6 +74,9 @@ struct Decided<F> {
     revocable: Option<(Option<String>, String)>,
     record: AuditRecord,
     target_reference: Option<String>,
+    /// What a write aims at, checked against a need-to-know limit before it runs.
+    target: Target,
+    writes: bool,
     undoable: bool,
     mask: Mask,
     op: F,
@@ -78,10 +90,14 @@ impl Hub {
         T: Audited + Send + 'static,
         F: FnOnce(&mut dyn Tx, &Mask) -> OpResult<T> + Send + 'static,
     {
+        let reach = BreakGlassReach::of(&access);
+        let caller = access.caller;
         let decided = match self.decide(access, op) {
             Ok(decided) => decided,
             Err(denied) => return self.audit_denial(denied).await,
         };
+        self.break_glass_if_asked(caller, &decided.mask, reach)
+            .await?;
         let outcome = self
             .inner
             .store
@@ -103,21 +119,25 @@ impl Hub {
         T: Audited + Send + 'static,
         F: FnOnce(&mut dyn Tx, &Mask) -> OpResult<T> + Send + 'static,
     {
+        let reach = BreakGlassReach::of(&access);
+        let caller = access.caller;
         let Decided {
             revocable,
             mut record,
             target_reference,
-            mask,
+            mut mask,
             op,
             ..
         } = match self.decide(access, op) {
             Ok(decided) => decided,
             Err(denied) => return self.audit_denial(denied).await,
         };
+        self.break_glass_if_asked(caller, &mask, reach).await?;
         let read = move |tx: &mut dyn Tx| -> OpResult<T> {
             if let Some(refusal) = revoked(tx, revocable.as_ref())? {
                 return Ok(Err(refusal));
             }
+            crate::care::resolve(tx, &mut mask, now_us())?;
             op(tx, &mask)
         };
         let result = match self.inner.store.read(read).await {
@@ -200,7 +220,7 @@ impl Hub {
                 Decision::Permit { mask } if !mask.is_empty() && access.action == Action::Bundle => {
                     Decision::Deny {
                         reason: DenyReason::Forbidden(
-                            "this token's access is limited (patient/ scope): not inside a transaction"
+                            "this token's access is limited (a patient/ scope, or need-to-know): send this entry as a request of its own"
                                 .to_owned(),
                         ),
                     }
@@ -251,7 +271,9 @@ impl Hub {
                 }),
                 record,
                 target_reference,
+                writes: access.action.writes(),
                 undoable: access.action.writes() || access.action == Action::Bundle,
+                target: access.target,
                 mask,
                 op,
             }),
@@ -282,7 +304,7 @@ impl Hub {
     }
 
     /// Appends a record in a unit of its own (an access that wrote nothing to undo with it).
-    async fn append_record(&self, record: AuditRecord) -> Result<(), HubError> {
+    pub(crate) async fn append_record(&self, record: AuditRecord) -> Result<(), HubError> {
         let leaf = record.to_leaf();
         let recorded_us = record.recorded_us;
         self.inner
@@ -307,8 +329,10 @@ where
         revocable,
         mut record,
         target_reference,
+        target,
+        writes,
         undoable,
-        mask,
+        mut mask,
         op,
     } = decided;
     if undoable {
@@ -316,7 +340,14 @@ where
     }
     let outcome = match revoked(tx, revocable.as_ref())? {
         Some(refusal) => Ok(Err(refusal)),
-        None => op(tx, &mask),
+        None => {
+            crate::care::resolve(tx, &mut mask, now_us())?;
+            if writes && mask.care_of.is_some() {
+                write_within_care(tx, &mask, &target, op)
+            } else {
+                op(tx, &mask)
+            }
+        }
     };
     let result = match outcome {
         Ok(Ok(value)) => {
@@ -341,6 +372,33 @@ where
     record_result(&mut record, &result, target_reference);
     tx.append_audit(record.recorded_us, &record.to_leaf())?;
     Ok(result)
+}
+
+/// A write under a need-to-know limit: what it changes must be the data of a patient in
+/// care, before (the resource it replaces or deletes) and after (what it wrote).
+fn write_within_care<T, F>(tx: &mut dyn Tx, mask: &Mask, target: &Target, op: F) -> OpResult<T>
+where
+    T: Audited,
+    F: FnOnce(&mut dyn Tx, &Mask) -> OpResult<T>,
+{
+    if let (Some(resource_type), Some(id)) = (&target.resource_type, &target.id)
+        && let Err(refusal) = crate::care::check_visible(tx, mask, resource_type, id)?
+    {
+        return Ok(Err(refusal));
+    }
+    let value = match op(tx, mask)? {
+        Ok(value) => value,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    for entity in value.audit_entities() {
+        let mut parts = entity.split('/');
+        if let (Some(resource_type), Some(id)) = (parts.next(), parts.next())
+            && let Err(refusal) = crate::care::check_visible(tx, mask, resource_type, id)?
+        {
+            return Ok(Err(refusal));
+        }
+    }
+    Ok(Ok(value))
 }
 
 /// The refusal of a revoked token (or of a token whose subject is revoked), if it is.

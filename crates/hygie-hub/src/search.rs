@@ -170,6 +170,7 @@ impl Hub {
                 action: Action::Search,
                 target: Target::resource_type(&scope.resource_type),
                 query: None,
+                patient_hint: None,
             },
             &reached_types(&request),
         )
@@ -190,6 +191,10 @@ impl Hub {
         let includes = request.include.clone();
         let revincludes = request.revinclude.clone();
         let backwards = position.as_ref().is_some_and(|p| p.backwards);
+        // A search that names its patients is refused (not answered empty) when one is out
+        // of care: "no results" would read as "nothing there" to a clinician.
+        let mut named = crate::break_glass::patients_named(&scope.resource_type, &pairs);
+        named.extend(scope.compartment.as_ref().map(|(_, id)| id.clone()));
         let found = self
             .perform_read(
                 Access {
@@ -197,8 +202,19 @@ impl Hub {
                     action: Action::Search,
                     target: Target::resource_type(&scope.resource_type),
                     query: Some(query_for_audit),
+                    patient_hint: scope.compartment.as_ref().map(|(_, id)| id.clone()),
                 },
                 move |tx, mask| {
+                    if let Some(care) = &mask.care_of
+                        && crate::care::limit_for(mask, &spec.resource_type).is_some()
+                        && let Some(outside) = named.iter().find(|patient| {
+                            !care.patients.as_ref().is_some_and(|p| p.contains(patient))
+                        })
+                    {
+                        return Ok(Err(crate::care::no_relationship(&format!(
+                            "Patient/{outside}"
+                        ))));
+                    }
                     run_search(
                         tx,
                         mask,
@@ -367,6 +383,9 @@ fn run_search(
         spec.filters
             .push(compartment_filter(&spec.resource_type, "Patient", patient));
     }
+    // Need-to-know: the patients in care only, for the matches, the total, the paging, and
+    // what `_has` and chains look at.
+    crate::care::limit_filters(mask, &spec.resource_type, &mut spec.filters);
     let total = if with_total {
         Some(tx.count(&spec.resource_type, &spec.filters)?)
     } else {
@@ -452,6 +471,8 @@ fn follow_includes(
             .into_iter()
             .filter(|id| !seen.contains(&(ty.to_owned(), id.clone())))
             .collect();
+        // Need-to-know: what a caller may not see is not included either.
+        let new = crate::care::visible_ids(tx, mask, ty, new)?;
         if new.is_empty() {
             return Ok(());
         }
@@ -619,7 +640,7 @@ pub(crate) fn compartment_filter(resource_type: &str, compartment_type: &str, id
             .cloned()
             .unwrap_or_default(),
         target_type: compartment_type.to_owned(),
-        target_id: id.to_owned(),
+        target_ids: vec![id.to_owned()],
     }
 }
 
@@ -1060,6 +1081,7 @@ impl Hub {
                     action: Action::Everything,
                     target: Target::instance("Patient", patient_id),
                     query: Some(encode_query(&pairs)),
+                    patient_hint: None,
                 },
                 move |tx, mask| {
                     let Some(patient) = tx.current("Patient", &id)? else {
@@ -1069,6 +1091,11 @@ impl Hub {
                     };
                     if patient.deleted {
                         return Ok(Err(HubError::gone(format!("Patient/{id} was deleted"))));
+                    }
+                    if let Some(care) = &mask.care_of
+                        && !care.patients.as_ref().is_some_and(|p| p.contains(&id))
+                    {
+                        return Ok(Err(crate::care::no_relationship(&format!("Patient/{id}"))));
                     }
                     // The patient leads the first page; the compartment follows in (type, id)
                     // order, which is what the cursor records (the patient is outside it).
@@ -1121,6 +1148,10 @@ impl Hub {
                             }
                         }
                         for (target_type, target_ids) in wanted {
+                            // Another patient's data, referenced from this record, stays
+                            // behind the limits of the caller.
+                            let target_ids =
+                                crate::care::visible_ids(tx, mask, &target_type, target_ids)?;
                             for record in tx.current_many(&target_type, &target_ids)? {
                                 if referenced.len() >= MAX_INCLUDED {
                                     truncated = true;

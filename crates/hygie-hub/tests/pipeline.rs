@@ -271,6 +271,22 @@ impl Tx for FailingAuditTx<'_> {
     fn revocation(&mut self, jti: Option<&str>, subject: &str) -> StoreResult<Option<String>> {
         self.0.revocation(jti, subject)
     }
+    fn open_break_glass(&mut self, grant: &hygie_store::NewBreakGlass<'_>) -> StoreResult<i64> {
+        self.0.open_break_glass(grant)
+    }
+    fn break_glass_patients(&mut self, subject: &str, now: i64) -> StoreResult<Vec<String>> {
+        self.0.break_glass_patients(subject, now)
+    }
+    fn break_glass_grants(
+        &mut self,
+        all: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<hygie_store::BreakGlassGrant>> {
+        self.0.break_glass_grants(all, limit)
+    }
+    fn close_break_glass(&mut self, id: i64, by: &str, review: &str, at: i64) -> StoreResult<bool> {
+        self.0.close_break_glass(id, by, review, at)
+    }
     fn append_audit(&mut self, _: i64, _: &[u8]) -> StoreResult<i64> {
         Err(StoreError::Database("audit_log: disk full".into()))
     }

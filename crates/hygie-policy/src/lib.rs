@@ -119,6 +119,11 @@ pub enum Action {
     Import,
     /// Revoking a token or a principal, or lifting a revocation: an administrative act.
     Revoke,
+    /// Opening a patient's record without a care relationship, in an emergency, with a
+    /// reason: the access is recorded and reviewed afterwards.
+    BreakGlass,
+    /// Listing and closing the reviews of break-the-glass accesses (the DPO's work).
+    ReviewBreakGlass,
 }
 
 impl Action {
@@ -137,6 +142,8 @@ impl Action {
             Action::Bundle => "transaction",
             Action::Import => "import",
             Action::Revoke => "revoke",
+            Action::BreakGlass => "break-the-glass",
+            Action::ReviewBreakGlass => "break-the-glass-review",
         }
     }
 
@@ -150,6 +157,8 @@ impl Action {
                 | Action::Delete
                 | Action::Import
                 | Action::Revoke
+                | Action::BreakGlass
+                | Action::ReviewBreakGlass
         )
     }
 }
@@ -190,11 +199,62 @@ pub struct Mask {
     /// Only what belongs to the compartment of `Patient/{id}` (a `patient/` scope): the hub
     /// adds it to searches and checks it on reads.
     pub patient_compartment: Option<String>,
+    /// Need-to-know: only the data of patients the caller has a care relationship with,
+    /// or has broken the glass for.
+    pub care_of: Option<CareOf>,
+}
+
+/// A need-to-know limit. The hub finds the patients inside the access's unit (from
+/// encounters, care teams, departments and open break-the-glass grants) and limits reads,
+/// searches, includes and writes to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CareOf {
+    /// The token's subject (`Practitioner/{id}` has care relationships; any subject may
+    /// hold break-the-glass grants).
+    pub subject: String,
+    /// Days after an encounter or a care team ends during which it still counts.
+    pub window_days: u32,
+    /// Types open without a relationship (see [`NeedToKnow::open_types`]).
+    pub open_types: Vec<String>,
+    /// The patients found, filled in by the hub inside the unit; `None` until then.
+    pub patients: Option<Vec<String>>,
 }
 
 impl Mask {
     pub fn is_empty(&self) -> bool {
-        self.remove_elements.is_empty() && self.patient_compartment.is_none()
+        self.remove_elements.is_empty()
+            && self.patient_compartment.is_none()
+            && self.care_of.is_none()
+    }
+}
+
+/// Who needs a care relationship to see a patient's data, and who may break the glass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeedToKnow {
+    /// Roles whose access to patient data needs a care relationship (a token holding any
+    /// other role that grants the same access is not limited by it).
+    pub roles: Vec<String>,
+    /// Days after an encounter ends during which its participants (and its department)
+    /// keep access to the patient.
+    pub window_days: u32,
+    /// Roles that may break the glass.
+    pub break_glass_roles: Vec<String>,
+    /// How long a broken glass opens the patient, hours.
+    pub break_glass_hours: u32,
+    /// Resource types open without a relationship: finding a patient (to admit them, or to
+    /// break the glass) needs their demographics.
+    pub open_types: Vec<String>,
+}
+
+impl Default for NeedToKnow {
+    fn default() -> NeedToKnow {
+        NeedToKnow {
+            roles: vec!["clinician".to_owned(), "nurse".to_owned()],
+            window_days: 30,
+            break_glass_roles: vec!["clinician".to_owned(), "nurse".to_owned()],
+            break_glass_hours: 8,
+            open_types: vec!["Patient".to_owned()],
+        }
     }
 }
 
@@ -320,12 +380,26 @@ impl RoleCeilings {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     ceilings: RoleCeilings,
+    need_to_know: NeedToKnow,
 }
 
 impl Policy {
     /// A policy with these role ceilings (the default: [`DEFAULT_ROLE_CEILINGS`]).
     pub fn with_ceilings(ceilings: RoleCeilings) -> Policy {
-        Policy { ceilings }
+        Policy {
+            ceilings,
+            need_to_know: NeedToKnow::default(),
+        }
+    }
+
+    /// The same policy with these need-to-know rules.
+    pub fn with_need_to_know(mut self, need_to_know: NeedToKnow) -> Policy {
+        self.need_to_know = need_to_know;
+        self
+    }
+
+    pub fn need_to_know(&self) -> &NeedToKnow {
+        &self.need_to_know
     }
 
     pub fn decide(&self, principal: &Principal, action: Action, target: &Target) -> Decision {
@@ -337,7 +411,7 @@ impl Policy {
                 reason: DenyReason::Unauthenticated,
             },
             PrincipalKind::Token => match &principal.access {
-                Some(access) => self.decide_token(access, action, target),
+                Some(access) => self.decide_token(&principal.subject, access, action, target),
                 None => Decision::Deny {
                     reason: DenyReason::Unauthenticated,
                 },
@@ -345,7 +419,13 @@ impl Policy {
         }
     }
 
-    fn decide_token(&self, access: &TokenAccess, action: Action, target: &Target) -> Decision {
+    fn decide_token(
+        &self,
+        subject: &str,
+        access: &TokenAccess,
+        action: Action,
+        target: &Target,
+    ) -> Decision {
         let forbidden = |why: String| Decision::Deny {
             reason: DenyReason::Forbidden(why),
         };
@@ -363,7 +443,28 @@ impl Policy {
                     mask: Mask::default(),
                 };
             }
-            Action::Everything => return self.decide_everything(access, target),
+            Action::Everything => return self.decide_everything(subject, access, target),
+            Action::BreakGlass => {
+                return if self.has_role(access, &self.need_to_know.break_glass_roles) {
+                    Decision::Permit {
+                        mask: Mask::default(),
+                    }
+                } else {
+                    forbidden(format!(
+                        "breaking the glass needs one of the roles {}",
+                        self.need_to_know.break_glass_roles.join(", ")
+                    ))
+                };
+            }
+            Action::ReviewBreakGlass => {
+                return if access.roles.iter().any(|r| r == "dpo" || r == "security") {
+                    Decision::Permit {
+                        mask: Mask::default(),
+                    }
+                } else {
+                    forbidden("break-the-glass reviews need the dpo or security role".to_owned())
+                };
+            }
             Action::Import => {
                 return forbidden("import is for the hub's operator (hygie import)".to_owned());
             }
@@ -387,11 +488,13 @@ impl Policy {
         // A patient's own token only ever reaches that patient's compartment: its user/ and
         // system/ scopes, if any, count for nothing.
         let is_patient = access.roles.iter().any(|r| r == "patient");
+        // system/ first: a grant there is unlimited by need-to-know, a user/ one may not be.
         let contexts: &[ScopeContext] = if is_patient {
             &[]
         } else {
-            &[ScopeContext::User, ScopeContext::System]
+            &[ScopeContext::System, ScopeContext::User]
         };
+        let mut refusal = None;
         for &context in contexts {
             let by_scope = access.scopes.grants(context, resource_type, permission);
             if by_scope.is_denied() {
@@ -403,11 +506,19 @@ impl Policy {
             match (by_scope, by_role) {
                 (Grant::Allowed, Grant::Allowed) => {
                     return Decision::Permit {
-                        mask: Mask::default(),
+                        mask: Mask {
+                            care_of: self.care_of(
+                                subject,
+                                access,
+                                context,
+                                Some((resource_type, permission)),
+                            ),
+                            ..Mask::default()
+                        },
                     };
                 }
                 (_, Grant::Denied) => {
-                    return forbidden(format!(
+                    refusal.get_or_insert(format!(
                         "the token's roles ({}) do not allow {context}/{needed}",
                         if access.roles.is_empty() {
                             "none".to_owned()
@@ -417,11 +528,14 @@ impl Policy {
                     ));
                 }
                 _ => {
-                    return forbidden(format!(
+                    refusal.get_or_insert(format!(
                         "query-constrained scopes are not enforced by this server yet: {context}/{needed} needs an unconstrained scope"
                     ));
                 }
             }
+        }
+        if let Some(why) = refusal {
+            return forbidden(why);
         }
         if let Some(decision) = self.decide_patient_context(access, action, target, permission) {
             return decision;
@@ -482,15 +596,66 @@ impl Policy {
         }
         Some(Decision::Permit {
             mask: Mask {
-                remove_elements: Vec::new(),
                 patient_compartment: Some(patient.clone()),
+                ..Mask::default()
             },
         })
     }
 
     /// `$everything` reaches every type of the patient compartment: it needs read and
     /// search on every type (`*`), unconstrained, by scope and by role.
-    fn decide_everything(&self, access: &TokenAccess, target: &Target) -> Decision {
+    /// Whether the token holds one of `roles`.
+    fn has_role(&self, access: &TokenAccess, roles: &[String]) -> bool {
+        access.roles.iter().any(|r| roles.contains(r))
+    }
+
+    /// The need-to-know limit of a permitted user/ access, if one applies: the token's
+    /// subject must have a care relationship with the patient, unless another of its roles
+    /// (not subject to need-to-know) grants the same access, or the type is open.
+    /// `reached`: the type and permission, or `None` for the whole compartment.
+    fn care_of(
+        &self,
+        subject: &str,
+        access: &TokenAccess,
+        context: ScopeContext,
+        reached: Option<(&str, Permission)>,
+    ) -> Option<CareOf> {
+        let rules = &self.need_to_know;
+        let open = reached.is_some_and(|(ty, _)| rules.open_types.iter().any(|t| t == ty));
+        if context != ScopeContext::User || open || !self.has_role(access, &rules.roles) {
+            return None;
+        }
+        let unlimited: Vec<String> = access
+            .roles
+            .iter()
+            .filter(|r| !rules.roles.contains(r))
+            .cloned()
+            .collect();
+        let granted_otherwise = match reached {
+            Some((resource_type, permission)) => matches!(
+                self.ceilings
+                    .grants(&unlimited, context, resource_type, permission),
+                Grant::Allowed
+            ),
+            None => self.ceilings.ceilings.iter().any(|(role, ceiling)| {
+                unlimited.contains(role)
+                    && ceiling.clinical().any(|s| {
+                        s.context() == context
+                            && matches!(s.resource(), ScopeResource::Any)
+                            && s.query().is_none()
+                            && s.permissions().contains(Permission::Read)
+                    })
+            }),
+        };
+        (!granted_otherwise).then(|| CareOf {
+            subject: subject.to_owned(),
+            window_days: rules.window_days,
+            open_types: rules.open_types.clone(),
+            patients: None,
+        })
+    }
+
+    fn decide_everything(&self, subject: &str, access: &TokenAccess, target: &Target) -> Decision {
         let is_patient = access.roles.iter().any(|r| r == "patient");
         let own_record = access.patient.is_some() && access.patient == target.id;
         let contexts: &[ScopeContext] = match (is_patient, own_record) {
@@ -524,7 +689,10 @@ impl Policy {
             });
             if wildcard(&access.scopes, &[context]) && by_role {
                 return Decision::Permit {
-                    mask: Mask::default(),
+                    mask: Mask {
+                        care_of: self.care_of(subject, access, context, None),
+                        ..Mask::default()
+                    },
                 };
             }
         }
@@ -541,7 +709,7 @@ impl Policy {
 mod tests {
     use super::*;
 
-    const ALL_ACTIONS: [Action; 12] = [
+    const ALL_ACTIONS: [Action; 14] = [
         Action::Read,
         Action::VRead,
         Action::Create,
@@ -554,6 +722,8 @@ mod tests {
         Action::Bundle,
         Action::Import,
         Action::Revoke,
+        Action::BreakGlass,
+        Action::ReviewBreakGlass,
     ];
 
     fn bearer(roles: &[&str], scopes: &str) -> Principal {
@@ -727,8 +897,8 @@ mod tests {
             decision,
             Decision::Permit {
                 mask: Mask {
-                    remove_elements: Vec::new(),
                     patient_compartment: Some("p1".to_owned()),
+                    ..Mask::default()
                 }
             },
             "searches carry the compartment for the hub to apply"
@@ -840,6 +1010,163 @@ mod tests {
             &clinician,
             Action::Read,
             &Target::instance("Patient", "p")
+        ));
+    }
+
+    fn care_of(
+        policy: &Policy,
+        principal: &Principal,
+        action: Action,
+        target: &Target,
+    ) -> Option<String> {
+        match policy.decide(principal, action, target) {
+            Decision::Permit { mask } => mask.care_of.map(|care| care.subject),
+            Decision::Deny { reason } => panic!("denied: {reason:?}"),
+        }
+    }
+
+    #[test]
+    fn clinicians_and_nurses_need_a_care_relationship_for_patient_data() {
+        let policy = Policy::default();
+        let observation = Target::instance("Observation", "o1");
+        let observations = Target::resource_type("Observation");
+        let clinician = bearer(&["clinician"], "user/*.cruds");
+        let nurse = bearer(&["nurse"], "user/*.crus");
+        for (who, action, target) in [
+            (&clinician, Action::Read, &observation),
+            (&clinician, Action::Search, &observations),
+            (&clinician, Action::Update, &observation),
+            (
+                &clinician,
+                Action::Everything,
+                &Target::instance("Patient", "p"),
+            ),
+            (&nurse, Action::Read, &observation),
+        ] {
+            assert_eq!(
+                care_of(&policy, who, action, target).as_deref(),
+                Some("Practitioner/p1"),
+                "{action:?} {target:?}"
+            );
+        }
+        // Finding a patient is open: demographics, to admit them or to break the glass.
+        assert_eq!(
+            care_of(
+                &policy,
+                &clinician,
+                Action::Search,
+                &Target::resource_type("Patient")
+            ),
+            None
+        );
+        // A system/ scope is no person's access; roles without need-to-know are not limited.
+        let integration = bearer(&["integration"], "system/*.cruds");
+        assert_eq!(
+            care_of(&policy, &integration, Action::Read, &observation),
+            None
+        );
+        let both = bearer(&["clinician", "integration"], "user/*.rs system/*.rs");
+        assert_eq!(
+            care_of(&policy, &both, Action::Read, &observation),
+            None,
+            "system/ grants it unlimited"
+        );
+        // Another role granting the same user/ access lifts the limit; one that does not, does not.
+        let ceilings =
+            RoleCeilings::with_overrides([("registrar", "user/Observation.rs")], |_| true).unwrap();
+        let policy_with_registrar = Policy::with_ceilings(ceilings);
+        let registrar_clinician = bearer(&["clinician", "registrar"], "user/*.rs");
+        assert_eq!(
+            care_of(
+                &policy_with_registrar,
+                &registrar_clinician,
+                Action::Read,
+                &observation
+            ),
+            None
+        );
+        assert_eq!(
+            care_of(
+                &policy_with_registrar,
+                &registrar_clinician,
+                Action::Read,
+                &Target::instance("Condition", "c")
+            )
+            .as_deref(),
+            Some("Practitioner/p1")
+        );
+        // The rules are configurable: a site may make nurses unlimited.
+        let relaxed = Policy::default().with_need_to_know(NeedToKnow {
+            roles: vec!["clinician".to_owned()],
+            ..NeedToKnow::default()
+        });
+        assert_eq!(care_of(&relaxed, &nurse, Action::Read, &observation), None);
+    }
+
+    #[test]
+    fn only_the_allowed_roles_break_the_glass_and_only_reviewers_review() {
+        let policy = Policy::default();
+        let system = Target::system();
+        for role in ["clinician", "nurse"] {
+            assert!(
+                permitted(
+                    &policy,
+                    &bearer(&[role], "user/*.rs"),
+                    Action::BreakGlass,
+                    &system
+                ),
+                "{role}"
+            );
+        }
+        for role in [
+            "reception",
+            "billing",
+            "dpo",
+            "integration",
+            "admin",
+            "patient",
+        ] {
+            assert!(
+                !permitted(
+                    &policy,
+                    &bearer(&[role], "user/*.cruds"),
+                    Action::BreakGlass,
+                    &system
+                ),
+                "{role}"
+            );
+        }
+        for role in ["dpo", "security"] {
+            assert!(
+                permitted(
+                    &policy,
+                    &bearer(&[role], "user/AuditEvent.rs"),
+                    Action::ReviewBreakGlass,
+                    &system
+                ),
+                "{role}"
+            );
+        }
+        for role in ["clinician", "nurse", "admin", "integration"] {
+            assert!(
+                !permitted(
+                    &policy,
+                    &bearer(&[role], "user/*.cruds"),
+                    Action::ReviewBreakGlass,
+                    &system
+                ),
+                "{role}"
+            );
+        }
+        let none = Policy::default().with_need_to_know(NeedToKnow {
+            break_glass_roles: vec![],
+            ..NeedToKnow::default()
+        });
+        assert!(!permitted(
+            &none,
+            &bearer(&["clinician"], "user/*.rs"),
+            Action::BreakGlass,
+            &system
         ));
     }
 

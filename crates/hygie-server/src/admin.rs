@@ -1,3 +1,7 @@
+//! `/admin/break-glass`: the review items of break-the-glass accesses, for the DPO
+//! (`GET`, `?all=true` for closed ones too; `POST /admin/break-glass/{id}/close` with
+//! `{"review": "…"}`). Needs the dpo or security role (`Action::ReviewBreakGlass`).
+//!
 //! `/admin/revocations`: revoking a token (`jti`) or a principal (`subject`) over HTTP, for
 //! the security officer on call. Needs a token with the `admin` role (the policy decides,
 //! `Action::Revoke`); every attempt is audited by the hub. `POST` revokes, `DELETE` lifts.
@@ -73,6 +77,7 @@ async fn handle(
         request_id,
         network_address: remote.map(|a| a.ip().to_string()),
         base_url: String::new(),
+        break_glass: None,
     };
     let changed = state
         .hub
@@ -96,4 +101,117 @@ async fn handle(
             expression: None,
         }],
     ))
+}
+
+pub(crate) async fn break_glass(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    match handle_break_glass(state, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn handle_break_glass(
+    state: AppState,
+    request: axum::extract::Request,
+) -> Result<Response, ErrorResponse> {
+    let (parts, body) = request.into_parts();
+    let (remote, request_id) = origin(&parts.extensions);
+    let principal = match admit(&state, &parts.headers, remote) {
+        Ok(principal) => principal,
+        Err(refusal) => return Ok(*refusal),
+    };
+    let caller = Caller {
+        principal,
+        request_id,
+        network_address: remote.map(|a| a.ip().to_string()),
+        base_url: String::new(),
+        break_glass: None,
+    };
+    let path = parts.uri.path().trim_end_matches('/');
+    let closing = path
+        .strip_prefix("/admin/break-glass/")
+        .and_then(|rest| rest.strip_suffix("/close"));
+    match (&parts.method, closing) {
+        (&Method::GET, None) if path == "/admin/break-glass" => {
+            let all = match parts.uri.query().unwrap_or("") {
+                "" | "all=false" => false,
+                "all=true" => true,
+                other => {
+                    return Err(ErrorResponse(HubError::bad_request(format!(
+                        "/admin/break-glass takes all=true or all=false, not {other:?}"
+                    ))));
+                }
+            };
+            let grants = state.hub.break_glass_reviews(&caller, all).await?;
+            let items: Vec<Value> = grants
+                .into_iter()
+                .map(|grant| {
+                    serde_json::json!({
+                        "id": grant.grant_id,
+                        "subject": grant.subject,
+                        "patient": format!("Patient/{}", grant.patient),
+                        "reason": grant.reason,
+                        "opened": hygie_hub::format_instant(grant.opened_us),
+                        "until": hygie_hub::format_instant(grant.until_us),
+                        "request_id": grant.request_id,
+                        "closed": grant.closed_us.map(hygie_hub::format_instant),
+                        "closed_by": grant.closed_by,
+                        "review": grant.review,
+                    })
+                })
+                .collect();
+            let body = serde_json::to_vec(&serde_json::json!({ "items": items })).map_err(|e| {
+                ErrorResponse(HubError::new(500, IssueType::Exception, e.to_string()))
+            })?;
+            Ok((
+                StatusCode::OK,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response())
+        }
+        (&Method::POST, Some(id)) => {
+            let grant_id: i64 = id.parse().map_err(|_| {
+                ErrorResponse(HubError::bad_request(format!(
+                    "{id:?} is not a break-the-glass grant number"
+                )))
+            })?;
+            let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+                .await
+                .map_err(|_| {
+                    ErrorResponse(HubError::new(
+                        413,
+                        IssueType::TooLong,
+                        format!("the body is over {MAX_BODY_BYTES} bytes"),
+                    ))
+                })?;
+            let request: Value = serde_json::from_slice(&body).map_err(|_| {
+                ErrorResponse(HubError::bad_request(
+                    "the body must be a JSON object: {\"review\": \"…\"}",
+                ))
+            })?;
+            let review = request.get("review").and_then(Value::as_str).unwrap_or("");
+            state
+                .hub
+                .close_break_glass(&caller, grant_id, review)
+                .await?;
+            Ok(outcome_response(
+                StatusCode::OK.as_u16(),
+                &[Issue {
+                    severity: IssueSeverity::Information,
+                    code: IssueType::Informational,
+                    diagnostics: format!("break-the-glass grant {grant_id} is reviewed and closed"),
+                    expression: None,
+                }],
+            ))
+        }
+        _ => Err(ErrorResponse(HubError::new(
+            405,
+            IssueType::NotSupported,
+            "/admin/break-glass takes GET; /admin/break-glass/{id}/close takes POST",
+        ))),
+    }
 }

@@ -345,6 +345,7 @@ async fn dispatch_inner(
         request_id,
         network_address: remote.map(|a| a.ip().to_string()),
         base_url: base.clone(),
+        break_glass: break_glass_reason(&headers)?,
     };
     let hub = &state.hub;
     let prefer = prefer(&headers);
@@ -647,6 +648,22 @@ pub(crate) async fn smart_configuration(
         "capabilities": ["permission-v1", "permission-v2"],
     });
     fhir_json_plain(document)
+}
+
+/// `X-Break-Glass-Reason`, as UTF-8 (a clinician writes in their own language); the hub
+/// checks its length and content.
+fn break_glass_reason(headers: &HeaderMap) -> std::result::Result<Option<String>, ErrorResponse> {
+    let Some(value) = headers.get("x-break-glass-reason") else {
+        return Ok(None);
+    };
+    std::str::from_utf8(value.as_bytes())
+        .map(|reason| Some(reason.to_owned()))
+        .map_err(|_| {
+            ErrorResponse(
+                HubError::bad_request("X-Break-Glass-Reason must be UTF-8 text")
+                    .located_in("X-Break-Glass-Reason"),
+            )
+        })
 }
 
 /// `GET /fhir/.well-known/jwks.json`: the public keys tokens of this hub are signed with.

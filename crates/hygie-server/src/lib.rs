@@ -103,6 +103,8 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
             get(fhir::smart_configuration),
         )
         .route("/fhir/.well-known/jwks.json", get(fhir::jwks))
+        .route("/admin/break-glass", any(admin::break_glass))
+        .route("/admin/break-glass/{*rest}", any(admin::break_glass))
         .route(
             "/admin/revocations",
             post(admin::revocations).delete(admin::revocations),

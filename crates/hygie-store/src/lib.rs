@@ -148,6 +148,33 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
+/// A break-the-glass grant to record.
+#[derive(Debug, Clone)]
+pub struct NewBreakGlass<'a> {
+    pub subject: &'a str,
+    /// The patient's id (`Patient/{id}`).
+    pub patient: &'a str,
+    pub reason: &'a str,
+    pub opened_us: i64,
+    pub until_us: i64,
+    pub request_id: &'a str,
+}
+
+/// A recorded break-the-glass grant and the state of its review.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BreakGlassGrant {
+    pub grant_id: i64,
+    pub subject: String,
+    pub patient: String,
+    pub reason: String,
+    pub opened_us: i64,
+    pub until_us: i64,
+    pub request_id: String,
+    pub closed_us: Option<i64>,
+    pub closed_by: Option<String>,
+    pub review: Option<String>,
+}
+
 /// What a unit of work can do inside its transaction.
 ///
 /// Every method runs inside the unit's transaction; nothing is visible to others, nor
@@ -237,6 +264,23 @@ pub trait Tx {
     fn lift_revocation(&mut self, kind: &str, value: &str) -> StoreResult<bool>;
     /// The reason a token (its `jti`) or its subject is revoked, if either is.
     fn revocation(&mut self, token_id: Option<&str>, subject: &str) -> StoreResult<Option<String>>;
+    /// Opens a break-the-glass grant: `subject` may see `patient`'s data until `until_us`.
+    /// Returns the grant's number, for its review.
+    fn open_break_glass(&mut self, grant: &NewBreakGlass<'_>) -> StoreResult<i64>;
+    /// Patients `subject` holds an unexpired grant for at `now_us`.
+    fn break_glass_patients(&mut self, subject: &str, now_us: i64) -> StoreResult<Vec<String>>;
+    /// Grants, newest first: only those still awaiting review unless `all`.
+    fn break_glass_grants(&mut self, all: bool, limit: usize) -> StoreResult<Vec<BreakGlassGrant>>;
+    /// Closes a grant's review. The grant still runs its window: a review does not cut an
+    /// emergency short (revoking the subject does). False when there is no such grant or
+    /// its review is already closed.
+    fn close_break_glass(
+        &mut self,
+        grant_id: i64,
+        closed_by: &str,
+        review: &str,
+        closed_us: i64,
+    ) -> StoreResult<bool>;
     /// Appends one leaf to the audit log; returns its sequence number, increasing in commit
     /// order on SQLite. On PostgreSQL several processes append concurrently, so numbers
     /// may have gaps (rolled-back units) and are dense only once the audit integrator

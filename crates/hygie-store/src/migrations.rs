@@ -93,6 +93,16 @@ pub const SQLITE: &[&str] = &[
         reason TEXT NOT NULL, PRIMARY KEY (kind, value)
     ) WITHOUT ROWID;
     "#,
+    // 4: break-the-glass grants: who opened which patient, why, until when; and their review.
+    r#"
+    CREATE TABLE break_glass (
+        grant_id INTEGER PRIMARY KEY AUTOINCREMENT, subject TEXT NOT NULL,
+        patient TEXT NOT NULL, reason TEXT NOT NULL, opened_us INTEGER NOT NULL,
+        until_us INTEGER NOT NULL, request_id TEXT NOT NULL, closed_us INTEGER,
+        closed_by TEXT, review TEXT
+    );
+    CREATE INDEX break_glass_active ON break_glass (subject, until_us);
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -192,6 +202,16 @@ pub const POSTGRES: &[&str] = &[
         kind TEXT COLLATE "C" NOT NULL, value TEXT COLLATE "C" NOT NULL,
         revoked_us BIGINT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (kind, value)
     );
+    "#,
+    // 4: break-the-glass grants: who opened which patient, why, until when; and their review.
+    r#"
+    CREATE TABLE break_glass (
+        grant_id BIGSERIAL PRIMARY KEY, subject TEXT COLLATE "C" NOT NULL,
+        patient TEXT COLLATE "C" NOT NULL, reason TEXT NOT NULL, opened_us BIGINT NOT NULL,
+        until_us BIGINT NOT NULL, request_id TEXT NOT NULL, closed_us BIGINT,
+        closed_by TEXT, review TEXT
+    );
+    CREATE INDEX break_glass_active ON break_glass (subject, until_us);
     "#,
 ];
 

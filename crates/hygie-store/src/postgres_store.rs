@@ -17,9 +17,9 @@ use postgres::{Client, NoTls, Statement};
 use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
 use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
-    BoxFuture, BoxedUnit, Filter, Head, HistoryQuery, HistoryScope, IndexCell, IndexRow,
-    NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError, StoreResult, Tx,
-    VersionRecord, panic_message,
+    BoxFuture, BoxedUnit, BreakGlassGrant, Filter, Head, HistoryQuery, HistoryScope, IndexCell,
+    IndexRow, NewBreakGlass, NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError,
+    StoreResult, Tx, VersionRecord, panic_message,
 };
 
 /// Settings of the PostgreSQL store.
@@ -880,6 +880,79 @@ impl Tx for PgTx<'_> {
             .transaction
             .query_opt(&statement, &[&token_id.unwrap_or(""), &subject])?
             .map(|row| row.get(0)))
+    }
+
+    fn open_break_glass(&mut self, grant: &NewBreakGlass<'_>) -> StoreResult<i64> {
+        let statement = self.statement(
+            "INSERT INTO break_glass (subject, patient, reason, opened_us, until_us, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING grant_id",
+        )?;
+        Ok(self
+            .transaction
+            .query_one(
+                &statement,
+                &[
+                    &grant.subject,
+                    &grant.patient,
+                    &grant.reason,
+                    &grant.opened_us,
+                    &grant.until_us,
+                    &grant.request_id,
+                ],
+            )?
+            .get(0))
+    }
+
+    fn break_glass_patients(&mut self, subject: &str, now_us: i64) -> StoreResult<Vec<String>> {
+        let statement = self.statement(
+            "SELECT DISTINCT patient FROM break_glass
+             WHERE subject = $1 AND until_us > $2",
+        )?;
+        let rows = self.transaction.query(&statement, &[&subject, &now_us])?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    fn break_glass_grants(&mut self, all: bool, limit: usize) -> StoreResult<Vec<BreakGlassGrant>> {
+        let statement = self.statement(
+            "SELECT grant_id, subject, patient, reason, opened_us, until_us, request_id,
+                    closed_us, closed_by, review
+             FROM break_glass WHERE $1 OR closed_us IS NULL ORDER BY grant_id DESC LIMIT $2",
+        )?;
+        let rows = self
+            .transaction
+            .query(&statement, &[&all, &(limit as i64)])?;
+        Ok(rows
+            .iter()
+            .map(|row| BreakGlassGrant {
+                grant_id: row.get(0),
+                subject: row.get(1),
+                patient: row.get(2),
+                reason: row.get(3),
+                opened_us: row.get(4),
+                until_us: row.get(5),
+                request_id: row.get(6),
+                closed_us: row.get(7),
+                closed_by: row.get(8),
+                review: row.get(9),
+            })
+            .collect())
+    }
+
+    fn close_break_glass(
+        &mut self,
+        grant_id: i64,
+        closed_by: &str,
+        review: &str,
+        closed_us: i64,
+    ) -> StoreResult<bool> {
+        let statement = self.statement(
+            "UPDATE break_glass SET closed_us = $1, closed_by = $2, review = $3
+             WHERE grant_id = $4 AND closed_us IS NULL",
+        )?;
+        Ok(self
+            .transaction
+            .execute(&statement, &[&closed_us, &closed_by, &review, &grant_id])?
+            > 0)
     }
 
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64> {

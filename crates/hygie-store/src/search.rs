@@ -220,11 +220,12 @@ pub enum Filter {
         param: String,
         inner: Vec<Filter>,
     },
-    /// In the compartment of `target`: references it through one of `params`.
+    /// In the compartment of one of `target_ids` (all of `target_type`): references it
+    /// through one of `params`. No target: nothing passes.
     Compartment {
         params: Vec<String>,
         target_type: String,
-        target_id: String,
+        target_ids: Vec<String>,
     },
 }
 
@@ -560,19 +561,20 @@ impl SqlBuilder {
             Filter::Compartment {
                 params,
                 target_type,
-                target_id,
+                target_ids,
             } => {
-                if params.is_empty() {
+                if params.is_empty() || target_ids.is_empty() {
                     return "FALSE".to_owned();
                 }
                 let x = self.alias("x");
                 let ty = self.text(resource_type);
                 let list: Vec<String> = params.iter().map(|p| self.text(p)).collect();
                 let target = self.text(target_type);
-                let id = self.text(target_id);
+                let ids: Vec<String> = target_ids.iter().map(|id| self.text(id)).collect();
                 format!(
-                    "{alias}.id IN (SELECT {x}.id FROM search_reference {x} WHERE {x}.resource_type = {ty} AND {x}.param IN ({}) AND {x}.target_type = {target} AND {x}.target_id = {id})",
-                    list.join(", ")
+                    "{alias}.id IN (SELECT {x}.id FROM search_reference {x} WHERE {x}.resource_type = {ty} AND {x}.param IN ({}) AND {x}.target_type = {target} AND {x}.target_id IN ({}))",
+                    list.join(", "),
+                    ids.join(", ")
                 )
             }
         }

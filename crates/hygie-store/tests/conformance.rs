@@ -22,6 +22,7 @@ hygie_store::on_both_backends!(
     failed_units_do_not_take_their_batch_down,
     read_units_cannot_write,
     revocations_are_kept_found_and_lifted,
+    break_glass_grants_open_expire_and_close,
     a_long_read_does_not_hold_up_writes,
 );
 
@@ -609,6 +610,79 @@ async fn revocations_are_kept_found_and_lifted(backend: Backend) {
         .unwrap();
     assert_eq!(lifted, (true, false));
     assert_eq!(found(Some("t1"), "Practitioner/a").await, None);
+}
+
+async fn break_glass_grants_open_expire_and_close(backend: Backend) {
+    let store = backend.store;
+    let grant = |patient: &'static str, until_us: i64| hygie_store::NewBreakGlass {
+        subject: "Practitioner/a",
+        patient,
+        reason: "unconscious in the ER",
+        opened_us: 100,
+        until_us,
+        request_id: "r1",
+    };
+    let (first, second) = store
+        .run(move |tx| {
+            Ok((
+                tx.open_break_glass(&grant("p1", 1_000))?,
+                tx.open_break_glass(&grant("p2", 500))?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_ne!(first, second);
+    let patients = |subject: &'static str, now: i64| {
+        let store = store.clone();
+        async move {
+            let mut found = store
+                .read(move |tx| tx.break_glass_patients(subject, now))
+                .await
+                .unwrap();
+            found.sort();
+            found
+        }
+    };
+    assert_eq!(patients("Practitioner/a", 400).await, ["p1", "p2"]);
+    assert_eq!(patients("Practitioner/a", 600).await, ["p1"], "p2 expired");
+    assert!(
+        patients("Practitioner/b", 400).await.is_empty(),
+        "not another's"
+    );
+    let closed = store
+        .run(move |tx| {
+            Ok((
+                tx.close_break_glass(first, "dpo:x", "justified", 700)?,
+                tx.close_break_glass(first, "dpo:x", "again", 800)?,
+                tx.close_break_glass(999_999, "dpo:x", "none", 800)?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(closed, (true, false, false));
+    assert_eq!(
+        patients("Practitioner/a", 600).await,
+        ["p1"],
+        "a closed review does not cut an emergency short: the grant runs its window"
+    );
+    let (open, all) = store
+        .read(|tx| {
+            Ok((
+                tx.break_glass_grants(false, 10)?,
+                tx.break_glass_grants(true, 10)?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        open.iter().map(|g| g.grant_id).collect::<Vec<_>>(),
+        [second]
+    );
+    assert_eq!(all.len(), 2);
+    let reviewed = all.iter().find(|g| g.grant_id == first).unwrap();
+    assert_eq!(reviewed.review.as_deref(), Some("justified"));
+    assert_eq!(reviewed.closed_by.as_deref(), Some("dpo:x"));
+    assert_eq!(reviewed.reason, "unconscious in the ER");
 }
 
 async fn long_tokens_are_indexed_and_found(backend: Backend) {

@@ -410,9 +410,21 @@ async fn chains_reverse_chains_and_compartments(backend: Backend) {
     let compartment = Filter::Compartment {
         params: vec!["subject".into(), "performer".into()],
         target_type: "Patient".into(),
-        target_id: "p2".into(),
+        target_ids: vec!["p2".into()],
     };
     assert_eq!(ids(&store, "Observation", vec![compartment]).await, ["o2"]);
+    let either = Filter::Compartment {
+        params: vec!["subject".into(), "performer".into()],
+        target_type: "Patient".into(),
+        target_ids: vec!["p1".into(), "p2".into()],
+    };
+    assert_eq!(ids(&store, "Observation", vec![either]).await, ["o1", "o2"]);
+    let no_one = Filter::Compartment {
+        params: vec!["subject".into()],
+        target_type: "Patient".into(),
+        target_ids: vec![],
+    };
+    assert!(ids(&store, "Observation", vec![no_one]).await.is_empty());
     let members = vec![("Observation".to_owned(), vec!["subject".to_owned()])];
     let everything = store
         .run(move |tx| tx.compartment("Patient", "p1", &members, None, 100))

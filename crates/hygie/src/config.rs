@@ -64,6 +64,25 @@ pub struct FileSettings {
     pub postgres: FilePostgres,
     #[serde(default)]
     pub auth: FileAuth,
+    #[serde(default)]
+    pub need_to_know: FileNeedToKnow,
+}
+
+/// `[need_to_know]`: who needs a care relationship to see a patient's data, and who may
+/// break the glass. Every field defaults to the built-in rules.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileNeedToKnow {
+    /// Roles limited to the patients they care for [clinician, nurse].
+    pub roles: Option<Vec<String>>,
+    /// Days an encounter or care team still counts after it ends [30].
+    pub window_days: Option<u32>,
+    /// Roles that may break the glass [clinician, nurse].
+    pub break_glass_roles: Option<Vec<String>>,
+    /// Hours a broken glass opens the patient [8].
+    pub break_glass_hours: Option<u32>,
+    /// Types anyone with the scope may see without a relationship [Patient].
+    pub open_types: Option<Vec<String>>,
 }
 
 /// `[auth]`: the bearer tokens this hub accepts.
@@ -315,5 +334,34 @@ pub fn policy(file: &FileSettings) -> anyhow::Result<hygie_policy::Policy> {
         hygie_fhir::schema::is_resource_type,
     )
     .map_err(|e| anyhow::anyhow!("auth.roles: {e}"))?;
-    Ok(hygie_policy::Policy::with_ceilings(ceilings))
+    let defaults = hygie_policy::NeedToKnow::default();
+    let file = &file.need_to_know;
+    let need_to_know = hygie_policy::NeedToKnow {
+        roles: file.roles.clone().unwrap_or(defaults.roles),
+        window_days: file.window_days.unwrap_or(defaults.window_days),
+        break_glass_roles: file
+            .break_glass_roles
+            .clone()
+            .unwrap_or(defaults.break_glass_roles),
+        break_glass_hours: file.break_glass_hours.unwrap_or(defaults.break_glass_hours),
+        open_types: file.open_types.clone().unwrap_or(defaults.open_types),
+    };
+    if !(1..=72).contains(&need_to_know.break_glass_hours) {
+        bail!(
+            "need_to_know.break_glass_hours = {}: give 1 to 72 hours",
+            need_to_know.break_glass_hours
+        );
+    }
+    if need_to_know.window_days > 3_650 {
+        bail!(
+            "need_to_know.window_days = {}: give at most 3650 days",
+            need_to_know.window_days
+        );
+    }
+    for resource_type in &need_to_know.open_types {
+        if !hygie_fhir::schema::is_resource_type(resource_type) {
+            bail!("need_to_know.open_types: {resource_type:?} is not an R4 resource type");
+        }
+    }
+    Ok(hygie_policy::Policy::with_ceilings(ceilings).with_need_to_know(need_to_know))
 }

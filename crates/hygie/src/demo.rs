@@ -90,6 +90,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .collect()
         })
         .unwrap_or_default();
+    let care = CareExample::find(&bundle);
     let operator = Caller::new(Principal::local_operator("demo"), "demo-load");
     let response = loader
         .bundle(&operator, bundle, ReturnPreference::Minimal)
@@ -124,11 +125,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
+    // Clinicians and nurses see the patients they care for: their tokens are those of
+    // staff members in charge of a current stay, so that the examples below answer.
+    let staff = |url: &Option<String>| url.as_ref().and_then(|u| assigned.get(u)).cloned();
     let mut tokens = Vec::new();
     for (role, scope) in DEMO_ROLES {
+        let subject = match *role {
+            "clinician" => staff(&care.clinician),
+            "nurse" => staff(&care.nurse),
+            _ => None,
+        }
+        .unwrap_or_else(|| format!("Practitioner/demo-{role}"));
         let token = issuer.issue(
             &hygie_auth::TokenRequest {
-                subject: format!("Practitioner/demo-{role}"),
+                subject,
                 audience: auth.audience.clone(),
                 roles: vec![(*role).to_owned()],
                 scope: (*scope).to_owned(),
@@ -139,7 +149,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         )?;
         tokens.push((role.to_ascii_uppercase(), token));
     }
-    print_tries(&base, &options, &assigned, &tokens);
+    let cared_for = staff(&care.patient);
+    // A patient the clinician has no relationship with, for the break-the-glass example.
+    let in_care = match staff(&care.clinician) {
+        Some(clinician) => hub
+            .patients_in_care(&operator, &clinician)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Vec::new(),
+    };
+    let stranger = assigned
+        .values()
+        .filter_map(|r| r.strip_prefix("Patient/"))
+        .filter(|id| !in_care.iter().any(|p| p == id))
+        .min()
+        .map(|id| format!("Patient/{id}"));
+    print_tries(
+        &base,
+        &options,
+        &assigned,
+        &tokens,
+        cared_for.as_deref(),
+        stranger.as_deref(),
+    );
     let app = hygie_server::router(
         hub.clone(),
         hygie_server::HttpConfig {
@@ -186,11 +218,60 @@ const DEMO_ROLES: &[(&str, &str)] = &[
 ];
 const DEMO_TOKEN_TTL_SECONDS: u64 = 8 * 3600;
 
+/// A current stay of the demo data: its patient, its attending physician, and the nurse of
+/// its care team (full URLs of the bundle, before the hub assigns ids).
+#[derive(Default)]
+struct CareExample {
+    patient: Option<String>,
+    clinician: Option<String>,
+    nurse: Option<String>,
+}
+
+impl CareExample {
+    fn find(bundle: &Value) -> CareExample {
+        let resources = bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|entry| &entry["resource"]);
+        let text = |value: &Value| value.as_str().map(str::to_owned);
+        let mut example = CareExample::default();
+        for resource in resources {
+            match resource["resourceType"].as_str() {
+                Some("CareTeam")
+                    if resource["status"] == "active"
+                        && resource["participant"]
+                            .as_array()
+                            .is_some_and(|p| p.len() > 1) =>
+                {
+                    let participants = &resource["participant"];
+                    return CareExample {
+                        patient: text(&resource["subject"]["reference"]),
+                        clinician: text(&participants[0]["member"]["reference"]),
+                        nurse: text(&participants[1]["member"]["reference"]),
+                    };
+                }
+                Some("Encounter")
+                    if resource["status"] == "in-progress" && example.patient.is_none() =>
+                {
+                    example.patient = text(&resource["subject"]["reference"]);
+                    example.clinician =
+                        text(&resource["participant"][0]["individual"]["reference"]);
+                }
+                _ => {}
+            }
+        }
+        example
+    }
+}
+
 fn print_tries(
     base: &str,
     options: &hygie_synth::SynthOptions,
     assigned: &HashMap<String, String>,
     tokens: &[(String, String)],
+    cared_for: Option<&str>,
+    stranger: Option<&str>,
 ) {
     let people = hygie_synth::demo_people(options);
     println!();
@@ -223,11 +304,18 @@ fn print_tries(
         );
     }
     let first = people.patients.first();
-    let patient_ref = first
+    let first_ref = first
         .and_then(|p| assigned.get(&p.full_url))
         .cloned()
         .unwrap_or_else(|| "Patient/<id>".to_owned());
-    let token = first
+    // The examples use the patient the clinician's token cares for.
+    let patient_ref = cared_for.map(str::to_owned).unwrap_or(first_ref.clone());
+    let stranger_ref = stranger.unwrap_or("Patient/<id>");
+    let token = people
+        .patients
+        .iter()
+        .find(|p| assigned.get(&p.full_url) == Some(&patient_ref))
+        .or(first)
         .map(|p| p.identifier.search_token())
         .unwrap_or_default();
     let as_clinician = "-H \"Authorization: Bearer $CLINICIAN\"";
@@ -242,6 +330,18 @@ fn print_tries(
         "  curl -s {as_clinician} -X POST {base}/Patient -H 'Content-Type: application/fhir+json' \\\n       -d '{{\"resourceType\":\"Patient\",\"name\":[{{\"family\":\"Durand\",\"given\":[\"Alice\"]}}]}}'"
     );
     println!("  curl -s {as_clinician} '{base}/Observation?subject={patient_ref}&_count=3'");
+    println!(
+        "The clinician sees the patients they care for (current stay, care team, department);"
+    );
+    println!("another patient's data is 403 unless the glass is broken, with a reason:");
+    println!("  curl -s {as_clinician} '{base}/Observation?subject={stranger_ref}&_count=1'");
+    println!(
+        "  curl -s {as_clinician} -H 'X-Break-Glass-Reason: arrived unconscious in the ER' '{base}/Observation?subject={stranger_ref}&_count=1'"
+    );
+    println!(
+        "  curl -s -H \"Authorization: Bearer $DPO\" http://{}/admin/break-glass",
+        base.trim_start_matches("http://").trim_end_matches("/fhir")
+    );
     println!("Reception reads the patient, not their observations (403), and no token is 401:");
     println!("  curl -s -H \"Authorization: Bearer $RECEPTION\" {base}/{patient_ref}");
     println!(

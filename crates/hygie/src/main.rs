@@ -2,6 +2,7 @@
 //! command line and settings, opens the store, and wires the front doors to the hub.
 #![forbid(unsafe_code)]
 
+mod btg;
 mod config;
 mod demo;
 mod import;
@@ -36,6 +37,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Revoke a token (by jti) or every token of a principal, or lift a revocation.
     Revoke(revoke::RevokeArgs),
+    /// Review break-the-glass accesses: list them, close a review.
+    Btg(btg::BtgArgs),
 }
 
 fn init_logging(format: Option<&str>) -> anyhow::Result<()> {
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
             Command::Import(args) => import::run(args).await,
             Command::Token(args) => token::run(args).await,
             Command::Revoke(args) => revoke::run(args).await,
+            Command::Btg(args) => btg::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,382 @@
+//! Need-to-know: the patients a caller may see, found inside the access's own unit (so a
+//! relationship ended, or a grant closed, holds from the next request on), and where that
+//! limit applies: searches and their totals, includes, `_has` and chains, reads, writes.
+//!
+//! A practitioner has a care relationship with a patient through:
+//! - an encounter of the patient in which they (or one of their PractitionerRoles) take
+//!   part, current or ended within the window (`Encounter.participant`);
+//! - a care team of the patient they belong to, not inactive, within the window;
+//! - an encounter of the patient in their department: the organization or location of one
+//!   of their active PractitionerRoles (`Encounter.serviceProvider`, `Encounter.location`);
+//! - an open break-the-glass grant (any subject).
+
+use std::collections::BTreeSet;
+
+use hygie_fhir::IssueType;
+use hygie_policy::{CareOf, Mask};
+use hygie_store::{Filter, RangeOp, SearchSpec, StoreError, Test, Tx};
+
+use crate::HubError;
+use crate::search::patient_compartment;
+
+/// Encounters (or care teams, or roles) one source of relationships may contribute: a
+/// department busier than this within the window is cut off, and logged.
+pub const MAX_CARE_SOURCES: usize = 20_000;
+/// Patients one caller may be in a care relationship with at once.
+pub const MAX_CARE_PATIENTS: usize = 10_000;
+
+const MICROS_PER_DAY: i64 = 86_400 * 1_000_000;
+
+/// Finds the patients of a need-to-know limit, if the mask carries one.
+pub(crate) fn resolve(tx: &mut dyn Tx, mask: &mut Mask, now_us: i64) -> Result<(), StoreError> {
+    if let Some(care) = &mut mask.care_of
+        && care.patients.is_none()
+    {
+        care.patients = Some(care_patients(tx, &care.subject, care.window_days, now_us)?);
+    }
+    Ok(())
+}
+
+/// The patients `subject` may see at `now_us`, sorted.
+pub(crate) fn care_patients(
+    tx: &mut dyn Tx,
+    subject: &str,
+    window_days: u32,
+    now_us: i64,
+) -> Result<Vec<String>, StoreError> {
+    let mut patients: BTreeSet<String> = tx
+        .break_glass_patients(subject, now_us)?
+        .into_iter()
+        .collect();
+    if let Some(practitioner) = subject.strip_prefix("Practitioner/") {
+        let cutoff = now_us.saturating_sub(i64::from(window_days) * MICROS_PER_DAY);
+        let recent = || Filter::Match {
+            param: "date".to_owned(),
+            tests: vec![Test::Date {
+                op: RangeOp::Ge,
+                low: cutoff,
+                high: cutoff,
+            }],
+            negate: false,
+        };
+        let reference = |target_type: &str, id: &str| Test::Reference {
+            target_type: Some(target_type.to_owned()),
+            target_id: id.to_owned(),
+        };
+        let roles = ids_of(
+            tx,
+            "PractitionerRole",
+            vec![
+                Filter::Match {
+                    param: "practitioner".to_owned(),
+                    tests: vec![reference("Practitioner", practitioner)],
+                    negate: false,
+                },
+                Filter::Match {
+                    param: "active".to_owned(),
+                    tests: vec![Test::Token {
+                        system: None,
+                        code: Some("false".to_owned()),
+                    }],
+                    negate: true,
+                },
+            ],
+        )?;
+        let mut as_participant = vec![reference("Practitioner", practitioner)];
+        as_participant.extend(roles.iter().map(|role| reference("PractitionerRole", role)));
+        let encounters = ids_of(
+            tx,
+            "Encounter",
+            vec![
+                Filter::Match {
+                    param: "participant".to_owned(),
+                    tests: as_participant.clone(),
+                    negate: false,
+                },
+                recent(),
+            ],
+        )?;
+        patients.extend(subjects(tx, "Encounter", &encounters)?);
+        let teams = ids_of(
+            tx,
+            "CareTeam",
+            vec![
+                Filter::Match {
+                    param: "participant".to_owned(),
+                    tests: as_participant,
+                    negate: false,
+                },
+                Filter::Match {
+                    param: "status".to_owned(),
+                    tests: ["inactive", "entered-in-error"]
+                        .iter()
+                        .map(|code| Test::Token {
+                            system: None,
+                            code: Some((*code).to_owned()),
+                        })
+                        .collect(),
+                    negate: true,
+                },
+                recent(),
+            ],
+        )?;
+        patients.extend(subjects(tx, "CareTeam", &teams)?);
+        if !roles.is_empty() {
+            for (param, via, target_type) in [
+                ("service-provider", "organization", "Organization"),
+                ("location", "location", "Location"),
+            ] {
+                let places: Vec<Test> = tx
+                    .references_from("PractitionerRole", &roles, Some(via), MAX_CARE_SOURCES)?
+                    .into_iter()
+                    .filter(|(ty, _)| ty == target_type)
+                    .map(|(ty, id)| reference(&ty, &id))
+                    .collect();
+                if places.is_empty() {
+                    continue;
+                }
+                let in_department = ids_of(
+                    tx,
+                    "Encounter",
+                    vec![
+                        Filter::Match {
+                            param: param.to_owned(),
+                            tests: places,
+                            negate: false,
+                        },
+                        recent(),
+                    ],
+                )?;
+                patients.extend(subjects(tx, "Encounter", &in_department)?);
+            }
+        }
+    }
+    if patients.len() > MAX_CARE_PATIENTS {
+        tracing::warn!(
+            subject,
+            found = patients.len(),
+            limit = MAX_CARE_PATIENTS,
+            "more care relationships than the limit: the rest are not opened"
+        );
+    }
+    Ok(patients.into_iter().take(MAX_CARE_PATIENTS).collect())
+}
+
+/// Ids of current `resource_type` resources passing `filters`, at most `MAX_CARE_SOURCES`.
+fn ids_of(
+    tx: &mut dyn Tx,
+    resource_type: &str,
+    filters: Vec<Filter>,
+) -> Result<Vec<String>, StoreError> {
+    let hits = tx.search(&SearchSpec {
+        resource_type: resource_type.to_owned(),
+        filters,
+        sort: Vec::new(),
+        position: None,
+        limit: MAX_CARE_SOURCES + 1,
+    })?;
+    if hits.len() > MAX_CARE_SOURCES {
+        tracing::warn!(
+            resource_type,
+            limit = MAX_CARE_SOURCES,
+            "more care relationship sources than the limit: the rest are not looked at"
+        );
+    }
+    Ok(hits
+        .into_iter()
+        .take(MAX_CARE_SOURCES)
+        .map(|hit| hit.id)
+        .collect())
+}
+
+/// The patients `resource_type` resources `ids` are about (their `subject`).
+fn subjects(
+    tx: &mut dyn Tx,
+    resource_type: &str,
+    ids: &[String],
+) -> Result<Vec<String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(tx
+        .references_from(resource_type, ids, Some("subject"), MAX_CARE_PATIENTS + 1)?
+        .into_iter()
+        .filter(|(ty, _)| ty == "Patient")
+        .map(|(_, id)| id)
+        .collect())
+}
+
+/// The patients of the limit, when it applies to `resource_type`: a type of the patient
+/// compartment (or Patient itself) that is not open.
+pub(crate) fn limit_for<'a>(mask: &'a Mask, resource_type: &str) -> Option<&'a [String]> {
+    let care: &CareOf = mask.care_of.as_ref()?;
+    if care.open_types.iter().any(|t| t == resource_type) || !is_patient_data(resource_type) {
+        return None;
+    }
+    Some(care.patients.as_deref().unwrap_or(&[]))
+}
+
+/// Whether resources of this type belong to patients' compartments.
+pub(crate) fn is_patient_data(resource_type: &str) -> bool {
+    resource_type == "Patient"
+        || patient_compartment()
+            .get(resource_type)
+            .is_some_and(|params| !params.is_empty())
+}
+
+/// The filter keeping `resource_type` resources of `patients` only.
+pub(crate) fn care_filter(resource_type: &str, patients: &[String]) -> Filter {
+    if resource_type == "Patient" {
+        return Filter::Ids(patients.to_vec());
+    }
+    Filter::Compartment {
+        params: patient_compartment()
+            .get(resource_type)
+            .cloned()
+            .unwrap_or_default(),
+        target_type: "Patient".to_owned(),
+        target_ids: patients.to_vec(),
+    }
+}
+
+/// Adds the limit to a search of `resource_type`, and to what its `_has` and chains look
+/// at: a hidden resource must not decide what a search finds.
+pub(crate) fn limit_filters(mask: &Mask, resource_type: &str, filters: &mut Vec<Filter>) {
+    if mask.care_of.is_none() {
+        return;
+    }
+    for filter in filters.iter_mut() {
+        match filter {
+            Filter::Has {
+                source_type, inner, ..
+            } => limit_filters(mask, &source_type.clone(), inner),
+            Filter::Chain {
+                target_type, inner, ..
+            } => limit_filters(mask, &target_type.clone(), inner),
+            _ => {}
+        }
+    }
+    if let Some(patients) = limit_for(mask, resource_type) {
+        filters.push(care_filter(resource_type, patients));
+    }
+}
+
+/// Which of `ids` (of `resource_type`) the caller's limits (need-to-know, a `patient/`
+/// scope's compartment) let through, in their order.
+pub(crate) fn visible_ids(
+    tx: &mut dyn Tx,
+    mask: &Mask,
+    resource_type: &str,
+    ids: Vec<String>,
+) -> Result<Vec<String>, StoreError> {
+    let mut filters = Vec::new();
+    if let Some(patients) = limit_for(mask, resource_type) {
+        filters.push(care_filter(resource_type, patients));
+    }
+    if let Some(patient) = &mask.patient_compartment
+        && is_patient_data(resource_type)
+    {
+        filters.push(crate::search::compartment_filter(
+            resource_type,
+            "Patient",
+            patient,
+        ));
+    }
+    if filters.is_empty() || ids.is_empty() {
+        return Ok(ids);
+    }
+    filters.push(Filter::Ids(ids.clone()));
+    let visible: BTreeSet<String> = tx
+        .search(&SearchSpec {
+            resource_type: resource_type.to_owned(),
+            filters,
+            sort: Vec::new(),
+            position: None,
+            limit: ids.len() + 1,
+        })?
+        .into_iter()
+        .map(|hit| hit.id)
+        .collect();
+    Ok(ids.into_iter().filter(|id| visible.contains(id)).collect())
+}
+
+/// Refuses `resource_type/id` when it is the data of a patient outside the limit. A
+/// resource of no patient, or one that does not exist, passes (and is answered as such).
+pub(crate) fn check_visible(
+    tx: &mut dyn Tx,
+    mask: &Mask,
+    resource_type: &str,
+    id: &str,
+) -> Result<Result<(), HubError>, StoreError> {
+    if limit_for(mask, resource_type).is_none() {
+        return Ok(Ok(()));
+    }
+    if !visible_ids(tx, mask, resource_type, vec![id.to_owned()])?.is_empty() {
+        return Ok(Ok(()));
+    }
+    let patients = patients_of(tx, resource_type, id)?;
+    let Some(patient) = patients.first() else {
+        return Ok(Ok(()));
+    };
+    Ok(Err(no_relationship(&format!("Patient/{patient}"))))
+}
+
+/// The refusal of an access to a patient without a care relationship.
+pub(crate) fn no_relationship(patient: &str) -> HubError {
+    HubError::new(
+        403,
+        IssueType::Forbidden,
+        format!(
+            "no care relationship with {patient}: in an emergency, repeat the request with the header X-Break-Glass-Reason: <why>; the access will be recorded and reviewed"
+        ),
+    )
+}
+
+/// The patients whose compartment `resource_type/id` belongs to (its own id for a
+/// Patient that exists).
+pub(crate) fn patients_of(
+    tx: &mut dyn Tx,
+    resource_type: &str,
+    id: &str,
+) -> Result<Vec<String>, StoreError> {
+    if resource_type == "Patient" {
+        return Ok(match tx.head("Patient", id)? {
+            Some(_) => vec![id.to_owned()],
+            None => Vec::new(),
+        });
+    }
+    let mut patients = BTreeSet::new();
+    let params = patient_compartment()
+        .get(resource_type)
+        .cloned()
+        .unwrap_or_default();
+    let ids = [id.to_owned()];
+    for param in &params {
+        for (ty, target) in tx.references_from(resource_type, &ids, Some(param), 100)? {
+            if ty == "Patient" {
+                patients.insert(target);
+            }
+        }
+    }
+    Ok(patients.into_iter().collect())
+}
+
+/// Refuses a history across resources (of a type, or of the system) under the limit: its
+/// versions belong to many patients, including ones outside it.
+pub(crate) fn refuse_wide_history(
+    mask: &Mask,
+    resource_type: Option<&str>,
+) -> Result<(), HubError> {
+    let limited = match resource_type {
+        Some(resource_type) => limit_for(mask, resource_type).is_some(),
+        None => mask.care_of.is_some(),
+    };
+    if limited {
+        return Err(HubError::new(
+            403,
+            IssueType::Forbidden,
+            "a history across patients is not open to need-to-know roles: ask for one resource's history",
+        ));
+    }
+    Ok(())
+}
