@@ -5,7 +5,8 @@
 //! A practitioner has a care relationship with a patient through:
 //! - an encounter of the patient in which they (or one of their PractitionerRoles) take
 //!   part, current or ended within the window (`Encounter.participant`);
-//! - a care team of the patient they belong to, not inactive, within the window;
+//! - a care team of the patient they belong to, not inactive, whose period (if any) has
+//!   not ended before the window;
 //! - an encounter of the patient in their department: the organization or location of one
 //!   of their active PractitionerRoles (`Encounter.serviceProvider`, `Encounter.location`);
 //! - an open break-the-glass grant (any subject).
@@ -117,7 +118,17 @@ pub(crate) fn care_patients(
                         .collect(),
                     negate: true,
                 },
-                recent(),
+                // A team with no period, or one still open, is current: no period ended
+                // before the cutoff.
+                Filter::Match {
+                    param: "date".to_owned(),
+                    tests: vec![Test::Date {
+                        op: RangeOp::Eb,
+                        low: cutoff,
+                        high: cutoff,
+                    }],
+                    negate: true,
+                },
             ],
         )?;
         patients.extend(subjects(tx, "CareTeam", &teams)?);

@@ -217,7 +217,9 @@ impl Hub {
             // What a transaction entry does runs unmasked: an entry the policy would only
             // permit in part (a patient/ scope's compartment) is refused.
             let decision = match decision {
-                Decision::Permit { mask } if !mask.is_empty() && access.action == Action::Bundle => {
+                Decision::Permit { mask }
+                    if limits_entry(&mask, target) && access.action == Action::Bundle =>
+                {
                     Decision::Deny {
                         reason: DenyReason::Forbidden(
                             "this token's access is limited (a patient/ scope, or need-to-know): send this entry as a request of its own"
@@ -314,6 +316,18 @@ impl Hub {
             .map(|_| ())
             .map_err(HubError::from_store)
     }
+}
+
+/// Whether a mask limits what a transaction entry on `target` may do (entries run
+/// unmasked): need-to-know on an open type (a Patient) does not.
+fn limits_entry(mask: &Mask, target: &Target) -> bool {
+    let open = match (&mask.care_of, &target.resource_type) {
+        (Some(care), Some(resource_type)) => care.open_types.contains(resource_type),
+        _ => false,
+    };
+    mask.patient_compartment.is_some()
+        || !mask.remove_elements.is_empty()
+        || (mask.care_of.is_some() && !open)
 }
 
 /// Runs one permitted operation inside the unit: undone on refusal, audited either way.

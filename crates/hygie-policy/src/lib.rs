@@ -611,7 +611,8 @@ impl Policy {
 
     /// The need-to-know limit of a permitted user/ access, if one applies: the token's
     /// subject must have a care relationship with the patient, unless another of its roles
-    /// (not subject to need-to-know) grants the same access, or the type is open.
+    /// (not subject to need-to-know) grants the same access. The hub lets open types
+    /// through, not what they lead to.
     /// `reached`: the type and permission, or `None` for the whole compartment.
     fn care_of(
         &self,
@@ -620,9 +621,9 @@ impl Policy {
         context: ScopeContext,
         reached: Option<(&str, Permission)>,
     ) -> Option<CareOf> {
+        // Set on open types too: what hangs off them (`_has`, `_revinclude`) is limited.
         let rules = &self.need_to_know;
-        let open = reached.is_some_and(|(ty, _)| rules.open_types.iter().any(|t| t == ty));
-        if context != ScopeContext::User || open || !self.has_role(access, &rules.roles) {
+        if context != ScopeContext::User || !self.has_role(access, &rules.roles) {
             return None;
         }
         let unlimited: Vec<String> = access
@@ -1049,16 +1050,18 @@ mod tests {
                 "{action:?} {target:?}"
             );
         }
-        // Finding a patient is open: demographics, to admit them or to break the glass.
-        assert_eq!(
-            care_of(
-                &policy,
-                &clinician,
-                Action::Search,
-                &Target::resource_type("Patient")
-            ),
-            None
-        );
+        // Finding a patient is open (demographics, to admit them or to break the glass): the
+        // limit comes with the open types, for what a Patient search reaches beyond them.
+        match policy.decide(
+            &clinician,
+            Action::Search,
+            &Target::resource_type("Patient"),
+        ) {
+            Decision::Permit { mask } => {
+                assert_eq!(mask.care_of.unwrap().open_types, ["Patient"]);
+            }
+            other => panic!("{other:?}"),
+        }
         // A system/ scope is no person's access; roles without need-to-know are not limited.
         let integration = bearer(&["integration"], "system/*.cruds");
         assert_eq!(

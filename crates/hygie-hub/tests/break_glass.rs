@@ -1,0 +1,105 @@
+//! Breaking the glass in the audit trail, on both backends: the grant and every access it
+//! opens are recorded as emergency treatment (`ETREAT`) with the clinician's reason, and an
+//! access refused for want of a care relationship is recorded as refused.
+
+use hygie_hub::{Caller, Hub, HubConfig};
+use hygie_policy::{Principal, ScopeSet, TokenAccess};
+use hygie_store::testing::TestBackend;
+use hygie_store::{SharedStore, StoreExt};
+use serde_json::{Value, json};
+
+type Backend = TestBackend;
+
+hygie_store::on_both_backends!(a_broken_glass_is_audited_as_emergency_treatment);
+
+fn clinician(reason: Option<&str>) -> Caller {
+    let mut caller = Caller::new(
+        Principal::token(
+            "Practitioner/doc1",
+            TokenAccess {
+                token_id: Some("t1".into()),
+                roles: vec!["clinician".into()],
+                scopes: ScopeSet::parse("user/*.cruds", |_| true).unwrap(),
+                patient: None,
+            },
+        ),
+        "req",
+    );
+    caller.break_glass = reason.map(str::to_owned);
+    caller
+}
+
+async fn audit_events(store: &SharedStore) -> Vec<Value> {
+    store
+        .run(|tx| tx.audit_leaves(0, 10_000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, leaf)| serde_json::from_slice(&leaf).unwrap())
+        .collect()
+}
+
+async fn a_broken_glass_is_audited_as_emergency_treatment(backend: Backend) {
+    let hub = Hub::new(backend.store.clone(), HubConfig::default());
+    let operator = Caller::new(Principal::development(), "load");
+    let patient = hub
+        .create(
+            &operator,
+            "Patient",
+            json!({"resourceType": "Patient"}),
+            None,
+        )
+        .await
+        .unwrap()
+        .stored
+        .id;
+    let observation = json!({
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")}
+    });
+    let observation = hub
+        .create(&operator, "Observation", observation, None)
+        .await
+        .unwrap()
+        .stored
+        .id;
+    let refused = hub
+        .read(&clinician(None), "Observation", &observation)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status, 403);
+    let before = audit_events(&backend.store).await.len();
+    let reason = "unconscious in the ER";
+    hub.read(&clinician(Some(reason)), "Observation", &observation)
+        .await
+        .unwrap();
+    let events = audit_events(&backend.store).await;
+    let new: Vec<&Value> = events[before..].iter().collect();
+    let subtypes: Vec<&str> = new
+        .iter()
+        .map(|e| e["subtype"][0]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(subtypes, ["break-the-glass", "read"], "{new:#?}");
+    for event in &new {
+        assert_eq!(event["purposeOfEvent"][0]["coding"][0]["code"], "ETREAT");
+        assert_eq!(event["purposeOfEvent"][0]["text"], reason);
+        assert_eq!(event["outcome"], "0");
+    }
+    assert_eq!(
+        new[0]["entity"][0]["what"]["reference"],
+        format!("Patient/{patient}")
+    );
+    // The refused read before the glass was broken is on record as refused, with no purpose.
+    let refusal = &events[before - 1];
+    assert_eq!(refusal["subtype"][0]["code"], "read");
+    assert_eq!(refusal["outcome"], "4");
+    assert!(refusal.get("purposeOfEvent").is_none());
+    // The grant then opens the patient without a reason; those reads are plain treatment.
+    hub.read(&clinician(None), "Observation", &observation)
+        .await
+        .unwrap();
+    let last = audit_events(&backend.store).await.pop().unwrap();
+    assert!(last.get("purposeOfEvent").is_none());
+    assert_eq!(last["outcome"], "0");
+}
