@@ -250,10 +250,30 @@ pub(crate) fn care_filter(resource_type: &str, patients: &[String]) -> Filter {
     }
 }
 
-/// Adds the limit to a search of `resource_type`, and to what its `_has` and chains look
-/// at: a hidden resource must not decide what a search finds.
+/// The filter that hides resources carrying a security label the caller may not see.
+pub(crate) fn label_filter(mask: &Mask) -> Option<Filter> {
+    if mask.hidden_labels.is_empty() {
+        return None;
+    }
+    Some(Filter::Match {
+        param: "_security".to_owned(),
+        tests: mask
+            .hidden_labels
+            .iter()
+            .map(|label| Test::Token {
+                system: Some(label.system.to_owned()),
+                code: Some(label.code.to_owned()),
+            })
+            .collect(),
+        negate: true,
+    })
+}
+
+/// Adds the caller's limits (need-to-know, hidden security labels) to a search of
+/// `resource_type`, and to what its `_has` and chains look at: a hidden resource must not
+/// decide what a search finds.
 pub(crate) fn limit_filters(mask: &Mask, resource_type: &str, filters: &mut Vec<Filter>) {
-    if mask.care_of.is_none() {
+    if mask.care_of.is_none() && mask.hidden_labels.is_empty() {
         return;
     }
     for filter in filters.iter_mut() {
@@ -270,17 +290,52 @@ pub(crate) fn limit_filters(mask: &Mask, resource_type: &str, filters: &mut Vec<
     if let Some(patients) = limit_for(mask, resource_type) {
         filters.push(care_filter(resource_type, patients));
     }
+    filters.extend(label_filter(mask));
+}
+
+/// Whether a stored version's body carries a label the caller may not see (history pages
+/// show past versions, whose labels may differ from the current one's).
+pub(crate) fn has_hidden_label(mask: &Mask, body: &[u8]) -> bool {
+    if mask.hidden_labels.is_empty() || body.is_empty() {
+        return false;
+    }
+    #[derive(serde::Deserialize)]
+    struct Labelled {
+        meta: Option<Meta>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(default)]
+        security: Vec<Coding>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Coding {
+        system: Option<String>,
+        code: Option<String>,
+    }
+    let Ok(labelled) = serde_json::from_slice::<Labelled>(body) else {
+        // A body that does not parse is not shown to a limited caller.
+        return true;
+    };
+    labelled.meta.is_some_and(|meta| {
+        meta.security.iter().any(|coding| {
+            mask.hidden_labels.iter().any(|label| {
+                coding.system.as_deref() == Some(label.system)
+                    && coding.code.as_deref() == Some(label.code)
+            })
+        })
+    })
 }
 
 /// Which of `ids` (of `resource_type`) the caller's limits (need-to-know, a `patient/`
-/// scope's compartment) let through, in their order.
+/// scope's compartment, hidden security labels) let through, in their order.
 pub(crate) fn visible_ids(
     tx: &mut dyn Tx,
     mask: &Mask,
     resource_type: &str,
     ids: Vec<String>,
 ) -> Result<Vec<String>, StoreError> {
-    let mut filters = Vec::new();
+    let mut filters: Vec<Filter> = label_filter(mask).into_iter().collect();
     if let Some(patients) = limit_for(mask, resource_type) {
         filters.push(care_filter(resource_type, patients));
     }
@@ -311,18 +366,64 @@ pub(crate) fn visible_ids(
     Ok(ids.into_iter().filter(|id| visible.contains(id)).collect())
 }
 
-/// Refuses `resource_type/id` when it is the data of a patient outside the limit. A
-/// resource of no patient, or one that does not exist, passes (and is answered as such).
+/// Refuses `resource_type/id` when the caller may not see it: answered as unknown when it
+/// carries a hidden security label (its existence is not told), refused when it is the
+/// data of a patient out of care. A resource of no patient, or one that does not exist,
+/// passes (and is answered as such).
 pub(crate) fn check_visible(
     tx: &mut dyn Tx,
     mask: &Mask,
     resource_type: &str,
     id: &str,
 ) -> Result<Result<(), HubError>, StoreError> {
-    if limit_for(mask, resource_type).is_none() {
-        return Ok(Ok(()));
+    if let Some(labels) = label_filter(mask) {
+        let visible = !tx
+            .search(&SearchSpec {
+                resource_type: resource_type.to_owned(),
+                filters: vec![Filter::Ids(vec![id.to_owned()]), labels],
+                sort: Vec::new(),
+                position: None,
+                limit: 1,
+            })?
+            .is_empty();
+        // `current`, not `head`: this runs in read units too, where nothing may be locked.
+        if !visible
+            && tx
+                .current(resource_type, id)?
+                .is_some_and(|record| !record.deleted)
+        {
+            return Ok(Err(HubError::not_found(format!(
+                "{resource_type}/{id} is not known"
+            ))));
+        }
     }
-    if !visible_ids(tx, mask, resource_type, vec![id.to_owned()])?.is_empty() {
+    check_care(tx, mask, resource_type, id)
+}
+
+/// Refuses `resource_type/id` when it is the data of a patient out of care (what a write
+/// produced is checked with this: a caller may label what it writes beyond its own sight).
+pub(crate) fn check_care(
+    tx: &mut dyn Tx,
+    mask: &Mask,
+    resource_type: &str,
+    id: &str,
+) -> Result<Result<(), HubError>, StoreError> {
+    let Some(patients) = limit_for(mask, resource_type) else {
+        return Ok(Ok(()));
+    };
+    let in_care = !tx
+        .search(&SearchSpec {
+            resource_type: resource_type.to_owned(),
+            filters: vec![
+                Filter::Ids(vec![id.to_owned()]),
+                care_filter(resource_type, patients),
+            ],
+            sort: Vec::new(),
+            position: None,
+            limit: 1,
+        })?
+        .is_empty();
+    if in_care {
         return Ok(Ok(()));
     }
     let patients = patients_of(tx, resource_type, id)?;
@@ -351,9 +452,9 @@ pub(crate) fn patients_of(
     id: &str,
 ) -> Result<Vec<String>, StoreError> {
     if resource_type == "Patient" {
-        return Ok(match tx.head("Patient", id)? {
-            Some(_) => vec![id.to_owned()],
-            None => Vec::new(),
+        return Ok(match tx.current("Patient", id)? {
+            Some(record) if !record.deleted => vec![id.to_owned()],
+            _ => Vec::new(),
         });
     }
     let mut patients = BTreeSet::new();

@@ -290,6 +290,9 @@ impl Hub {
                     // cursor carries max_seq so that later pages ignore newer writes.
                     let has_next = records.len() > count;
                     records.truncate(count);
+                    // Versions carrying a label the caller may not see are left out (a page
+                    // may then be short; the paging still walks every version).
+                    records.retain(|record| !crate::care::has_hidden_label(mask, &record.body));
                     for record in &mut records {
                         record.body = mask_body(std::mem::take(&mut record.body), mask)?;
                     }

@@ -218,7 +218,7 @@ impl Hub {
             // permit in part (a patient/ scope's compartment) is refused.
             let decision = match decision {
                 Decision::Permit { mask }
-                    if limits_entry(&mask, target) && access.action == Action::Bundle =>
+                    if limits_entry(&mask, *action, target) && access.action == Action::Bundle =>
                 {
                     Decision::Deny {
                         reason: DenyReason::Forbidden(
@@ -320,14 +320,18 @@ impl Hub {
 
 /// Whether a mask limits what a transaction entry on `target` may do (entries run
 /// unmasked): need-to-know on an open type (a Patient) does not.
-fn limits_entry(mask: &Mask, target: &Target) -> bool {
+/// Hidden labels limit what an entry reads or changes in place (it could touch a hidden
+/// resource), not what it creates.
+fn limits_entry(mask: &Mask, action: Action, target: &Target) -> bool {
     let open = match (&mask.care_of, &target.resource_type) {
         (Some(care), Some(resource_type)) => care.open_types.contains(resource_type),
         _ => false,
     };
+    let touches_existing = target.id.is_some() || !action.writes();
     mask.patient_compartment.is_some()
         || !mask.remove_elements.is_empty()
         || (mask.care_of.is_some() && !open)
+        || (!mask.hidden_labels.is_empty() && touches_existing)
 }
 
 /// Runs one permitted operation inside the unit: undone on refusal, audited either way.
@@ -356,7 +360,7 @@ where
         Some(refusal) => Ok(Err(refusal)),
         None => {
             crate::care::resolve(tx, &mut mask, now_us())?;
-            if writes && mask.care_of.is_some() {
+            if writes && (mask.care_of.is_some() || !mask.hidden_labels.is_empty()) {
                 write_within_care(tx, &mask, &target, op)
             } else {
                 op(tx, &mask)
@@ -388,8 +392,9 @@ where
     Ok(result)
 }
 
-/// A write under a need-to-know limit: what it changes must be the data of a patient in
-/// care, before (the resource it replaces or deletes) and after (what it wrote).
+/// A write under a need-to-know limit or hidden labels: what it replaces or deletes must be
+/// visible to the caller (no changing what one cannot see), and what it wrote must be the
+/// data of a patient in care.
 fn write_within_care<T, F>(tx: &mut dyn Tx, mask: &Mask, target: &Target, op: F) -> OpResult<T>
 where
     T: Audited,
@@ -407,7 +412,7 @@ where
     for entity in value.audit_entities() {
         let mut parts = entity.split('/');
         if let (Some(resource_type), Some(id)) = (parts.next(), parts.next())
-            && let Err(refusal) = crate::care::check_visible(tx, mask, resource_type, id)?
+            && let Err(refusal) = crate::care::check_care(tx, mask, resource_type, id)?
         {
             return Ok(Err(refusal));
         }

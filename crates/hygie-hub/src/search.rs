@@ -1097,6 +1097,9 @@ impl Hub {
                     {
                         return Ok(Err(crate::care::no_relationship(&format!("Patient/{id}"))));
                     }
+                    if let Err(refusal) = crate::care::check_visible(tx, mask, "Patient", &id)? {
+                        return Ok(Err(refusal));
+                    }
                     // The patient leads the first page; the compartment follows in (type, id)
                     // order, which is what the cursor records (the patient is outside it).
                     let mut keys = Vec::new();
@@ -1120,6 +1123,13 @@ impl Hub {
                     for (ty, member) in &keys {
                         by_type.entry(ty.clone()).or_default().push(member.clone());
                     }
+                    // What the caller may not see is neither shown nor followed.
+                    let mut visible = std::collections::BTreeMap::new();
+                    for (ty, ids) in by_type {
+                        let ids = crate::care::visible_ids(tx, mask, &ty, ids)?;
+                        visible.insert(ty, ids);
+                    }
+                    let by_type = visible;
                     for (ty, ids) in &by_type {
                         records.extend(tx.current_many(ty, ids)?);
                     }

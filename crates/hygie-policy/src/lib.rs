@@ -202,6 +202,128 @@ pub struct Mask {
     /// Need-to-know: only the data of patients the caller has a care relationship with,
     /// or has broken the glass for.
     pub care_of: Option<CareOf>,
+    /// Security labels (`meta.security`) the caller's roles are not granted: resources
+    /// carrying one are invisible to it, as if they did not exist.
+    pub hidden_labels: Vec<SecurityLabel>,
+}
+
+/// A security label: a coding of `meta.security`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecurityLabel {
+    pub system: &'static str,
+    pub code: &'static str,
+}
+
+/// HL7 v3 Confidentiality: `R` restricted, `V` very restricted.
+pub const CONFIDENTIALITY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+/// HL7 v3 ActCode: the sensitivity codes (information sensitivity policy).
+pub const ACT_CODE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+/// The labels that hide a resource from roles not granted them: confidentiality R and V,
+/// and the sensitivities psychiatry, HIV, ethnicity, genetic disease, sexually transmitted
+/// disease.
+pub const PROTECTED_LABELS: &[SecurityLabel] = &[
+    SecurityLabel {
+        system: CONFIDENTIALITY_SYSTEM,
+        code: "R",
+    },
+    SecurityLabel {
+        system: CONFIDENTIALITY_SYSTEM,
+        code: "V",
+    },
+    SecurityLabel {
+        system: ACT_CODE_SYSTEM,
+        code: "PSY",
+    },
+    SecurityLabel {
+        system: ACT_CODE_SYSTEM,
+        code: "HIV",
+    },
+    SecurityLabel {
+        system: ACT_CODE_SYSTEM,
+        code: "ETH",
+    },
+    SecurityLabel {
+        system: ACT_CODE_SYSTEM,
+        code: "GDIS",
+    },
+    SecurityLabel {
+        system: ACT_CODE_SYSTEM,
+        code: "STD",
+    },
+];
+
+/// The built-in label grants: treating staff see restricted data; a patient sees all of
+/// their own record (their token reaches nothing else); systems see everything they sync.
+/// Sites add their specialists (`[labels]`: `psychiatrist = ["R", "PSY"]`).
+pub const DEFAULT_LABEL_GRANTS: &[(&str, &[&str])] = &[
+    ("clinician", &["R"]),
+    ("nurse", &["R"]),
+    ("patient", &["R", "V", "PSY", "HIV", "ETH", "GDIS", "STD"]),
+    (
+        "integration",
+        &["R", "V", "PSY", "HIV", "ETH", "GDIS", "STD"],
+    ),
+];
+
+/// Which protected labels each role may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelGrants {
+    grants: Vec<(String, Vec<&'static str>)>,
+}
+
+impl Default for LabelGrants {
+    fn default() -> LabelGrants {
+        LabelGrants {
+            grants: DEFAULT_LABEL_GRANTS
+                .iter()
+                .map(|(role, codes)| (role.to_string(), codes.to_vec()))
+                .collect(),
+        }
+    }
+}
+
+impl LabelGrants {
+    /// The built-in grants with `overrides` replacing or adding roles (each role and the
+    /// codes of [`PROTECTED_LABELS`] it may see). An unknown code is an error.
+    pub fn with_overrides<'a>(
+        overrides: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    ) -> Result<LabelGrants, String> {
+        let mut grants = LabelGrants::default();
+        for (role, codes) in overrides {
+            let mut known = Vec::new();
+            for code in codes {
+                let Some(label) = PROTECTED_LABELS.iter().find(|l| l.code == code) else {
+                    return Err(format!(
+                        "role {role}: {code:?} is not a protected label (one of {})",
+                        PROTECTED_LABELS
+                            .iter()
+                            .map(|l| l.code)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                };
+                known.push(label.code);
+            }
+            grants.grants.retain(|(name, _)| name != role);
+            grants.grants.push((role.to_owned(), known));
+        }
+        Ok(grants)
+    }
+
+    /// The protected labels none of `roles` is granted.
+    pub fn hidden_from(&self, roles: &[String]) -> Vec<SecurityLabel> {
+        PROTECTED_LABELS
+            .iter()
+            .filter(|label| {
+                !self
+                    .grants
+                    .iter()
+                    .any(|(role, codes)| roles.contains(role) && codes.contains(&label.code))
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 /// A need-to-know limit. The hub finds the patients inside the access's unit (from
@@ -225,6 +347,7 @@ impl Mask {
         self.remove_elements.is_empty()
             && self.patient_compartment.is_none()
             && self.care_of.is_none()
+            && self.hidden_labels.is_empty()
     }
 }
 
@@ -381,6 +504,7 @@ impl RoleCeilings {
 pub struct Policy {
     ceilings: RoleCeilings,
     need_to_know: NeedToKnow,
+    labels: LabelGrants,
 }
 
 impl Policy {
@@ -389,7 +513,14 @@ impl Policy {
         Policy {
             ceilings,
             need_to_know: NeedToKnow::default(),
+            labels: LabelGrants::default(),
         }
+    }
+
+    /// The same policy with these security label grants.
+    pub fn with_labels(mut self, labels: LabelGrants) -> Policy {
+        self.labels = labels;
+        self
     }
 
     /// The same policy with these need-to-know rules.
@@ -411,7 +542,15 @@ impl Policy {
                 reason: DenyReason::Unauthenticated,
             },
             PrincipalKind::Token => match &principal.access {
-                Some(access) => self.decide_token(&principal.subject, access, action, target),
+                Some(access) => {
+                    match self.decide_token(&principal.subject, access, action, target) {
+                        Decision::Permit { mut mask } => {
+                            mask.hidden_labels = self.labels.hidden_from(&access.roles);
+                            Decision::Permit { mask }
+                        }
+                        denied => denied,
+                    }
+                }
                 None => Decision::Deny {
                     reason: DenyReason::Unauthenticated,
                 },
@@ -1171,6 +1310,47 @@ mod tests {
             Action::BreakGlass,
             &system
         ));
+    }
+
+    fn hidden_codes(policy: &Policy, principal: &Principal) -> Vec<&'static str> {
+        match policy.decide(principal, Action::Read, &Target::instance("Patient", "x")) {
+            Decision::Permit { mask } => mask.hidden_labels.iter().map(|l| l.code).collect(),
+            Decision::Deny { reason } => panic!("denied: {reason:?}"),
+        }
+    }
+
+    #[test]
+    fn security_labels_are_hidden_from_roles_not_granted_them() {
+        let policy = Policy::default();
+        assert_eq!(
+            hidden_codes(&policy, &bearer(&["clinician"], "user/*.rs")),
+            ["V", "PSY", "HIV", "ETH", "GDIS", "STD"]
+        );
+        assert_eq!(
+            hidden_codes(&policy, &bearer(&["reception"], "user/*.rs")),
+            ["R", "V", "PSY", "HIV", "ETH", "GDIS", "STD"]
+        );
+        assert!(hidden_codes(&policy, &bearer(&["integration"], "system/*.rs")).is_empty());
+        // Grants add up across roles; a site adds its specialists.
+        let grants =
+            LabelGrants::with_overrides([("psychiatrist", &["PSY".to_owned()][..])]).unwrap();
+        let policy = Policy::default().with_labels(grants);
+        assert_eq!(
+            hidden_codes(
+                &policy,
+                &bearer(&["clinician", "psychiatrist"], "user/*.rs")
+            ),
+            ["V", "HIV", "ETH", "GDIS", "STD"]
+        );
+        // Unknown codes are refused, never silently ignored.
+        assert!(LabelGrants::with_overrides([("x", &["SECRET".to_owned()][..])]).is_err());
+        // The development principal and the operator see everything.
+        for principal in [Principal::development(), Principal::local_operator("root")] {
+            match policy.decide(&principal, Action::Read, &Target::instance("Patient", "x")) {
+                Decision::Permit { mask } => assert!(mask.hidden_labels.is_empty()),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct FileSettings {
     pub auth: FileAuth,
     #[serde(default)]
     pub need_to_know: FileNeedToKnow,
+    /// `[labels]`: the protected security labels each role may see, over the built-in
+    /// grants (role = ["R", "PSY", …]).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// `[need_to_know]`: who needs a care relationship to see a patient's data, and who may
@@ -335,6 +339,7 @@ pub fn policy(file: &FileSettings) -> anyhow::Result<hygie_policy::Policy> {
     )
     .map_err(|e| anyhow::anyhow!("auth.roles: {e}"))?;
     let defaults = hygie_policy::NeedToKnow::default();
+    let file_labels = &file.labels;
     let file = &file.need_to_know;
     let need_to_know = hygie_policy::NeedToKnow {
         roles: file.roles.clone().unwrap_or(defaults.roles),
@@ -363,5 +368,13 @@ pub fn policy(file: &FileSettings) -> anyhow::Result<hygie_policy::Policy> {
             bail!("need_to_know.open_types: {resource_type:?} is not an R4 resource type");
         }
     }
-    Ok(hygie_policy::Policy::with_ceilings(ceilings).with_need_to_know(need_to_know))
+    let labels = hygie_policy::LabelGrants::with_overrides(
+        file_labels
+            .iter()
+            .map(|(role, codes)| (role.as_str(), codes.as_slice())),
+    )
+    .map_err(|e| anyhow::anyhow!("labels: {e}"))?;
+    Ok(hygie_policy::Policy::with_ceilings(ceilings)
+        .with_need_to_know(need_to_know)
+        .with_labels(labels))
 }
