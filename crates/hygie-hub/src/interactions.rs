@@ -109,39 +109,155 @@ pub enum ReturnPreference {
     OperationOutcome,
 }
 
-/// Applies the decision's mask to a body. The mask is empty until roles define one; the
-/// code path exists so that every read already goes through it.
+/// Applies the decision's mask to a body: removes the elements the caller's role may not
+/// see and, when something was removed, marks the resource `REDACTED` in `meta.security`.
+/// A body the mask does not touch is returned as stored, byte for byte.
 pub(crate) fn mask_body(body: Vec<u8>, mask: &Mask) -> Result<Vec<u8>, StoreError> {
-    if mask.is_empty() || body.is_empty() {
+    if mask.remove_elements.is_empty() || body.is_empty() {
         return Ok(body);
     }
     let mut resource: Value = serde_json::from_slice(&body)
         .map_err(|e| StoreError::Database(format!("stored body is not JSON: {e}")))?;
-    if let Some(object) = resource.as_object_mut() {
-        for path in &mask.remove_elements {
-            // `Patient.telecom` removes `telecom` from a Patient.
-            if let Some((resource_type, element)) = path.split_once('.')
-                && object.get("resourceType").and_then(Value::as_str) == Some(resource_type)
-            {
-                object.remove(element);
-            }
-        }
-        let meta = object
-            .entry("meta")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if let Some(meta) = meta.as_object_mut() {
-            let security = meta
-                .entry("security")
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if let Some(labels) = security.as_array_mut() {
-                labels.push(serde_json::json!({
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-                    "code": "REDACTED",
-                }));
-            }
+    let Some(object) = resource.as_object_mut() else {
+        return Ok(body);
+    };
+    let resource_type = object
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut removed = false;
+    for element in masked_elements(mask, &resource_type) {
+        removed |= object.remove(element).is_some();
+    }
+    if !removed {
+        return Ok(body);
+    }
+    let meta = object
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(meta) = meta.as_object_mut() {
+        let security = meta
+            .entry("security")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(labels) = security.as_array_mut() {
+            labels.push(serde_json::json!({
+                "system": REDACTED_SYSTEM,
+                "code": "REDACTED",
+                "display": "redacted",
+            }));
         }
     }
     serde_json::to_vec(&resource).map_err(|e| StoreError::Database(e.to_string()))
+}
+
+const REDACTED_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
+
+/// Removes the `REDACTED` marker from a resource sent back by a client: the hub sets it on
+/// what it answers; it is not a label to store.
+fn strip_redacted_tag(resource: &mut Value) {
+    let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if let Some(security) = meta.get_mut("security").and_then(Value::as_array_mut) {
+        security.retain(|coding| {
+            !(coding.get("system").and_then(Value::as_str) == Some(REDACTED_SYSTEM)
+                && coding.get("code").and_then(Value::as_str) == Some("REDACTED"))
+        });
+        if security.is_empty() {
+            meta.remove("security");
+        }
+    }
+}
+
+/// The top-level elements of `resource_type` the mask removes.
+pub(crate) fn masked_elements<'a>(
+    mask: &'a Mask,
+    resource_type: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    mask.remove_elements.iter().filter_map(move |path| {
+        path.split_once('.')
+            .filter(|(ty, _)| *ty == resource_type)
+            .map(|(_, element)| element)
+    })
+}
+
+fn hidden_element(resource_type: &str, element: &str) -> HubError {
+    HubError::new(
+        403,
+        hygie_fhir::IssueType::Forbidden,
+        format!(
+            "{resource_type}.{element} is not visible to this token's role, so it may not set or change it"
+        ),
+    )
+    .located_in(&format!("{resource_type}.{element}"))
+}
+
+/// A create or update under a mask: an element the caller cannot see may not be set or
+/// changed (no mass assignment), and one it omitted keeps its stored value (it could not
+/// have seen it to send it back).
+pub(crate) fn guard_masked_write(
+    tx: &mut dyn Tx,
+    mask: &Mask,
+    mut prepared: Prepared,
+    id: Option<&str>,
+) -> Result<Result<Prepared, HubError>, StoreError> {
+    let elements: Vec<String> = masked_elements(mask, &prepared.resource_type)
+        .map(str::to_owned)
+        .collect();
+    if elements.is_empty() {
+        return Ok(Ok(prepared));
+    }
+    let stored: Option<Value> = match id {
+        Some(id) => match tx.current(&prepared.resource_type, id)? {
+            Some(record) if !record.deleted => Some(
+                serde_json::from_slice(&record.body)
+                    .map_err(|e| StoreError::Database(format!("stored body is not JSON: {e}")))?,
+            ),
+            _ => None,
+        },
+        None => None,
+    };
+    let resource_type = prepared.resource_type.clone();
+    let Some(object) = prepared.resource.as_object_mut() else {
+        return Ok(Ok(prepared));
+    };
+    let mut merged = false;
+    for element in &elements {
+        let kept = stored.as_ref().and_then(|s| s.get(element.as_str()));
+        match (object.get(element.as_str()), kept) {
+            (Some(sent), Some(kept)) if sent == kept => {}
+            (Some(_), _) => return Ok(Err(hidden_element(&resource_type, element))),
+            (None, Some(kept)) => {
+                object.insert(element.clone(), kept.clone());
+                merged = true;
+            }
+            (None, None) => {}
+        }
+    }
+    if merged {
+        // The index was computed from what was sent: recompute it from what is written.
+        prepared.index = None;
+    }
+    Ok(Ok(prepared))
+}
+
+/// A patch under a mask: refused if it changed an element the caller cannot see.
+fn guard_masked_patch(
+    mask: &Mask,
+    resource_type: &str,
+    before: Option<&[u8]>,
+    after: &[u8],
+) -> Result<(), HubError> {
+    let parse = |body: &[u8]| serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+    let before = before.map(parse).unwrap_or(Value::Null);
+    let after = parse(after);
+    for element in masked_elements(mask, resource_type) {
+        if before.get(element) != after.get(element) {
+            return Err(hidden_element(resource_type, element));
+        }
+    }
+    Ok(())
 }
 
 /// A validated resource ready to be written.
@@ -156,10 +272,11 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     /// Checks type, validates: everything that can be done before the transaction.
-    pub(crate) fn new(resource_type: &str, resource: Value) -> Result<Prepared, HubError> {
+    pub(crate) fn new(resource_type: &str, mut resource: Value) -> Result<Prepared, HubError> {
         check_resource_type(resource_type)?;
         check_body_type(&resource, resource_type)?;
         validate(&resource)?;
+        strip_redacted_tag(&mut resource);
         Ok(Prepared {
             resource_type: resource_type.to_owned(),
             resource,
@@ -598,7 +715,10 @@ impl Hub {
                 query: if_none_exist.map(str::to_owned),
                 patient_hint: None,
             },
-            move |tx, _mask| exec_create(tx, prepared, &id, criteria.as_ref(), now),
+            move |tx, mask| match guard_masked_write(tx, mask, prepared, None)? {
+                Ok(prepared) => exec_create(tx, prepared, &id, criteria.as_ref(), now),
+                Err(refusal) => Ok(Err(refusal)),
+            },
         )
         .await
     }
@@ -639,7 +759,10 @@ impl Hub {
                 query: None,
                 patient_hint: None,
             },
-            move |tx, _mask| exec_update(tx, prepared, &id_owned, if_match, now),
+            move |tx, mask| match guard_masked_write(tx, mask, prepared, Some(&id_owned))? {
+                Ok(prepared) => exec_update(tx, prepared, &id_owned, if_match, now),
+                Err(refusal) => Ok(Err(refusal)),
+            },
         )
         .await
     }
@@ -674,7 +797,7 @@ impl Hub {
                 query: Some(criteria_query.to_owned()),
                 patient_hint: None,
             },
-            move |tx, _mask| {
+            move |tx, mask| {
                 criteria::lock_conditional(tx, &ty)?;
                 let matches = criteria::matching_ids(tx, &ty, &criteria, 2)?;
                 let id = match matches.as_slice() {
@@ -694,7 +817,10 @@ impl Hub {
                         ))));
                     }
                 };
-                exec_update(tx, prepared, &id, if_match, now)
+                match guard_masked_write(tx, mask, prepared, Some(&id))? {
+                    Ok(prepared) => exec_update(tx, prepared, &id, if_match, now),
+                    Err(refusal) => Ok(Err(refusal)),
+                }
             },
         )
         .await
@@ -727,7 +853,23 @@ impl Hub {
                 query: None,
                 patient_hint: None,
             },
-            move |tx, _mask| exec_patch(tx, &ty, &id_owned, &patch, if_match, now),
+            move |tx, mask| {
+                let guarded = masked_elements(mask, &ty).next().is_some();
+                let before = if guarded {
+                    tx.current(&ty, &id_owned)?.map(|record| record.body)
+                } else {
+                    None
+                };
+                let outcome = exec_patch(tx, &ty, &id_owned, &patch, if_match, now)?;
+                if guarded
+                    && let Ok(written) = &outcome
+                    && let Err(refusal) =
+                        guard_masked_patch(mask, &ty, before.as_deref(), &written.stored.body)
+                {
+                    return Ok(Err(refusal));
+                }
+                Ok(outcome)
+            },
         )
         .await
     }

@@ -328,8 +328,13 @@ fn limits_entry(mask: &Mask, action: Action, target: &Target) -> bool {
         _ => false,
     };
     let touches_existing = target.id.is_some() || !action.writes();
+    let masks_type = target.resource_type.as_deref().is_some_and(|ty| {
+        crate::interactions::masked_elements(mask, ty)
+            .next()
+            .is_some()
+    });
     mask.patient_compartment.is_some()
-        || !mask.remove_elements.is_empty()
+        || masks_type
         || (mask.care_of.is_some() && !open)
         || (!mask.hidden_labels.is_empty() && touches_existing)
 }

@@ -383,6 +383,11 @@ fn run_search(
         spec.filters
             .push(compartment_filter(&spec.resource_type, "Patient", patient));
     }
+    // Searching by an element the caller may not see would tell its value.
+    if let Err(refusal) = refuse_masked_params(mask, &spec.resource_type, &spec.filters, &spec.sort)
+    {
+        return Ok(Err(refusal));
+    }
     // Need-to-know: the patients in care only, for the matches, the total, the paging, and
     // what `_has` and chains look at.
     crate::care::limit_filters(mask, &spec.resource_type, &mut spec.filters);
@@ -443,6 +448,70 @@ fn run_search(
         more_before,
         truncated_includes,
     }))
+}
+
+/// Refuses a search (or sort) on a parameter whose expression reads an element the caller's
+/// role may not see (`Encounter?reason-code=…` for reception): the answer would reveal it.
+fn refuse_masked_params(
+    mask: &Mask,
+    resource_type: &str,
+    filters: &[Filter],
+    sort: &[hygie_store::SortBy],
+) -> Result<(), HubError> {
+    if mask.remove_elements.is_empty() {
+        return Ok(());
+    }
+    let check = |ty: &str, code: &str| -> Result<(), HubError> {
+        let Some(param) = hygie_fhir::search::params::search_param(ty, code) else {
+            return Ok(());
+        };
+        for element in crate::interactions::masked_elements(mask, ty) {
+            let path = format!("{ty}.{element}");
+            let reads_it = param.expression.match_indices(&path).any(|(at, _)| {
+                !param.expression[at + path.len()..]
+                    .starts_with(|c: char| c.is_ascii_alphanumeric())
+            });
+            if reads_it {
+                return Err(HubError::new(
+                    403,
+                    IssueType::Forbidden,
+                    format!("{code} searches {path}, which this token's role may not see"),
+                )
+                .located_in(code));
+            }
+        }
+        Ok(())
+    };
+    for filter in filters {
+        match filter {
+            Filter::Match { param, .. }
+            | Filter::Missing { param, .. }
+            | Filter::Composite { param, .. } => check(resource_type, param)?,
+            Filter::Chain {
+                param,
+                target_type,
+                inner,
+            } => {
+                check(resource_type, param)?;
+                refuse_masked_params(mask, target_type, inner, &[])?;
+            }
+            Filter::Has {
+                source_type,
+                param,
+                inner,
+            } => {
+                check(source_type, param)?;
+                refuse_masked_params(mask, source_type, inner, &[])?;
+            }
+            _ => {}
+        }
+    }
+    for key in sort {
+        if let hygie_store::SortBy::Param { param, .. } = key {
+            check(resource_type, param)?;
+        }
+    }
+    Ok(())
 }
 
 /// The resources `_include` and `_revinclude` add, at most [`MAX_INCLUDED`].

@@ -194,7 +194,9 @@ impl Target {
 /// What a permitted action may return: less than everything when not empty.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Mask {
-    /// FHIRPath-like element paths, e.g. `Patient.telecom`.
+    /// Top-level elements the caller's role does not need, as `Type.element` (e.g.
+    /// `Encounter.diagnosis`): removed from what it reads (marked `REDACTED`), refused in
+    /// what it writes, not searchable.
     pub remove_elements: Vec<String>,
     /// Only what belongs to the compartment of `Patient/{id}` (a `patient/` scope): the hub
     /// adds it to searches and checks it on reads.
@@ -265,6 +267,106 @@ pub const DEFAULT_LABEL_GRANTS: &[(&str, &[&str])] = &[
         &["R", "V", "PSY", "HIV", "ETH", "GDIS", "STD"],
     ),
 ];
+
+/// The built-in minimization: elements a role's work does not need, removed from what it
+/// reads (and refused in what it writes). Reception handles admissions: demographics and
+/// the administrative part of an encounter, not why the patient came. Billing codes claims
+/// from the encounter's diagnoses: not the patient's contacts or the clinical reasons.
+pub const DEFAULT_ELEMENT_MASKS: &[(&str, &[&str])] = &[
+    (
+        "reception",
+        &[
+            "Encounter.diagnosis",
+            "Encounter.reasonCode",
+            "Encounter.reasonReference",
+            "Encounter.hospitalization",
+        ],
+    ),
+    (
+        "billing",
+        &[
+            "Patient.telecom",
+            "Patient.contact",
+            "Patient.photo",
+            "Patient.communication",
+            "Patient.maritalStatus",
+            "Encounter.reasonCode",
+            "Encounter.reasonReference",
+        ],
+    ),
+];
+
+/// The elements each role may not see, as `Type.element` (a top-level element).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementMasks {
+    masks: Vec<(String, Vec<String>)>,
+}
+
+impl Default for ElementMasks {
+    fn default() -> ElementMasks {
+        ElementMasks {
+            masks: DEFAULT_ELEMENT_MASKS
+                .iter()
+                .map(|(role, paths)| {
+                    (
+                        role.to_string(),
+                        paths.iter().map(|p| p.to_string()).collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ElementMasks {
+    /// The built-in masks with `overrides` replacing or adding roles. A path is
+    /// `Type.element`, where `is_element(type, element)` says the element exists.
+    pub fn with_overrides<'a>(
+        overrides: impl IntoIterator<Item = (&'a str, &'a [String])>,
+        is_element: impl Fn(&str, &str) -> bool,
+    ) -> Result<ElementMasks, String> {
+        let mut masks = ElementMasks::default();
+        for (role, paths) in overrides {
+            for path in paths {
+                let known = path
+                    .split_once('.')
+                    .is_some_and(|(ty, element)| !element.contains('.') && is_element(ty, element));
+                if !known {
+                    return Err(format!(
+                        "role {role}: {path:?} is not Type.element of an R4 resource (top-level elements only)"
+                    ));
+                }
+            }
+            masks.masks.retain(|(name, _)| name != role);
+            masks.masks.push((role.to_owned(), paths.to_vec()));
+        }
+        Ok(masks)
+    }
+
+    /// What a token with `roles` may not see: the elements every one of its roles that
+    /// grants anything removes (a role that removes nothing lifts every removal).
+    fn removed_for(&self, roles: &[String], ceilings: &RoleCeilings) -> Vec<String> {
+        let mut granting = roles
+            .iter()
+            .filter(|role| ceilings.ceilings.iter().any(|(name, _)| name == *role));
+        let Some(first) = granting.next() else {
+            return Vec::new();
+        };
+        let of = |role: &String| -> Vec<String> {
+            self.masks
+                .iter()
+                .find(|(name, _)| name == role)
+                .map(|(_, paths)| paths.clone())
+                .unwrap_or_default()
+        };
+        let mut removed = of(first);
+        for role in granting {
+            let theirs = of(role);
+            removed.retain(|path| theirs.contains(path));
+        }
+        removed
+    }
+}
 
 /// Which protected labels each role may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -505,6 +607,7 @@ pub struct Policy {
     ceilings: RoleCeilings,
     need_to_know: NeedToKnow,
     labels: LabelGrants,
+    elements: ElementMasks,
 }
 
 impl Policy {
@@ -514,7 +617,14 @@ impl Policy {
             ceilings,
             need_to_know: NeedToKnow::default(),
             labels: LabelGrants::default(),
+            elements: ElementMasks::default(),
         }
+    }
+
+    /// The same policy with these element masks.
+    pub fn with_element_masks(mut self, elements: ElementMasks) -> Policy {
+        self.elements = elements;
+        self
     }
 
     /// The same policy with these security label grants.
@@ -546,6 +656,8 @@ impl Policy {
                     match self.decide_token(&principal.subject, access, action, target) {
                         Decision::Permit { mut mask } => {
                             mask.hidden_labels = self.labels.hidden_from(&access.roles);
+                            mask.remove_elements =
+                                self.elements.removed_for(&access.roles, &self.ceilings);
                             Decision::Permit { mask }
                         }
                         denied => denied,
@@ -1350,6 +1462,55 @@ mod tests {
                 Decision::Permit { mask } => assert!(mask.hidden_labels.is_empty()),
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    fn removed(policy: &Policy, principal: &Principal) -> Vec<String> {
+        match policy.decide(principal, Action::Read, &Target::instance("Patient", "x")) {
+            Decision::Permit { mask } => mask.remove_elements,
+            Decision::Deny { reason } => panic!("denied: {reason:?}"),
+        }
+    }
+
+    #[test]
+    fn each_role_gets_the_elements_its_work_needs() {
+        let policy = Policy::default();
+        assert!(
+            removed(&policy, &bearer(&["reception"], "user/*.rs"))
+                .contains(&"Encounter.diagnosis".to_owned())
+        );
+        assert!(
+            removed(&policy, &bearer(&["billing"], "user/*.rs"))
+                .contains(&"Patient.telecom".to_owned())
+        );
+        assert!(removed(&policy, &bearer(&["clinician"], "user/*.rs")).is_empty());
+        // Several roles: only what all of them remove; a role granting nothing counts for nothing.
+        assert_eq!(
+            removed(&policy, &bearer(&["reception", "billing"], "user/*.rs")),
+            ["Encounter.reasonCode", "Encounter.reasonReference"]
+        );
+        assert!(removed(&policy, &bearer(&["reception", "clinician"], "user/*.rs")).is_empty());
+        assert_eq!(
+            removed(&policy, &bearer(&["reception", "made-up"], "user/*.rs")),
+            removed(&policy, &bearer(&["reception"], "user/*.rs"))
+        );
+        // Overrides are checked against the resource definitions.
+        let is_element = |ty: &str, element: &str| ty == "Patient" && element == "telecom";
+        let masks = ElementMasks::with_overrides(
+            [("reception", &["Patient.telecom".to_owned()][..])],
+            is_element,
+        )
+        .unwrap();
+        let policy = Policy::default().with_element_masks(masks);
+        assert_eq!(
+            removed(&policy, &bearer(&["reception"], "user/*.rs")),
+            ["Patient.telecom"]
+        );
+        for bad in ["Patient.nosuch", "Patient.name.family", "telecom"] {
+            assert!(
+                ElementMasks::with_overrides([("x", &[bad.to_owned()][..])], is_element).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -70,6 +70,10 @@ pub struct FileSettings {
     /// grants (role = ["R", "PSY", …]).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, Vec<String>>,
+    /// `[minimize]`: the elements each role may not see, over the built-in masks
+    /// (role = ["Encounter.diagnosis", …]; `[]` lifts a built-in mask).
+    #[serde(default)]
+    pub minimize: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// `[need_to_know]`: who needs a care relationship to see a patient's data, and who may
@@ -340,6 +344,7 @@ pub fn policy(file: &FileSettings) -> anyhow::Result<hygie_policy::Policy> {
     .map_err(|e| anyhow::anyhow!("auth.roles: {e}"))?;
     let defaults = hygie_policy::NeedToKnow::default();
     let file_labels = &file.labels;
+    let file_minimize = &file.minimize;
     let file = &file.need_to_know;
     let need_to_know = hygie_policy::NeedToKnow {
         roles: file.roles.clone().unwrap_or(defaults.roles),
@@ -374,7 +379,18 @@ pub fn policy(file: &FileSettings) -> anyhow::Result<hygie_policy::Policy> {
             .map(|(role, codes)| (role.as_str(), codes.as_slice())),
     )
     .map_err(|e| anyhow::anyhow!("labels: {e}"))?;
+    let elements = hygie_policy::ElementMasks::with_overrides(
+        file_minimize
+            .iter()
+            .map(|(role, paths)| (role.as_str(), paths.as_slice())),
+        |resource_type, element| {
+            hygie_fhir::schema::is_resource_type(resource_type)
+                && hygie_fhir::schema::element(&format!("{resource_type}.{element}")).is_some()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("minimize: {e}"))?;
     Ok(hygie_policy::Policy::with_ceilings(ceilings)
         .with_need_to_know(need_to_know)
-        .with_labels(labels))
+        .with_labels(labels)
+        .with_element_masks(elements))
 }
