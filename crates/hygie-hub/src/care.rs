@@ -397,6 +397,9 @@ pub(crate) fn check_visible(
             ))));
         }
     }
+    if let Err(refusal) = check_constraints(tx, mask, resource_type, id)? {
+        return Ok(Err(refusal));
+    }
     check_care(tx, mask, resource_type, id)
 }
 
@@ -483,6 +486,13 @@ pub(crate) fn refuse_wide_history(
         Some(resource_type) => limit_for(mask, resource_type).is_some(),
         None => mask.care_of.is_some(),
     };
+    if !mask.query_constraints.is_empty() {
+        return Err(HubError::new(
+            403,
+            IssueType::Forbidden,
+            "a history across resources is not open to a query-constrained scope: ask for one resource's history",
+        ));
+    }
     if limited {
         return Err(HubError::new(
             403,
@@ -491,4 +501,107 @@ pub(crate) fn refuse_wide_history(
         ));
     }
     Ok(())
+}
+
+/// The filters a mask's query-constrained scopes put on `resource_type` resources: each
+/// group (the token's scopes, a role's ceiling) must match one of its constraints. A group
+/// of several constraints is expressible when they all constrain the same single
+/// parameter (its values ORed); other combinations are refused rather than half-applied.
+pub(crate) fn constraint_filters(
+    mask: &Mask,
+    resource_type: &str,
+) -> Result<Vec<Filter>, HubError> {
+    let mut filters = Vec::new();
+    for group in &mask.query_constraints {
+        let pairs: Vec<(String, String)> = match group.as_slice() {
+            [one] => one.params().to_vec(),
+            several => {
+                let name = several[0].params().first().map(|(name, _)| name.clone());
+                let single = several
+                    .iter()
+                    .all(|c| c.params().len() == 1 && Some(&c.params()[0].0) == name.as_ref());
+                let (Some(name), true) = (name, single) else {
+                    return Err(HubError::new(
+                        403,
+                        IssueType::Forbidden,
+                        "these query-constrained scopes combine several parameters in alternatives, which this server does not apply: ask for one query per type",
+                    ));
+                };
+                let values: Vec<&str> = several.iter().map(|c| c.params()[0].1.as_str()).collect();
+                vec![(name, values.join(","))]
+            }
+        };
+        let options = hygie_fhir::search::query::QueryOptions {
+            strict: true,
+            ..Default::default()
+        };
+        let request = hygie_fhir::search::query::parse(resource_type, &pairs, &options).map_err(|issues| {
+            HubError::new(
+                403,
+                IssueType::Forbidden,
+                format!(
+                    "the token's query-constrained scope on {resource_type} cannot be applied: {}",
+                    issues
+                        .first()
+                        .map(|issue| issue.diagnostics.clone())
+                        .unwrap_or_default()
+                ),
+            )
+        })?;
+        let only_filters = request.sort.is_empty()
+            && request.include.is_empty()
+            && request.revinclude.is_empty()
+            && request.summary.is_none()
+            && request.elements.is_empty();
+        if !only_filters {
+            return Err(HubError::new(
+                403,
+                IssueType::Forbidden,
+                "a query-constrained scope may only filter (no _sort, _include, _summary, _elements)",
+            ));
+        }
+        for filter in &request.filters {
+            filters.push(crate::search::store_filter(filter, "")?);
+        }
+    }
+    Ok(filters)
+}
+
+/// Refuses `resource_type/id` when it exists and a query-constrained scope does not match
+/// it.
+pub(crate) fn check_constraints(
+    tx: &mut dyn Tx,
+    mask: &Mask,
+    resource_type: &str,
+    id: &str,
+) -> Result<Result<(), HubError>, StoreError> {
+    if mask.query_constraints.is_empty() {
+        return Ok(Ok(()));
+    }
+    let mut filters = match constraint_filters(mask, resource_type) {
+        Ok(filters) => filters,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    filters.push(Filter::Ids(vec![id.to_owned()]));
+    let matches = !tx
+        .search(&SearchSpec {
+            resource_type: resource_type.to_owned(),
+            filters,
+            sort: Vec::new(),
+            position: None,
+            limit: 1,
+        })?
+        .is_empty();
+    if matches
+        || tx
+            .current(resource_type, id)?
+            .is_none_or(|record| record.deleted)
+    {
+        return Ok(Ok(()));
+    }
+    Ok(Err(HubError::new(
+        403,
+        IssueType::Forbidden,
+        format!("{resource_type}/{id} is outside the token's query-constrained scope"),
+    )))
 }

@@ -216,6 +216,21 @@ impl Hub {
                 .decide(&access.caller.principal, *action, target);
             // What a transaction entry does runs unmasked: an entry the policy would only
             // permit in part (a patient/ scope's compartment) is refused.
+            // What a search reaches besides its target is not filtered by a query
+            // constraint (it applies to the target type): refused rather than leaked.
+            let decision = match decision {
+                Decision::Permit { mask }
+                    if !mask.query_constraints.is_empty() && access.action != Action::Bundle =>
+                {
+                    Decision::Deny {
+                        reason: DenyReason::Forbidden(
+                            "the token's scope on this type is query-constrained: it does not reach through _include, _revinclude, chains or _has"
+                                .to_owned(),
+                        ),
+                    }
+                }
+                other => other,
+            };
             let decision = match decision {
                 Decision::Permit { mask }
                     if limits_entry(&mask, *action, target) && access.action == Action::Bundle =>
@@ -334,6 +349,7 @@ fn limits_entry(mask: &Mask, action: Action, target: &Target) -> bool {
             .is_some()
     });
     mask.patient_compartment.is_some()
+        || !mask.query_constraints.is_empty()
         || masks_type
         || (mask.care_of.is_some() && !open)
         || (!mask.hidden_labels.is_empty() && touches_existing)
@@ -365,7 +381,11 @@ where
         Some(refusal) => Ok(Err(refusal)),
         None => {
             crate::care::resolve(tx, &mut mask, now_us())?;
-            if writes && (mask.care_of.is_some() || !mask.hidden_labels.is_empty()) {
+            if writes
+                && (mask.care_of.is_some()
+                    || !mask.hidden_labels.is_empty()
+                    || !mask.query_constraints.is_empty())
+            {
                 write_within_care(tx, &mask, &target, op)
             } else {
                 op(tx, &mask)
@@ -418,6 +438,12 @@ where
         let mut parts = entity.split('/');
         if let (Some(resource_type), Some(id)) = (parts.next(), parts.next())
             && let Err(refusal) = crate::care::check_care(tx, mask, resource_type, id)?
+        {
+            return Ok(Err(refusal));
+        }
+        if let (Some(resource_type), Some(id)) =
+            (entity.split('/').next(), entity.split('/').nth(1))
+            && let Err(refusal) = crate::care::check_constraints(tx, mask, resource_type, id)?
         {
             return Ok(Err(refusal));
         }

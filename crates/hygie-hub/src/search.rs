@@ -383,6 +383,11 @@ fn run_search(
         spec.filters
             .push(compartment_filter(&spec.resource_type, "Patient", patient));
     }
+    // A query-constrained scope: only what its query matches, for matches, total and pages.
+    match crate::care::constraint_filters(mask, &spec.resource_type) {
+        Ok(filters) => spec.filters.extend(filters),
+        Err(refusal) => return Ok(Err(refusal)),
+    }
     // Searching by an element the caller may not see would tell its value.
     if let Err(refusal) = refuse_masked_params(mask, &spec.resource_type, &spec.filters, &spec.sort)
     {

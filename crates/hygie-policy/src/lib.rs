@@ -12,9 +12,9 @@
 //! ([`PrincipalKind::Token`]); and the anonymous caller, denied everything.
 //!
 //! A token's caller may do what BOTH its SMART scopes ([`scopes`]) and the ceiling of one of
-//! its roles ([`RoleCeilings`]) allow, on the resource type at hand: deny by default. What
-//! is not enforced yet is denied rather than half-applied: `patient/` scopes (the patient
-//! compartment check), query-constrained scopes, `$everything` without a `*` scope.
+//! its roles ([`RoleCeilings`]) allow, on the resource type at hand: deny by default. The
+//! permit's [`Mask`] carries what the hub must still apply: a `patient/` scope's compartment,
+//! a query-constrained scope's query, need-to-know, hidden security labels, removed elements.
 //!
 //! ```
 //! use hygie_policy::{Action, Decision, Policy, Principal, Target};
@@ -207,6 +207,10 @@ pub struct Mask {
     /// Security labels (`meta.security`) the caller's roles are not granted: resources
     /// carrying one are invisible to it, as if they did not exist.
     pub hidden_labels: Vec<SecurityLabel>,
+    /// Query-constrained scopes (`user/Observation.rs?category=laboratory`): only resources
+    /// of the target type that match, in each group, at least one constraint (the token's
+    /// scopes make one group, a role's ceiling another).
+    pub query_constraints: Vec<Vec<QueryConstraint>>,
 }
 
 /// A security label: a coding of `meta.security`.
@@ -450,6 +454,7 @@ impl Mask {
             && self.patient_compartment.is_none()
             && self.care_of.is_none()
             && self.hidden_labels.is_empty()
+            && self.query_constraints.is_empty()
     }
 }
 
@@ -755,19 +760,6 @@ impl Policy {
                 .ceilings
                 .grants(&access.roles, context, resource_type, permission);
             match (by_scope, by_role) {
-                (Grant::Allowed, Grant::Allowed) => {
-                    return Decision::Permit {
-                        mask: Mask {
-                            care_of: self.care_of(
-                                subject,
-                                access,
-                                context,
-                                Some((resource_type, permission)),
-                            ),
-                            ..Mask::default()
-                        },
-                    };
-                }
                 (_, Grant::Denied) => {
                     refusal.get_or_insert(format!(
                         "the token's roles ({}) do not allow {context}/{needed}",
@@ -778,10 +770,25 @@ impl Policy {
                         }
                     ));
                 }
-                _ => {
-                    refusal.get_or_insert(format!(
-                        "query-constrained scopes are not enforced by this server yet: {context}/{needed} needs an unconstrained scope"
-                    ));
+                (by_scope, by_role) => {
+                    return Decision::Permit {
+                        mask: Mask {
+                            care_of: self.care_of(
+                                subject,
+                                access,
+                                context,
+                                Some((resource_type, permission)),
+                            ),
+                            query_constraints: [by_scope, by_role]
+                                .into_iter()
+                                .filter_map(|grant| match grant {
+                                    Grant::Constrained(constraints) => Some(constraints),
+                                    _ => None,
+                                })
+                                .collect(),
+                            ..Mask::default()
+                        },
+                    };
                 }
             }
         }
@@ -840,14 +847,13 @@ impl Policy {
                 permission.letter()
             ));
         }
-        if !matches!(by_scope, Grant::Allowed) {
-            return forbidden(
-                "query-constrained scopes are not enforced by this server yet".to_owned(),
-            );
-        }
         Some(Decision::Permit {
             mask: Mask {
                 patient_compartment: Some(patient.clone()),
+                query_constraints: match by_scope {
+                    Grant::Constrained(constraints) => vec![constraints],
+                    _ => Vec::new(),
+                },
                 ..Mask::default()
             },
         })
@@ -1085,9 +1091,29 @@ mod tests {
     fn what_is_not_enforced_yet_is_denied() {
         let policy = Policy::default();
         let observations = Target::resource_type("Observation");
-        // Query-constrained scopes: no unconstrained access.
+        // Query-constrained scopes: permitted with the constraint for the hub to apply.
         let lab = bearer(&["clinician"], "user/Observation.rs?category=laboratory");
-        assert!(!permitted(&policy, &lab, Action::Search, &observations));
+        match policy.decide(&lab, Action::Search, &observations) {
+            Decision::Permit { mask } => {
+                assert_eq!(mask.query_constraints.len(), 1);
+                assert_eq!(
+                    mask.query_constraints[0][0].params(),
+                    [("category".to_owned(), "laboratory".to_owned())]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A constrained role ceiling and a constrained scope: both apply.
+        let ceilings = RoleCeilings::with_overrides(
+            [("lab-tech", "user/Observation.rs?status=final")],
+            |_| true,
+        )
+        .unwrap();
+        let both = bearer(&["lab-tech"], "user/Observation.rs?category=laboratory");
+        match Policy::with_ceilings(ceilings).decide(&both, Action::Read, &observations) {
+            Decision::Permit { mask } => assert_eq!(mask.query_constraints.len(), 2),
+            other => panic!("{other:?}"),
+        }
         // patient/ scopes without a patient context: nothing.
         let app = bearer(&["clinician"], "patient/*.rs");
         assert!(!permitted(
