@@ -323,10 +323,32 @@ def test_a_patient_token_sees_only_that_patients_compartment(secured, hygie_bin,
     everything = check_resource(get(f"{hub}/Patient/{me}/$everything", value), 200, "Bundle")
     assert theirs not in {e["resource"]["id"] for e in everything["entry"]}
     assert_outcome(get(f"{hub}/Patient/{other}/$everything", value), 403, code="forbidden")
-    # Refused until they are limited to the compartment: includes, writes, history, Bundles.
-    assert_outcome(get(f"{hub}/Observation", value, _include="Observation:subject"), 403, code="forbidden")
+    # Includes and _has keep to the compartment; one resource's history, never a type's.
+    included = check_resource(get(f"{hub}/Observation", value, _include="Observation:subject"), 200, "Bundle")
+    assert {e["resource"]["id"] for e in included["entry"] if e["search"]["mode"] == "include"} == {me}
+    revinclude = check_resource(get(f"{hub}/Patient", value, _revinclude="Observation:subject"), 200, "Bundle")
+    assert {e["resource"]["id"] for e in revinclude["entry"]} == {me, *mine}
+    has = check_resource(get(f"{hub}/Patient", value, **{"_has:Observation:subject:code": "8867-4"}), 200,
+                         "Bundle")
+    assert [e["resource"]["id"] for e in has["entry"]] == [me]
+    check_resource(get(f"{hub}/Observation/{mine[0]}/_history", value), 200, "Bundle")
+    assert_outcome(get(f"{hub}/Observation/{theirs}/_history", value), 403, code="forbidden")
+    assert_outcome(get(f"{hub}/Observation/_history", value), 403, code="forbidden")
+    # The patient's role reads; it writes nothing, whatever its scopes say.
     assert_outcome(post(f"{hub}/Observation", value, observation(f"Patient/{me}")), 403, code="forbidden")
-    assert_outcome(get(f"{hub}/Observation/{mine[0]}/_history", value), 403, code="forbidden")
+    # A clinician's app launched on this patient (patient/ scopes, patient context) writes
+    # within the compartment only.
+    admit(hygie_bin, tmp_path, secured, me)
+    admit(hygie_bin, tmp_path, secured, other)
+    app = token(hygie_bin, tmp_path, secured, scope="patient/*.cruds", patient_context=me)
+    check_resource(post(f"{hub}/Observation", app, observation(f"Patient/{me}", value=80.0)), 201, "Observation")
+    assert_outcome(post(f"{hub}/Observation", app, observation(f"Patient/{other}", value=81.0)), 403,
+                   code="forbidden", diagnostics_contains="compartment")
+    moved = dict(observation(f"Patient/{me}"), id=theirs)
+    assert_outcome(one_shot("PUT", f"{hub}/Observation/{theirs}", json=moved,
+                            headers={**bearer(app), "Content-Type": "application/fhir+json"}), 403,
+                   code="forbidden")
+    assert_outcome(one_shot("DELETE", f"{hub}/Observation/{theirs}", headers=bearer(app)), 403, code="forbidden")
     bundle = {"resourceType": "Bundle", "type": "transaction",
               "entry": [{"request": {"method": "GET", "url": f"Observation/{theirs}"}}]}
     assert_outcome(post(hub, value, bundle), 403, code="forbidden")

@@ -273,18 +273,30 @@ pub(crate) fn label_filter(mask: &Mask) -> Option<Filter> {
 /// `resource_type`, and to what its `_has` and chains look at: a hidden resource must not
 /// decide what a search finds.
 pub(crate) fn limit_filters(mask: &Mask, resource_type: &str, filters: &mut Vec<Filter>) {
-    if mask.care_of.is_none() && mask.hidden_labels.is_empty() {
+    if mask.care_of.is_none() && mask.hidden_labels.is_empty() && mask.patient_compartment.is_none()
+    {
         return;
     }
     for filter in filters.iter_mut() {
-        match filter {
+        let (inner_type, inner) = match filter {
             Filter::Has {
                 source_type, inner, ..
-            } => limit_filters(mask, &source_type.clone(), inner),
+            } => (source_type.clone(), inner),
             Filter::Chain {
                 target_type, inner, ..
-            } => limit_filters(mask, &target_type.clone(), inner),
-            _ => {}
+            } => (target_type.clone(), inner),
+            _ => continue,
+        };
+        limit_filters(mask, &inner_type, inner);
+        // A patient/ scope: what `_has` and chains look at stays in the compartment too.
+        if let Some(patient) = &mask.patient_compartment
+            && is_patient_data(&inner_type)
+        {
+            inner.push(crate::search::compartment_filter(
+                &inner_type,
+                "Patient",
+                patient,
+            ));
         }
     }
     if let Some(patients) = limit_for(mask, resource_type) {
@@ -603,5 +615,35 @@ pub(crate) fn check_constraints(
         403,
         IssueType::Forbidden,
         format!("{resource_type}/{id} is outside the token's query-constrained scope"),
+    )))
+}
+
+/// Under a `patient/` scope, a write may only touch resources of the token's patient's
+/// compartment: what it replaces (before) and what it wrote (after). A resource that does
+/// not exist (yet, or any more) passes.
+pub(crate) fn check_compartment_write(
+    tx: &mut dyn Tx,
+    mask: &Mask,
+    resource_type: &str,
+    id: &str,
+) -> Result<Result<(), HubError>, StoreError> {
+    let Some(patient) = &mask.patient_compartment else {
+        return Ok(Ok(()));
+    };
+    if tx
+        .current(resource_type, id)?
+        .is_none_or(|record| record.deleted)
+    {
+        return Ok(Ok(()));
+    }
+    if !visible_ids(tx, mask, resource_type, vec![id.to_owned()])?.is_empty() {
+        return Ok(Ok(()));
+    }
+    Ok(Err(HubError::new(
+        403,
+        IssueType::Forbidden,
+        format!(
+            "{resource_type}/{id} is not in the compartment of the token's patient (Patient/{patient})"
+        ),
     )))
 }

@@ -261,6 +261,14 @@ impl Hub {
                     // never a history that mixes patients.
                     match (&history_type, &history_id) {
                         (Some(resource_type), Some(id)) => {
+                            if let Err(refusal) = crate::interactions::check_patient_compartment(
+                                tx,
+                                mask,
+                                resource_type,
+                                id,
+                            )? {
+                                return Ok(Err(refusal));
+                            }
                             if let Err(refusal) =
                                 crate::care::check_visible(tx, mask, resource_type, id)?
                             {

@@ -326,7 +326,7 @@ pub(crate) fn write_version(
 
 /// Under a `patient/` scope, a resource outside the compartment of the token's patient is
 /// refused whether it exists or not, so that the answer says nothing about it.
-fn check_patient_compartment(
+pub(crate) fn check_patient_compartment(
     tx: &mut dyn Tx,
     mask: &Mask,
     resource_type: &str,

@@ -384,7 +384,8 @@ where
             if writes
                 && (mask.care_of.is_some()
                     || !mask.hidden_labels.is_empty()
-                    || !mask.query_constraints.is_empty())
+                    || !mask.query_constraints.is_empty()
+                    || mask.patient_compartment.is_some())
             {
                 write_within_care(tx, &mask, &target, op)
             } else {
@@ -417,18 +418,22 @@ where
     Ok(result)
 }
 
-/// A write under a need-to-know limit or hidden labels: what it replaces or deletes must be
-/// visible to the caller (no changing what one cannot see), and what it wrote must be the
-/// data of a patient in care.
+/// A write under a limit (need-to-know, hidden labels, a query-constrained scope, a
+/// `patient/` scope's compartment): what it replaces or deletes must be visible to the
+/// caller (no changing what one cannot see), and what it wrote must be within the limits
+/// (a patient in care, the scope's query, the compartment).
 fn write_within_care<T, F>(tx: &mut dyn Tx, mask: &Mask, target: &Target, op: F) -> OpResult<T>
 where
     T: Audited,
     F: FnOnce(&mut dyn Tx, &Mask) -> OpResult<T>,
 {
-    if let (Some(resource_type), Some(id)) = (&target.resource_type, &target.id)
-        && let Err(refusal) = crate::care::check_visible(tx, mask, resource_type, id)?
-    {
-        return Ok(Err(refusal));
+    if let (Some(resource_type), Some(id)) = (&target.resource_type, &target.id) {
+        if let Err(refusal) = crate::care::check_visible(tx, mask, resource_type, id)? {
+            return Ok(Err(refusal));
+        }
+        if let Err(refusal) = crate::care::check_compartment_write(tx, mask, resource_type, id)? {
+            return Ok(Err(refusal));
+        }
     }
     let value = match op(tx, mask)? {
         Ok(value) => value,
@@ -436,16 +441,17 @@ where
     };
     for entity in value.audit_entities() {
         let mut parts = entity.split('/');
-        if let (Some(resource_type), Some(id)) = (parts.next(), parts.next())
-            && let Err(refusal) = crate::care::check_care(tx, mask, resource_type, id)?
-        {
-            return Ok(Err(refusal));
-        }
-        if let (Some(resource_type), Some(id)) =
-            (entity.split('/').next(), entity.split('/').nth(1))
-            && let Err(refusal) = crate::care::check_constraints(tx, mask, resource_type, id)?
-        {
-            return Ok(Err(refusal));
+        let (Some(resource_type), Some(id)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        for check in [
+            crate::care::check_care,
+            crate::care::check_constraints,
+            crate::care::check_compartment_write,
+        ] {
+            if let Err(refusal) = check(tx, mask, resource_type, id)? {
+                return Ok(Err(refusal));
+            }
         }
     }
     Ok(Ok(value))

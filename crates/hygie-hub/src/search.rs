@@ -372,14 +372,7 @@ fn run_search(
     let mut spec = spec;
     if let Some(patient) = &mask.patient_compartment {
         // A patient/ scope: only that patient's compartment, for the matches, the total and
-        // the paging alike. Includes could reach beyond it: refused until they are limited.
-        if !includes.is_empty() || !revincludes.is_empty() {
-            return Ok(Err(HubError::new(
-                403,
-                IssueType::Forbidden,
-                "_include and _revinclude are not supported under a patient/ scope yet",
-            )));
-        }
+        // the paging alike; includes keep to it too (`visible_ids`).
         spec.filters
             .push(compartment_filter(&spec.resource_type, "Patient", patient));
     }

@@ -795,7 +795,9 @@ impl Policy {
         if let Some(why) = refusal {
             return forbidden(why);
         }
-        if let Some(decision) = self.decide_patient_context(access, action, target, permission) {
+        if let Some(decision) =
+            self.decide_patient_context(subject, access, action, target, permission)
+        {
             return decision;
         }
         forbidden(format!(
@@ -804,10 +806,11 @@ impl Policy {
     }
 
     /// A `patient/` scope: the same permission, limited to the compartment of the token's
-    /// `patient`. Reads and searches only; writes and histories under a `patient/` scope
-    /// are refused until their compartment rules are built.
+    /// `patient` (the hub checks reads, searches, one resource's history, and what a write
+    /// replaces and produces).
     fn decide_patient_context(
         &self,
+        subject: &str,
         access: &TokenAccess,
         action: Action,
         target: &Target,
@@ -828,11 +831,12 @@ impl Policy {
         let Some(patient) = &access.patient else {
             return forbidden("patient/ scopes need the token's patient launch context".to_owned());
         };
-        if !matches!(action, Action::Read | Action::VRead | Action::Search) {
-            return forbidden(format!(
-                "{} under a patient/ scope is not supported yet",
-                action.interaction_code()
-            ));
+        // A history across resources mixes patients: one resource's history only.
+        if action == Action::History && target.id.is_none() {
+            return forbidden(
+                "under a patient/ scope, history is one resource's: ask for Type/id/_history"
+                    .to_owned(),
+            );
         }
         let roles_allow = |context| {
             matches!(
@@ -850,6 +854,13 @@ impl Policy {
         Some(Decision::Permit {
             mask: Mask {
                 patient_compartment: Some(patient.clone()),
+                // A clinician's app launched on a patient still needs a care relationship.
+                care_of: self.care_of(
+                    subject,
+                    access,
+                    ScopeContext::User,
+                    Some((resource_type, permission)),
+                ),
                 query_constraints: match by_scope {
                     Grant::Constrained(constraints) => vec![constraints],
                     _ => Vec::new(),
@@ -1185,14 +1196,9 @@ mod tests {
             policy.decide(&mine, Action::Read, &Target::instance("Observation", "o")),
             Decision::Permit { mask } if mask.patient_compartment.as_deref() == Some("p1")
         ));
-        // No writes, no histories under a patient/ scope yet; not even with write scopes.
+        // A patient's role reads: no writes, even with write scopes.
         let writer = patient_token(&["patient"], "patient/*.cruds", "p1");
-        for action in [
-            Action::Create,
-            Action::Update,
-            Action::Delete,
-            Action::History,
-        ] {
+        for action in [Action::Create, Action::Update, Action::Delete] {
             assert!(
                 !permitted(
                     &policy,
@@ -1203,6 +1209,23 @@ mod tests {
                 "{action:?}"
             );
         }
+        // One resource's history, in the compartment; never a type's.
+        assert!(matches!(
+            policy.decide(&writer, Action::History, &Target::instance("Observation", "o")),
+            Decision::Permit { mask } if mask.patient_compartment.as_deref() == Some("p1")
+        ));
+        assert!(!permitted(
+            &policy,
+            &writer,
+            Action::History,
+            &Target::resource_type("Observation")
+        ));
+        // A clinician's app in a patient context writes within that compartment.
+        let app = patient_token(&["clinician"], "patient/*.cruds", "p1");
+        assert!(matches!(
+            policy.decide(&app, Action::Create, &Target::resource_type("Observation")),
+            Decision::Permit { mask } if mask.patient_compartment.as_deref() == Some("p1")
+        ));
         // A patient's user/ scopes count for nothing.
         let sneaky = patient_token(&["patient"], "user/*.cruds", "p1");
         assert!(!permitted(
