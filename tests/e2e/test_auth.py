@@ -404,3 +404,40 @@ def test_role_ceilings_come_from_the_settings_file(start_hub, hygie_bin, tmp_pat
                                "--config", str(bad)], cwd=tmp_path)
     assert done.returncode != 0
     assert "auth.roles" in done.stderr and "clinician" in done.stderr, done.stderr
+
+
+def test_the_policy_reloads_from_the_settings_file_for_an_admin_or_on_sighup(start_hub, hygie_bin, tmp_path):
+    """Administrative functions need the admin role: a policy reload over HTTP is refused to
+    a clinician (and audited), done for an admin; a settings file that does not load leaves
+    the policy in force; SIGHUP reloads too."""
+    import signal
+    import time
+
+    settings = tmp_path / "policy.toml"
+    settings.write_text('[auth.roles]\nclinician = "user/*.rs"\n')
+    server = start_hub("sqlite", no_auth=False, args=["--config", str(settings)])
+    hub, reload_url = server.fhir_url, f"{server.root_url}/admin/policy/reload"
+    clinician = token(hygie_bin, tmp_path, server, scope="user/*.rs")
+    admin = token(hygie_bin, tmp_path, server, subject="Practitioner/root", roles=("admin",), scope="openid")
+    check_resource(get(f"{hub}/Observation", clinician), 200, "Bundle")
+
+    settings.write_text('[auth.roles]\nclinician = "user/Patient.rs"\n')
+    assert_outcome(one_shot("POST", reload_url, headers=bearer(clinician)), 403, code="forbidden",
+                   diagnostics_contains="admin")
+    check_resource(get(f"{hub}/Observation", clinician), 200, "Bundle")  # nothing changed
+    reloaded = one_shot("POST", reload_url, headers=bearer(admin))
+    assert reloaded.status_code == 200, reloaded.text
+    assert_outcome(get(f"{hub}/Observation", clinician), 403, code="forbidden")
+    check_resource(get(f"{hub}/Patient", clinician), 200, "Bundle")
+
+    settings.write_text('[auth.roles]\nclinician = "user/Observation.sr"\n')  # not a scope
+    assert_outcome(one_shot("POST", reload_url, headers=bearer(admin)), 400, code="invalid",
+                   diagnostics_contains="stays")
+    assert_outcome(get(f"{hub}/Observation", clinician), 403, code="forbidden")
+
+    settings.write_text('[auth.roles]\nclinician = "user/*.rs"\n')
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while get(f"{hub}/Observation", clinician).status_code != 200:
+        assert time.monotonic() < deadline, "SIGHUP did not reload the policy"
+        time.sleep(0.1)

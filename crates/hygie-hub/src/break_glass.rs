@@ -59,8 +59,7 @@ impl Hub {
         record.request_id = Some(caller.request_id.clone());
         record.purpose_of_use = Some(PurposeOfUse::emergency(&reason));
         if let Decision::Deny { reason } =
-            self.inner
-                .policy
+            self.policy()
                 .decide(&caller.principal, Action::BreakGlass, &Target::system())
         {
             let error = match reason {
@@ -78,7 +77,7 @@ impl Hub {
         }
         let subject = care.subject.clone();
         let window_days = care.window_days;
-        let hours = self.inner.policy.need_to_know().break_glass_hours;
+        let hours = self.policy().need_to_know().break_glass_hours;
         let request_id = caller.request_id.clone();
         self.inner
             .store
@@ -144,7 +143,7 @@ impl Hub {
         subject: &str,
     ) -> Result<Vec<String>, HubError> {
         let subject_owned = subject.to_owned();
-        let window_days = self.inner.policy.need_to_know().window_days;
+        let window_days = self.policy().need_to_know().window_days;
         let patients = self
             .perform_read(
                 review_access(caller, &format!("care-of={subject}")),

@@ -105,6 +105,14 @@ impl Caller {
     }
 }
 
+struct PolicyReloaded;
+
+impl pipeline::Audited for PolicyReloaded {
+    fn audit_entities(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// The hub. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Hub {
@@ -113,7 +121,8 @@ pub struct Hub {
 
 struct Inner {
     store: SharedStore,
-    policy: Policy,
+    /// Swapped whole by `reload_policy`: a request decides with the policy it started with.
+    policy: std::sync::RwLock<Arc<Policy>>,
     config: HubConfig,
     /// Signs search paging links; read from the store on first use.
     paging_key: std::sync::OnceLock<aws_lc_rs::hmac::Key>,
@@ -129,11 +138,43 @@ impl Hub {
         Hub {
             inner: Arc::new(Inner {
                 store,
-                policy,
+                policy: std::sync::RwLock::new(Arc::new(policy)),
                 config,
                 paging_key: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.inner
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the policy (role ceilings, need-to-know, labels, masks), from the next
+    /// request on. An administrative act: the admin role (or the local operator), audited.
+    pub async fn reload_policy(&self, caller: &Caller, policy: Policy) -> Result<(), HubError> {
+        let policy = Arc::new(policy);
+        let slot = self.clone();
+        self.perform(
+            pipeline::Access {
+                caller,
+                action: hygie_policy::Action::ReloadPolicy,
+                target: hygie_policy::Target::system(),
+                query: None,
+                patient_hint: None,
+            },
+            move |_, _| {
+                *slot.inner.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+                Ok(Ok(PolicyReloaded))
+            },
+        )
+        .await?;
+        tracing::info!("policy reloaded");
+        Ok(())
     }
 
     pub fn config(&self) -> &HubConfig {

@@ -211,8 +211,7 @@ impl Hub {
     ) -> Result<(), HubError> {
         for (action, target, what) in reached {
             let decision = self
-                .inner
-                .policy
+                .policy()
                 .decide(&access.caller.principal, *action, target);
             // What a transaction entry does runs unmasked: an entry the policy would only
             // permit in part (a patient/ scope's compartment) is refused.
@@ -272,8 +271,7 @@ impl Hub {
     /// Applies the policy: a permit carries its mask, a denial the error and its record.
     fn decide<F>(&self, access: Access<'_>, op: F) -> Result<Decided<F>, Box<Denied>> {
         let decision =
-            self.inner
-                .policy
+            self.policy()
                 .decide(&access.caller.principal, access.action, &access.target);
         let mut record = access.record(now_us());
         let target_reference = access.target_reference();

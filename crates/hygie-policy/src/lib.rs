@@ -124,6 +124,8 @@ pub enum Action {
     BreakGlass,
     /// Listing and closing the reviews of break-the-glass accesses (the DPO's work).
     ReviewBreakGlass,
+    /// Replacing the policy in force (role ceilings, need-to-know, labels, masks).
+    ReloadPolicy,
 }
 
 impl Action {
@@ -144,6 +146,7 @@ impl Action {
             Action::Revoke => "revoke",
             Action::BreakGlass => "break-the-glass",
             Action::ReviewBreakGlass => "break-the-glass-review",
+            Action::ReloadPolicy => "policy-reload",
         }
     }
 
@@ -159,6 +162,7 @@ impl Action {
                 | Action::Revoke
                 | Action::BreakGlass
                 | Action::ReviewBreakGlass
+                | Action::ReloadPolicy
         )
     }
 }
@@ -724,13 +728,20 @@ impl Policy {
             Action::Import => {
                 return forbidden("import is for the hub's operator (hygie import)".to_owned());
             }
-            Action::Revoke => {
+            Action::Revoke | Action::ReloadPolicy => {
                 return if access.roles.iter().any(|r| r == "admin") {
                     Decision::Permit {
                         mask: Mask::default(),
                     }
                 } else {
-                    forbidden("revocations need the admin role".to_owned())
+                    forbidden(format!(
+                        "{} needs the admin role",
+                        if action == Action::Revoke {
+                            "revocation"
+                        } else {
+                            "reloading the policy"
+                        }
+                    ))
                 };
             }
         };
@@ -978,7 +989,7 @@ impl Policy {
 mod tests {
     use super::*;
 
-    const ALL_ACTIONS: [Action; 14] = [
+    const ALL_ACTIONS: [Action; 15] = [
         Action::Read,
         Action::VRead,
         Action::Create,
@@ -993,6 +1004,7 @@ mod tests {
         Action::Revoke,
         Action::BreakGlass,
         Action::ReviewBreakGlass,
+        Action::ReloadPolicy,
     ];
 
     fn bearer(roles: &[&str], scopes: &str) -> Principal {

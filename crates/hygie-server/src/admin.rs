@@ -1,3 +1,7 @@
+//! `POST /admin/policy/reload`: reads the settings file again and puts its policy (role
+//! ceilings, need-to-know, labels, masks) in force from the next request on; a file that
+//! does not load is refused and the policy in force stays. Admin role (`Action::ReloadPolicy`).
+//!
 //! `/admin/break-glass`: the review items of break-the-glass accesses, for the DPO
 //! (`GET`, `?all=true` for closed ones too; `POST /admin/break-glass/{id}/close` with
 //! `{"review": "…"}`). Needs the dpo or security role (`Action::ReviewBreakGlass`).
@@ -213,5 +217,67 @@ async fn handle_break_glass(
             IssueType::NotSupported,
             "/admin/break-glass takes GET; /admin/break-glass/{id}/close takes POST",
         ))),
+    }
+}
+
+pub(crate) async fn reload_policy(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    let (remote, request_id) = origin(&parts.extensions);
+    let principal = match admit(&state, &parts.headers, remote) {
+        Ok(principal) => principal,
+        Err(refusal) => return *refusal,
+    };
+    let caller = Caller {
+        principal,
+        request_id,
+        network_address: remote.map(|a| a.ip().to_string()),
+        base_url: String::new(),
+        break_glass: None,
+    };
+    let Some(source) = &state.config.policy_source else {
+        return ErrorResponse(HubError::not_found(
+            "this hub has no settings file to reload the policy from",
+        ))
+        .into_response();
+    };
+    // Decided before the file is read: only an administrator learns whether it loads.
+    if let hygie_policy::Decision::Deny { .. } = state.hub.policy().decide(
+        &caller.principal,
+        hygie_policy::Action::ReloadPolicy,
+        &hygie_policy::Target::system(),
+    ) {
+        return match state
+            .hub
+            .reload_policy(&caller, state.hub.policy().as_ref().clone())
+            .await
+        {
+            Err(error) => ErrorResponse(error).into_response(),
+            Ok(()) => ErrorResponse(HubError::new(500, IssueType::Exception, "unexpected"))
+                .into_response(),
+        };
+    }
+    let policy = match (source.0)() {
+        Ok(policy) => policy,
+        Err(why) => {
+            return ErrorResponse(HubError::bad_request(format!(
+                "the settings were not reloaded, the policy in force stays: {why}"
+            )))
+            .into_response();
+        }
+    };
+    match state.hub.reload_policy(&caller, policy).await {
+        Ok(()) => outcome_response(
+            StatusCode::OK.as_u16(),
+            &[Issue {
+                severity: IssueSeverity::Information,
+                code: IssueType::Informational,
+                diagnostics: "the policy is reloaded: it holds from the next request on".to_owned(),
+                expression: None,
+            }],
+        ),
+        Err(error) => ErrorResponse(error).into_response(),
     }
 }

@@ -32,6 +32,17 @@ use hygie_hub::Hub;
 pub use rate::Rate;
 pub use response::outcome_response;
 
+/// Reads the policy again from where it came from (the settings file), for
+/// `POST /admin/policy/reload`; an error says why the new settings were refused.
+#[derive(Clone)]
+pub struct PolicySource(pub Arc<dyn Fn() -> Result<hygie_policy::Policy, String> + Send + Sync>);
+
+impl std::fmt::Debug for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicySource")
+    }
+}
+
 /// Named bounds and switches of the HTTP front door.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -55,6 +66,8 @@ pub struct HttpConfig {
     pub public_base_url: Option<String>,
     /// `https` when serving TLS, for derived base URLs.
     pub scheme: &'static str,
+    /// Where `POST /admin/policy/reload` reads the policy again; without one, it is 404.
+    pub policy_source: Option<PolicySource>,
 }
 
 impl Default for HttpConfig {
@@ -69,6 +82,7 @@ impl Default for HttpConfig {
             rate_per_principal: Rate::per_second(DEFAULT_RATE_PER_PRINCIPAL),
             public_base_url: None,
             scheme: "http",
+            policy_source: None,
         }
     }
 }
@@ -103,6 +117,7 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
             get(fhir::smart_configuration),
         )
         .route("/fhir/.well-known/jwks.json", get(fhir::jwks))
+        .route("/admin/policy/reload", post(admin::reload_policy))
         .route("/admin/break-glass", any(admin::break_glass))
         .route("/admin/break-glass/{*rest}", any(admin::break_glass))
         .route(

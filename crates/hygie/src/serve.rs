@@ -137,7 +137,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .or(file.public_base_url.clone()),
         scheme: if tls.is_some() { "https" } else { "http" },
+        policy_source: Some(policy_source(args.store.config.clone())),
     };
+    spawn_reload_on_hangup(hub.clone(), args.store.config.clone());
     let scheme = http.scheme;
     let app = hygie_server::router(hub.clone(), http);
     if !no_auth {
@@ -165,6 +167,45 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     result.context("the HTTP server failed")?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the policy from the settings file again (or the built-in one without a file).
+fn policy_source(path: Option<std::path::PathBuf>) -> hygie_server::PolicySource {
+    hygie_server::PolicySource(std::sync::Arc::new(move || {
+        let file = config::load_file(path.as_deref()).map_err(|e| format!("{e:#}"))?;
+        config::policy(&file).map_err(|e| format!("{e:#}"))
+    }))
+}
+
+/// SIGHUP reloads the policy from the settings file, as the local operator; a file that
+/// does not load is logged and the policy in force stays.
+fn spawn_reload_on_hangup(hub: hygie_hub::Hub, path: Option<std::path::PathBuf>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload the policy over HTTP instead");
+            return;
+        };
+        let source = policy_source(path);
+        while hangups.recv().await.is_some() {
+            let user = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
+            let caller =
+                hygie_hub::Caller::new(hygie_policy::Principal::local_operator(&user), "sighup");
+            match (source.0)() {
+                Ok(policy) => {
+                    if let Err(error) = hub.reload_policy(&caller, policy).await {
+                        tracing::error!(%error, "SIGHUP: the policy could not be reloaded");
+                    }
+                }
+                Err(why) => {
+                    tracing::error!(%why, "SIGHUP: the settings do not load; the policy in force stays")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (hub, path);
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
