@@ -1,16 +1,20 @@
 //! Bearer tokens: who a request comes from.
 //!
-//! Two kinds of issuers sign the JWTs a request may present:
+//! Two kinds of issuers sign the JWTs a request may present, side by side; the token's
+//! `iss` says which one verifies it, and an `iss` trusted by none is refused:
 //! - the hub's own [`Issuer`] (Ed25519, `alg: EdDSA`), whose key the hub keeps with its
 //!   data, for development, tests and small sites (`hygie token`);
-//! - an external OpenID Connect provider (its keys from a JWKS): later.
+//! - external OpenID Connect providers ([`ProviderConfig`]: Keycloak, Entra ID, …), whose
+//!   keys come from their JWKS, fetched and refreshed by [`provider`] and read by [`jwks`]
+//!   (RS256, ES256, EdDSA; a key is chosen by the token's `kid`).
 //!
 //! [`Verifier::verify`] checks a token completely before anything of it is believed: the
 //! algorithm is the one of the key it names (never `none`, never an HMAC keyed with a
-//! public key), the signature, then `iss`, `aud`, `exp` and `nbf` with a bounded clock skew.
-//! Verified tokens are cached until they expire, so a request pays the signature check
-//! once per token, not once per request. What the claims allow is the policy's business
-//! (`hygie-policy`); this crate only says who signed what.
+//! public key, never one the header picks), the signature, then `iss`, `aud`, `exp` and
+//! `nbf` with a bounded clock skew. Verified tokens are cached until they expire (or their
+//! provider withdraws the key), so a request pays the signature check once per token, not
+//! once per request. What the claims allow is the policy's business (`hygie-policy`); this
+//! crate only says who signed what.
 //!
 //! ```
 //! use hygie_auth::{Issuer, TokenRequest, Verifier};
@@ -32,14 +36,24 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod jwks;
+pub mod provider;
+
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
+
+use crate::jwks::PublicKey;
+use crate::provider::Provider;
+pub use crate::provider::{
+    ConfigError, DEFAULT_JWKS_FETCH_TIMEOUT_MS, DEFAULT_JWKS_MIN_REFRESH_SECONDS,
+    DEFAULT_JWKS_REFRESH_SECONDS, JwksOptions, KeyRefresh, MAX_PROVIDERS, ProviderConfig,
+};
 
 /// Clock skew tolerated on `exp` and `nbf`, seconds.
 pub const CLOCK_SKEW_SECONDS: u64 = 60;
@@ -62,6 +76,16 @@ pub enum AuthError {
     UnsupportedAlgorithm(String),
     #[error("the token was not signed by a trusted issuer")]
     UnknownIssuer,
+    #[error("the token's algorithm {token} is not the one of its key ({key})")]
+    AlgorithmMismatch { token: String, key: String },
+    #[error("the token names no key (kid): its issuer's keys are selected by kid")]
+    MissingKeyId,
+    #[error("the token's key (kid) is not among its issuer's current keys")]
+    UnknownKey,
+    #[error(
+        "the signing keys of the issuer {0} could not be fetched yet; the hub keeps trying (its log says why)"
+    )]
+    KeysUnavailable(String),
     #[error("the token's signature does not verify")]
     BadSignature,
     #[error("the token has expired")]
@@ -203,7 +227,7 @@ impl Issuer {
     }
 }
 
-/// A key a verifier trusts, and the one algorithm it may be used with.
+/// The hub's own key, and the one algorithm it may be used with.
 struct TrustedKey {
     /// The public key as a JWK, for the hub's JWKS document.
     jwk: Value,
@@ -213,23 +237,32 @@ struct TrustedKey {
     key: DecodingKey,
 }
 
+/// The provider (index) and key that verified a token, when external: a cached token stays
+/// trusted only while its provider still publishes that key.
+type VerifiedBy = Option<(usize, Arc<PublicKey>)>;
+
+/// A verified token, as the cache keeps it.
+struct CachedToken {
+    claims: Claims,
+    key: VerifiedBy,
+}
+
 /// Verifies tokens against the keys it trusts, and caches what it verified.
 pub struct Verifier {
     keys: Vec<TrustedKey>,
+    /// External OpenID Connect providers, each selected by its `iss`.
+    providers: Vec<Arc<Provider>>,
     audience: String,
     /// The claim holding the roles: a dotted path (`roles`, `realm_access.roles`).
     roles_claim: String,
-    cache: Mutex<HashMap<String, Claims>>,
+    cache: Mutex<HashMap<String, CachedToken>>,
 }
 
 impl std::fmt::Debug for Verifier {
     /// The issuers and audience only: never a key nor a cached token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field(
-                "issuers",
-                &self.keys.iter().map(|k| &k.issuer).collect::<Vec<_>>(),
-            )
+            .field("issuers", &self.issuers())
             .field("audience", &self.audience)
             .finish_non_exhaustive()
     }
@@ -246,42 +279,164 @@ impl Verifier {
                 algorithm: Algorithm::EdDSA,
                 key: DecodingKey::from_ed_der(issuer.key_pair.public_key().as_ref()),
             }],
+            providers: Vec::new(),
             audience: audience.to_owned(),
             roles_claim: roles_claim.to_owned(),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The JWKS document of the keys this verifier trusts (public keys only).
+    /// Trusts the tokens of external OpenID Connect providers too, each verified with the
+    /// keys of its JWKS. Nothing is fetched yet: see [`Verifier::fetch_provider_keys`]; until
+    /// then their tokens are refused ([`AuthError::KeysUnavailable`]).
+    pub fn with_providers(
+        mut self,
+        providers: &[ProviderConfig],
+        options: &JwksOptions,
+    ) -> Result<Verifier, ConfigError> {
+        if providers.len() > MAX_PROVIDERS {
+            return Err(ConfigError::TooManyProviders);
+        }
+        if options.min_refresh < std::time::Duration::from_millis(100)
+            || options.refresh < options.min_refresh
+            || options.fetch_timeout < std::time::Duration::from_millis(100)
+            || options.fetch_timeout > std::time::Duration::from_secs(60)
+        {
+            return Err(ConfigError::BadOptions {
+                refresh: options.refresh,
+                min_refresh: options.min_refresh,
+            });
+        }
+        for (index, config) in providers.iter().enumerate() {
+            if self.issuers().contains(&config.issuer.as_str()) {
+                return Err(ConfigError::DuplicateIssuer {
+                    index,
+                    issuer: config.issuer.clone(),
+                });
+            }
+            self.providers
+                .push(Arc::new(Provider::new(index, config, options)?));
+        }
+        Ok(self)
+    }
+
+    /// Every issuer trusted: the hub's own first, then the providers'.
+    pub fn issuers(&self) -> Vec<&str> {
+        self.keys
+            .iter()
+            .map(|k| k.issuer.as_str())
+            .chain(self.providers.iter().map(|p| p.issuer()))
+            .collect()
+    }
+
+    /// Fetches every provider's JWKS once, concurrently, each within the fetch timeout. A
+    /// failure is logged and leaves that provider's tokens refused until a later fetch
+    /// succeeds; it is not an error: the hub serves its other issuers meanwhile. Returns
+    /// how many providers have keys.
+    pub async fn fetch_provider_keys(&self) -> usize {
+        let mut fetches = tokio::task::JoinSet::new();
+        for provider in &self.providers {
+            let provider = provider.clone();
+            fetches.spawn(async move { provider.fetch_now().await });
+        }
+        fetches
+            .join_all()
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    /// Keeps refreshing every provider's keys in the background (on the current tokio
+    /// runtime) until the returned guard is dropped.
+    pub fn spawn_key_refresh(&self) -> KeyRefresh {
+        KeyRefresh {
+            tasks: self
+                .providers
+                .iter()
+                .map(|provider| tokio::spawn(provider.clone().refresh_forever()))
+                .collect(),
+        }
+    }
+
+    /// The JWKS document of the hub's own keys (public keys only; the providers publish
+    /// theirs).
     pub fn jwks(&self) -> Value {
         serde_json::json!({ "keys": self.keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
     }
 
-    /// Checks `token` at time `now` (Unix seconds) and returns what it says.
+    /// Checks `token` at time `now` (Unix seconds) and returns what it says. Never waits for
+    /// the network: a token of a provider whose key is not known yet is refused
+    /// ([`AuthError::UnknownKey`]); [`Verifier::verify_refreshing`] fetches and looks again.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLong);
         }
-        if let Some(claims) = self.cache.lock().expect("token cache").get(token) {
-            // Cached tokens expire like any other.
-            if claims.expires_at + CLOCK_SKEW_SECONDS as i64 <= now {
-                return Err(AuthError::Expired);
+        {
+            let mut cache = self.cache.lock().expect("token cache");
+            if let Some(cached) = cache.get(token) {
+                // Cached tokens expire like any other.
+                if cached.claims.expires_at + CLOCK_SKEW_SECONDS as i64 <= now {
+                    return Err(AuthError::Expired);
+                }
+                if self.still_published(&cached.key) {
+                    return Ok(cached.claims.clone());
+                }
+                // Its key was withdrawn: verified again below, and refused.
+                cache.remove(token);
             }
-            return Ok(claims.clone());
         }
-        let claims = self.verify_uncached(token, now)?;
+        let (claims, key) = self.verify_uncached(token, now)?;
         let mut cache = self.cache.lock().expect("token cache");
         if cache.len() >= MAX_CACHED_TOKENS {
-            cache.retain(|_, c| c.expires_at > now);
+            cache.retain(|_, c| c.claims.expires_at > now);
             if cache.len() >= MAX_CACHED_TOKENS {
                 cache.clear();
             }
         }
-        cache.insert(token.to_owned(), claims.clone());
+        cache.insert(
+            token.to_owned(),
+            CachedToken {
+                claims: claims.clone(),
+                key,
+            },
+        );
         Ok(claims)
     }
 
-    fn verify_uncached(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
+    /// [`Verifier::verify`], and when the token's provider has no key of its `kid` (a key
+    /// rotation) or no keys at all (its IdP was down), one more look after fetching its JWKS
+    /// again, within the rate limit of [`JwksOptions::min_refresh`].
+    pub async fn verify_refreshing(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
+        let provider = (token.len() <= MAX_TOKEN_BYTES)
+            .then(|| unverified_claim(token, "iss"))
+            .flatten()
+            .and_then(|iss| self.providers.iter().find(|p| p.issuer() == iss));
+        let seen = provider.map(|p| p.fetches());
+        match self.verify(token, now) {
+            Err(error @ (AuthError::UnknownKey | AuthError::KeysUnavailable(_))) => {
+                if let (Some(provider), Some(seen)) = (provider, seen)
+                    && provider.refresh_on_miss(seen).await
+                {
+                    return self.verify(token, now);
+                }
+                Err(error)
+            }
+            other => other,
+        }
+    }
+
+    fn still_published(&self, key: &VerifiedBy) -> bool {
+        let Some((index, key)) = key else {
+            return true;
+        };
+        self.providers[*index].keys().is_ok_and(|keys| {
+            keys.get(key.kid())
+                .is_some_and(|current| current.fingerprint() == key.fingerprint())
+        })
+    }
+
+    fn verify_uncached(&self, token: &str, now: i64) -> Result<(Claims, VerifiedBy), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|error| {
             match error.kind() {
                 // `alg` is a name jsonwebtoken does not know (`none`, a typo).
@@ -299,6 +454,32 @@ impl Verifier {
         }
         let unverified_issuer =
             unverified_claim(token, "iss").ok_or(AuthError::MissingClaim("iss"))?;
+        if let Some(index) = self
+            .providers
+            .iter()
+            .position(|p| p.issuer() == unverified_issuer)
+        {
+            let provider = &self.providers[index];
+            let keys = provider.keys()?;
+            let kid = header.kid.as_deref().ok_or(AuthError::MissingKeyId)?;
+            let key = keys.get(kid).ok_or(AuthError::UnknownKey)?;
+            // The key decides the algorithm, never the token.
+            if header.alg != key.algorithm() {
+                return Err(AuthError::AlgorithmMismatch {
+                    token: format!("{:?}", header.alg),
+                    key: format!("{:?}", key.algorithm()),
+                });
+            }
+            let audience = provider.audience().unwrap_or(&self.audience);
+            let claims = decode(
+                token,
+                key.decoding_key(),
+                key.algorithm(),
+                provider.issuer(),
+                audience,
+            )?;
+            return Ok((self.claims(&claims, now)?, Some((index, key.clone()))));
+        }
         let candidates: Vec<&TrustedKey> = self
             .keys
             .iter()
@@ -316,39 +497,21 @@ impl Verifier {
             // The key decides the algorithm, never the token: a token saying HS256 (an HMAC
             // keyed with the public key) or anything else than the key's is refused.
             if header.alg != trusted.algorithm {
-                last = AuthError::UnsupportedAlgorithm(format!("{:?}", header.alg));
+                last = AuthError::AlgorithmMismatch {
+                    token: format!("{:?}", header.alg),
+                    key: format!("{:?}", trusted.algorithm),
+                };
                 continue;
             }
-            let mut validation = Validation::new(trusted.algorithm);
-            validation.set_issuer(&[&trusted.issuer]);
-            validation.set_audience(&[&self.audience]);
-            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-            validation.validate_nbf = true;
-            validation.leeway = CLOCK_SKEW_SECONDS;
-            // `now` is ours to give (tests, and one clock per request): the library's own
-            // clock check is replaced by the one below.
-            validation.validate_exp = false;
-            validation.validate_nbf = false;
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &trusted.key, &validation) {
-                Ok(data) => return self.claims(&data.claims, now),
-                Err(error) => {
-                    use jsonwebtoken::errors::ErrorKind;
-                    last = match error.kind() {
-                        ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                        ErrorKind::InvalidIssuer => AuthError::UnknownIssuer,
-                        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
-                            "exp" => AuthError::MissingClaim("exp"),
-                            "aud" => AuthError::MissingClaim("aud"),
-                            "sub" => AuthError::MissingClaim("sub"),
-                            _ => AuthError::MissingClaim("iss"),
-                        },
-                        ErrorKind::InvalidSignature => AuthError::BadSignature,
-                        ErrorKind::InvalidAlgorithm => {
-                            AuthError::UnsupportedAlgorithm(format!("{:?}", header.alg))
-                        }
-                        _ => AuthError::Malformed,
-                    };
-                }
+            match decode(
+                token,
+                &trusted.key,
+                trusted.algorithm,
+                &trusted.issuer,
+                &self.audience,
+            ) {
+                Ok(claims) => return Ok((self.claims(&claims, now)?, None)),
+                Err(error) => last = error,
             }
         }
         Err(last)
@@ -395,6 +558,47 @@ impl Verifier {
             patient: text("patient"),
             fhir_user: text("fhirUser"),
         })
+    }
+}
+
+/// The signature, `iss` and `aud` of `token` under `key`, which fixes the algorithm; the
+/// times are checked by the caller, against its `now`.
+fn decode(
+    token: &str,
+    key: &DecodingKey,
+    algorithm: Algorithm,
+    issuer: &str,
+    audience: &str,
+) -> Result<Map<String, Value>, AuthError> {
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.leeway = CLOCK_SKEW_SECONDS;
+    // `now` is ours to give (tests, and one clock per request): the library's own clock
+    // checks are replaced by the ones of `Verifier::claims`.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+        Ok(data) => Ok(data.claims),
+        Err(error) => {
+            use jsonwebtoken::errors::ErrorKind;
+            Err(match error.kind() {
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidIssuer => AuthError::UnknownIssuer,
+                ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+                    "exp" => AuthError::MissingClaim("exp"),
+                    "aud" => AuthError::MissingClaim("aud"),
+                    "sub" => AuthError::MissingClaim("sub"),
+                    _ => AuthError::MissingClaim("iss"),
+                },
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm => {
+                    AuthError::UnsupportedAlgorithm(format!("{algorithm:?}"))
+                }
+                _ => AuthError::Malformed,
+            })
+        }
     }
 }
 
