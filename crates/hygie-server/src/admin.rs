@@ -42,7 +42,7 @@ async fn handle(
     let method = parts.method;
     let headers = parts.headers;
     let (remote, request_id) = origin(&parts.extensions);
-    let principal = match admit(&state, &headers, remote) {
+    let principal = match admit(&state, &headers, remote).await {
         Ok(principal) => principal,
         Err(refusal) => return Ok(*refusal),
     };

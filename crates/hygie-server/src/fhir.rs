@@ -336,7 +336,7 @@ async fn dispatch_inner(
     let (remote, request_id) = origin(&parts.extensions);
     check_accept(&headers, &query)?;
     let base = base_url(&state, &headers);
-    let principal = match admit(&state, &headers, remote) {
+    let principal = match admit(&state, &headers, remote).await {
         Ok(principal) => principal,
         Err(refusal) => return Ok(*refusal),
     };
@@ -562,8 +562,9 @@ pub(crate) fn origin(extensions: &http::Extensions) -> (Option<SocketAddr>, Stri
 }
 
 /// The rate limits and the credentials of a request: who it comes from, or the answer that
-/// refuses it (429, 401).
-pub(crate) fn admit(
+/// refuses it (429, 401). Async: a token naming a provider's key not known yet waits for
+/// one JWKS fetch (bounded, rate-limited; see `hygie_auth::provider`).
+pub(crate) async fn admit(
     state: &AppState,
     headers: &HeaderMap,
     remote: Option<SocketAddr>,
@@ -574,7 +575,9 @@ pub(crate) fn admit(
     {
         return Err(Box::new(Throttled(wait).into_response()));
     }
-    let principal = principal(state, headers).map_err(|e| Box::new(e.into_response()))?;
+    let principal = principal(state, headers)
+        .await
+        .map_err(|e| Box::new(e.into_response()))?;
     if principal.access.is_some()
         && let Err(wait) = state.by_principal.check(&principal.subject, now)
     {
@@ -586,7 +589,7 @@ pub(crate) fn admit(
 /// Who the request comes from: the development principal under `--no-auth`, the bearer of
 /// a verified token, or anonymous (no `Authorization`, refused by the policy). A token that
 /// does not verify is refused here with 401 and the reason.
-fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
+async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
     if state.config.no_auth {
         return Ok(Principal::development());
     }
@@ -612,10 +615,13 @@ fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let claims = verifier.verify(token, now).map_err(|error| {
-        tracing::warn!(%error, "bearer token refused");
-        unauthorized(format!("invalid bearer token: {error}"))
-    })?;
+    let claims = verifier
+        .verify_refreshing(token, now)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "bearer token refused");
+            unauthorized(format!("invalid bearer token: {error}"))
+        })?;
     let scopes = hygie_policy::ScopeSet::parse(&claims.scope, hygie_fhir::schema::is_resource_type)
         .map_err(|error| unauthorized(format!("invalid bearer token: scope: {error}")))?;
     Ok(Principal::token(
@@ -631,7 +637,8 @@ fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
 
 /// `GET /fhir/.well-known/smart-configuration`: what a SMART client needs to know. This hub
 /// has no authorization endpoint of its own: tokens come from `hygie token` (signed with the
-/// keys of `jwks.json`) or, later, from the site's OpenID Connect provider.
+/// keys of `jwks.json`) or from the site's OpenID Connect providers (`[[auth.providers]]`),
+/// whose own discovery documents clients use.
 pub(crate) async fn smart_configuration(
     State(state): State<AppState>,
     headers: HeaderMap,

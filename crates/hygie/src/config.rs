@@ -102,10 +102,34 @@ pub struct FileAuth {
     /// `aud` every token must carry: this hub's FHIR base URL, or a name for it.
     pub audience: Option<String>,
     /// The claim that holds the roles: `roles`, or a dotted path (`realm_access.roles`).
+    /// The same path is read in the tokens of every issuer, own or external.
     pub roles_claim: Option<String>,
     /// Role ceilings replacing or adding to the built-in ones: role = "SMART scopes".
     #[serde(default)]
     pub roles: std::collections::BTreeMap<String, String>,
+    /// `[[auth.providers]]`: external OpenID Connect providers whose tokens are accepted
+    /// too, each selected by the token's `iss`.
+    #[serde(default)]
+    pub providers: Vec<FileProvider>,
+    /// Seconds between two scheduled fetches of each provider's JWKS.
+    pub jwks_refresh_seconds: Option<u64>,
+    /// Seconds at least between two JWKS fetches caused by unknown key ids (and between
+    /// retries after a failed fetch): random `kid`s cannot make the hub hammer the IdP.
+    pub jwks_min_refresh_seconds: Option<u64>,
+    /// Time limit of one JWKS fetch, milliseconds.
+    pub jwks_fetch_timeout_ms: Option<u64>,
+}
+
+/// `[[auth.providers]]`: one external OpenID Connect provider.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileProvider {
+    /// `iss` of its tokens, exactly (`https://sso.example/realms/hospital`).
+    pub issuer: String,
+    /// Its JWKS: https (http only to a loopback address).
+    pub jwks_url: String,
+    /// `aud` its tokens carry, when not `auth.audience` (an IdP client id, say).
+    pub audience: Option<String>,
 }
 
 /// The token settings, with their defaults.
@@ -113,25 +137,59 @@ pub struct AuthSettings {
     pub issuer: String,
     pub audience: String,
     pub roles_claim: String,
+    pub providers: Vec<hygie_auth::ProviderConfig>,
+    pub jwks: hygie_auth::JwksOptions,
 }
 
+/// The longest JWKS refresh interval accepted, seconds (one day): a withdrawn key must not
+/// stay trusted longer.
+const MAX_JWKS_REFRESH_SECONDS: u64 = 24 * 3600;
+
 pub fn auth_settings(file: &FileSettings) -> anyhow::Result<AuthSettings> {
+    let auth = &file.auth;
+    let refresh_seconds = auth
+        .jwks_refresh_seconds
+        .unwrap_or(hygie_auth::DEFAULT_JWKS_REFRESH_SECONDS);
+    let min_refresh_seconds = auth
+        .jwks_min_refresh_seconds
+        .unwrap_or(hygie_auth::DEFAULT_JWKS_MIN_REFRESH_SECONDS);
+    let fetch_timeout_ms = auth
+        .jwks_fetch_timeout_ms
+        .unwrap_or(hygie_auth::DEFAULT_JWKS_FETCH_TIMEOUT_MS);
+    if min_refresh_seconds == 0 {
+        bail!(
+            "auth.jwks_min_refresh_seconds must be at least 1: it bounds how often unknown key ids make the hub fetch a provider's JWKS"
+        );
+    }
+    if !(min_refresh_seconds..=MAX_JWKS_REFRESH_SECONDS).contains(&refresh_seconds) {
+        bail!(
+            "auth.jwks_refresh_seconds must be from auth.jwks_min_refresh_seconds ({min_refresh_seconds}) to {MAX_JWKS_REFRESH_SECONDS}, not {refresh_seconds}"
+        );
+    }
+    if !(100..=60_000).contains(&fetch_timeout_ms) {
+        bail!("auth.jwks_fetch_timeout_ms must be from 100 to 60000, not {fetch_timeout_ms}");
+    }
     let settings = AuthSettings {
-        issuer: file
-            .auth
-            .issuer
-            .clone()
-            .unwrap_or_else(|| "hygie".to_owned()),
-        audience: file
-            .auth
-            .audience
-            .clone()
-            .unwrap_or_else(|| "hygie".to_owned()),
-        roles_claim: file
-            .auth
+        issuer: auth.issuer.clone().unwrap_or_else(|| "hygie".to_owned()),
+        audience: auth.audience.clone().unwrap_or_else(|| "hygie".to_owned()),
+        roles_claim: auth
             .roles_claim
             .clone()
             .unwrap_or_else(|| "roles".to_owned()),
+        providers: auth
+            .providers
+            .iter()
+            .map(|p| hygie_auth::ProviderConfig {
+                issuer: p.issuer.clone(),
+                jwks_url: p.jwks_url.clone(),
+                audience: p.audience.clone(),
+            })
+            .collect(),
+        jwks: hygie_auth::JwksOptions {
+            refresh: Duration::from_secs(refresh_seconds),
+            min_refresh: Duration::from_secs(min_refresh_seconds),
+            fetch_timeout: Duration::from_millis(fetch_timeout_ms),
+        },
     };
     for (name, value) in [
         ("auth.issuer", &settings.issuer),
@@ -393,4 +451,72 @@ pub fn policy(file: &FileSettings) -> anyhow::Result<hygie_policy::Policy> {
         .with_need_to_know(need_to_know)
         .with_labels(labels)
         .with_element_masks(elements))
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    fn settings(text: &str) -> anyhow::Result<AuthSettings> {
+        auth_settings(&toml::from_str::<FileSettings>(text)?)
+    }
+
+    #[test]
+    fn providers_and_jwks_intervals_are_read() {
+        let auth = settings(
+            r#"
+            [auth]
+            roles_claim = "realm_access.roles"
+            jwks_refresh_seconds = 300
+            jwks_min_refresh_seconds = 10
+
+            [[auth.providers]]
+            issuer = "https://sso.example/realms/h"
+            jwks_url = "https://sso.example/realms/h/protocol/openid-connect/certs"
+
+            [[auth.providers]]
+            issuer = "https://login.example/tenant/v2.0"
+            jwks_url = "https://login.example/tenant/discovery/v2.0/keys"
+            audience = "api://hygie"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(auth.providers.len(), 2);
+        assert_eq!(auth.providers[1].audience.as_deref(), Some("api://hygie"));
+        assert_eq!(auth.providers[0].audience, None);
+        assert_eq!(auth.jwks.refresh, Duration::from_secs(300));
+        assert_eq!(auth.jwks.min_refresh, Duration::from_secs(10));
+        assert_eq!(
+            auth.jwks.fetch_timeout,
+            Duration::from_millis(hygie_auth::DEFAULT_JWKS_FETCH_TIMEOUT_MS)
+        );
+        // Without any: no provider, the default intervals.
+        let auth = settings("").unwrap();
+        assert!(auth.providers.is_empty());
+        assert_eq!(auth.jwks, hygie_auth::JwksOptions::default());
+    }
+
+    #[test]
+    fn settings_that_would_lift_the_bounds_are_refused() {
+        for text in [
+            "[auth]\njwks_min_refresh_seconds = 0",
+            "[auth]\njwks_refresh_seconds = 5\njwks_min_refresh_seconds = 30",
+            "[auth]\njwks_refresh_seconds = 864000",
+            "[auth]\njwks_fetch_timeout_ms = 0",
+            "[auth]\njwks_fetch_timeout_ms = 600000",
+        ] {
+            assert!(settings(text).is_err(), "{text}");
+        }
+        // A provider's settings are checked by name: a typo is not silently ignored.
+        assert!(
+            toml::from_str::<FileSettings>(
+                "[[auth.providers]]\nissuer = \"i\"\njwks_uri = \"https://x/certs\""
+            )
+            .is_err()
+        );
+        assert!(
+            toml::from_str::<FileSettings>("[[auth.providers]]\nissuer = \"i\"").is_err(),
+            "jwks_url is required"
+        );
+    }
 }

@@ -98,6 +98,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     hub.bring_index_up_to_date()
         .await
         .map_err(|e| anyhow::anyhow!("cannot bring the search index up to date: {e}"))?;
+    // Refreshes the providers' keys in the background while the hub serves.
+    let mut key_refresh: Option<hygie_auth::KeyRefresh> = None;
     let tokens = if no_auth {
         None
     } else {
@@ -106,11 +108,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .token_issuer(&auth.issuer)
             .await
             .map_err(|e| anyhow::anyhow!("cannot load the token issuer key: {e}"))?;
-        Some(std::sync::Arc::new(hygie_auth::Verifier::new(
-            &issuer,
-            &auth.audience,
-            &auth.roles_claim,
-        )))
+        let verifier = hygie_auth::Verifier::new(&issuer, &auth.audience, &auth.roles_claim)
+            .with_providers(&auth.providers, &auth.jwks)
+            .map_err(|e| anyhow::anyhow!("auth.providers: {e}"))?;
+        if !auth.providers.is_empty() {
+            // Before listening, so that the first requests find the keys; a provider that
+            // does not answer delays the start by the fetch timeout at most, and has its
+            // tokens refused (with the reason) until a later fetch succeeds.
+            let ready = verifier.fetch_provider_keys().await;
+            tracing::info!(
+                issuers = ?verifier.issuers(),
+                "trusting {} OpenID Connect provider(s), {ready} with keys",
+                auth.providers.len()
+            );
+            key_refresh = Some(verifier.spawn_key_refresh());
+        }
+        Some(std::sync::Arc::new(verifier))
     };
     // Bind before announcing, so that a taken port is a clear error, and `:0` works.
     let listener =
@@ -163,6 +176,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_signal(),
     )
     .await;
+    drop(key_refresh);
     hub.close().await;
     result.context("the HTTP server failed")?;
     tracing::info!("stopped cleanly");
