@@ -123,7 +123,7 @@ async fn handle_break_glass(
 ) -> Result<Response, ErrorResponse> {
     let (parts, body) = request.into_parts();
     let (remote, request_id) = origin(&parts.extensions);
-    let principal = match admit(&state, &parts.headers, remote) {
+    let principal = match admit(&state, &parts.headers, remote).await {
         Ok(principal) => principal,
         Err(refusal) => return Ok(*refusal),
     };
@@ -226,7 +226,7 @@ pub(crate) async fn reload_policy(
 ) -> Response {
     let (parts, _) = request.into_parts();
     let (remote, request_id) = origin(&parts.extensions);
-    let principal = match admit(&state, &parts.headers, remote) {
+    let principal = match admit(&state, &parts.headers, remote).await {
         Ok(principal) => principal,
         Err(refusal) => return *refusal,
     };
