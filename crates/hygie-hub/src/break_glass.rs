@@ -79,7 +79,9 @@ impl Hub {
         let window_days = care.window_days;
         let hours = self.policy().need_to_know().break_glass_hours;
         let request_id = caller.request_id.clone();
-        self.inner
+        let cache = self.inner.care_cache.clone();
+        let outcome = self
+            .inner
             .store
             .run(move |tx| {
                 let now = now_us();
@@ -110,6 +112,7 @@ impl Hub {
                                 until_us,
                                 request_id: &request_id,
                             })?;
+                            cache.forget(&subject);
                             record.outcome_description = Some(format!(
                                 "grant {grant_id} opened until {}",
                                 crate::instant::format_instant(until_us)
@@ -132,7 +135,10 @@ impl Hub {
                 Ok(result)
             })
             .await
-            .map_err(HubError::from_store)?
+            .map_err(HubError::from_store)?;
+        // Again once committed: a search racing the grant may have cached the set without it.
+        self.inner.care_cache.forget(&care.subject);
+        outcome
     }
 
     /// The patients `subject` may see now through need-to-know (care relationships and

@@ -28,13 +28,77 @@ pub const MAX_CARE_PATIENTS: usize = 10_000;
 
 const MICROS_PER_DAY: i64 = 86_400 * 1_000_000;
 
-/// Finds the patients of a need-to-know limit, if the mask carries one.
-pub(crate) fn resolve(tx: &mut dyn Tx, mask: &mut Mask, now_us: i64) -> Result<(), StoreError> {
-    if let Some(care) = &mut mask.care_of
-        && care.patients.is_none()
-    {
-        care.patients = Some(care_patients(tx, &care.subject, care.window_days, now_us)?);
+/// How long a caller's set of patients in care is reused by its next searches. A new
+/// relationship (an admission) is seen at most this late, an ended one kept at most this
+/// long; a grant this process opens is seen at once (`CareCache::forget`).
+pub const CARE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Callers whose sets are kept at most.
+pub const CARE_CACHE_ENTRIES: usize = 10_000;
+
+/// Recently found sets of patients in care, by subject: a search by a clinician of a busy
+/// department costs tens of milliseconds to find them (measured), a lookup nothing.
+#[derive(Default)]
+pub(crate) struct CareCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, CachedCare>>,
+}
+
+/// When a subject's set was found, and the set.
+type CachedCare = (std::time::Instant, std::sync::Arc<Vec<String>>);
+
+impl CareCache {
+    fn get(&self, subject: &str) -> Option<std::sync::Arc<Vec<String>>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(subject)
+            .filter(|(found, _)| found.elapsed() < CARE_CACHE_TTL)
+            .map(|(_, patients)| patients.clone())
     }
+
+    fn put(&self, subject: &str, patients: std::sync::Arc<Vec<String>>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= CARE_CACHE_ENTRIES {
+            entries.retain(|_, (found, _)| found.elapsed() < CARE_CACHE_TTL);
+            if entries.len() >= CARE_CACHE_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(subject.to_owned(), (std::time::Instant::now(), patients));
+    }
+
+    /// Drops a subject's set: its next search finds it again (a grant was just opened).
+    pub(crate) fn forget(&self, subject: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(subject);
+    }
+}
+
+/// Finds the patients of a need-to-know limit when the access needs the whole set (a
+/// search, `$everything`); reads and writes look up their one patient instead.
+pub(crate) fn resolve(
+    tx: &mut dyn Tx,
+    mask: &mut Mask,
+    cache: &CareCache,
+    needs_set: bool,
+    now_us: i64,
+) -> Result<(), StoreError> {
+    let Some(care) = &mut mask.care_of else {
+        return Ok(());
+    };
+    if !needs_set || care.patients.is_some() {
+        return Ok(());
+    }
+    let patients = match cache.get(&care.subject) {
+        Some(patients) => patients,
+        None => {
+            let found =
+                std::sync::Arc::new(care_patients(tx, &care.subject, care.window_days, now_us)?);
+            cache.put(&care.subject, found.clone());
+            found
+        }
+    };
+    care.patients = Some(patients.as_ref().clone());
     Ok(())
 }
 
@@ -45,10 +109,49 @@ pub(crate) fn care_patients(
     window_days: u32,
     now_us: i64,
 ) -> Result<Vec<String>, StoreError> {
+    find_patients(tx, subject, window_days, now_us, None)
+}
+
+/// Whether `subject` may see `patient`'s data at `now_us`: the same relationships, each
+/// looked up for this one patient (a read does not need the whole set).
+pub(crate) fn in_care(
+    tx: &mut dyn Tx,
+    subject: &str,
+    window_days: u32,
+    now_us: i64,
+    patient: &str,
+) -> Result<bool, StoreError> {
+    Ok(!find_patients(tx, subject, window_days, now_us, Some(patient))?.is_empty())
+}
+
+/// The patients `subject` may see, or (`only`) whether it may see that one.
+fn find_patients(
+    tx: &mut dyn Tx,
+    subject: &str,
+    window_days: u32,
+    now_us: i64,
+    only: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
     let mut patients: BTreeSet<String> = tx
         .break_glass_patients(subject, now_us)?
         .into_iter()
+        .filter(|patient| only.is_none_or(|p| p == patient))
         .collect();
+    if only.is_some() && !patients.is_empty() {
+        return Ok(patients.into_iter().collect());
+    }
+    // With `only`, every source is looked up for that patient alone, and that filter comes
+    // first: the store drives a query by its first most selective filter.
+    let of_patient = || {
+        only.map(|patient| Filter::Match {
+            param: "subject".to_owned(),
+            tests: vec![Test::Reference {
+                target_type: Some("Patient".to_owned()),
+                target_id: patient.to_owned(),
+            }],
+            negate: false,
+        })
+    };
     if let Some(practitioner) = subject.strip_prefix("Practitioner/") {
         let cutoff = now_us.saturating_sub(i64::from(window_days) * MICROS_PER_DAY);
         let recent = || Filter::Match {
@@ -88,48 +191,54 @@ pub(crate) fn care_patients(
         let encounters = ids_of(
             tx,
             "Encounter",
-            vec![
-                Filter::Match {
-                    param: "participant".to_owned(),
-                    tests: as_participant.clone(),
-                    negate: false,
-                },
-                recent(),
-            ],
+            of_patient()
+                .into_iter()
+                .chain(vec![
+                    Filter::Match {
+                        param: "participant".to_owned(),
+                        tests: as_participant.clone(),
+                        negate: false,
+                    },
+                    recent(),
+                ])
+                .collect(),
         )?;
         patients.extend(subjects(tx, "Encounter", &encounters)?);
         let teams = ids_of(
             tx,
             "CareTeam",
-            vec![
-                Filter::Match {
-                    param: "participant".to_owned(),
-                    tests: as_participant,
-                    negate: false,
-                },
-                Filter::Match {
-                    param: "status".to_owned(),
-                    tests: ["inactive", "entered-in-error"]
-                        .iter()
-                        .map(|code| Test::Token {
-                            system: None,
-                            code: Some((*code).to_owned()),
-                        })
-                        .collect(),
-                    negate: true,
-                },
-                // A team with no period, or one still open, is current: no period ended
-                // before the cutoff.
-                Filter::Match {
-                    param: "date".to_owned(),
-                    tests: vec![Test::Date {
-                        op: RangeOp::Eb,
-                        low: cutoff,
-                        high: cutoff,
-                    }],
-                    negate: true,
-                },
-            ],
+            of_patient()
+                .into_iter()
+                .chain(vec![
+                    Filter::Match {
+                        param: "participant".to_owned(),
+                        tests: as_participant,
+                        negate: false,
+                    },
+                    Filter::Match {
+                        param: "status".to_owned(),
+                        tests: ["inactive", "entered-in-error"]
+                            .iter()
+                            .map(|code| Test::Token {
+                                system: None,
+                                code: Some((*code).to_owned()),
+                            })
+                            .collect(),
+                        negate: true,
+                    },
+                    // A team with no period, or one still open, is current: no period ended
+                    // before the cutoff.
+                    Filter::Match {
+                        param: "date".to_owned(),
+                        tests: vec![Test::Date {
+                            op: RangeOp::Eb,
+                            low: cutoff,
+                            high: cutoff,
+                        }],
+                        negate: true,
+                    },
+                ])
+                .collect(),
         )?;
         patients.extend(subjects(tx, "CareTeam", &teams)?);
         if !roles.is_empty() {
@@ -149,14 +258,17 @@ pub(crate) fn care_patients(
                 let in_department = ids_of(
                     tx,
                     "Encounter",
-                    vec![
-                        Filter::Match {
-                            param: param.to_owned(),
-                            tests: places,
-                            negate: false,
-                        },
-                        recent(),
-                    ],
+                    of_patient()
+                        .into_iter()
+                        .chain(vec![
+                            Filter::Match {
+                                param: param.to_owned(),
+                                tests: places,
+                                negate: false,
+                            },
+                            recent(),
+                        ])
+                        .collect(),
                 )?;
                 patients.extend(subjects(tx, "Encounter", &in_department)?);
             }
@@ -423,29 +535,30 @@ pub(crate) fn check_care(
     resource_type: &str,
     id: &str,
 ) -> Result<Result<(), HubError>, StoreError> {
-    let Some(patients) = limit_for(mask, resource_type) else {
+    let Some(care) = &mask.care_of else {
         return Ok(Ok(()));
     };
-    let in_care = !tx
-        .search(&SearchSpec {
-            resource_type: resource_type.to_owned(),
-            filters: vec![
-                Filter::Ids(vec![id.to_owned()]),
-                care_filter(resource_type, patients),
-            ],
-            sort: Vec::new(),
-            position: None,
-            limit: 1,
-        })?
-        .is_empty();
-    if in_care {
+    if limit_for(mask, resource_type).is_none() {
         return Ok(Ok(()));
     }
     let patients = patients_of(tx, resource_type, id)?;
-    let Some(patient) = patients.first() else {
+    let Some(first) = patients.first() else {
         return Ok(Ok(()));
     };
-    Ok(Err(no_relationship(&format!("Patient/{patient}"))))
+    for patient in &patients {
+        let open = match &care.patients {
+            Some(found) => found.contains(patient),
+            None => in_care(tx, &care.subject, care.window_days, now(), patient)?,
+        };
+        if open {
+            return Ok(Ok(()));
+        }
+    }
+    Ok(Err(no_relationship(&format!("Patient/{first}"))))
+}
+
+fn now() -> i64 {
+    crate::instant::now_us()
 }
 
 /// The refusal of an access to a patient without a care relationship.
@@ -636,7 +749,19 @@ pub(crate) fn check_compartment_write(
     {
         return Ok(Ok(()));
     }
-    if !visible_ids(tx, mask, resource_type, vec![id.to_owned()])?.is_empty() {
+    let inside = !tx
+        .search(&SearchSpec {
+            resource_type: resource_type.to_owned(),
+            filters: vec![
+                Filter::Ids(vec![id.to_owned()]),
+                crate::search::compartment_filter(resource_type, "Patient", patient),
+            ],
+            sort: Vec::new(),
+            position: None,
+            limit: 1,
+        })?
+        .is_empty();
+    if inside || !is_patient_data(resource_type) {
         return Ok(Ok(()));
     }
     Ok(Err(HubError::new(

@@ -48,7 +48,7 @@ use hygie_store::SharedStore;
 
 pub use break_glass::{MAX_BREAK_GLASS_REASON_CHARS, MAX_REVIEW_ITEMS};
 pub use bundle::PreparedTransaction;
-pub use care::{MAX_CARE_PATIENTS, MAX_CARE_SOURCES};
+pub use care::{CARE_CACHE_ENTRIES, CARE_CACHE_TTL, MAX_CARE_PATIENTS, MAX_CARE_SOURCES};
 pub use error::HubError;
 pub use history::HistoryRequest;
 pub use hygie_store::BreakGlassGrant;
@@ -126,6 +126,8 @@ struct Inner {
     config: HubConfig,
     /// Signs search paging links; read from the store on first use.
     paging_key: std::sync::OnceLock<aws_lc_rs::hmac::Key>,
+    /// Patients in care, by subject, for a few seconds (need-to-know searches).
+    care_cache: Arc<care::CareCache>,
 }
 
 impl Hub {
@@ -141,6 +143,7 @@ impl Hub {
                 policy: std::sync::RwLock::new(Arc::new(policy)),
                 config,
                 paging_key: std::sync::OnceLock::new(),
+                care_cache: Arc::default(),
             }),
         }
     }

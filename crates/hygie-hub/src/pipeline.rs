@@ -76,6 +76,9 @@ struct Decided<F> {
     target_reference: Option<String>,
     /// What a write aims at, checked against a need-to-know limit before it runs.
     target: Target,
+    /// Whether the access needs the caller's whole set of patients in care.
+    needs_set: bool,
+    care_cache: std::sync::Arc<crate::care::CareCache>,
     writes: bool,
     undoable: bool,
     mask: Mask,
@@ -121,6 +124,8 @@ impl Hub {
     {
         let reach = BreakGlassReach::of(&access);
         let caller = access.caller;
+        let needs_set = needs_care_set(access.action);
+        let cache = self.inner.care_cache.clone();
         let Decided {
             revocable,
             mut record,
@@ -137,7 +142,7 @@ impl Hub {
             if let Some(refusal) = revoked(tx, revocable.as_ref())? {
                 return Ok(Err(refusal));
             }
-            crate::care::resolve(tx, &mut mask, now_us())?;
+            crate::care::resolve(tx, &mut mask, &cache, needs_set, now_us())?;
             op(tx, &mask)
         };
         let result = match self.inner.store.read(read).await {
@@ -287,6 +292,8 @@ impl Hub {
                 record,
                 target_reference,
                 writes: access.action.writes(),
+                needs_set: needs_care_set(access.action),
+                care_cache: self.inner.care_cache.clone(),
                 undoable: access.action.writes() || access.action == Action::Bundle,
                 target: access.target,
                 mask,
@@ -331,6 +338,15 @@ impl Hub {
     }
 }
 
+/// Searches and `$everything` filter by the caller's whole set of patients in care; reads
+/// and writes look up the one patient they touch.
+fn needs_care_set(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Search | Action::Everything | Action::History
+    )
+}
+
 /// Whether a mask limits what a transaction entry on `target` may do (entries run
 /// unmasked): need-to-know on an open type (a Patient) does not.
 /// Hidden labels limit what an entry reads or changes in place (it could touch a hidden
@@ -368,6 +384,8 @@ where
         target_reference,
         target,
         writes,
+        needs_set,
+        care_cache,
         undoable,
         mut mask,
         op,
@@ -378,7 +396,7 @@ where
     let outcome = match revoked(tx, revocable.as_ref())? {
         Some(refusal) => Ok(Err(refusal)),
         None => {
-            crate::care::resolve(tx, &mut mask, now_us())?;
+            crate::care::resolve(tx, &mut mask, &care_cache, needs_set, now_us())?;
             if writes
                 && (mask.care_of.is_some()
                     || !mask.hidden_labels.is_empty()

@@ -215,6 +215,34 @@ impl Hub {
                             "Patient/{outside}"
                         ))));
                     }
+                    // A search that names its patients is limited to them: the named ones
+                    // in care (all of them, for a limited type, checked above) make a filter
+                    // of a few ids instead of the caller's whole set.
+                    let narrowed;
+                    let mask = match &mask.care_of {
+                        Some(care) if !named.is_empty() => {
+                            let named: Vec<String> = named
+                                .into_iter()
+                                .filter(|patient| {
+                                    care.patients.as_ref().is_some_and(|p| p.contains(patient))
+                                })
+                                .collect();
+                            narrowed = Mask {
+                                care_of: Some(hygie_policy::CareOf {
+                                    subject: care.subject.clone(),
+                                    window_days: care.window_days,
+                                    open_types: care.open_types.clone(),
+                                    patients: Some(named),
+                                }),
+                                remove_elements: mask.remove_elements.clone(),
+                                patient_compartment: mask.patient_compartment.clone(),
+                                hidden_labels: mask.hidden_labels.clone(),
+                                query_constraints: mask.query_constraints.clone(),
+                            };
+                            &narrowed
+                        }
+                        _ => mask,
+                    };
                     run_search(
                         tx,
                         mask,
