@@ -40,7 +40,14 @@ pub const CARE_CACHE_ENTRIES: usize = 10_000;
 #[derive(Default)]
 pub(crate) struct CareCache {
     entries: std::sync::Mutex<std::collections::HashMap<String, CachedCare>>,
+    /// Whether (subject, patient) is in care, for reads by id: a clinician reads many
+    /// resources of the same few patients.
+    pairs:
+        std::sync::Mutex<std::collections::HashMap<(String, String), (std::time::Instant, bool)>>,
 }
+
+/// (subject, patient) answers kept at most.
+pub const CARE_PAIR_ENTRIES: usize = 100_000;
 
 /// When a subject's set was found, and the set.
 type CachedCare = (std::time::Instant, std::sync::Arc<Vec<String>>);
@@ -65,40 +72,113 @@ impl CareCache {
         entries.insert(subject.to_owned(), (std::time::Instant::now(), patients));
     }
 
-    /// Drops a subject's set: its next search finds it again (a grant was just opened).
+    /// Drops what is kept of a subject: its next access finds it again (a grant was just
+    /// opened).
     pub(crate) fn forget(&self, subject: &str) {
         self.entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(subject);
+        self.pairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(who, _), _| who != subject);
+    }
+
+    /// Whether `subject` may see `patient`, from the cache or found (and kept).
+    fn pair(
+        &self,
+        tx: &mut dyn Tx,
+        subject: &str,
+        window_days: u32,
+        now_us: i64,
+        patient: &str,
+    ) -> Result<bool, StoreError> {
+        let key = (subject.to_owned(), patient.to_owned());
+        if let Some((found, open)) = self
+            .pairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            && found.elapsed() < CARE_CACHE_TTL
+        {
+            return Ok(*open);
+        }
+        let open = in_care(tx, subject, window_days, now_us, patient)?;
+        let mut pairs = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
+        if pairs.len() >= CARE_PAIR_ENTRIES {
+            pairs.retain(|_, (found, _)| found.elapsed() < CARE_CACHE_TTL);
+            if pairs.len() >= CARE_PAIR_ENTRIES {
+                pairs.clear();
+            }
+        }
+        pairs.insert(key, (std::time::Instant::now(), open));
+        Ok(open)
     }
 }
 
-/// Finds the patients of a need-to-know limit when the access needs the whole set (a
-/// search, `$everything`); reads and writes look up their one patient instead.
+/// What an access needs to know of the caller's patients in care.
+pub(crate) enum Reach<'a> {
+    /// A search or `$everything`: the whole set.
+    Set,
+    /// A read of one resource: whether its patients are in care (cached).
+    One(&'a str, &'a str),
+    /// A write: looked up when checked (what it writes is only known then).
+    Later,
+}
+
+/// Finds what the access needs of a need-to-know limit (see [`Reach`]).
 pub(crate) fn resolve(
     tx: &mut dyn Tx,
     mask: &mut Mask,
     cache: &CareCache,
-    needs_set: bool,
+    reach: Reach<'_>,
     now_us: i64,
 ) -> Result<(), StoreError> {
     let Some(care) = &mut mask.care_of else {
         return Ok(());
     };
-    if !needs_set || care.patients.is_some() {
+    if care.patients.is_some() {
         return Ok(());
     }
-    let patients = match cache.get(&care.subject) {
-        Some(patients) => patients,
-        None => {
-            let found =
-                std::sync::Arc::new(care_patients(tx, &care.subject, care.window_days, now_us)?);
-            cache.put(&care.subject, found.clone());
-            found
+    match reach {
+        Reach::Later => {}
+        Reach::Set => {
+            let patients = match cache.get(&care.subject) {
+                Some(patients) => patients,
+                None => {
+                    let found = std::sync::Arc::new(care_patients(
+                        tx,
+                        &care.subject,
+                        care.window_days,
+                        now_us,
+                    )?);
+                    cache.put(&care.subject, found.clone());
+                    found
+                }
+            };
+            care.patients = Some(patients.as_ref().clone());
         }
-    };
-    care.patients = Some(patients.as_ref().clone());
+        Reach::One(resource_type, id) => {
+            if care.open_types.iter().any(|t| t == resource_type) || !is_patient_data(resource_type)
+            {
+                return Ok(());
+            }
+            // The patients of this resource that are in care: all the read checks. A
+            // resource of no patient is not patient data (open).
+            let patients = patients_of(tx, resource_type, id)?;
+            let mut open = patients.is_empty();
+            let mut in_care = Vec::new();
+            for patient in patients {
+                if cache.pair(tx, &care.subject, care.window_days, now_us, &patient)? {
+                    open = true;
+                    in_care.push(patient);
+                }
+            }
+            care.patients = Some(in_care);
+            care.checked = Some((resource_type.to_owned(), id.to_owned(), open));
+        }
+    }
     Ok(())
 }
 
@@ -540,6 +620,14 @@ pub(crate) fn check_care(
     };
     if limit_for(mask, resource_type).is_none() {
         return Ok(Ok(()));
+    }
+    if let Some((ty, checked_id, open)) = &care.checked
+        && ty == resource_type
+        && checked_id == id
+    {
+        if *open {
+            return Ok(Ok(()));
+        }
     }
     let patients = patients_of(tx, resource_type, id)?;
     let Some(first) = patients.first() else {

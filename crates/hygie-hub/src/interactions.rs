@@ -370,9 +370,6 @@ pub(crate) fn exec_read(
     if let Err(refusal) = check_patient_compartment(tx, mask, resource_type, id)? {
         return Ok(Err(refusal));
     }
-    if let Err(refusal) = crate::care::check_visible(tx, mask, resource_type, id)? {
-        return Ok(Err(refusal));
-    }
     let Some(record) = tx.current(resource_type, id)? else {
         return Ok(Err(HubError::not_found(format!(
             "{resource_type}/{id} is not known"
@@ -384,9 +381,32 @@ pub(crate) fn exec_read(
             record.version
         ))));
     }
+    if let Err(refusal) = check_read(tx, mask, resource_type, id, &record.body)? {
+        return Ok(Err(refusal));
+    }
     let mut stored = Stored::from_record(record);
     stored.body = mask_body(stored.body, mask)?;
     Ok(Ok(stored))
+}
+
+/// What a read of a stored body must pass: its own labels (answered as unknown, without a
+/// query: the body is at hand), the token's query constraints, need-to-know.
+fn check_read(
+    tx: &mut dyn Tx,
+    mask: &Mask,
+    resource_type: &str,
+    id: &str,
+    body: &[u8],
+) -> Result<Result<(), HubError>, StoreError> {
+    if crate::care::has_hidden_label(mask, body) {
+        return Ok(Err(HubError::not_found(format!(
+            "{resource_type}/{id} is not known"
+        ))));
+    }
+    if let Err(refusal) = crate::care::check_constraints(tx, mask, resource_type, id)? {
+        return Ok(Err(refusal));
+    }
+    crate::care::check_care(tx, mask, resource_type, id)
 }
 
 pub(crate) fn exec_vread(
@@ -399,9 +419,6 @@ pub(crate) fn exec_vread(
     if let Err(refusal) = check_patient_compartment(tx, mask, resource_type, id)? {
         return Ok(Err(refusal));
     }
-    if let Err(refusal) = crate::care::check_visible(tx, mask, resource_type, id)? {
-        return Ok(Err(refusal));
-    }
     let Some(record) = tx.version(resource_type, id, version)? else {
         return Ok(Err(HubError::not_found(format!(
             "{resource_type}/{id} has no version {version}"
@@ -411,6 +428,13 @@ pub(crate) fn exec_vread(
         return Ok(Err(HubError::gone(format!(
             "version {version} of {resource_type}/{id} is its deletion"
         ))));
+    }
+    // The current version's labels too: a resource labelled since stays hidden whole.
+    if let Err(refusal) = crate::care::check_visible(tx, mask, resource_type, id)? {
+        return Ok(Err(refusal));
+    }
+    if let Err(refusal) = check_read(tx, mask, resource_type, id, &record.body)? {
+        return Ok(Err(refusal));
     }
     let mut stored = Stored::from_record(record);
     stored.body = mask_body(stored.body, mask)?;

@@ -142,7 +142,12 @@ impl Hub {
             if let Some(refusal) = revoked(tx, revocable.as_ref())? {
                 return Ok(Err(refusal));
             }
-            crate::care::resolve(tx, &mut mask, &cache, needs_set, now_us())?;
+            let reach = if needs_set {
+                crate::care::Reach::Set
+            } else {
+                crate::care::Reach::Later
+            };
+            crate::care::resolve(tx, &mut mask, &cache, reach, now_us())?;
             op(tx, &mask)
         };
         let result = match self.inner.store.read(read).await {
@@ -396,7 +401,14 @@ where
     let outcome = match revoked(tx, revocable.as_ref())? {
         Some(refusal) => Ok(Err(refusal)),
         None => {
-            crate::care::resolve(tx, &mut mask, &care_cache, needs_set, now_us())?;
+            let reach = match (&target.resource_type, &target.id) {
+                _ if needs_set => crate::care::Reach::Set,
+                (Some(resource_type), Some(id)) if !writes => {
+                    crate::care::Reach::One(resource_type, id)
+                }
+                _ => crate::care::Reach::Later,
+            };
+            crate::care::resolve(tx, &mut mask, &care_cache, reach, now_us())?;
             if writes
                 && (mask.care_of.is_some()
                     || !mask.hidden_labels.is_empty()

@@ -233,6 +233,7 @@ impl Hub {
                                     window_days: care.window_days,
                                     open_types: care.open_types.clone(),
                                     patients: Some(named),
+                                    checked: None,
                                 }),
                                 remove_elements: mask.remove_elements.clone(),
                                 patient_compartment: mask.patient_compartment.clone(),

@@ -450,6 +450,9 @@ pub struct CareOf {
     pub open_types: Vec<String>,
     /// The patients found, filled in by the hub inside the unit; `None` until then.
     pub patients: Option<Vec<String>>,
+    /// For a read by id, filled in by the hub: `(type, id, in care)` of that resource, so
+    /// that the read's check needs no second look.
+    pub checked: Option<(String, String, bool)>,
 }
 
 impl Mask {
@@ -493,6 +496,8 @@ impl Default for NeedToKnow {
 }
 
 /// The answer of the policy decision point.
+// One decision per request, moved once: boxing the mask would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Permit { mask: Mask },
@@ -932,6 +937,7 @@ impl Policy {
             window_days: rules.window_days,
             open_types: rules.open_types.clone(),
             patients: None,
+            checked: None,
         })
     }
 
