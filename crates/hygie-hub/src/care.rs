@@ -621,13 +621,11 @@ pub(crate) fn check_care(
     if limit_for(mask, resource_type).is_none() {
         return Ok(Ok(()));
     }
-    if let Some((ty, checked_id, open)) = &care.checked
+    if let Some((ty, checked_id, true)) = &care.checked
         && ty == resource_type
         && checked_id == id
     {
-        if *open {
-            return Ok(Ok(()));
-        }
+        return Ok(Ok(()));
     }
     let patients = patients_of(tx, resource_type, id)?;
     let Some(first) = patients.first() else {
