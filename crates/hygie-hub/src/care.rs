@@ -671,20 +671,10 @@ pub(crate) fn patients_of(
             _ => Vec::new(),
         });
     }
-    let mut patients = BTreeSet::new();
-    let params = patient_compartment()
-        .get(resource_type)
-        .cloned()
-        .unwrap_or_default();
-    let ids = [id.to_owned()];
-    for param in &params {
-        for (ty, target) in tx.references_from(resource_type, &ids, Some(param), 100)? {
-            if ty == "Patient" {
-                patients.insert(target);
-            }
-        }
-    }
-    Ok(patients.into_iter().collect())
+    let Some(params) = patient_compartment().get(resource_type) else {
+        return Ok(Vec::new());
+    };
+    tx.referenced_through(resource_type, id, params, "Patient")
 }
 
 /// Refuses a history across resources (of a type, or of the system) under the limit: its

@@ -271,6 +271,15 @@ impl Tx for FailingAuditTx<'_> {
     fn revocation(&mut self, jti: Option<&str>, subject: &str) -> StoreResult<Option<String>> {
         self.0.revocation(jti, subject)
     }
+    fn referenced_through(
+        &mut self,
+        t: &str,
+        id: &str,
+        params: &[String],
+        target: &str,
+    ) -> StoreResult<Vec<String>> {
+        self.0.referenced_through(t, id, params, target)
+    }
     fn open_break_glass(&mut self, grant: &hygie_store::NewBreakGlass<'_>) -> StoreResult<i64> {
         self.0.open_break_glass(grant)
     }

@@ -208,6 +208,15 @@ pub trait Tx {
         param: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<(String, String)>>;
+    /// Ids of the `target_type` resources that `resource_type/id` references through any of
+    /// `params`, deduplicated: whose compartment a resource belongs to, in one query.
+    fn referenced_through(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        params: &[String],
+        target_type: &str,
+    ) -> StoreResult<Vec<String>>;
     /// Ids of current `source_type` resources that reference one of `targets` (all of
     /// `target_type`) through `param` (any when `None`), sorted, at most `limit`.
     fn references_to(

@@ -750,6 +750,24 @@ impl Tx for PgTx<'_> {
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
+    fn referenced_through(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        params: &[String],
+        target_type: &str,
+    ) -> StoreResult<Vec<String>> {
+        let statement = self.statement(
+            "SELECT DISTINCT target_id FROM search_reference
+             WHERE resource_type = $1 AND id = $2 AND target_type = $3 AND target_id <> ''
+               AND param = ANY($4) ORDER BY target_id",
+        )?;
+        let rows = self
+            .transaction
+            .query(&statement, &[&resource_type, &id, &target_type, &params])?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     fn references_to(
         &mut self,
         source_type: &str,

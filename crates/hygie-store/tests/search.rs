@@ -425,6 +425,19 @@ async fn chains_reverse_chains_and_compartments(backend: Backend) {
         target_ids: vec![],
     };
     assert!(ids(&store, "Observation", vec![no_one]).await.is_empty());
+    // Whose compartment a resource is in, through the given parameters only.
+    let owners = store
+        .run(|tx| {
+            let params = ["performer".to_owned(), "subject".to_owned()];
+            Ok((
+                tx.referenced_through("Observation", "o2", &params, "Patient")?,
+                tx.referenced_through("Observation", "o3", &params, "Patient")?,
+                tx.referenced_through("Observation", "o2", &params[..1], "Patient")?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(owners, (vec!["p2".to_owned()], vec![], vec![]));
     let members = vec![("Observation".to_owned(), vec!["subject".to_owned()])];
     let everything = store
         .run(move |tx| tx.compartment("Patient", "p1", &members, None, 100))
