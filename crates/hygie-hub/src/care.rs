@@ -442,6 +442,26 @@ pub(crate) fn care_filter(resource_type: &str, patients: &[String]) -> Filter {
     }
 }
 
+/// Whether the current `resource_type/id` passes every one of `filters` (one indexed
+/// lookup: the id drives).
+pub(crate) fn passes(
+    tx: &mut dyn Tx,
+    resource_type: &str,
+    id: &str,
+    mut filters: Vec<Filter>,
+) -> Result<bool, StoreError> {
+    filters.insert(0, Filter::Ids(vec![id.to_owned()]));
+    Ok(!tx
+        .search(&SearchSpec {
+            resource_type: resource_type.to_owned(),
+            filters,
+            sort: Vec::new(),
+            position: None,
+            limit: 1,
+        })?
+        .is_empty())
+}
+
 /// The filter that hides resources carrying a security label the caller may not see.
 pub(crate) fn label_filter(mask: &Mask) -> Option<Filter> {
     if mask.hidden_labels.is_empty() {
@@ -581,15 +601,7 @@ pub(crate) fn check_visible(
     id: &str,
 ) -> Result<Result<(), HubError>, StoreError> {
     if let Some(labels) = label_filter(mask) {
-        let visible = !tx
-            .search(&SearchSpec {
-                resource_type: resource_type.to_owned(),
-                filters: vec![Filter::Ids(vec![id.to_owned()]), labels],
-                sort: Vec::new(),
-                position: None,
-                limit: 1,
-            })?
-            .is_empty();
+        let visible = passes(tx, resource_type, id, vec![labels])?;
         // `current`, not `head`: this runs in read units too, where nothing may be locked.
         if !visible
             && tx
@@ -779,20 +791,11 @@ pub(crate) fn check_constraints(
     if mask.query_constraints.is_empty() {
         return Ok(Ok(()));
     }
-    let mut filters = match constraint_filters(mask, resource_type) {
+    let filters = match constraint_filters(mask, resource_type) {
         Ok(filters) => filters,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    filters.push(Filter::Ids(vec![id.to_owned()]));
-    let matches = !tx
-        .search(&SearchSpec {
-            resource_type: resource_type.to_owned(),
-            filters,
-            sort: Vec::new(),
-            position: None,
-            limit: 1,
-        })?
-        .is_empty();
+    let matches = passes(tx, resource_type, id, filters)?;
     if matches
         || tx
             .current(resource_type, id)?
@@ -825,18 +828,8 @@ pub(crate) fn check_compartment_write(
     {
         return Ok(Ok(()));
     }
-    let inside = !tx
-        .search(&SearchSpec {
-            resource_type: resource_type.to_owned(),
-            filters: vec![
-                Filter::Ids(vec![id.to_owned()]),
-                crate::search::compartment_filter(resource_type, "Patient", patient),
-            ],
-            sort: Vec::new(),
-            position: None,
-            limit: 1,
-        })?
-        .is_empty();
+    let compartment = crate::search::compartment_filter(resource_type, "Patient", patient);
+    let inside = passes(tx, resource_type, id, vec![compartment])?;
     if inside || !is_patient_data(resource_type) {
         return Ok(Ok(()));
     }

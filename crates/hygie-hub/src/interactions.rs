@@ -338,17 +338,8 @@ pub(crate) fn check_patient_compartment(
     let inside = if resource_type == "Patient" {
         id == patient
     } else {
-        !tx.search(&hygie_store::SearchSpec {
-            resource_type: resource_type.to_owned(),
-            filters: vec![
-                hygie_store::Filter::Ids(vec![id.to_owned()]),
-                crate::search::compartment_filter(resource_type, "Patient", patient),
-            ],
-            sort: Vec::new(),
-            position: None,
-            limit: 1,
-        })?
-        .is_empty()
+        let compartment = crate::search::compartment_filter(resource_type, "Patient", patient);
+        crate::care::passes(tx, resource_type, id, vec![compartment])?
     };
     Ok(if inside {
         Ok(())

@@ -21,6 +21,25 @@ use crate::AppState;
 use crate::fhir::{admit, origin};
 use crate::response::{ErrorResponse, outcome_response};
 
+/// The caller of an admin request: its credentials checked (rate limits, token), or the
+/// refusal to answer.
+async fn admitted(
+    state: &AppState,
+    parts: &http::request::Parts,
+) -> std::result::Result<Caller, Response> {
+    let (remote, request_id) = origin(&parts.extensions);
+    let principal = admit(state, &parts.headers, remote)
+        .await
+        .map_err(|refusal| *refusal)?;
+    Ok(Caller {
+        principal,
+        request_id,
+        network_address: remote.map(|a| a.ip().to_string()),
+        base_url: String::new(),
+        break_glass: None,
+    })
+}
+
 /// The largest request body accepted here, bytes.
 const MAX_BODY_BYTES: usize = 4 * 1024;
 
@@ -39,14 +58,11 @@ async fn handle(
     request: axum::extract::Request,
 ) -> Result<Response, ErrorResponse> {
     let (parts, body) = request.into_parts();
-    let method = parts.method;
-    let headers = parts.headers;
-    let (remote, request_id) = origin(&parts.extensions);
-    let principal = match admit(&state, &headers, remote).await {
-        Ok(principal) => principal,
-        Err(refusal) => return Ok(*refusal),
+    let caller = match admitted(&state, &parts).await {
+        Ok(caller) => caller,
+        Err(refusal) => return Ok(refusal),
     };
-    let lift = match method {
+    let lift = match parts.method {
         Method::POST => false,
         Method::DELETE => true,
         _ => {
@@ -75,13 +91,6 @@ async fn handle(
         (Some(jti), None) => (RevocationKind::TokenId, jti),
         (None, Some(subject)) => (RevocationKind::Subject, subject),
         _ => return Err(bad("give exactly one of \"jti\" and \"subject\"")),
-    };
-    let caller = Caller {
-        principal,
-        request_id,
-        network_address: remote.map(|a| a.ip().to_string()),
-        base_url: String::new(),
-        break_glass: None,
     };
     let changed = state
         .hub
@@ -122,17 +131,9 @@ async fn handle_break_glass(
     request: axum::extract::Request,
 ) -> Result<Response, ErrorResponse> {
     let (parts, body) = request.into_parts();
-    let (remote, request_id) = origin(&parts.extensions);
-    let principal = match admit(&state, &parts.headers, remote).await {
-        Ok(principal) => principal,
-        Err(refusal) => return Ok(*refusal),
-    };
-    let caller = Caller {
-        principal,
-        request_id,
-        network_address: remote.map(|a| a.ip().to_string()),
-        base_url: String::new(),
-        break_glass: None,
+    let caller = match admitted(&state, &parts).await {
+        Ok(caller) => caller,
+        Err(refusal) => return Ok(refusal),
     };
     let path = parts.uri.path().trim_end_matches('/');
     let closing = path
@@ -225,17 +226,9 @@ pub(crate) async fn reload_policy(
     request: axum::extract::Request,
 ) -> Response {
     let (parts, _) = request.into_parts();
-    let (remote, request_id) = origin(&parts.extensions);
-    let principal = match admit(&state, &parts.headers, remote).await {
-        Ok(principal) => principal,
-        Err(refusal) => return *refusal,
-    };
-    let caller = Caller {
-        principal,
-        request_id,
-        network_address: remote.map(|a| a.ip().to_string()),
-        base_url: String::new(),
-        break_glass: None,
+    let caller = match admitted(&state, &parts).await {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal,
     };
     let Some(source) = &state.config.policy_source else {
         return ErrorResponse(HubError::not_found(
