@@ -40,7 +40,7 @@ pub mod jwks;
 pub mod provider;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
@@ -63,6 +63,9 @@ pub const MAX_TTL_SECONDS: u64 = 24 * 3600;
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Verified tokens kept in the cache at most.
 pub const MAX_CACHED_TOKENS: usize = 10_000;
+/// Most keys the hub's own issuer is trusted with at once (the current one and those
+/// retired by rotations whose tokens have not run out yet).
+pub const MAX_OWN_KEYS: usize = 16;
 
 /// Why a token is refused. The messages may be shown to the caller: they name what failed,
 /// never a key or what the token would have granted.
@@ -82,6 +85,8 @@ pub enum AuthError {
     MissingKeyId,
     #[error("the token's key (kid) is not among its issuer's current keys")]
     UnknownKey,
+    #[error("the token was signed with a key that has been retired: ask for a new token")]
+    RetiredKey,
     #[error(
         "the signing keys of the issuer {0} could not be fetched yet; the hub keeps trying (its log says why)"
     )]
@@ -156,10 +161,7 @@ impl Issuer {
                 "the stored issuer key is not a valid Ed25519 PKCS#8 document".into(),
             )
         })?;
-        // The key id is a digest of the public key: stable, and says nothing secret.
-        let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_pair.public_key().as_ref());
-        let key_id = URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12]);
+        let key_id = key_id_of(key_pair.public_key().as_ref());
         Ok(Issuer {
             key_pair,
             pkcs8: pkcs8.to_vec(),
@@ -183,14 +185,20 @@ impl Issuer {
 
     /// The public key as a JWK (`kty: OKP`, `crv: Ed25519`), for a JWKS document.
     pub fn public_jwk(&self) -> Value {
-        serde_json::json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "alg": "EdDSA",
-            "use": "sig",
-            "kid": self.key_id,
-            "x": URL_SAFE_NO_PAD.encode(self.key_pair.public_key().as_ref()),
-        })
+        ed25519_jwk(&self.key_id, self.key_pair.public_key().as_ref())
+    }
+
+    /// The raw Ed25519 public key (32 bytes).
+    pub fn public_key(&self) -> &[u8] {
+        self.key_pair.public_key().as_ref()
+    }
+
+    /// This issuer's key as the verifier trusts it: with no end.
+    pub fn own_key(&self) -> OwnKey {
+        OwnKey {
+            public_key: self.public_key().to_vec(),
+            trusted_until: None,
+        }
     }
 
     /// Signs a token valid from `now` (Unix seconds) for `ttl_seconds` (at most
@@ -227,19 +235,82 @@ impl Issuer {
     }
 }
 
+/// The key id of an Ed25519 public key: a digest of it, stable, and says nothing secret.
+pub fn key_id_of(public_key: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public_key);
+    URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12])
+}
+
+fn ed25519_jwk(key_id: &str, public_key: &[u8]) -> Value {
+    serde_json::json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "alg": "EdDSA",
+        "use": "sig",
+        "kid": key_id,
+        "x": URL_SAFE_NO_PAD.encode(public_key),
+    })
+}
+
+/// A public key of the hub's own issuer that its tokens may be signed with: the current
+/// one, or one a rotation retired, trusted until `trusted_until` (Unix seconds) so that the
+/// tokens it signed run out rather than fail at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnKey {
+    /// Raw Ed25519 public key, 32 bytes.
+    pub public_key: Vec<u8>,
+    /// `None`: the current key, trusted with no end.
+    pub trusted_until: Option<i64>,
+}
+
+impl OwnKey {
+    pub fn key_id(&self) -> String {
+        key_id_of(&self.public_key)
+    }
+
+    /// Whether tokens signed with this key are accepted at `now` (Unix seconds).
+    pub fn trusted_at(&self, now: i64) -> bool {
+        self.trusted_until.is_none_or(|until| now < until)
+    }
+}
+
 /// The hub's own key, and the one algorithm it may be used with.
 struct TrustedKey {
     /// The public key as a JWK, for the hub's JWKS document.
     jwk: Value,
-    issuer: String,
-    key_id: Option<String>,
+    key_id: String,
     algorithm: Algorithm,
     key: DecodingKey,
+    /// After this (Unix seconds), the key verifies nothing: a retired key.
+    trusted_until: Option<i64>,
 }
 
-/// The provider (index) and key that verified a token, when external: a cached token stays
-/// trusted only while its provider still publishes that key.
-type VerifiedBy = Option<(usize, Arc<PublicKey>)>;
+impl TrustedKey {
+    fn own(key: &OwnKey) -> TrustedKey {
+        let key_id = key.key_id();
+        TrustedKey {
+            jwk: ed25519_jwk(&key_id, &key.public_key),
+            key_id,
+            algorithm: Algorithm::EdDSA,
+            key: DecodingKey::from_ed_der(&key.public_key),
+            trusted_until: key.trusted_until,
+        }
+    }
+
+    fn trusted_at(&self, now: i64) -> bool {
+        self.trusted_until.is_none_or(|until| now < until)
+    }
+}
+
+/// The key that verified a token: a cached token stays trusted only while that key is
+/// (the hub's own key still trusted, the provider still publishing it).
+#[derive(Clone)]
+enum VerifiedBy {
+    /// One of the hub's own keys, by key id.
+    Own(String),
+    /// A provider (index) and its key.
+    Provider(usize, Arc<PublicKey>),
+}
 
 /// A verified token, as the cache keeps it.
 struct CachedToken {
@@ -249,7 +320,9 @@ struct CachedToken {
 
 /// Verifies tokens against the keys it trusts, and caches what it verified.
 pub struct Verifier {
-    keys: Vec<TrustedKey>,
+    /// The hub's own issuer name, and its keys: replaced whole when they rotate.
+    own_issuer: String,
+    keys: RwLock<Arc<Vec<TrustedKey>>>,
     /// External OpenID Connect providers, each selected by its `iss`.
     providers: Vec<Arc<Provider>>,
     audience: String,
@@ -272,13 +345,8 @@ impl Verifier {
     /// A verifier of the hub's own tokens for `audience`.
     pub fn new(issuer: &Issuer, audience: &str, roles_claim: &str) -> Verifier {
         Verifier {
-            keys: vec![TrustedKey {
-                jwk: issuer.public_jwk(),
-                issuer: issuer.issuer.clone(),
-                key_id: Some(issuer.key_id.clone()),
-                algorithm: Algorithm::EdDSA,
-                key: DecodingKey::from_ed_der(issuer.key_pair.public_key().as_ref()),
-            }],
+            own_issuer: issuer.issuer.clone(),
+            keys: RwLock::new(Arc::new(vec![TrustedKey::own(&issuer.own_key())])),
             providers: Vec::new(),
             audience: audience.to_owned(),
             roles_claim: roles_claim.to_owned(),
@@ -322,11 +390,39 @@ impl Verifier {
 
     /// Every issuer trusted: the hub's own first, then the providers'.
     pub fn issuers(&self) -> Vec<&str> {
-        self.keys
-            .iter()
-            .map(|k| k.issuer.as_str())
+        std::iter::once(self.own_issuer.as_str())
             .chain(self.providers.iter().map(|p| p.issuer()))
             .collect()
+    }
+
+    /// The name (`iss`) of the hub's own issuer.
+    pub fn own_issuer(&self) -> &str {
+        &self.own_issuer
+    }
+
+    /// Replaces the hub's own keys (after a rotation, here or on another hub process of the
+    /// same store). A key left out, or past its `trusted_until`, verifies nothing from the
+    /// next request on, even a token verified and cached before.
+    pub fn set_own_keys(&self, keys: &[OwnKey]) -> Result<(), AuthError> {
+        if keys.is_empty() || keys.len() > MAX_OWN_KEYS {
+            return Err(AuthError::Signing(format!(
+                "the hub's own issuer needs 1 to {MAX_OWN_KEYS} keys, not {}",
+                keys.len()
+            )));
+        }
+        if let Some(bad) = keys.iter().find(|k| k.public_key.len() != 32) {
+            return Err(AuthError::Signing(format!(
+                "an Ed25519 public key is 32 bytes, not {}",
+                bad.public_key.len()
+            )));
+        }
+        let trusted = Arc::new(keys.iter().map(TrustedKey::own).collect());
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = trusted;
+        Ok(())
+    }
+
+    fn own_keys(&self) -> Arc<Vec<TrustedKey>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Fetches every provider's JWKS once, concurrently, each within the fetch timeout. A
@@ -359,10 +455,16 @@ impl Verifier {
         }
     }
 
-    /// The JWKS document of the hub's own keys (public keys only; the providers publish
-    /// theirs).
-    pub fn jwks(&self) -> Value {
-        serde_json::json!({ "keys": self.keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
+    /// The JWKS document of the hub's own keys trusted at `now` (public keys only; the
+    /// providers publish theirs).
+    pub fn jwks(&self, now: i64) -> Value {
+        let keys: Vec<Value> = self
+            .own_keys()
+            .iter()
+            .filter(|k| k.trusted_at(now))
+            .map(|k| k.jwk.clone())
+            .collect();
+        serde_json::json!({ "keys": keys })
     }
 
     /// Checks `token` at time `now` (Unix seconds) and returns what it says. Never waits for
@@ -379,7 +481,7 @@ impl Verifier {
                 if cached.claims.expires_at + CLOCK_SKEW_SECONDS as i64 <= now {
                     return Err(AuthError::Expired);
                 }
-                if self.still_published(&cached.key) {
+                if self.still_published(&cached.key, now) {
                     return Ok(cached.claims.clone());
                 }
                 // Its key was withdrawn: verified again below, and refused.
@@ -426,9 +528,15 @@ impl Verifier {
         }
     }
 
-    fn still_published(&self, key: &VerifiedBy) -> bool {
-        let Some((index, key)) = key else {
-            return true;
+    fn still_published(&self, key: &VerifiedBy, now: i64) -> bool {
+        let (index, key) = match key {
+            VerifiedBy::Own(key_id) => {
+                return self
+                    .own_keys()
+                    .iter()
+                    .any(|k| &k.key_id == key_id && k.trusted_at(now));
+            }
+            VerifiedBy::Provider(index, key) => (index, key),
         };
         self.providers[*index].keys().is_ok_and(|keys| {
             keys.get(key.kid())
@@ -478,20 +586,26 @@ impl Verifier {
                 provider.issuer(),
                 audience,
             )?;
-            return Ok((self.claims(&claims, now)?, Some((index, key.clone()))));
+            return Ok((
+                self.claims(&claims, now)?,
+                VerifiedBy::Provider(index, key.clone()),
+            ));
         }
-        let candidates: Vec<&TrustedKey> = self
-            .keys
-            .iter()
-            .filter(|k| k.issuer == unverified_issuer)
-            .filter(|k| match (&header.kid, &k.key_id) {
-                (Some(kid), Some(id)) => kid == id,
-                _ => true,
-            })
-            .collect();
-        if candidates.is_empty() {
+        if unverified_issuer != self.own_issuer {
             return Err(AuthError::UnknownIssuer);
         }
+        let own_keys = self.own_keys();
+        let candidates: Vec<&TrustedKey> = own_keys
+            .iter()
+            .filter(|k| header.kid.as_ref().is_none_or(|kid| *kid == k.key_id))
+            .collect();
+        if candidates.is_empty() {
+            return Err(AuthError::UnknownKey);
+        }
+        if !candidates.iter().any(|k| k.trusted_at(now)) {
+            return Err(AuthError::RetiredKey);
+        }
+        let candidates = candidates.into_iter().filter(|k| k.trusted_at(now));
         let mut last = AuthError::BadSignature;
         for trusted in candidates {
             // The key decides the algorithm, never the token: a token saying HS256 (an HMAC
@@ -507,10 +621,15 @@ impl Verifier {
                 token,
                 &trusted.key,
                 trusted.algorithm,
-                &trusted.issuer,
+                &self.own_issuer,
                 &self.audience,
             ) {
-                Ok(claims) => return Ok((self.claims(&claims, now)?, None)),
+                Ok(claims) => {
+                    return Ok((
+                        self.claims(&claims, now)?,
+                        VerifiedBy::Own(trusted.key_id.clone()),
+                    ));
+                }
                 Err(error) => last = error,
             }
         }

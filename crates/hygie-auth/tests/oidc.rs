@@ -109,7 +109,7 @@ async fn the_hubs_own_tokens_still_verify_beside_a_provider() {
         .unwrap();
     assert_eq!(verifier.verify(&token, NOW).unwrap().issuer, OWN_ISSUER);
     // The hub's JWKS document publishes its own key only.
-    assert_eq!(verifier.jwks()["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(verifier.jwks(NOW)["keys"].as_array().unwrap().len(), 1);
     // An issuer nobody trusts.
     let stranger = key.sign(&claims("https://evil.test"));
     assert_eq!(

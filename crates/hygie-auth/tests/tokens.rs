@@ -3,7 +3,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hygie_auth::{AuthError, CLOCK_SKEW_SECONDS, Issuer, MAX_TOKEN_BYTES, TokenRequest, Verifier};
+use hygie_auth::{
+    AuthError, CLOCK_SKEW_SECONDS, Issuer, MAX_OWN_KEYS, MAX_TOKEN_BYTES, OwnKey, TokenRequest,
+    Verifier,
+};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -142,7 +145,7 @@ fn a_token_signed_by_another_key_is_refused() {
     let token = impostor.issue(&request(), NOW).unwrap();
     assert_eq!(
         verifier.verify(&token, NOW).unwrap_err(),
-        AuthError::UnknownIssuer
+        AuthError::UnknownKey
     );
     let (_, payload, _) = parts(&token);
     for kid in [None, Some(issuer.key_id().to_owned())] {
@@ -349,4 +352,79 @@ proptest! {
             prop_assert_eq!(claims, original);
         }
     }
+}
+
+#[test]
+fn after_a_rotation_both_keys_verify_until_the_old_one_is_retired() {
+    let (old, verifier) = setup();
+    let old_token = old.issue(&request(), NOW).unwrap();
+    // Verified, so cached: the cache must not outlive the key.
+    verifier.verify(&old_token, NOW).unwrap();
+    let new = Issuer::generate(ISSUER).unwrap();
+    let new_token = new.issue(&request(), NOW).unwrap();
+    assert_eq!(
+        verifier.verify(&new_token, NOW).unwrap_err(),
+        AuthError::UnknownKey,
+        "a key the verifier was not told about"
+    );
+    let grace_until = NOW + 600;
+    verifier
+        .set_own_keys(&[
+            new.own_key(),
+            OwnKey {
+                public_key: old.public_key().to_vec(),
+                trusted_until: Some(grace_until),
+            },
+        ])
+        .unwrap();
+    verifier.verify(&new_token, NOW).unwrap();
+    verifier.verify(&old_token, NOW).unwrap();
+    assert_eq!(verifier.jwks(NOW)["keys"].as_array().unwrap().len(), 2);
+    // The grace period ends: the old key's tokens, cached or not, are refused.
+    assert_eq!(
+        verifier.verify(&old_token, grace_until).unwrap_err(),
+        AuthError::RetiredKey
+    );
+    let other_old_token = old.issue(&request(), NOW).unwrap();
+    assert_eq!(
+        verifier.verify(&other_old_token, grace_until).unwrap_err(),
+        AuthError::RetiredKey
+    );
+    verifier.verify(&new_token, grace_until).unwrap();
+    let published = verifier.jwks(grace_until);
+    assert_eq!(published["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(published["keys"][0]["kid"], new.key_id());
+}
+
+#[test]
+fn a_key_left_out_of_the_keyring_verifies_nothing_even_cached() {
+    let (old, verifier) = setup();
+    let old_token = old.issue(&request(), NOW).unwrap();
+    verifier.verify(&old_token, NOW).unwrap();
+    let new = Issuer::generate(ISSUER).unwrap();
+    verifier.set_own_keys(&[new.own_key()]).unwrap();
+    assert_eq!(
+        verifier.verify(&old_token, NOW).unwrap_err(),
+        AuthError::UnknownKey
+    );
+}
+
+#[test]
+fn a_keyring_that_is_empty_too_large_or_not_ed25519_is_refused_and_the_old_one_stays() {
+    let (issuer, verifier) = setup();
+    let token = issuer.issue(&request(), NOW).unwrap();
+    assert!(verifier.set_own_keys(&[]).is_err());
+    let many: Vec<OwnKey> = (0..=MAX_OWN_KEYS)
+        .map(|_| Issuer::generate(ISSUER).unwrap().own_key())
+        .collect();
+    assert!(verifier.set_own_keys(&many).is_err());
+    assert!(
+        verifier
+            .set_own_keys(&[OwnKey {
+                public_key: vec![7; 31],
+                trusted_until: None
+            }])
+            .is_err()
+    );
+    verifier.verify(&token, NOW).unwrap();
 }

@@ -35,6 +35,7 @@ mod error;
 mod history;
 mod instant;
 mod interactions;
+mod keys;
 mod pipeline;
 mod reindex;
 mod resource;
@@ -54,6 +55,7 @@ pub use history::HistoryRequest;
 pub use hygie_store::BreakGlassGrant;
 pub use instant::{format_instant, parse_fhir_instant_us};
 pub use interactions::{DeleteOutcome, ReturnPreference, Stored, WriteOutcome};
+pub use keys::{RETIRED_KEYS_KEPT, ROTATION_GRACE_SECONDS, Retire, RetiredKey, TokenKeys};
 pub use search::{MAX_INCLUDE_DEPTH, MAX_INCLUDED, SearchScope};
 
 /// Named bounds of the hub (DESIGN.md invariant 8). The front doors enforce body size and
@@ -203,42 +205,6 @@ impl Hub {
             })
             .await;
         outcome.map_err(HubError::from_store)
-    }
-
-    /// The hub's own token issuer, named `issuer`. Its Ed25519 key is made once per
-    /// database and kept with the data (`hub_meta`), so that every hub process of one
-    /// PostgreSQL database verifies the others' tokens. Whoever can read the database can
-    /// sign tokens: the same people who can read the data itself.
-    pub async fn token_issuer(&self, issuer: &str) -> Result<hygie_auth::Issuer, HubError> {
-        use base64::Engine;
-        use base64::engine::general_purpose::STANDARD;
-        use hygie_store::StoreExt;
-        const KEY: &str = "auth.issuer_key";
-        let stored = self
-            .inner
-            .store
-            .run(|tx| {
-                tx.lock(KEY)?;
-                if let Some(existing) = tx.meta_get(KEY)? {
-                    return Ok(existing);
-                }
-                let made = hygie_auth::Issuer::generate("hygie")
-                    .map_err(|e| hygie_store::StoreError::Config(e.to_string()))?;
-                let encoded = STANDARD.encode(made.pkcs8());
-                tx.meta_set(KEY, &encoded)?;
-                Ok(encoded)
-            })
-            .await
-            .map_err(HubError::from_store)?;
-        let pkcs8 = STANDARD.decode(stored).map_err(|_| {
-            HubError::new(
-                500,
-                hygie_fhir::IssueType::Exception,
-                "corrupt token issuer key",
-            )
-        })?;
-        hygie_auth::Issuer::from_pkcs8(issuer, &pkcs8)
-            .map_err(|e| HubError::new(500, hygie_fhir::IssueType::Exception, e.to_string()))
     }
 
     /// Revokes one token (`kind` `jti`) or every token of a principal (`kind` `subject`),

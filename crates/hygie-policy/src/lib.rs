@@ -126,6 +126,8 @@ pub enum Action {
     ReviewBreakGlass,
     /// Replacing the policy in force (role ceilings, need-to-know, labels, masks).
     ReloadPolicy,
+    /// Rotating or retiring the keys the hub signs its own tokens with.
+    ManageKeys,
 }
 
 impl Action {
@@ -147,6 +149,7 @@ impl Action {
             Action::BreakGlass => "break-the-glass",
             Action::ReviewBreakGlass => "break-the-glass-review",
             Action::ReloadPolicy => "policy-reload",
+            Action::ManageKeys => "key-management",
         }
     }
 
@@ -163,6 +166,7 @@ impl Action {
                 | Action::BreakGlass
                 | Action::ReviewBreakGlass
                 | Action::ReloadPolicy
+                | Action::ManageKeys
         )
     }
 }
@@ -733,7 +737,7 @@ impl Policy {
             Action::Import => {
                 return forbidden("import is for the hub's operator (hygie import)".to_owned());
             }
-            Action::Revoke | Action::ReloadPolicy => {
+            Action::Revoke | Action::ReloadPolicy | Action::ManageKeys => {
                 return if access.roles.iter().any(|r| r == "admin") {
                     Decision::Permit {
                         mask: Mask::default(),
@@ -741,10 +745,10 @@ impl Policy {
                 } else {
                     forbidden(format!(
                         "{} needs the admin role",
-                        if action == Action::Revoke {
-                            "revocation"
-                        } else {
-                            "reloading the policy"
+                        match action {
+                            Action::Revoke => "revocation",
+                            Action::ReloadPolicy => "reloading the policy",
+                            _ => "managing the token signing keys",
                         }
                     ))
                 };
@@ -995,7 +999,7 @@ impl Policy {
 mod tests {
     use super::*;
 
-    const ALL_ACTIONS: [Action; 15] = [
+    const ALL_ACTIONS: [Action; 16] = [
         Action::Read,
         Action::VRead,
         Action::Create,
@@ -1011,6 +1015,7 @@ mod tests {
         Action::BreakGlass,
         Action::ReviewBreakGlass,
         Action::ReloadPolicy,
+        Action::ManageKeys,
     ];
 
     fn bearer(roles: &[&str], scopes: &str) -> Principal {
@@ -1598,6 +1603,35 @@ mod tests {
                     "{action:?} on {target:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn administrative_actions_need_the_admin_role_whatever_the_scopes() {
+        let policy = Policy::default();
+        for action in [Action::Revoke, Action::ReloadPolicy, Action::ManageKeys] {
+            for roles in [
+                &["clinician"][..],
+                &["dpo"],
+                &["security"],
+                &["integration"],
+            ] {
+                let decision = policy.decide(
+                    &bearer(roles, "system/*.cruds user/*.cruds"),
+                    action,
+                    &Target::system(),
+                );
+                assert!(
+                    matches!(decision, Decision::Deny { reason: DenyReason::Forbidden(ref why) } if why.contains("admin role")),
+                    "{action:?} by {roles:?}: {decision:?}"
+                );
+            }
+            assert!(permitted(
+                &policy,
+                &bearer(&["admin"], "user/*.rs"),
+                action,
+                &Target::system()
+            ));
         }
     }
 

@@ -274,3 +274,105 @@ pub(crate) async fn reload_policy(
         Err(error) => ErrorResponse(error).into_response(),
     }
 }
+
+/// `/admin/keys`: the keys the hub signs its own tokens with. `GET` lists them (key ids and
+/// states, never a private key); `POST /admin/keys/rotate` with
+/// `{"retire_previous": "after-expiry"}` (routine, the default) or `"now"` (the key may
+/// have leaked) makes a new current key; `POST /admin/keys/{kid}/retire` ends a retiring
+/// key's grace at once. Admin role (`Action::ManageKeys`), audited. The change holds on
+/// this process at once, on the others within `auth.keys_refresh_seconds`, or as soon as
+/// they meet a token signed with the new key.
+pub(crate) async fn keys(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    match handle_keys(state, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn handle_keys(
+    state: AppState,
+    request: axum::extract::Request,
+) -> Result<Response, ErrorResponse> {
+    let (parts, body) = request.into_parts();
+    let caller = match admitted(&state, &parts).await {
+        Ok(caller) => caller,
+        Err(refusal) => return Ok(refusal),
+    };
+    let Some(verifier) = state.config.tokens.clone() else {
+        return Err(ErrorResponse(HubError::not_found(
+            "this hub verifies no tokens (--no-auth): it has no signing keys in use",
+        )));
+    };
+    let issuer = verifier.own_issuer().to_owned();
+    let path = parts.uri.path().trim_end_matches('/');
+    let rest = path.strip_prefix("/admin/keys").unwrap_or("");
+    let keys = match (&parts.method, rest) {
+        (&Method::GET, "") => state.hub.list_token_keys(&caller, &issuer).await?,
+        (&Method::POST, "/rotate") => {
+            let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+                .await
+                .map_err(|_| {
+                    ErrorResponse(HubError::new(
+                        413,
+                        IssueType::TooLong,
+                        format!("the body is over {MAX_BODY_BYTES} bytes"),
+                    ))
+                })?;
+            let request: Value = if body.is_empty() {
+                Value::Object(Default::default())
+            } else {
+                serde_json::from_slice(&body).map_err(|_| {
+                    ErrorResponse(HubError::bad_request(
+                        "the body must be a JSON object: {\"retire_previous\": \"after-expiry\" | \"now\"}",
+                    ))
+                })?
+            };
+            let retire = match request.get("retire_previous") {
+                None => hygie_hub::Retire::AfterExpiry,
+                Some(Value::String(s)) if s == "after-expiry" => hygie_hub::Retire::AfterExpiry,
+                Some(Value::String(s)) if s == "now" => hygie_hub::Retire::Now,
+                Some(other) => {
+                    return Err(ErrorResponse(HubError::bad_request(format!(
+                        "retire_previous is \"after-expiry\" or \"now\", not {other}"
+                    ))));
+                }
+            };
+            state.hub.rotate_token_key(&caller, &issuer, retire).await?
+        }
+        (&Method::POST, rest)
+            if rest.starts_with('/')
+                && rest.ends_with("/retire")
+                && rest.len() > "//retire".len() =>
+        {
+            let key_id = &rest[1..rest.len() - "/retire".len()];
+            state.hub.retire_token_key(&caller, &issuer, key_id).await?
+        }
+        _ => {
+            return Err(ErrorResponse(HubError::new(
+                405,
+                IssueType::NotSupported,
+                "/admin/keys takes GET; /admin/keys/rotate and /admin/keys/{kid}/retire take POST",
+            )));
+        }
+    };
+    if parts.method == Method::POST {
+        verifier
+            .set_own_keys(&keys.own_keys())
+            .map_err(|e| ErrorResponse(HubError::new(500, IssueType::Exception, e.to_string())))?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let body = serde_json::to_vec(&keys.describe(now))
+        .map_err(|e| ErrorResponse(HubError::new(500, IssueType::Exception, e.to_string())))?;
+    Ok((
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}

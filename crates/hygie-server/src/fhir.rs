@@ -615,13 +615,18 @@ async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let claims = verifier
-        .verify_refreshing(token, now)
-        .await
-        .map_err(|error| {
-            tracing::warn!(%error, "bearer token refused");
-            unauthorized(format!("invalid bearer token: {error}"))
-        })?;
+    let mut verified = verifier.verify_refreshing(token, now).await;
+    if verified == Err(hygie_auth::AuthError::UnknownKey) && own_keys_may_be_reread(state) {
+        // Perhaps a key rotated on another hub process: read the keys again, once.
+        match crate::refresh_token_keys(&state.hub, verifier).await {
+            Ok(_) => verified = verifier.verify(token, now),
+            Err(error) => tracing::error!(%error, "cannot read the token signing keys again"),
+        }
+    }
+    let claims = verified.map_err(|error| {
+        tracing::warn!(%error, "bearer token refused");
+        unauthorized(format!("invalid bearer token: {error}"))
+    })?;
     let scopes = hygie_policy::ScopeSet::parse(&claims.scope, hygie_fhir::schema::is_resource_type)
         .map_err(|error| unauthorized(format!("invalid bearer token: scope: {error}")))?;
     Ok(Principal::token(
@@ -633,6 +638,23 @@ async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
             patient: claims.patient,
         },
     ))
+}
+
+/// Whether a token naming an unknown key may make this process read the signing keys
+/// again: at most once per [`crate::OWN_KEYS_REREAD_MIN`].
+fn own_keys_may_be_reread(state: &AppState) -> bool {
+    let now = std::time::Instant::now();
+    let mut last = state
+        .own_keys_reread
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match *last {
+        Some(at) if now.duration_since(at) < crate::OWN_KEYS_REREAD_MIN => false,
+        _ => {
+            *last = Some(now);
+            true
+        }
+    }
 }
 
 /// `GET /fhir/.well-known/smart-configuration`: what a SMART client needs to know. This hub
@@ -676,7 +698,14 @@ fn break_glass_reason(headers: &HeaderMap) -> std::result::Result<Option<String>
 /// `GET /fhir/.well-known/jwks.json`: the public keys tokens of this hub are signed with.
 pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
     match &state.config.tokens {
-        Some(verifier) => fhir_json_plain(verifier.jwks()),
+        Some(verifier) => fhir_json_plain(
+            verifier.jwks(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+            ),
+        ),
         None => fhir_json_plain(serde_json::json!({ "keys": [] })),
     }
 }

@@ -98,6 +98,47 @@ pub(crate) struct AppState {
     pub config: Arc<HttpConfig>,
     pub by_address: Arc<rate::Limiter>,
     pub by_principal: Arc<rate::Limiter>,
+    /// When the hub's own signing keys were last read again because a token named a key
+    /// this process did not know (a rotation on another process): at most once a second.
+    pub own_keys_reread: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// Least time between two reads of the signing keys prompted by unknown key ids: a flood
+/// of forged key ids costs the store one read a second, no more.
+pub const OWN_KEYS_REREAD_MIN: Duration = Duration::from_secs(1);
+
+/// Reads the hub's own signing keys from the store into `verifier` (after a rotation made
+/// by another hub process or by `hygie keys`). Returns how many keys it now knows.
+pub async fn refresh_token_keys(
+    hub: &Hub,
+    verifier: &hygie_auth::Verifier,
+) -> Result<usize, hygie_hub::HubError> {
+    let keys = hub.token_keys(verifier.own_issuer()).await?.own_keys();
+    verifier.set_own_keys(&keys).map_err(|e| {
+        hygie_hub::HubError::new(500, hygie_fhir::IssueType::Exception, e.to_string())
+    })?;
+    Ok(keys.len())
+}
+
+/// Keeps `verifier`'s own keys in step with the store, every `every`, until the returned
+/// task is aborted: a key retired on another hub process stops verifying here within
+/// `every`.
+pub fn spawn_token_key_refresh(
+    hub: Hub,
+    verifier: Arc<hygie_auth::Verifier>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(error) = refresh_token_keys(&hub, &verifier).await {
+                tracing::error!(%error, "cannot read the token signing keys again; the ones known stay");
+            }
+        }
+    })
 }
 
 /// The application: FHIR REST under `/fhir`, health probes, request ids, time-outs.
@@ -108,6 +149,7 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
         by_address: Arc::new(rate::Limiter::new(config.rate_per_address)),
         by_principal: Arc::new(rate::Limiter::new(config.rate_per_principal)),
         config: Arc::new(config),
+        own_keys_reread: Arc::new(std::sync::Mutex::new(None)),
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -118,6 +160,8 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
         )
         .route("/fhir/.well-known/jwks.json", get(fhir::jwks))
         .route("/admin/policy/reload", post(admin::reload_policy))
+        .route("/admin/keys", any(admin::keys))
+        .route("/admin/keys/{*rest}", any(admin::keys))
         .route("/admin/break-glass", any(admin::break_glass))
         .route("/admin/break-glass/{*rest}", any(admin::break_glass))
         .route(

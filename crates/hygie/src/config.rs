@@ -118,6 +118,9 @@ pub struct FileAuth {
     pub jwks_min_refresh_seconds: Option<u64>,
     /// Time limit of one JWKS fetch, milliseconds.
     pub jwks_fetch_timeout_ms: Option<u64>,
+    /// Seconds between two reads of the hub's own signing keys by a serving process: a key
+    /// retired on another process (or by `hygie keys`) stops verifying here within this.
+    pub keys_refresh_seconds: Option<u64>,
 }
 
 /// `[[auth.providers]]`: one external OpenID Connect provider.
@@ -139,7 +142,13 @@ pub struct AuthSettings {
     pub roles_claim: String,
     pub providers: Vec<hygie_auth::ProviderConfig>,
     pub jwks: hygie_auth::JwksOptions,
+    pub keys_refresh: Duration,
 }
+
+/// Default of `auth.keys_refresh_seconds`.
+pub const DEFAULT_KEYS_REFRESH_SECONDS: u64 = 5;
+/// Longest `auth.keys_refresh_seconds` accepted: a retired key must stop verifying soon.
+const MAX_KEYS_REFRESH_SECONDS: u64 = 300;
 
 /// The longest JWKS refresh interval accepted, seconds (one day): a withdrawn key must not
 /// stay trusted longer.
@@ -166,6 +175,14 @@ pub fn auth_settings(file: &FileSettings) -> anyhow::Result<AuthSettings> {
             "auth.jwks_refresh_seconds must be from auth.jwks_min_refresh_seconds ({min_refresh_seconds}) to {MAX_JWKS_REFRESH_SECONDS}, not {refresh_seconds}"
         );
     }
+    let keys_refresh_seconds = auth
+        .keys_refresh_seconds
+        .unwrap_or(DEFAULT_KEYS_REFRESH_SECONDS);
+    if !(1..=MAX_KEYS_REFRESH_SECONDS).contains(&keys_refresh_seconds) {
+        bail!(
+            "auth.keys_refresh_seconds must be from 1 to {MAX_KEYS_REFRESH_SECONDS}, not {keys_refresh_seconds}"
+        );
+    }
     if !(100..=60_000).contains(&fetch_timeout_ms) {
         bail!("auth.jwks_fetch_timeout_ms must be from 100 to 60000, not {fetch_timeout_ms}");
     }
@@ -190,6 +207,7 @@ pub fn auth_settings(file: &FileSettings) -> anyhow::Result<AuthSettings> {
             min_refresh: Duration::from_secs(min_refresh_seconds),
             fetch_timeout: Duration::from_millis(fetch_timeout_ms),
         },
+        keys_refresh: Duration::from_secs(keys_refresh_seconds),
     };
     for (name, value) in [
         ("auth.issuer", &settings.issuer),

@@ -6,6 +6,7 @@ mod btg;
 mod config;
 mod demo;
 mod import;
+mod keys;
 mod revoke;
 mod serve;
 mod token;
@@ -39,6 +40,8 @@ enum Command {
     Revoke(revoke::RevokeArgs),
     /// Review break-the-glass accesses: list them, close a review.
     Btg(btg::BtgArgs),
+    /// Manage the hub's keys: those that sign its own tokens.
+    Keys(keys::KeysArgs),
 }
 
 fn init_logging(format: Option<&str>) -> anyhow::Result<()> {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
             Command::Token(args) => token::run(args).await,
             Command::Revoke(args) => revoke::run(args).await,
             Command::Btg(args) => btg::run(args).await,
+            Command::Keys(args) => keys::run(args).await,
         }
     });
     match result {

@@ -100,6 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot bring the search index up to date: {e}"))?;
     // Refreshes the providers' keys in the background while the hub serves.
     let mut key_refresh: Option<hygie_auth::KeyRefresh> = None;
+    let mut own_keys_refresh: Option<tokio::task::JoinHandle<()>> = None;
     let tokens = if no_auth {
         None
     } else {
@@ -123,7 +124,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             key_refresh = Some(verifier.spawn_key_refresh());
         }
-        Some(std::sync::Arc::new(verifier))
+        let verifier = std::sync::Arc::new(verifier);
+        // The hub's own keys as well: installed now (with those still retiring), then kept
+        // in step with rotations made elsewhere.
+        hygie_server::refresh_token_keys(&hub, &verifier)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot load the token signing keys: {e}"))?;
+        own_keys_refresh = Some(hygie_server::spawn_token_key_refresh(
+            hub.clone(),
+            verifier.clone(),
+            auth.keys_refresh,
+        ));
+        Some(verifier)
     };
     // Bind before announcing, so that a taken port is a clear error, and `:0` works.
     let listener =
@@ -157,7 +169,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let app = hygie_server::router(hub.clone(), http);
     if !no_auth {
         tracing::info!(
-            "every request needs a bearer token; there are no default credentials. With this hub's --data-dir or --database: `hygie token --subject Practitioner/ID --role clinician --scope 'user/*.rs'` for a clinician, `hygie token --subject Practitioner/ID --role admin --scope openid` for an administrator (revocations)"
+            "every request needs a bearer token; there are no default credentials. With this hub's --data-dir or --database: `hygie token --subject Practitioner/ID --role clinician --scope 'user/*.rs'` for a clinician, `hygie token --subject Practitioner/ID --role admin --scope openid` for an administrator (revocations, policy reload, `hygie keys signing rotate`)"
         );
     }
     tracing::info!(
@@ -177,6 +189,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     )
     .await;
     drop(key_refresh);
+    if let Some(task) = own_keys_refresh {
+        task.abort();
+    }
     hub.close().await;
     result.context("the HTTP server failed")?;
     tracing::info!("stopped cleanly");
