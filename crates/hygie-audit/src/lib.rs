@@ -5,6 +5,9 @@
 //! The leaf bytes are what the Merkle log hashes ([`leaf_hash`], RFC 9162 §2.1.1), so the
 //! serialization is deterministic: the same record always gives the same bytes.
 //!
+//! [`merkle`] is the RFC 9162 tree over those leaves, as a store keeps it (perfect
+//! subtrees), with inclusion and consistency proofs, appends and a streaming verifier.
+//!
 //! ```
 //! use hygie_audit::{AuditOutcome, AuditRecord};
 //! let record = AuditRecord::new("read", "development", 1_700_000_000_000_000)
@@ -16,10 +19,13 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod merkle;
+
+pub use merkle::leaf_hash;
+
 use base64::Engine;
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// `AuditEvent.outcome`: 0 success, 4 minor failure (the client's fault), 8 serious failure
 /// (the server's fault), 12 major failure.
@@ -316,14 +322,6 @@ struct EntityOut<'a> {
     entity_type: Option<Coding<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     query: Option<&'a str>,
-}
-
-/// RFC 9162 §2.1.1 leaf hash: `SHA-256(0x00 ‖ leaf)`.
-pub fn leaf_hash(leaf: &[u8]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update([0u8]);
-    hasher.update(leaf);
-    hasher.finalize().into()
 }
 
 #[cfg(test)]
