@@ -5,8 +5,10 @@
 //! The leaf bytes are what the Merkle log hashes ([`leaf_hash`], RFC 9162 §2.1.1), so the
 //! serialization is deterministic: the same record always gives the same bytes.
 //!
-//! [`merkle`] is the RFC 9162 tree over those leaves, as a store keeps it (perfect
-//! subtrees), with inclusion and consistency proofs, appends and a streaming verifier.
+//! - [`merkle`]: the RFC 9162 tree over those leaves, as a store keeps it (perfect
+//!   subtrees), with inclusion and consistency proofs, appends and a streaming verifier;
+//! - [`checkpoint`]: C2SP signed notes, checkpoints (the signed tree head) and witness
+//!   cosignatures.
 //!
 //! ```
 //! use hygie_audit::{AuditOutcome, AuditRecord};
@@ -19,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod merkle;
 
 pub use merkle::leaf_hash;
