@@ -474,19 +474,8 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLong);
         }
-        {
-            let mut cache = self.cache.lock().expect("token cache");
-            if let Some(cached) = cache.get(token) {
-                // Cached tokens expire like any other.
-                if cached.claims.expires_at + CLOCK_SKEW_SECONDS as i64 <= now {
-                    return Err(AuthError::Expired);
-                }
-                if self.still_published(&cached.key, now) {
-                    return Ok(cached.claims.clone());
-                }
-                // Its key was withdrawn: verified again below, and refused.
-                cache.remove(token);
-            }
+        if let Some(known) = self.cached(token, now) {
+            return known;
         }
         let (claims, key) = self.verify_uncached(token, now)?;
         let mut cache = self.cache.lock().expect("token cache");
@@ -506,10 +495,32 @@ impl Verifier {
         Ok(claims)
     }
 
+    /// What the cache knows of `token`: its claims, or that it expired; `None` when it is
+    /// not cached, or its key is no longer trusted (then dropped, to be verified again).
+    fn cached(&self, token: &str, now: i64) -> Option<Result<Claims, AuthError>> {
+        let mut cache = self.cache.lock().expect("token cache");
+        let cached = cache.get(token)?;
+        // Cached tokens expire like any other.
+        if cached.claims.expires_at + CLOCK_SKEW_SECONDS as i64 <= now {
+            return Some(Err(AuthError::Expired));
+        }
+        if self.still_published(&cached.key, now) {
+            return Some(Ok(cached.claims.clone()));
+        }
+        cache.remove(token);
+        None
+    }
+
     /// [`Verifier::verify`], and when the token's provider has no key of its `kid` (a key
     /// rotation) or no keys at all (its IdP was down), one more look after fetching its JWKS
     /// again, within the rate limit of [`JwksOptions::min_refresh`].
     pub async fn verify_refreshing(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
+        // The common case first, without decoding the token: verified before, still good.
+        if token.len() <= MAX_TOKEN_BYTES
+            && let Some(known) = self.cached(token, now)
+        {
+            return known;
+        }
         let provider = (token.len() <= MAX_TOKEN_BYTES)
             .then(|| unverified_claim(token, "iss"))
             .flatten()

@@ -523,6 +523,14 @@ pub(crate) fn has_hidden_label(mask: &Mask, body: &[u8]) -> bool {
     if mask.hidden_labels.is_empty() || body.is_empty() {
         return false;
     }
+    // Most resources carry no label: a body without the key `"security"` (stored bodies
+    // are our own serializer's, which writes keys unescaped; a `\u` escape anywhere sends
+    // the body to the full parse) has none, and is not parsed.
+    if memchr::memmem::find(body, br#""security""#).is_none()
+        && memchr::memmem::find(body, br"\u").is_none()
+    {
+        return false;
+    }
     #[derive(serde::Deserialize)]
     struct Labelled {
         meta: Option<Meta>,
@@ -840,4 +848,30 @@ pub(crate) fn check_compartment_write(
             "{resource_type}/{id} is not in the compartment of the token's patient (Patient/{patient})"
         ),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_hidden_label;
+    use hygie_policy::{Mask, PROTECTED_LABELS};
+
+    #[test]
+    fn hidden_labels_are_found_by_the_quick_look_and_by_the_full_parse() {
+        let mask = Mask {
+            hidden_labels: PROTECTED_LABELS.to_vec(),
+            ..Mask::default()
+        };
+        let labelled = br#"{"resourceType":"Observation","meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"PSY"}]}}"#;
+        assert!(has_hidden_label(&mask, labelled));
+        // The key written with an escape: the quick look cannot see it, the parse does.
+        let escaped = br#"{"resourceType":"Observation","meta":{"securit\u0079":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"PSY"}]}}"#;
+        assert!(has_hidden_label(&mask, escaped));
+        let unlabelled =
+            br#"{"resourceType":"Observation","note":[{"text":"security guard present"}]}"#;
+        assert!(!has_hidden_label(&mask, unlabelled));
+        let other_label = br#"{"resourceType":"Observation","meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-Confidentiality","code":"N"}]}}"#;
+        assert!(!has_hidden_label(&mask, other_label));
+        // Nothing hidden: nothing to look for.
+        assert!(!has_hidden_label(&Mask::default(), labelled));
+    }
 }
