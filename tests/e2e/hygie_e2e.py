@@ -387,6 +387,15 @@ class PostgresDatabases:
         self.created.append(name)
         return self.url_for(name)
 
+    def create_from(self, template_url: str) -> str:
+        """Creates a copy of the database of `template_url` (nobody may be connected to it)
+        and returns the copy's URL."""
+        template = urllib.parse.urlsplit(template_url).path.lstrip("/")
+        name = f"hygie_e2e_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+        self._run(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        self.created.append(name)
+        return self.url_for(name)
+
     def drop(self, url: str) -> None:
         name = urllib.parse.urlsplit(url).path.lstrip("/")
         assert name.startswith("hygie_e2e_"), f"refusing to drop a database we did not create: {name}"

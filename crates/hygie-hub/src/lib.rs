@@ -26,6 +26,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod audit_log;
+mod audit_verify;
 mod break_glass;
 mod bundle;
 mod capability;
@@ -47,6 +49,8 @@ use std::sync::Arc;
 use hygie_policy::{Policy, Principal};
 use hygie_store::SharedStore;
 
+pub use audit_log::{AuditLogSettings, Integrated, Proof};
+pub use audit_verify::{VerifyFailure, VerifyReport};
 pub use break_glass::{MAX_BREAK_GLASS_REASON_CHARS, MAX_REVIEW_ITEMS};
 pub use bundle::PreparedTransaction;
 pub use care::{CARE_CACHE_ENTRIES, CARE_CACHE_TTL, MAX_CARE_PATIENTS, MAX_CARE_SOURCES};
@@ -68,6 +72,8 @@ pub struct HubConfig {
     pub default_page_size: usize,
     /// The largest `_count` honoured; larger values are refused with 400.
     pub max_page_size: usize,
+    /// The audit log's checkpoints and integration.
+    pub audit: AuditLogSettings,
 }
 
 impl Default for HubConfig {
@@ -76,6 +82,7 @@ impl Default for HubConfig {
             max_bundle_entries: 1_000,
             default_page_size: 50,
             max_page_size: 1_000,
+            audit: AuditLogSettings::default(),
         }
     }
 }

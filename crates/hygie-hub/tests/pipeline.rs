@@ -302,6 +302,45 @@ impl Tx for FailingAuditTx<'_> {
     fn audit_leaves(&mut self, f: i64, l: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
         self.0.audit_leaves(f, l)
     }
+    fn integrate_audit_leaves(&mut self, n: i64, l: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        self.0.integrate_audit_leaves(n, l)
+    }
+    fn audit_tree_leaves(&mut self, f: i64, l: usize) -> StoreResult<Vec<(i64, Option<Vec<u8>>)>> {
+        self.0.audit_tree_leaves(f, l)
+    }
+    fn audit_nodes(&mut self, ids: &[(u32, i64)]) -> StoreResult<Vec<Option<[u8; 32]>>> {
+        self.0.audit_nodes(ids)
+    }
+    fn audit_node_range(
+        &mut self,
+        level: u32,
+        f: i64,
+        t: i64,
+    ) -> StoreResult<Vec<(i64, [u8; 32])>> {
+        self.0.audit_node_range(level, f, t)
+    }
+    fn put_audit_nodes(&mut self, nodes: &[(u32, i64, [u8; 32])]) -> StoreResult<()> {
+        self.0.put_audit_nodes(nodes)
+    }
+    fn put_audit_checkpoint(&mut self, c: &hygie_store::StoredCheckpoint) -> StoreResult<()> {
+        self.0.put_audit_checkpoint(c)
+    }
+    fn audit_checkpoints(
+        &mut self,
+        f: i64,
+        l: usize,
+    ) -> StoreResult<Vec<hygie_store::StoredCheckpoint>> {
+        self.0.audit_checkpoints(f, l)
+    }
+    fn latest_audit_checkpoint(&mut self) -> StoreResult<Option<hygie_store::StoredCheckpoint>> {
+        self.0.latest_audit_checkpoint()
+    }
+    fn put_audit_cosignature(&mut self, s: i64, w: &str, n: &str, at: i64) -> StoreResult<()> {
+        self.0.put_audit_cosignature(s, w, n, at)
+    }
+    fn pending_audit_leaves(&mut self, size: i64) -> StoreResult<i64> {
+        self.0.pending_audit_leaves(size)
+    }
     fn lock(&mut self, key: &str) -> StoreResult<()> {
         self.0.lock(key)
     }

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit;
 mod fhir;
 mod middleware;
 mod rate;
@@ -120,6 +121,22 @@ pub async fn refresh_token_keys(
     Ok(keys.len())
 }
 
+/// Integrates the audit log's new leaves every `every` (and signs checkpoints as due)
+/// until the returned task is aborted. A failure is logged and retried: the leaves stay
+/// appended, only their integration waits.
+pub fn spawn_audit_integrator(hub: Hub, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = hub.integrate_audit(false).await {
+                tracing::error!(%error, "audit integration failed; retrying");
+            }
+        }
+    })
+}
+
 /// Keeps `verifier`'s own keys in step with the store, every `every`, until the returned
 /// task is aborted: a key retired on another hub process stops verifying here within
 /// `every`.
@@ -159,6 +176,21 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
             get(fhir::smart_configuration),
         )
         .route("/fhir/.well-known/jwks.json", get(fhir::jwks))
+        .route(
+            "/audit/checkpoint",
+            get(audit::checkpoint).fallback(audit::other),
+        )
+        .route("/audit/key", get(audit::key).fallback(audit::other))
+        .route(
+            "/audit/proof/inclusion",
+            get(audit::inclusion).fallback(audit::other),
+        )
+        .route(
+            "/audit/proof/consistency",
+            get(audit::consistency).fallback(audit::other),
+        )
+        .route("/audit", any(audit::other))
+        .route("/audit/{*rest}", any(audit::other))
         .route("/admin/policy/reload", post(admin::reload_policy))
         .route("/admin/keys", any(admin::keys))
         .route("/admin/keys/{*rest}", any(admin::keys))

@@ -160,6 +160,16 @@ pub struct NewBreakGlass<'a> {
     pub request_id: &'a str,
 }
 
+/// A signed checkpoint of the audit tree, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub tree_size: i64,
+    pub root: [u8; 32],
+    /// The C2SP signed note.
+    pub note: String,
+    pub created_us: i64,
+}
+
 /// A recorded break-the-glass grant and the state of its review.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BreakGlassGrant {
@@ -297,6 +307,55 @@ pub trait Tx {
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64>;
     /// Audit leaves with a sequence number of at least `from`, in order, at most `limit`.
     fn audit_leaves(&mut self, from: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<u8>)>>;
+    /// Gives tree indices to leaves appended and committed but not yet in the audit tree:
+    /// up to `limit` of them, numbered from `next_index` in the order they were appended.
+    /// Returns `(tree index, leaf)`, in index order. The caller holds the integration lock
+    /// and knows the tree's size (`next_index`). On SQLite leaves get their index when
+    /// appended, and this returns those from `next_index` on.
+    fn integrate_audit_leaves(
+        &mut self,
+        next_index: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, Vec<u8>)>>;
+    /// Leaves of the audit tree (integrated) by tree index from `from`, in order, at most
+    /// `limit`: `(index, leaf)`; a pruned leaf's body is `None`.
+    fn audit_tree_leaves(
+        &mut self,
+        from: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, Option<Vec<u8>>)>>;
+    /// Stored hashes of the audit tree's perfect subtrees `(level, index)`, in the order
+    /// asked; `None` for one not stored.
+    fn audit_nodes(&mut self, ids: &[(u32, i64)]) -> StoreResult<Vec<Option<[u8; 32]>>>;
+    /// Stored hashes of one level from index `from` to `to` inclusive: `(index, hash)`.
+    fn audit_node_range(
+        &mut self,
+        level: u32,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<(i64, [u8; 32])>>;
+    /// Stores hashes of perfect subtrees (new ones: a stored node never changes).
+    fn put_audit_nodes(&mut self, nodes: &[(u32, i64, [u8; 32])]) -> StoreResult<()>;
+    /// Stores a signed checkpoint of the audit tree at `tree_size`.
+    fn put_audit_checkpoint(&mut self, checkpoint: &StoredCheckpoint) -> StoreResult<()>;
+    /// Checkpoints of at least `from_size`, by size, at most `limit`.
+    fn audit_checkpoints(
+        &mut self,
+        from_size: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredCheckpoint>>;
+    /// The checkpoint of the largest tree size.
+    fn latest_audit_checkpoint(&mut self) -> StoreResult<Option<StoredCheckpoint>>;
+    /// Keeps a witness's cosigned checkpoint (one per witness and size).
+    fn put_audit_cosignature(
+        &mut self,
+        tree_size: i64,
+        witness: &str,
+        note: &str,
+        received_us: i64,
+    ) -> StoreResult<()>;
+    /// Leaves appended but not yet in the tree (0 on SQLite once integrated).
+    fn pending_audit_leaves(&mut self, tree_size: i64) -> StoreResult<i64>;
     /// Holds an exclusive lock named `key` until the unit ends. Conditional writes take one
     /// so that two of them cannot both find "no match" and both create (on PostgreSQL,
     /// across every hub process). A no-op on SQLite, whose writes are already serialized.

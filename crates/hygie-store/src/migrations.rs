@@ -103,6 +103,23 @@ pub const SQLITE: &[&str] = &[
     );
     CREATE INDEX break_glass_active ON break_glass (subject, until_us);
     "#,
+    // 5: the audit log as an RFC 9162 Merkle tree: the hashes of its perfect subtrees
+    // (level 0: the leaf hashes), the signed checkpoints, and witnesses' cosignatures.
+    // SQLite appends leaves with their tree index (one writer, commit order).
+    r#"
+    CREATE TABLE audit_node (
+        level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+        PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit_checkpoint (
+        tree_size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL,
+        created_us INTEGER NOT NULL
+    );
+    CREATE TABLE audit_cosignature (
+        tree_size INTEGER NOT NULL, witness TEXT NOT NULL, note TEXT NOT NULL,
+        received_us INTEGER NOT NULL, PRIMARY KEY (tree_size, witness)
+    );
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -212,6 +229,26 @@ pub const POSTGRES: &[&str] = &[
         closed_by TEXT, review TEXT
     );
     CREATE INDEX break_glass_active ON break_glass (subject, until_us);
+    "#,
+    // 5: the audit log as an RFC 9162 Merkle tree. Several hub processes append
+    // concurrently: `seq` orders appends (with gaps, and not in commit order); the one
+    // integrator at a time gives each committed leaf its dense tree index (`leaf_index`).
+    r#"
+    ALTER TABLE audit_log RENAME COLUMN leaf_index TO seq;
+    ALTER TABLE audit_log ADD COLUMN leaf_index BIGINT UNIQUE;
+    CREATE INDEX audit_log_pending ON audit_log (seq) WHERE leaf_index IS NULL;
+    CREATE TABLE audit_node (
+        level INTEGER NOT NULL, idx BIGINT NOT NULL, hash BYTEA NOT NULL,
+        PRIMARY KEY (level, idx)
+    );
+    CREATE TABLE audit_checkpoint (
+        tree_size BIGINT PRIMARY KEY, root BYTEA NOT NULL, note TEXT NOT NULL,
+        created_us BIGINT NOT NULL
+    );
+    CREATE TABLE audit_cosignature (
+        tree_size BIGINT NOT NULL, witness TEXT NOT NULL, note TEXT NOT NULL,
+        received_us BIGINT NOT NULL, PRIMARY KEY (tree_size, witness)
+    );
     "#,
 ];
 

@@ -19,7 +19,7 @@ use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, BreakGlassGrant, Filter, Head, HistoryQuery, HistoryScope, IndexCell,
     IndexRow, NewBreakGlass, NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError,
-    StoreResult, Tx, VersionRecord, panic_message,
+    StoreResult, StoredCheckpoint, Tx, VersionRecord, panic_message,
 };
 
 /// Settings of the PostgreSQL store.
@@ -588,9 +588,51 @@ const HISTORY_INSTANCE_SQL: &str =
 // be longer than a btree entry allows), or by system alone (`system|`).
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 const APPEND_AUDIT_SQL: &str =
-    "INSERT INTO audit_log (recorded_us, leaf) VALUES ($1, $2) RETURNING leaf_index - 1";
-const AUDIT_LEAVES_SQL: &str = "SELECT leaf_index - 1, leaf FROM audit_log
-    WHERE leaf_index - 1 >= $1 ORDER BY leaf_index LIMIT $2";
+    "INSERT INTO audit_log (recorded_us, leaf) VALUES ($1, $2) RETURNING seq - 1";
+const AUDIT_LEAVES_SQL: &str = "SELECT seq - 1, leaf FROM audit_log
+    WHERE seq - 1 >= $1 ORDER BY seq LIMIT $2";
+/// Numbers the oldest pending leaves from $1 on, in append order; the caller holds the
+/// integration lock, so no other process numbers concurrently.
+const INTEGRATE_AUDIT_SQL: &str = "WITH pending AS (
+        SELECT seq, $1::BIGINT + row_number() OVER (ORDER BY seq) - 1 AS idx
+        FROM audit_log WHERE leaf_index IS NULL ORDER BY seq LIMIT $2
+    )
+    UPDATE audit_log a SET leaf_index = p.idx FROM pending p WHERE a.seq = p.seq
+    RETURNING a.leaf_index, a.leaf";
+const AUDIT_TREE_LEAVES_SQL: &str = "SELECT leaf_index, leaf FROM audit_log
+    WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2";
+const AUDIT_NODES_SQL: &str = "SELECT n.level, n.idx, n.hash FROM audit_node n
+    JOIN unnest($1::INT[], $2::BIGINT[]) AS w(level, idx) ON n.level = w.level AND n.idx = w.idx";
+const AUDIT_NODE_RANGE_SQL: &str = "SELECT idx, hash FROM audit_node
+    WHERE level = $1 AND idx >= $2 AND idx <= $3 ORDER BY idx";
+const PUT_AUDIT_NODES_SQL: &str = "INSERT INTO audit_node (level, idx, hash)
+    SELECT * FROM unnest($1::INT[], $2::BIGINT[], $3::BYTEA[])";
+const PUT_AUDIT_CHECKPOINT_SQL: &str =
+    "INSERT INTO audit_checkpoint (tree_size, root, note, created_us)
+    VALUES ($1, $2, $3, $4)";
+const AUDIT_CHECKPOINTS_SQL: &str = "SELECT tree_size, root, note, created_us FROM audit_checkpoint
+    WHERE tree_size >= $1 ORDER BY tree_size LIMIT $2";
+const LATEST_AUDIT_CHECKPOINT_SQL: &str = "SELECT tree_size, root, note, created_us
+    FROM audit_checkpoint ORDER BY tree_size DESC LIMIT 1";
+const PUT_AUDIT_COSIGNATURE_SQL: &str =
+    "INSERT INTO audit_cosignature (tree_size, witness, note, received_us)
+    VALUES ($1, $2, $3, $4) ON CONFLICT (tree_size, witness) DO NOTHING";
+const PENDING_AUDIT_SQL: &str = "SELECT count(*) FROM audit_log WHERE leaf_index IS NULL";
+
+fn hash32(bytes: &[u8]) -> StoreResult<[u8; 32]> {
+    bytes.try_into().map_err(|_| {
+        StoreError::Database(format!("an audit hash of {} bytes, not 32", bytes.len()))
+    })
+}
+
+fn checkpoint_from_row(row: &postgres::Row) -> StoreResult<StoredCheckpoint> {
+    Ok(StoredCheckpoint {
+        tree_size: row.get(0),
+        root: hash32(row.get::<_, &[u8]>(1))?,
+        note: row.get(2),
+        created_us: row.get(3),
+    })
+}
 
 impl Tx for PgTx<'_> {
     fn head(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<Head>> {
@@ -987,6 +1029,127 @@ impl Tx for PgTx<'_> {
             .transaction
             .query(&statement, &[&from, &(limit as i64)])?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    fn integrate_audit_leaves(
+        &mut self,
+        next_index: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        let statement = self.statement(INTEGRATE_AUDIT_SQL)?;
+        let rows = self
+            .transaction
+            .query(&statement, &[&next_index, &(limit as i64)])?;
+        let mut leaves: Vec<(i64, Vec<u8>)> =
+            rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        leaves.sort_unstable_by_key(|(index, _)| *index);
+        Ok(leaves)
+    }
+
+    fn audit_tree_leaves(
+        &mut self,
+        from: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, Option<Vec<u8>>)>> {
+        let statement = self.statement(AUDIT_TREE_LEAVES_SQL)?;
+        let rows = self
+            .transaction
+            .query(&statement, &[&from, &(limit as i64)])?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    fn audit_nodes(&mut self, ids: &[(u32, i64)]) -> StoreResult<Vec<Option<[u8; 32]>>> {
+        let statement = self.statement(AUDIT_NODES_SQL)?;
+        let levels: Vec<i32> = ids.iter().map(|(level, _)| *level as i32).collect();
+        let indices: Vec<i64> = ids.iter().map(|(_, index)| *index).collect();
+        let rows = self.transaction.query(&statement, &[&levels, &indices])?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let level: i32 = row.get(0);
+            found.insert((level as u32, row.get::<_, i64>(1)), hash32(row.get(2))?);
+        }
+        Ok(ids.iter().map(|id| found.get(id).copied()).collect())
+    }
+
+    fn audit_node_range(
+        &mut self,
+        level: u32,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<(i64, [u8; 32])>> {
+        let statement = self.statement(AUDIT_NODE_RANGE_SQL)?;
+        let rows = self
+            .transaction
+            .query(&statement, &[&(level as i32), &from, &to])?;
+        rows.iter()
+            .map(|row| Ok((row.get(0), hash32(row.get(1))?)))
+            .collect()
+    }
+
+    fn put_audit_nodes(&mut self, nodes: &[(u32, i64, [u8; 32])]) -> StoreResult<()> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let statement = self.statement(PUT_AUDIT_NODES_SQL)?;
+        let levels: Vec<i32> = nodes.iter().map(|n| n.0 as i32).collect();
+        let indices: Vec<i64> = nodes.iter().map(|n| n.1).collect();
+        let hashes: Vec<&[u8]> = nodes.iter().map(|n| &n.2[..]).collect();
+        self.transaction
+            .execute(&statement, &[&levels, &indices, &hashes])?;
+        Ok(())
+    }
+
+    fn put_audit_checkpoint(&mut self, checkpoint: &StoredCheckpoint) -> StoreResult<()> {
+        let statement = self.statement(PUT_AUDIT_CHECKPOINT_SQL)?;
+        self.transaction.execute(
+            &statement,
+            &[
+                &checkpoint.tree_size,
+                &&checkpoint.root[..],
+                &checkpoint.note,
+                &checkpoint.created_us,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn audit_checkpoints(
+        &mut self,
+        from_size: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredCheckpoint>> {
+        let statement = self.statement(AUDIT_CHECKPOINTS_SQL)?;
+        let rows = self
+            .transaction
+            .query(&statement, &[&from_size, &(limit as i64)])?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+
+    fn latest_audit_checkpoint(&mut self) -> StoreResult<Option<StoredCheckpoint>> {
+        let statement = self.statement(LATEST_AUDIT_CHECKPOINT_SQL)?;
+        self.transaction
+            .query_opt(&statement, &[])?
+            .as_ref()
+            .map(checkpoint_from_row)
+            .transpose()
+    }
+
+    fn put_audit_cosignature(
+        &mut self,
+        tree_size: i64,
+        witness: &str,
+        note: &str,
+        received_us: i64,
+    ) -> StoreResult<()> {
+        let statement = self.statement(PUT_AUDIT_COSIGNATURE_SQL)?;
+        self.transaction
+            .execute(&statement, &[&tree_size, &witness, &note, &received_us])?;
+        Ok(())
+    }
+
+    fn pending_audit_leaves(&mut self, _tree_size: i64) -> StoreResult<i64> {
+        let statement = self.statement(PENDING_AUDIT_SQL)?;
+        Ok(self.transaction.query_one(&statement, &[])?.get(0))
     }
 
     fn lock(&mut self, key: &str) -> StoreResult<()> {

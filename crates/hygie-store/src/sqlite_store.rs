@@ -33,7 +33,7 @@ use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, BreakGlassGrant, Filter, Head, HistoryQuery, HistoryScope, IndexCell,
     IndexRow, NewBreakGlass, NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError,
-    StoreResult, Tx, VersionRecord, panic_message,
+    StoreResult, StoredCheckpoint, Tx, VersionRecord, panic_message,
 };
 
 /// Settings of the embedded store.
@@ -1264,10 +1264,153 @@ impl Tx for SqliteTx<'_> {
         )?;
         let leaves = statement
             .query_map(params![from, limit as i64], |row| {
-                Ok((row.get(0)?, row.get(1)?))
+                Ok((row.get(0)?, leaf_bytes(row.get_ref(1)?).unwrap_or_default()))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(leaves)
+    }
+
+    fn integrate_audit_leaves(
+        &mut self,
+        next_index: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        // Leaves have their tree index from the moment they are appended (one writer).
+        let mut statement = self.connection.prepare_cached(
+            "SELECT leaf_index, leaf FROM audit_log WHERE leaf_index >= ?1
+             ORDER BY leaf_index LIMIT ?2",
+        )?;
+        let leaves = statement
+            .query_map(params![next_index, limit as i64], |row| {
+                Ok((row.get(0)?, leaf_bytes(row.get_ref(1)?).unwrap_or_default()))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(leaves)
+    }
+
+    fn audit_tree_leaves(
+        &mut self,
+        from: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, Option<Vec<u8>>)>> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT leaf_index, leaf FROM audit_log WHERE leaf_index >= ?1
+             ORDER BY leaf_index LIMIT ?2",
+        )?;
+        let leaves = statement
+            .query_map(params![from, limit as i64], |row| {
+                Ok((row.get(0)?, leaf_bytes(row.get_ref(1)?)))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(leaves)
+    }
+
+    fn audit_nodes(&mut self, ids: &[(u32, i64)]) -> StoreResult<Vec<Option<[u8; 32]>>> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT hash FROM audit_node WHERE level = ?1 AND idx = ?2")?;
+        let mut hashes = Vec::with_capacity(ids.len());
+        for (level, index) in ids {
+            let hash: Option<Vec<u8>> = statement
+                .query_row(params![level, index], |row| row.get(0))
+                .optional()?;
+            hashes.push(hash.map(|h| hash32(&h)).transpose()?);
+        }
+        Ok(hashes)
+    }
+
+    fn audit_node_range(
+        &mut self,
+        level: u32,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<(i64, [u8; 32])>> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT idx, hash FROM audit_node WHERE level = ?1 AND idx >= ?2 AND idx <= ?3
+             ORDER BY idx",
+        )?;
+        let mut rows = statement.query(params![level, from, to])?;
+        let mut nodes = Vec::new();
+        while let Some(row) = rows.next()? {
+            let hash = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            nodes.push((row.get(0)?, hash32(hash)?));
+        }
+        Ok(nodes)
+    }
+
+    fn put_audit_nodes(&mut self, nodes: &[(u32, i64, [u8; 32])]) -> StoreResult<()> {
+        let mut statement = self
+            .connection
+            .prepare_cached("INSERT INTO audit_node (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+        for (level, index, hash) in nodes {
+            statement.execute(params![level, index, &hash[..]])?;
+        }
+        Ok(())
+    }
+
+    fn put_audit_checkpoint(&mut self, checkpoint: &StoredCheckpoint) -> StoreResult<()> {
+        self.connection
+            .prepare_cached(
+                "INSERT INTO audit_checkpoint (tree_size, root, note, created_us)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                checkpoint.tree_size,
+                &checkpoint.root[..],
+                checkpoint.note,
+                checkpoint.created_us
+            ])?;
+        Ok(())
+    }
+
+    fn audit_checkpoints(
+        &mut self,
+        from_size: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredCheckpoint>> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT tree_size, root, note, created_us FROM audit_checkpoint
+             WHERE tree_size >= ?1 ORDER BY tree_size LIMIT ?2",
+        )?;
+        let rows = statement
+            .query_map(params![from_size, limit as i64], checkpoint_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(checkpoint_from_parts).collect()
+    }
+
+    fn latest_audit_checkpoint(&mut self) -> StoreResult<Option<StoredCheckpoint>> {
+        let row = self
+            .connection
+            .prepare_cached(
+                "SELECT tree_size, root, note, created_us FROM audit_checkpoint
+                 ORDER BY tree_size DESC LIMIT 1",
+            )?
+            .query_row([], checkpoint_row)
+            .optional()?;
+        row.map(checkpoint_from_parts).transpose()
+    }
+
+    fn put_audit_cosignature(
+        &mut self,
+        tree_size: i64,
+        witness: &str,
+        note: &str,
+        received_us: i64,
+    ) -> StoreResult<()> {
+        self.connection
+            .prepare_cached(
+                "INSERT OR IGNORE INTO audit_cosignature (tree_size, witness, note, received_us)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![tree_size, witness, note, received_us])?;
+        Ok(())
+    }
+
+    fn pending_audit_leaves(&mut self, tree_size: i64) -> StoreResult<i64> {
+        Ok(self
+            .connection
+            .prepare_cached("SELECT count(*) FROM audit_log WHERE leaf_index >= ?1")?
+            .query_row(params![tree_size], |row| row.get(0))?)
     }
 
     fn lock(&mut self, _key: &str) -> StoreResult<()> {
@@ -1381,4 +1524,40 @@ fn insert_index(
         };
     }
     Ok(())
+}
+
+fn hash32(bytes: &[u8]) -> StoreResult<[u8; 32]> {
+    bytes.try_into().map_err(|_| {
+        StoreError::Database(format!("an audit hash of {} bytes, not 32", bytes.len()))
+    })
+}
+
+type CheckpointParts = (i64, Vec<u8>, String, i64);
+
+fn checkpoint_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CheckpointParts> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn checkpoint_from_parts(
+    (tree_size, root, note, created_us): CheckpointParts,
+) -> StoreResult<StoredCheckpoint> {
+    Ok(StoredCheckpoint {
+        tree_size,
+        root: hash32(&root)?,
+        note,
+        created_us,
+    })
+}
+
+/// A leaf's bytes whatever SQLite type they were written as (someone editing the database
+/// by hand may have made them TEXT: verification must see the bytes, not fail to read
+/// them); `None` for a pruned (NULL) leaf.
+fn leaf_bytes(value: rusqlite::types::ValueRef<'_>) -> Option<Vec<u8>> {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Blob(bytes) | ValueRef::Text(bytes) => Some(bytes.to_vec()),
+        ValueRef::Null => None,
+        ValueRef::Integer(n) => Some(n.to_string().into_bytes()),
+        ValueRef::Real(x) => Some(x.to_string().into_bytes()),
+    }
 }

@@ -74,6 +74,61 @@ pub struct FileSettings {
     /// (role = ["Encounter.diagnosis", …]; `[]` lifts a built-in mask).
     #[serde(default)]
     pub minimize: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub audit: FileAudit,
+}
+
+/// `[audit]`: the audit log's name and how often it is checkpointed.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileAudit {
+    /// The log's name in its checkpoints (C2SP origin), e.g. `hospital.example/hygie/audit`;
+    /// fixed when the log is created.
+    pub origin: Option<String>,
+    /// A signed checkpoint at least every this many seconds while the log grows.
+    pub checkpoint_every_seconds: Option<u64>,
+    /// A signed checkpoint at least every this many leaves.
+    pub checkpoint_every_leaves: Option<u64>,
+    /// How often new leaves are put into the tree, milliseconds.
+    pub integrate_every_ms: Option<u64>,
+}
+
+/// The audit log settings, checked, and the integration interval.
+pub fn audit_settings(
+    file: &FileSettings,
+) -> anyhow::Result<(hygie_hub::AuditLogSettings, Duration)> {
+    let audit = &file.audit;
+    let defaults = hygie_hub::AuditLogSettings::default();
+    let every_seconds = audit
+        .checkpoint_every_seconds
+        .unwrap_or(defaults.checkpoint_every.as_secs());
+    if !(1..=86_400).contains(&every_seconds) {
+        bail!("audit.checkpoint_every_seconds must be from 1 to 86400, not {every_seconds}");
+    }
+    let every_leaves = audit
+        .checkpoint_every_leaves
+        .unwrap_or(defaults.checkpoint_every_leaves);
+    if !(1..=10_000_000).contains(&every_leaves) {
+        bail!("audit.checkpoint_every_leaves must be from 1 to 10000000, not {every_leaves}");
+    }
+    let integrate_ms = audit.integrate_every_ms.unwrap_or(1_000);
+    if !(10..=60_000).contains(&integrate_ms) {
+        bail!("audit.integrate_every_ms must be from 10 to 60000, not {integrate_ms}");
+    }
+    if let Some(origin) = &audit.origin
+        && (origin.trim().is_empty() || origin.len() > 255 || origin.chars().any(char::is_control))
+    {
+        bail!("audit.origin must be 1 to 255 printable characters, not {origin:?}");
+    }
+    Ok((
+        hygie_hub::AuditLogSettings {
+            origin: audit.origin.clone(),
+            checkpoint_every_leaves: every_leaves,
+            checkpoint_every: Duration::from_secs(every_seconds),
+            ..defaults
+        },
+        Duration::from_millis(integrate_ms),
+    ))
 }
 
 /// `[need_to_know]`: who needs a care relationship to see a patient's data, and who may
@@ -399,6 +454,7 @@ pub fn hub_config(limits: &Limits) -> hygie_hub::HubConfig {
         max_bundle_entries: limits.max_bundle_entries,
         default_page_size: limits.default_page_size,
         max_page_size: limits.max_page_size,
+        audit: Default::default(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! command line and settings, opens the store, and wires the front doors to the hub.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod btg;
 mod config;
 mod demo;
@@ -42,6 +43,8 @@ enum Command {
     Btg(btg::BtgArgs),
     /// Manage the hub's keys: those that sign its own tokens.
     Keys(keys::KeysArgs),
+    /// The audit log: verify it, print its key.
+    Audit(audit::AuditArgs),
 }
 
 fn init_logging(format: Option<&str>) -> anyhow::Result<()> {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             Command::Revoke(args) => revoke::run(args).await,
             Command::Btg(args) => btg::run(args).await,
             Command::Keys(args) => keys::run(args).await,
+            Command::Audit(args) => audit::run(args).await,
         }
     });
     match result {

@@ -93,11 +93,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store_settings = config::store_settings(&args.store, &file)?;
     let store = config::open_store(&store_settings).await?;
     let backend = store.backend();
-    let hub =
-        hygie_hub::Hub::with_policy(store, config::hub_config(&limits), config::policy(&file)?);
+    let (audit, integrate_every) = config::audit_settings(&file)?;
+    let mut hub_config = config::hub_config(&limits);
+    hub_config.audit = audit;
+    let hub = hygie_hub::Hub::with_policy(store, hub_config, config::policy(&file)?);
     hub.bring_index_up_to_date()
         .await
         .map_err(|e| anyhow::anyhow!("cannot bring the search index up to date: {e}"))?;
+    // The audit log: what was appended while the hub was down, then every interval. A log
+    // that cannot be integrated (a gap, a wrong origin) stops the start, loudly.
+    hub.integrate_audit(false)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot integrate the audit log: {e}"))?;
+    let audit_integrator = hygie_server::spawn_audit_integrator(hub.clone(), integrate_every);
     // Refreshes the providers' keys in the background while the hub serves.
     let mut key_refresh: Option<hygie_auth::KeyRefresh> = None;
     let mut own_keys_refresh: Option<tokio::task::JoinHandle<()>> = None;
@@ -189,6 +197,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     )
     .await;
     drop(key_refresh);
+    audit_integrator.abort();
+    // The last accesses into the tree, under a final checkpoint.
+    if let Err(error) = hub.integrate_audit(true).await {
+        tracing::error!(%error, "cannot integrate the last audit leaves; the next start will");
+    }
     if let Some(task) = own_keys_refresh {
         task.abort();
     }

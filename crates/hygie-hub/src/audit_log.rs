@@ -1,0 +1,314 @@
+//! The audit log as an RFC 9162 Merkle tree, with signed checkpoints.
+//!
+//! Every access appends its AuditEvent leaf in its own unit of work (fail closed). The
+//! integrator, one at a time (a store lock: one process of many on PostgreSQL), takes the
+//! leaves appended since, gives them their dense tree index, stores the hashes of the
+//! perfect subtrees they complete, and signs a checkpoint (C2SP tlog-checkpoint) when
+//! `checkpoint_every_leaves` leaves or `checkpoint_every` have passed. Proofs are served
+//! from the stored subtrees, one store read each.
+//!
+//! The log's signing key and origin are made on first use and kept with the data
+//! (`hub_meta`): whoever can write the database could sign a rewritten log, which is why
+//! checkpoints are handed to witnesses (`hygie audit witness`) and auditors, whose copies
+//! `hygie audit verify --checkpoint` checks the stored log against.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hygie_audit::checkpoint::{Checkpoint, NoteSigner, VerifierKey};
+use hygie_audit::merkle::{self, Hash, NodeId, NodeSource, StoredNode};
+use hygie_store::{StoreError, StoreExt, StoredCheckpoint, Tx};
+
+use crate::instant::now_us;
+use crate::{Hub, HubError};
+
+/// `hub_meta` keys.
+const TREE_SIZE: &str = "audit.tree_size";
+const LOG_KEY: &str = "audit.log_key";
+const ORIGIN: &str = "audit.origin";
+/// The lock held while integrating (one integrator at a time, across processes).
+const INTEGRATION_LOCK: &str = "audit.integrate";
+
+/// Settings of the audit log.
+#[derive(Debug, Clone)]
+pub struct AuditLogSettings {
+    /// The log's name in its checkpoints (C2SP origin), fixed when the log is created; by
+    /// default `hygie/audit/` and a random id.
+    pub origin: Option<String>,
+    /// A checkpoint at least this many leaves after the last one.
+    pub checkpoint_every_leaves: u64,
+    /// A checkpoint at least this often while the log grows.
+    pub checkpoint_every: Duration,
+    /// Leaves integrated in one unit of work, at most.
+    pub integrate_batch_leaves: usize,
+}
+
+impl Default for AuditLogSettings {
+    fn default() -> AuditLogSettings {
+        AuditLogSettings {
+            origin: None,
+            checkpoint_every_leaves: 10_000,
+            checkpoint_every: Duration::from_secs(10),
+            integrate_batch_leaves: 20_000,
+        }
+    }
+}
+
+/// What one integration did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Integrated {
+    /// Leaves put into the tree by this integration.
+    pub leaves: u64,
+    /// The tree's size after it.
+    pub tree_size: u64,
+    /// The size of the checkpoint it signed, if it signed one.
+    pub checkpoint: Option<u64>,
+}
+
+/// A proof, as served: the hashes, in RFC 9162 order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    pub hashes: Vec<Hash>,
+}
+
+/// The stored tree, read through a unit of work.
+struct TxNodes<'a>(&'a mut dyn Tx);
+
+impl NodeSource for TxNodes<'_> {
+    type Error = StoreError;
+
+    fn nodes(&mut self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
+        let asked: Vec<(u32, i64)> = ids.iter().map(|id| (id.level, id.index as i64)).collect();
+        let found = self.0.audit_nodes(&asked)?;
+        ids.iter()
+            .zip(found)
+            .map(|(id, hash)| {
+                hash.ok_or_else(|| {
+                    StoreError::Database(format!(
+                        "the audit tree lacks its node (level {}, index {}): run `hygie audit verify`",
+                        id.level, id.index
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+fn merkle_error<E: std::fmt::Display>(error: E) -> StoreError {
+    StoreError::Database(format!("audit tree: {error}"))
+}
+
+fn fetch_error(error: merkle::FetchError<StoreError>) -> StoreError {
+    match error {
+        merkle::FetchError::Source(error) => error,
+        merkle::FetchError::Merkle(error) => merkle_error(error),
+    }
+}
+
+/// The integrated tree size, as stored.
+pub(crate) fn tree_size(tx: &mut dyn Tx) -> Result<u64, StoreError> {
+    match tx.meta_get(TREE_SIZE)? {
+        None => Ok(0),
+        Some(text) => text
+            .parse()
+            .map_err(|_| StoreError::Database(format!("stored audit tree size {text:?}"))),
+    }
+}
+
+/// The log's signing key and origin, made on first use (under the integration lock).
+fn log_signer(tx: &mut dyn Tx, wanted_origin: Option<&str>) -> Result<NoteSigner, StoreError> {
+    let origin = match tx.meta_get(ORIGIN)? {
+        Some(origin) => {
+            if let Some(wanted) = wanted_origin
+                && wanted != origin
+            {
+                return Err(StoreError::Config(format!(
+                    "audit.origin is {wanted:?} but this log was created as {origin:?}: a log keeps its name (remove the setting, or set it to the log's)"
+                )));
+            }
+            origin
+        }
+        None => {
+            let origin = match wanted_origin {
+                Some(wanted) => wanted.to_owned(),
+                None => format!(
+                    "hygie/audit/{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..12]
+                ),
+            };
+            // Checked as the checkpoint's first line will be.
+            Checkpoint::new(&origin, 0, merkle::EMPTY_ROOT)
+                .to_body()
+                .map_err(|e| StoreError::Config(format!("audit.origin {origin:?}: {e}")))?;
+            tx.meta_set(ORIGIN, &origin)?;
+            origin
+        }
+    };
+    let pkcs8 = match tx.meta_get(LOG_KEY)? {
+        Some(encoded) => STANDARD
+            .decode(encoded)
+            .map_err(|_| StoreError::Database("the stored audit log key is not base64".into()))?,
+        None => {
+            let (_, pkcs8) = NoteSigner::generate(&origin).map_err(merkle_error)?;
+            tx.meta_set(LOG_KEY, &STANDARD.encode(&pkcs8))?;
+            pkcs8
+        }
+    };
+    NoteSigner::from_pkcs8(&origin, &pkcs8).map_err(merkle_error)
+}
+
+/// Integrates up to `settings.integrate_batch_leaves` appended leaves, and signs a
+/// checkpoint when one is due (or `force_checkpoint` and the tree grew since the last).
+fn integrate(
+    tx: &mut dyn Tx,
+    settings: &AuditLogSettings,
+    now_us: i64,
+    force_checkpoint: bool,
+) -> Result<Integrated, StoreError> {
+    tx.lock(INTEGRATION_LOCK)?;
+    let size = tree_size(tx)?;
+    let leaves = tx.integrate_audit_leaves(size as i64, settings.integrate_batch_leaves)?;
+    for (position, (index, _)) in leaves.iter().enumerate() {
+        if *index != (size + position as u64) as i64 {
+            return Err(StoreError::Database(format!(
+                "audit leaf {index} where {} was expected: the audit log has a gap; run `hygie audit verify`",
+                size + position as u64
+            )));
+        }
+    }
+    let hashes: Vec<Hash> = leaves
+        .iter()
+        .map(|(_, leaf)| merkle::leaf_hash(leaf))
+        .collect();
+    let (frontier, nodes) = if hashes.is_empty() {
+        (
+            merkle::Frontier::load(&mut TxNodes(tx), size).map_err(fetch_error)?,
+            Vec::new(),
+        )
+    } else {
+        merkle::append(&mut TxNodes(tx), size, &hashes).map_err(fetch_error)?
+    };
+    let rows: Vec<(u32, i64, [u8; 32])> = nodes
+        .iter()
+        .map(|StoredNode { id, hash }| (id.level, id.index as i64, *hash))
+        .collect();
+    tx.put_audit_nodes(&rows)?;
+    let new_size = frontier.size();
+    if new_size != size {
+        tx.meta_set(TREE_SIZE, &new_size.to_string())?;
+    }
+    let last = tx.latest_audit_checkpoint()?;
+    let last_size = last.as_ref().map_or(0, |c| c.tree_size as u64);
+    let last_us = last.as_ref().map_or(i64::MIN / 2, |c| c.created_us);
+    let due = new_size > last_size
+        && (force_checkpoint
+            || new_size - last_size >= settings.checkpoint_every_leaves
+            || now_us - last_us >= settings.checkpoint_every.as_micros() as i64);
+    let mut checkpoint = None;
+    if due || last.is_none() {
+        let signer = log_signer(tx, settings.origin.as_deref())?;
+        let root = frontier.root();
+        let note = Checkpoint::new(signer.name(), new_size, root)
+            .sign(&signer)
+            .map_err(merkle_error)?;
+        tx.put_audit_checkpoint(&StoredCheckpoint {
+            tree_size: new_size as i64,
+            root,
+            note: note.to_string(),
+            created_us: now_us,
+        })?;
+        checkpoint = Some(new_size);
+    }
+    Ok(Integrated {
+        leaves: hashes.len() as u64,
+        tree_size: new_size,
+        checkpoint,
+    })
+}
+
+fn bad_request(why: String) -> HubError {
+    HubError::bad_request(why)
+}
+
+impl Hub {
+    /// Integrates the leaves appended since the last integration (as many units as it
+    /// takes, each of `integrate_batch_leaves` at most), signing checkpoints as due.
+    pub async fn integrate_audit(&self, force_checkpoint: bool) -> Result<Integrated, HubError> {
+        let mut total = Integrated {
+            leaves: 0,
+            tree_size: 0,
+            checkpoint: None,
+        };
+        loop {
+            let settings = self.inner.config.audit.clone();
+            let now = now_us();
+            let step = self
+                .inner
+                .store
+                .run(move |tx| integrate(tx, &settings, now, force_checkpoint))
+                .await
+                .map_err(HubError::from_store)?;
+            total.leaves += step.leaves;
+            total.tree_size = step.tree_size;
+            total.checkpoint = step.checkpoint.or(total.checkpoint);
+            if step.leaves < self.inner.config.audit.integrate_batch_leaves as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The latest signed checkpoint (the integrator signs them: a reader never writes).
+    pub async fn audit_checkpoint(&self) -> Result<StoredCheckpoint, HubError> {
+        self.inner
+            .store
+            .read(|tx| tx.latest_audit_checkpoint())
+            .await
+            .map_err(HubError::from_store)?
+            .ok_or_else(|| HubError::not_found("the audit log has no checkpoint yet"))
+    }
+
+    /// The log's verifier key line (`origin+keyid+base64`), for witnesses and auditors.
+    pub async fn audit_log_key(&self) -> Result<VerifierKey, HubError> {
+        let origin = self.inner.config.audit.origin.clone();
+        self.inner
+            .store
+            .run(move |tx| {
+                tx.lock(INTEGRATION_LOCK)?;
+                Ok(log_signer(tx, origin.as_deref())?.verifier_key())
+            })
+            .await
+            .map_err(HubError::from_store)
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size` leaves (RFC 9162 §2.1.3).
+    pub async fn audit_inclusion_proof(&self, index: u64, size: u64) -> Result<Proof, HubError> {
+        let plan = merkle::inclusion_plan(index, size).map_err(|e| bad_request(e.to_string()))?;
+        self.proof(plan, size).await
+    }
+
+    /// The consistency proof between the trees of `from` and `to` leaves (§2.1.4).
+    pub async fn audit_consistency_proof(&self, from: u64, to: u64) -> Result<Proof, HubError> {
+        let plan = merkle::consistency_plan(from, to).map_err(|e| bad_request(e.to_string()))?;
+        self.proof(plan, to).await
+    }
+
+    async fn proof(&self, plan: merkle::ProofPlan, size: u64) -> Result<Proof, HubError> {
+        let outcome = self
+            .inner
+            .store
+            .read(move |tx| {
+                let stored = tree_size(tx)?;
+                if size > stored {
+                    return Ok(Err(bad_request(format!(
+                        "the audit tree has {stored} leaves: no proof for a tree of {size}"
+                    ))));
+                }
+                let hashes = TxNodes(tx).nodes(plan.nodes())?;
+                Ok(Ok(plan.assemble(&hashes).map_err(merkle_error)?))
+            })
+            .await
+            .map_err(HubError::from_store)?;
+        Ok(Proof { hashes: outcome? })
+    }
+}

@@ -1,0 +1,171 @@
+//! `/audit/…`: what anyone needs to check the audit log without trusting the hub, and no
+//! patient data: the latest signed checkpoint (C2SP signed note), the log's verifier key,
+//! and RFC 9162 inclusion and consistency proofs (hashes, base64). Public, like a
+//! Certificate Transparency log's; limited by the per-address rate limit.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::StatusCode;
+use hygie_fhir::IssueType;
+use hygie_hub::{HubError, Proof};
+
+use crate::AppState;
+use crate::fhir::origin;
+use crate::response::{ErrorResponse, Throttled};
+
+/// The per-address rate limit, as for every request.
+fn throttle(state: &AppState, request: &axum::extract::Request) -> Option<Response> {
+    let (remote, _) = origin(request.extensions());
+    let address = remote?;
+    state
+        .by_address
+        .check(&address.ip().to_string(), std::time::Instant::now())
+        .err()
+        .map(|wait| Throttled(wait).into_response())
+}
+
+fn text(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn json(document: serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&document).expect("a JSON document serializes"),
+    )
+        .into_response()
+}
+
+/// The query's two numbers `first` and `second`, and nothing else (a typo must not pass
+/// as a default).
+fn two_numbers(query: Option<&str>, first: &str, second: &str) -> Result<(u64, u64), HubError> {
+    let mut values = [None, None];
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let slot = if name == first {
+            0
+        } else if name == second {
+            1
+        } else {
+            return Err(HubError::bad_request(format!(
+                "unknown parameter {name:?}: this proof takes {first} and {second}"
+            )));
+        };
+        if values[slot].is_some() {
+            return Err(HubError::bad_request(format!("{name} is given twice")));
+        }
+        let number = value.parse::<u64>().map_err(|_| {
+            HubError::bad_request(format!("{name} must be a whole number, not {value:?}"))
+        })?;
+        values[slot] = Some(number);
+    }
+    match values {
+        [Some(a), Some(b)] => Ok((a, b)),
+        _ => Err(HubError::bad_request(format!(
+            "this proof needs {first} and {second}"
+        ))),
+    }
+}
+
+fn hashes(proof: &Proof) -> Vec<String> {
+    proof.hashes.iter().map(|h| STANDARD.encode(h)).collect()
+}
+
+fn answer(result: Result<Response, HubError>) -> Response {
+    result.unwrap_or_else(|error| ErrorResponse(error).into_response())
+}
+
+/// `GET /audit/checkpoint`: the latest signed checkpoint, `text/plain`.
+pub(crate) async fn checkpoint(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    if let Some(refusal) = throttle(&state, &request) {
+        return refusal;
+    }
+    answer(state.hub.audit_checkpoint().await.map(|c| text(c.note)))
+}
+
+/// `GET /audit/key`: the log's verifier key (`origin+keyid+base64`), `text/plain`.
+pub(crate) async fn key(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    if let Some(refusal) = throttle(&state, &request) {
+        return refusal;
+    }
+    answer(
+        state
+            .hub
+            .audit_log_key()
+            .await
+            .map(|key| text(format!("{key}\n"))),
+    )
+}
+
+/// `GET /audit/proof/inclusion?index=I&size=N`.
+pub(crate) async fn inclusion(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    if let Some(refusal) = throttle(&state, &request) {
+        return refusal;
+    }
+    let query = request.uri().query().map(str::to_owned);
+    drop(request);
+    let result = async {
+        let (index, size) = two_numbers(query.as_deref(), "index", "size")?;
+        let proof = state.hub.audit_inclusion_proof(index, size).await?;
+        Ok(json(serde_json::json!({
+            "index": index, "size": size, "hashes": hashes(&proof),
+        })))
+    }
+    .await;
+    answer(result)
+}
+
+/// `GET /audit/proof/consistency?from=M&to=N`.
+pub(crate) async fn consistency(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    if let Some(refusal) = throttle(&state, &request) {
+        return refusal;
+    }
+    let query = request.uri().query().map(str::to_owned);
+    drop(request);
+    let result = async {
+        let (from, to) = two_numbers(query.as_deref(), "from", "to")?;
+        let proof = state.hub.audit_consistency_proof(from, to).await?;
+        Ok(json(serde_json::json!({
+            "from": from, "to": to, "hashes": hashes(&proof),
+        })))
+    }
+    .await;
+    answer(result)
+}
+
+/// Anything else under `/audit/`: 404, or 405 for a write to a known path.
+pub(crate) async fn other(request: axum::extract::Request) -> Response {
+    let known = matches!(
+        request.uri().path(),
+        "/audit/checkpoint" | "/audit/key" | "/audit/proof/inclusion" | "/audit/proof/consistency"
+    );
+    let error = if known {
+        HubError::new(
+            405,
+            IssueType::NotSupported,
+            "the audit log is read-only: GET",
+        )
+    } else {
+        HubError::not_found(format!("no audit resource {}", request.uri().path()))
+    };
+    ErrorResponse(error).into_response()
+}

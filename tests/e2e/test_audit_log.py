@@ -1,0 +1,174 @@
+"""The audit log as outsiders check it: signed checkpoints and RFC 9162 proofs served over
+HTTP, verified with an independent implementation (rfc9162.py: hashlib + cryptography),
+and `hygie audit verify` catching every kind of tampering with the stored leaves, on
+SQLite and PostgreSQL, every time."""
+
+from __future__ import annotations
+
+import base64
+import random
+import shutil
+import sqlite3
+import subprocess
+import time
+
+import pytest
+import requests
+
+import rfc9162
+from e2e_support import assert_outcome, one_shot, patient, run_cli
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def audited(request, start_hub, tmp_path):
+    """A hub that integrates its audit log every 50 ms and signs a checkpoint every second."""
+    settings = tmp_path / "audit.toml"
+    settings.write_text("[audit]\nintegrate_every_ms = 50\ncheckpoint_every_seconds = 1\n")
+    return start_hub(request.param, args=["--config", str(settings)])
+
+
+def _psql(url: str, sql: str) -> str:
+    done = subprocess.run(["psql", "-X", "-w", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _leaf(server, index: int) -> bytes:
+    """A leaf's bytes, read from the database as an auditor with access to it would."""
+    if server.database_url:
+        return base64.b64decode(_psql(server.database_url,
+                                      f"SELECT encode(leaf, 'base64') FROM audit_log WHERE leaf_index = {index}")
+                                .replace("\n", ""))
+    with sqlite3.connect(server.data_dir / "hygie.db") as db:
+        return db.execute("SELECT leaf FROM audit_log WHERE leaf_index = ?", (index,)).fetchone()[0]
+
+
+def _checkpoint(server, vkey: str, at_least: int) -> tuple[str, int, bytes]:
+    deadline = time.monotonic() + 15
+    while True:
+        note = requests.get(f"{server.root_url}/audit/checkpoint", timeout=10)
+        assert note.status_code == 200, note.text
+        assert note.headers["content-type"].startswith("text/plain")
+        verified = rfc9162.verify_note(note.text, vkey)
+        origin, size, root, _ = rfc9162.parse_checkpoint(verified.body)
+        if size >= at_least:
+            return origin, size, root
+        assert time.monotonic() < deadline, f"no checkpoint of {at_least} leaves within 15 s (last: {size})"
+        time.sleep(0.2)
+
+
+def _hashes(response: requests.Response) -> list[bytes]:
+    assert response.status_code == 200, response.text
+    return [base64.b64decode(h) for h in response.json()["hashes"]]
+
+
+def test_checkpoints_and_proofs_verify_with_an_independent_implementation(audited):
+    server = audited
+    vkey = requests.get(f"{server.root_url}/audit/key", timeout=10).text.strip()
+    for n in range(8):
+        assert one_shot("POST", f"{server.fhir_url}/Patient", json=patient(f"audit-{n}")).status_code == 201
+    origin, first_size, first_root = _checkpoint(server, vkey, 8)
+    assert vkey.startswith(origin + "+")
+    for _ in range(13):
+        assert one_shot("GET", f"{server.fhir_url}/Patient").status_code == 200
+    _, size, root = _checkpoint(server, vkey, first_size + 13)
+
+    for index in sorted({0, 1, first_size - 1, first_size, size - 1, random.randrange(size)}):
+        proof = _hashes(requests.get(f"{server.root_url}/audit/proof/inclusion",
+                                     params={"index": index, "size": size}, timeout=10))
+        leaf_hash = rfc9162.leaf_hash(_leaf(server, index))
+        rfc9162.verify_inclusion(leaf_hash, index, size, proof, root)
+        with pytest.raises(rfc9162.VerificationError):
+            rfc9162.verify_inclusion(rfc9162.leaf_hash(b"another access"), index, size, proof, root)
+    proof = _hashes(requests.get(f"{server.root_url}/audit/proof/consistency",
+                                 params={"from": first_size, "to": size}, timeout=10))
+    rfc9162.verify_consistency(first_size, size, proof, first_root, root)
+    with pytest.raises(rfc9162.VerificationError):
+        rfc9162.verify_consistency(first_size, size, proof, rfc9162.leaf_hash(b"rewritten"), root)
+
+    # Bad requests: a precise 400, never a proof of something else.
+    for path, params in (("inclusion", {"index": size, "size": size}),
+                         ("inclusion", {"index": 0, "size": size + 10_000}),
+                         ("inclusion", {"index": "one", "size": size}),
+                         ("inclusion", {"index": 0}),
+                         ("inclusion", {"index": 0, "size": size, "sise": 1}),
+                         ("consistency", {"from": size, "to": first_size}),
+                         ("consistency", {"from": -1, "to": size})):
+        assert_outcome(requests.get(f"{server.root_url}/audit/proof/{path}", params=params, timeout=10), 400)
+    assert_outcome(requests.post(f"{server.root_url}/audit/checkpoint", data="x", timeout=10), 405)
+    assert_outcome(requests.get(f"{server.root_url}/audit/leaves", timeout=10), 404)
+
+
+def _verify(hygie_bin, tmp_path, store_args, *extra) -> subprocess.CompletedProcess:
+    return run_cli(hygie_bin, ["audit", "verify", *store_args, *extra], cwd=tmp_path)
+
+
+TAMPERINGS = ("modify", "delete", "swap", "truncate", "shift")
+
+
+def _tamper_sql(kind: str, position: int, other: int, size: int, postgres: bool) -> tuple[str, int]:
+    """SQL that tampers with the stored leaves as someone with database access would, and the
+    first leaf `verify` must name."""
+    if kind == "modify":
+        # One byte of the leaf's JSON changed ("0" outcome → "4", or a letter).
+        flip = ("UPDATE audit_log SET leaf = overlay(leaf placing '\\x20'::bytea from 10 for 1) WHERE leaf_index = {i}"
+                if postgres else "UPDATE audit_log SET leaf = CAST(replace(CAST(leaf AS TEXT), '\"', ' ') AS BLOB) WHERE leaf_index = {i}")
+        return flip.format(i=position), position
+    if kind == "delete":
+        return f"DELETE FROM audit_log WHERE leaf_index = {position}", position
+    if kind == "swap":
+        low, high = sorted((position, other))
+        swap = (f"UPDATE audit_log SET leaf_index = -1 WHERE leaf_index = {low}; "
+                f"UPDATE audit_log SET leaf_index = {low} WHERE leaf_index = {high}; "
+                f"UPDATE audit_log SET leaf_index = {high} WHERE leaf_index = -1")
+        return swap, low
+    if kind == "truncate":
+        return f"DELETE FROM audit_log WHERE leaf_index >= {position}", position
+    # shift: a forged leaf inserted at `position`, the later ones moved up by one.
+    move = "UPDATE audit_log SET leaf_index = leaf_index + 1000000 WHERE leaf_index >= {p}; " \
+           "UPDATE audit_log SET leaf_index = leaf_index - 1000000 + 1 WHERE leaf_index >= 1000000; "
+    if postgres:
+        insert = "INSERT INTO audit_log (recorded_us, leaf, leaf_index) VALUES (0, '\\x7b7d'::bytea, {p})"
+    else:
+        insert = "INSERT INTO audit_log (leaf_index, recorded_us, leaf) VALUES ({p}, 0, x'7b7d')"
+    return (move + insert).format(p=position), position
+
+
+def test_any_tampering_with_the_stored_leaves_is_caught_and_located(audited, hygie_bin, tmp_path, request):
+    server = audited
+    for n in range(30):
+        method = "POST" if n % 3 == 0 else "GET"
+        body = patient(f"tamper-{n}") if method == "POST" else None
+        assert one_shot(method, f"{server.fhir_url}/Patient", json=body).status_code in (200, 201)
+    server.stop()  # a final checkpoint covers every leaf
+    postgres = bool(server.database_url)
+    store_args = ["--database", server.database_url] if postgres else ["--data-dir", str(server.data_dir)]
+    clean = _verify(hygie_bin, tmp_path, store_args)
+    assert clean.returncode == 0, clean.stderr
+    assert "audit log verified" in clean.stdout
+    size = int(clean.stdout.split("verified: ")[1].split(" leaves")[0])
+    assert size >= 30
+
+    rng = random.Random(20261130)
+    trials = [(kind, rng.randrange(size), rng.randrange(size)) for kind in TAMPERINGS for _ in range(3)]
+    for kind, position, other in trials:
+        if kind == "swap" and position == other:
+            other = (position + 1) % size
+        sql, expected = _tamper_sql(kind, position, other, size, postgres)
+        if postgres:
+            databases = request.getfixturevalue("pg_databases")
+            copy = databases.create_from(server.database_url)
+            _psql(copy, sql)
+            args = ["--database", copy]
+        else:
+            copy = tmp_path / f"copy-{kind}-{position}-{other}"
+            shutil.copytree(server.data_dir, copy)
+            with sqlite3.connect(copy / "hygie.db") as db:
+                db.executescript(sql)
+            args = ["--data-dir", str(copy)]
+        done = _verify(hygie_bin, tmp_path, args)
+        assert done.returncode == 1, f"{kind} at {position}: not caught\n{done.stdout}{done.stderr}"
+        assert f"first bad leaf {expected}:" in done.stderr, f"{kind} at {position}/{other}: {done.stderr}"
+        if postgres:
+            databases.drop(copy)
