@@ -37,9 +37,8 @@ def _psql(url: str, sql: str) -> str:
 def _leaf(server, index: int) -> bytes:
     """A leaf's bytes, read from the database as an auditor with access to it would."""
     if server.database_url:
-        return base64.b64decode(_psql(server.database_url,
-                                      f"SELECT encode(leaf, 'base64') FROM audit_log WHERE leaf_index = {index}")
-                                .replace("\n", ""))
+        return bytes.fromhex(_psql(server.database_url,
+                                   f"SELECT encode(leaf, 'hex') FROM audit_log WHERE leaf_index = {index}").strip())
     with sqlite3.connect(server.data_dir / "hygie.db") as db:
         return db.execute("SELECT leaf FROM audit_log WHERE leaf_index = ?", (index,)).fetchone()[0]
 
@@ -172,3 +171,32 @@ def test_any_tampering_with_the_stored_leaves_is_caught_and_located(audited, hyg
         assert f"first bad leaf {expected}:" in done.stderr, f"{kind} at {position}/{other}: {done.stderr}"
         if postgres:
             databases.drop(copy)
+
+
+def _leaves(server) -> list[dict]:
+    import json
+    if server.database_url:
+        rows = _psql(server.database_url, "SELECT encode(leaf, 'hex') FROM audit_log ORDER BY seq").split()
+        return [json.loads(bytes.fromhex(row)) for row in rows]
+    with sqlite3.connect(server.data_dir / "hygie.db") as db:
+        return [json.loads(row[0]) for row in db.execute("SELECT leaf FROM audit_log ORDER BY leaf_index")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_failed_authentications_are_audited(backend, start_hub):
+    """BALP: a bearer token that does not verify is a failed login (DICOM 110114/110122,
+    outcome 4), recorded with the caller's address and the reason, and refused (401)."""
+    server = start_hub(backend, no_auth=False)
+    forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJQcmFjdGl0aW9uZXIvZXZlIn0."
+    for headers in ({"Authorization": f"Bearer {forged}"}, {"Authorization": "Basic dXNlcjpwYXNz"}):
+        assert_outcome(one_shot("GET", f"{server.fhir_url}/Patient", headers=headers), 401)
+    logins = [leaf for leaf in _leaves(server) if leaf["type"]["code"] == "110114"]
+    assert len(logins) == 2, logins
+    for leaf in logins:
+        assert leaf["type"]["system"] == "http://dicom.nema.org/resources/ontology/DCM"
+        assert leaf["subtype"][0]["code"] == "110122"
+        assert leaf["outcome"] == "4"
+        assert leaf["agent"][0]["network"]["address"] == "127.0.0.1"
+        assert leaf["outcomeDesc"]
+    assert "none" in logins[0]["outcomeDesc"]
+    assert "Bearer" in logins[1]["outcomeDesc"]

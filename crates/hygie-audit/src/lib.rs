@@ -78,7 +78,23 @@ pub struct AuditRecord {
     /// Why the data was reached, when it is not plain treatment under a care relationship:
     /// `ETREAT` (emergency treatment, the glass broken), with the caller's stated reason.
     pub purpose_of_use: Option<PurposeOfUse>,
+    /// A RESTful interaction (the default), or an authentication.
+    pub kind: AuditEventKind,
 }
+
+/// What kind of event a record is: its AuditEvent `type` and `subtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditEventKind {
+    /// A FHIR RESTful interaction: type `rest`, subtype the interaction code.
+    #[default]
+    Rest,
+    /// A sign-in attempt (a bearer token presented): DICOM `110114` User Authentication,
+    /// subtype `110122` Login, as IHE BALP records authentication.
+    Login,
+}
+
+/// DICOM's controlled terminology, for BALP's authentication events.
+const DICOM_SYSTEM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 
 /// A purpose of use (v3 ActReason code) and the caller's own words for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +126,18 @@ impl AuditRecord {
             network_address: None,
             request_id: None,
             purpose_of_use: None,
+            kind: AuditEventKind::Rest,
         }
+    }
+
+    /// A failed sign-in: who presented what is unknown (the token did not verify); the
+    /// network address and the reason are what an investigation needs.
+    pub fn failed_login(reason: &str, recorded_us: i64) -> AuditRecord {
+        let mut record = AuditRecord::new("login", "unauthenticated", recorded_us);
+        record.kind = AuditEventKind::Login;
+        record.outcome = AuditOutcome::MinorFailure;
+        record.outcome_description = Some(reason.to_owned());
+        record
     }
 
     pub fn entity(mut self, reference: impl Into<String>) -> AuditRecord {
@@ -173,15 +200,29 @@ impl AuditRecord {
                     display: None,
                 }],
             }),
-            event_type: Coding {
-                system: "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                code: "rest",
-                display: Some("RESTful Operation"),
+            event_type: match self.kind {
+                AuditEventKind::Rest => Coding {
+                    system: "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                    code: "rest",
+                    display: Some("RESTful Operation"),
+                },
+                AuditEventKind::Login => Coding {
+                    system: DICOM_SYSTEM,
+                    code: "110114",
+                    display: Some("User Authentication"),
+                },
             },
-            subtype: [Coding {
-                system: "http://hl7.org/fhir/restful-interaction",
-                code: &self.interaction,
-                display: None,
+            subtype: [match self.kind {
+                AuditEventKind::Rest => Coding {
+                    system: "http://hl7.org/fhir/restful-interaction",
+                    code: &self.interaction,
+                    display: None,
+                },
+                AuditEventKind::Login => Coding {
+                    system: DICOM_SYSTEM,
+                    code: "110122",
+                    display: Some("Login"),
+                },
             }],
             action: self.action_code(),
             recorded: &recorded,
@@ -369,6 +410,24 @@ mod tests {
             "http://terminology.hl7.org/CodeSystem/v3-ActReason"
         );
         assert_eq!(event["purposeOfEvent"][0]["text"], "unconscious, no ID");
+    }
+
+    #[test]
+    fn a_failed_sign_in_is_a_balp_user_authentication_login_that_failed() {
+        let mut record = AuditRecord::failed_login("invalid bearer token: expired", 0);
+        record.network_address = Some("192.0.2.7".to_owned());
+        let event = record.to_audit_event();
+        assert_eq!(event["type"]["system"], DICOM_SYSTEM);
+        assert_eq!(event["type"]["code"], "110114");
+        assert_eq!(event["subtype"][0]["code"], "110122");
+        assert_eq!(event["outcome"], "4");
+        assert_eq!(event["outcomeDesc"], "invalid bearer token: expired");
+        assert_eq!(event["agent"][0]["network"]["address"], "192.0.2.7");
+        assert_eq!(event["agent"][0]["who"]["display"], "unauthenticated");
+        // A REST record keeps its own type.
+        let rest = AuditRecord::new("read", "x", 0).to_audit_event();
+        assert_eq!(rest["type"]["code"], "rest");
+        assert_eq!(rest["subtype"][0]["code"], "read");
     }
 
     #[test]

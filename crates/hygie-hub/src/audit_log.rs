@@ -258,6 +258,26 @@ impl Hub {
         }
     }
 
+    /// Records a sign-in that failed (a bearer token that did not verify, a malformed
+    /// `Authorization`): IHE BALP's failed login, with the address and request id.
+    pub async fn audit_failed_authentication(
+        &self,
+        network_address: Option<String>,
+        request_id: &str,
+        reason: &str,
+    ) -> Result<(), HubError> {
+        let mut record = hygie_audit::AuditRecord::failed_login(reason, now_us());
+        record.network_address = network_address;
+        record.request_id = Some(request_id.to_owned());
+        let leaf = record.to_leaf();
+        self.inner
+            .store
+            .run(move |tx| tx.append_audit(record.recorded_us, &leaf))
+            .await
+            .map(|_| ())
+            .map_err(HubError::from_store)
+    }
+
     /// The latest signed checkpoint (the integrator signs them: a reader never writes).
     pub async fn audit_checkpoint(&self) -> Result<StoredCheckpoint, HubError> {
         self.inner

@@ -28,7 +28,7 @@ async fn admitted(
     parts: &http::request::Parts,
 ) -> std::result::Result<Caller, Response> {
     let (remote, request_id) = origin(&parts.extensions);
-    let principal = admit(state, &parts.headers, remote)
+    let principal = admit(state, &parts.headers, remote, &request_id)
         .await
         .map_err(|refusal| *refusal)?;
     Ok(Caller {

@@ -336,7 +336,7 @@ async fn dispatch_inner(
     let (remote, request_id) = origin(&parts.extensions);
     check_accept(&headers, &query)?;
     let base = base_url(&state, &headers);
-    let principal = match admit(&state, &headers, remote).await {
+    let principal = match admit(&state, &headers, remote, &request_id).await {
         Ok(principal) => principal,
         Err(refusal) => return Ok(*refusal),
     };
@@ -568,6 +568,7 @@ pub(crate) async fn admit(
     state: &AppState,
     headers: &HeaderMap,
     remote: Option<SocketAddr>,
+    request_id: &str,
 ) -> std::result::Result<Principal, Box<Response>> {
     let now = std::time::Instant::now();
     if let Some(address) = remote
@@ -575,9 +576,22 @@ pub(crate) async fn admit(
     {
         return Err(Box::new(Throttled(wait).into_response()));
     }
-    let principal = principal(state, headers)
-        .await
-        .map_err(|e| Box::new(e.into_response()))?;
+    let principal = match principal(state, headers).await {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            // A failed sign-in is an access attempt: recorded (BALP), then refused. The
+            // refusal stands even if the record cannot be written.
+            let address = remote.map(|a| a.ip().to_string());
+            if let Err(error) = state
+                .hub
+                .audit_failed_authentication(address, request_id, &refusal.0.to_string())
+                .await
+            {
+                tracing::error!(%error, "cannot record a failed authentication");
+            }
+            return Err(Box::new(refusal.into_response()));
+        }
+    };
     if principal.access.is_some()
         && let Err(wait) = state.by_principal.check(&principal.subject, now)
     {
