@@ -301,9 +301,10 @@ impl Witness {
         if let Some(out) = &self.out {
             state::write_atomically(out, text.as_bytes(), OUT_FILE_MODE)?;
         }
-        let posted = match self.post {
-            true => Some(self.client.post_cosignature(&text).await),
-            false => None,
+        let posted = if self.post {
+            Some(self.client.post_cosignature(&text).await)
+        } else {
+            None
         };
         Ok(Outcome::Cosigned(Cosigned {
             progress,
