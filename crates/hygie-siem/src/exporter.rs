@@ -137,8 +137,9 @@ impl ExporterHandle {
     }
 }
 
-/// Starts one export on the current tokio runtime. Validates the settings and reads the TLS
-/// files first (synchronously: this runs once, at start), so a bad setting fails here.
+/// Starts one export on the current tokio runtime (it panics outside one). Validates the
+/// settings and reads the TLS files first (synchronously: this runs once, at start), so a
+/// bad setting fails here rather than in the background.
 pub fn spawn<S: AuditSource>(
     config: &ExportConfig,
     source: Arc<S>,
