@@ -200,3 +200,54 @@ def test_failed_authentications_are_audited(backend, start_hub):
         assert leaf["outcomeDesc"]
     assert "none" in logins[0]["outcomeDesc"]
     assert "Bearer" in logins[1]["outcomeDesc"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_witness_follows_the_log_and_catches_it_rewritten(backend, start_hub, hygie_bin, tmp_path):
+    """`hygie audit witness` accepts a log that grows consistently (exit 0, a cosignature
+    the independent verifier checks), and exits 3 when the hub's database was cut back and
+    the log went on from there: what an attacker with database access would do to hide
+    accesses."""
+    settings = tmp_path / "audit.toml"
+    settings.write_text("[audit]\nintegrate_every_ms = 50\ncheckpoint_every_seconds = 1\n")
+    server = start_hub(backend, args=["--config", str(settings)])
+    vkey = requests.get(f"{server.root_url}/audit/key", timeout=10).text.strip()
+    witness = ["audit", "witness", "--hub", server.root_url, "--state", str(tmp_path / "state.json"),
+               "--key", str(tmp_path / "witness.pem"), "--name", "witness.test", "--log-key", vkey,
+               "--out", str(tmp_path / "cosigned.txt")]
+    for n in range(12):
+        assert one_shot("GET", f"{server.fhir_url}/Patient").status_code == 200
+    _checkpoint(server, vkey, 12)
+    first = run_cli(hygie_bin, witness, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for n in range(5):
+        assert one_shot("GET", f"{server.fhir_url}/Patient").status_code == 200
+    _checkpoint(server, vkey, 17)
+    grown = run_cli(hygie_bin, witness, cwd=tmp_path)
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert "consistent" in grown.stdout
+    witness_key = [line.split()[-1] for line in (first.stdout + first.stderr).splitlines()
+                   if "witness.test+" in line and "verifier key" in line][0]
+    verified = rfc9162.verify_note((tmp_path / "cosigned.txt").read_text(), witness_key)
+    assert verified.timestamp is not None
+
+    # The database cut back to 5 leaves (leaves, nodes, checkpoints, size), then restarted.
+    server.stop()
+    cut = ("DELETE FROM audit_log WHERE leaf_index >= 5; "
+           "DELETE FROM audit_node WHERE ((idx + 1) << level) > 5; "
+           "DELETE FROM audit_checkpoint WHERE tree_size > 5; "
+           "UPDATE hub_meta SET value = '5' WHERE key = 'audit.tree_size';")
+    if server.database_url:
+        _psql(server.database_url, cut)
+    else:
+        with sqlite3.connect(server.data_dir / "hygie.db") as db:
+            db.executescript(cut)
+    again = start_hub(backend, data_dir=server.data_dir, database_url=server.database_url,
+                      args=["--config", str(settings)])
+    for n in range(3):
+        assert one_shot("GET", f"{again.fhir_url}/Patient").status_code == 200
+    _checkpoint(again, vkey, 8)
+    witness[witness.index("--hub") + 1] = again.root_url
+    caught = run_cli(hygie_bin, witness, cwd=tmp_path)
+    assert caught.returncode == 3, caught.stdout + caught.stderr
+    assert "hygie/audit/" in caught.stdout, "both signed checkpoints are printed as evidence"

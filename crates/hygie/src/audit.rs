@@ -3,6 +3,7 @@
 //!   hash and signed checkpoint (and checkpoints held elsewhere, `--checkpoint FILE`);
 //!   exits 1 naming the first bad leaf.
 //! - `key`: prints the log's verifier key, for witnesses and auditors.
+//! - `witness`: an independent witness of a hub's log (`hygie-witness`), run elsewhere.
 
 use std::process::ExitCode;
 
@@ -38,6 +39,9 @@ pub enum AuditCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Watch a hub's audit log from outside: verify that each checkpoint extends the last
+    /// one accepted, cosign it, and exit 3 on a rollback or a fork.
+    Witness(hygie_witness::WitnessArgs),
 }
 
 /// The largest checkpoint file read, bytes.
@@ -46,6 +50,8 @@ const MAX_CHECKPOINT_FILE_BYTES: u64 = 1 << 20;
 pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let store_args = match &args.command {
         AuditCommand::Verify { store, .. } | AuditCommand::Key { store } => store.clone(),
+        // Needs no store: it only talks to a hub over HTTP(S).
+        AuditCommand::Witness(witness) => return Ok(hygie_witness::run(witness).await),
     };
     let file = config::load_file(store_args.config.as_deref())?;
     let limits = config::limits(&Default::default(), &file.limits)?;
@@ -56,6 +62,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     hub_config.audit = audit;
     let hub = Hub::new(store, hub_config);
     let outcome = match &args.command {
+        AuditCommand::Witness(_) => unreachable!("answered above"),
         AuditCommand::Key { .. } => key(&hub).await,
         AuditCommand::Verify {
             checkpoints,
