@@ -5,6 +5,7 @@ SIGINT with exit code 0 and removes its throwaway data."""
 from __future__ import annotations
 
 import re
+import time
 import signal
 import urllib.parse
 from pathlib import Path
@@ -76,6 +77,15 @@ def test_demo(hygie_bin, tmp_path, http):
         assert len(listed) >= 5, f"five patients are listed with their references:\n{output}"
         for other in listed[:5]:
             check_resource(http.get(f"{base}/{other}"), 200, "Patient")
+
+        # The demo keeps its audit log as serve does: a signed checkpoint is served.
+        deadline = time.monotonic() + 15
+        while True:
+            checkpoint = one_shot("GET", f"{admin}/audit/checkpoint")
+            if checkpoint.status_code == 200 and int(checkpoint.text.split("\n")[1]) > 0:
+                break
+            assert time.monotonic() < deadline, f"no audit checkpoint: {checkpoint.status_code} {checkpoint.text}"
+            time.sleep(0.5)
 
         post_cmd = re.search(r"-d '(\{.*\})'", output)
         assert post_cmd, f"no create example in the output:\n{output}"

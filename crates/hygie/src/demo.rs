@@ -183,6 +183,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             ..hygie_server::HttpConfig::default()
         },
     );
+    // The audit log's tree and checkpoints, as `serve` keeps them (`/audit/…`).
+    let audit_integrator =
+        hygie_server::spawn_audit_integrator(hub.clone(), std::time::Duration::from_secs(1));
     let result = hygie_server::serve(
         app,
         hygie_server::Listen {
@@ -193,6 +196,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         serve::shutdown_signal(),
     )
     .await;
+    audit_integrator.abort();
     hub.close().await;
     result.context("the HTTP server failed")?;
     match throwaway {
