@@ -43,6 +43,19 @@ async fn admitted(
 /// The largest request body accepted here, bytes.
 const MAX_BODY_BYTES: usize = 4 * 1024;
 
+/// An admin request's body, refused (413) beyond [`MAX_BODY_BYTES`].
+async fn bounded_body(body: axum::body::Body) -> Result<axum::body::Bytes, ErrorResponse> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ErrorResponse(HubError::new(
+                413,
+                IssueType::TooLong,
+                format!("the body is over {MAX_BODY_BYTES} bytes"),
+            ))
+        })
+}
+
 pub(crate) async fn revocations(
     State(state): State<AppState>,
     request: axum::extract::Request,
@@ -74,15 +87,7 @@ async fn handle(
         }
     };
     let bad = |why: &str| ErrorResponse(HubError::bad_request(why));
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ErrorResponse(HubError::new(
-                413,
-                IssueType::TooLong,
-                format!("the body is over {MAX_BODY_BYTES} bytes"),
-            ))
-        })?;
+    let body = bounded_body(body).await?;
     let request: Value = serde_json::from_slice(&body).map_err(|_| {
         bad("the body must be a JSON object: {\"jti\": …} or {\"subject\": …}, and \"reason\"")
     })?;
@@ -184,15 +189,7 @@ async fn handle_break_glass(
                     "{id:?} is not a break-the-glass grant number"
                 )))
             })?;
-            let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
-                .await
-                .map_err(|_| {
-                    ErrorResponse(HubError::new(
-                        413,
-                        IssueType::TooLong,
-                        format!("the body is over {MAX_BODY_BYTES} bytes"),
-                    ))
-                })?;
+            let body = bounded_body(body).await?;
             let request: Value = serde_json::from_slice(&body).map_err(|_| {
                 ErrorResponse(HubError::bad_request(
                     "the body must be a JSON object: {\"review\": \"…\"}",
@@ -312,15 +309,7 @@ async fn handle_keys(
     let keys = match (&parts.method, rest) {
         (&Method::GET, "") => state.hub.list_token_keys(&caller, &issuer).await?,
         (&Method::POST, "/rotate") => {
-            let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
-                .await
-                .map_err(|_| {
-                    ErrorResponse(HubError::new(
-                        413,
-                        IssueType::TooLong,
-                        format!("the body is over {MAX_BODY_BYTES} bytes"),
-                    ))
-                })?;
+            let body = bounded_body(body).await?;
             let request: Value = if body.is_empty() {
                 Value::Object(Default::default())
             } else {
