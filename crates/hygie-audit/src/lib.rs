@@ -80,6 +80,11 @@ pub struct AuditRecord {
     pub purpose_of_use: Option<PurposeOfUse>,
     /// A RESTful interaction (the default), or an authentication.
     pub kind: AuditEventKind,
+    /// The ids of the patients whose data the access reached (one entity each, as BALP
+    /// asks), so that a patient's access report finds every access to their record.
+    pub patients: Vec<String>,
+    /// The principal's roles (`clinician`, `dpo`, …): who they are, in a report.
+    pub roles: Vec<String>,
 }
 
 /// What kind of event a record is: its AuditEvent `type` and `subtype`.
@@ -92,6 +97,12 @@ pub enum AuditEventKind {
     /// subtype `110122` Login, as IHE BALP records authentication.
     Login,
 }
+
+/// `AuditEvent.entity.type`: 1 a person (the patient), 2 a system object (data, a query).
+const ENTITY_TYPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+
+/// The hub's role names (`clinician`, `dpo`, …), as `AuditEvent.agent.role` codings.
+pub const ROLE_SYSTEM: &str = "urn:hygie:role";
 
 /// DICOM's controlled terminology, for BALP's authentication events.
 const DICOM_SYSTEM: &str = "http://dicom.nema.org/resources/ontology/DCM";
@@ -127,6 +138,8 @@ impl AuditRecord {
             request_id: None,
             purpose_of_use: None,
             kind: AuditEventKind::Rest,
+            patients: Vec::new(),
+            roles: Vec::new(),
         }
     }
 
@@ -143,6 +156,22 @@ impl AuditRecord {
     pub fn entity(mut self, reference: impl Into<String>) -> AuditRecord {
         self.entities.push(reference.into());
         self
+    }
+
+    /// `AuditEvent.type.code`: `rest`, or DICOM `110114` for an authentication.
+    pub fn event_type_code(&self) -> &'static str {
+        match self.kind {
+            AuditEventKind::Rest => "rest",
+            AuditEventKind::Login => "110114",
+        }
+    }
+
+    /// `AuditEvent.subtype.code`: the interaction, or DICOM `110122` for a login.
+    pub fn subtype_code(&self) -> &str {
+        match self.kind {
+            AuditEventKind::Rest => &self.interaction,
+            AuditEventKind::Login => "110122",
+        }
     }
 
     /// The DICOM action code BALP uses for an interaction: C, R, U, D or E.
@@ -171,23 +200,43 @@ impl AuditRecord {
             .query
             .as_ref()
             .map(|q| base64::engine::general_purpose::STANDARD.encode(q));
-        let mut entities: Vec<EntityOut<'_>> = self
-            .entities
+        let patient_references: Vec<String> = self
+            .patients
+            .iter()
+            .map(|id| format!("Patient/{id}"))
+            .collect();
+        let mut entities: Vec<EntityOut<'_>> = patient_references
             .iter()
             .map(|reference| EntityOut {
                 what: Some(ReferenceOut { reference }),
-                entity_type: None,
+                entity_type: Some(Coding {
+                    system: ENTITY_TYPE_SYSTEM,
+                    code: "1",
+                    display: Some("Person"),
+                }),
+                role: Some(Coding {
+                    system: "http://terminology.hl7.org/CodeSystem/object-role",
+                    code: "1",
+                    display: Some("Patient"),
+                }),
                 query: None,
             })
             .collect();
+        entities.extend(self.entities.iter().map(|reference| EntityOut {
+            what: Some(ReferenceOut { reference }),
+            entity_type: None,
+            role: None,
+            query: None,
+        }));
         if let Some(query) = &query {
             entities.push(EntityOut {
                 what: None,
                 entity_type: Some(Coding {
-                    system: "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    system: ENTITY_TYPE_SYSTEM,
                     code: "2",
                     display: None,
                 }),
+                role: None,
                 query: Some(query),
             });
         }
@@ -203,24 +252,24 @@ impl AuditRecord {
             event_type: match self.kind {
                 AuditEventKind::Rest => Coding {
                     system: "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                    code: "rest",
+                    code: self.event_type_code(),
                     display: Some("RESTful Operation"),
                 },
                 AuditEventKind::Login => Coding {
                     system: DICOM_SYSTEM,
-                    code: "110114",
+                    code: self.event_type_code(),
                     display: Some("User Authentication"),
                 },
             },
             subtype: [match self.kind {
                 AuditEventKind::Rest => Coding {
                     system: "http://hl7.org/fhir/restful-interaction",
-                    code: &self.interaction,
+                    code: self.subtype_code(),
                     display: None,
                 },
                 AuditEventKind::Login => Coding {
                     system: DICOM_SYSTEM,
-                    code: "110122",
+                    code: self.subtype_code(),
                     display: Some("Login"),
                 },
             }],
@@ -247,6 +296,18 @@ impl AuditRecord {
                     }],
                 },
                 who: Display { display: &self.who },
+                role: (!self.roles.is_empty()).then(|| {
+                    self.roles
+                        .iter()
+                        .map(|code| CodeableConcept {
+                            coding: [Coding {
+                                system: ROLE_SYSTEM,
+                                code,
+                                display: None,
+                            }],
+                        })
+                        .collect()
+                }),
                 requestor: true,
                 network: self.network_address.as_deref().map(|address| NetworkOut {
                     address,
@@ -334,6 +395,8 @@ struct AgentOut<'a> {
     #[serde(rename = "type")]
     agent_type: CodeableConcept<'a>,
     who: Display<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Vec<CodeableConcept<'a>>>,
     requestor: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<NetworkOut<'a>>,
@@ -364,6 +427,8 @@ struct EntityOut<'a> {
     what: Option<ReferenceOut<'a>>,
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     entity_type: Option<Coding<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Coding<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     query: Option<&'a str>,
 }
@@ -428,6 +493,39 @@ mod tests {
         let rest = AuditRecord::new("read", "x", 0).to_audit_event();
         assert_eq!(rest["type"]["code"], "rest");
         assert_eq!(rest["subtype"][0]["code"], "read");
+    }
+
+    #[test]
+    fn each_patient_reached_is_a_balp_patient_entity_and_roles_are_agent_roles() {
+        let mut record = AuditRecord::new("search-type", "Practitioner/7", 0)
+            .entity("Observation/1/_history/1")
+            .entity("Observation/2/_history/3");
+        record.patients = vec!["a".to_owned(), "b".to_owned()];
+        record.roles = vec!["clinician".to_owned()];
+        let event = record.to_audit_event();
+        let patients: Vec<&str> = event["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["role"]["code"] == "1" && e["type"]["code"] == "1")
+            .map(|e| e["what"]["reference"].as_str().unwrap())
+            .collect();
+        assert_eq!(patients, ["Patient/a", "Patient/b"]);
+        assert_eq!(
+            event["entity"][2]["what"]["reference"],
+            "Observation/1/_history/1"
+        );
+        assert_eq!(
+            event["agent"][0]["role"][0]["coding"][0]["code"],
+            "clinician"
+        );
+        assert_eq!(
+            event["agent"][0]["role"][0]["coding"][0]["system"],
+            ROLE_SYSTEM
+        );
+        // No roles, no empty array.
+        let bare = AuditRecord::new("read", "x", 0).to_audit_event();
+        assert!(bare["agent"][0].get("role").is_none());
     }
 
     #[test]

@@ -269,10 +269,9 @@ impl Hub {
         let mut record = hygie_audit::AuditRecord::failed_login(reason, now_us());
         record.network_address = network_address;
         record.request_id = Some(request_id.to_owned());
-        let leaf = record.to_leaf();
         self.inner
             .store
-            .run(move |tx| tx.append_audit(record.recorded_us, &leaf))
+            .run(move |tx| crate::audit_trail::append(tx, &record))
             .await
             .map(|_| ())
             .map_err(HubError::from_store)

@@ -131,7 +131,8 @@ impl Hub {
                     record.outcome = AuditOutcome::from_status(error.status);
                     record.outcome_description = Some(error.to_string());
                 }
-                tx.append_audit(record.recorded_us, &record.to_leaf())?;
+                record.patients = patients;
+                crate::audit_trail::append(tx, &record)?;
                 Ok(result)
             })
             .await

@@ -4,6 +4,32 @@ use serde_json::{Value, json};
 
 use crate::Hub;
 
+/// AuditEvent: the audit trail, read and searched (by the dpo and security roles), never
+/// written through the API.
+fn audit_event_capability() -> Value {
+    let search_params: Vec<Value> = crate::audit_search::AUDIT_SEARCH_PARAMETERS
+        .iter()
+        .map(|code| {
+            let kind = match *code {
+                "patient" | "agent" => "reference",
+                "date" => "date",
+                _ => "token",
+            };
+            json!({
+                "name": code,
+                "definition": format!("http://hl7.org/fhir/SearchParameter/AuditEvent-{code}"),
+                "type": kind,
+            })
+        })
+        .collect();
+    json!({
+        "type": hygie_policy::AUDIT_EVENT,
+        "documentation": "The hub's tamper-evident audit log (one AuditEvent per access, IHE BALP); newest first; paging by next link.",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": search_params,
+    })
+}
+
 impl Hub {
     /// `GET [base]/metadata`.
     pub fn capability_statement(&self, base_url: &str) -> Value {
@@ -29,6 +55,14 @@ impl Hub {
                         "name": "everything",
                         "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
                     }));
+                    operations.push(json!({
+                        "name": "access-log",
+                        "definition": "urn:hygie:operation:access-log",
+                        "documentation": "Who reached this patient's record, when, what kind of data, why, and whether the glass was broken: for the patient themself and the DPO.",
+                    }));
+                }
+                if resource_type == hygie_policy::AUDIT_EVENT {
+                    return audit_event_capability();
                 }
                 let mut entry = json!({
                     "type": resource_type,

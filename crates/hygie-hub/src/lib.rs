@@ -27,6 +27,8 @@
 #![forbid(unsafe_code)]
 
 mod audit_log;
+mod audit_search;
+mod audit_trail;
 mod audit_verify;
 mod break_glass;
 mod bundle;
@@ -50,6 +52,8 @@ use hygie_policy::{Policy, Principal};
 use hygie_store::SharedStore;
 
 pub use audit_log::{AuditLogSettings, Integrated, Proof};
+pub use audit_search::{AUDIT_SEARCH_PARAMETERS, AccessReportLine, MAX_AUDIT_PARAMETER_VALUES};
+pub use audit_trail::MAX_PATIENT_LOOKUPS;
 pub use audit_verify::{VerifyFailure, VerifyReport};
 pub use break_glass::{MAX_BREAK_GLASS_REASON_CHARS, MAX_REVIEW_ITEMS};
 pub use bundle::PreparedTransaction;

@@ -44,6 +44,17 @@ impl Access<'_> {
         record.network_address = self.caller.network_address.clone();
         record.request_id = Some(self.caller.request_id.clone());
         record.query = self.query.clone();
+        record.roles = self
+            .caller
+            .principal
+            .access
+            .as_ref()
+            .map(|access| access.roles.clone())
+            .unwrap_or_default();
+        record.patients.extend(crate::audit_trail::named_patient(
+            self.target.resource_type.as_deref(),
+            self.target.id.as_deref(),
+        ));
         record.purpose_of_use = self
             .caller
             .break_glass
@@ -128,7 +139,7 @@ impl Hub {
         let cache = self.inner.care_cache.clone();
         let Decided {
             revocable,
-            mut record,
+            record,
             target_reference,
             mut mask,
             op,
@@ -138,21 +149,31 @@ impl Hub {
             Err(denied) => return self.audit_denial(denied).await,
         };
         self.break_glass_if_asked(caller, &mask, reach).await?;
-        let read = move |tx: &mut dyn Tx| -> OpResult<T> {
-            if let Some(refusal) = revoked(tx, revocable.as_ref())? {
-                return Ok(Err(refusal));
-            }
-            let reach = if needs_set {
-                crate::care::Reach::Set
-            } else {
-                crate::care::Reach::Later
+        // The record to write when the read fails in the store.
+        let fallback = record.clone();
+        let read =
+            move |tx: &mut dyn Tx| -> Result<(Result<T, HubError>, AuditRecord), StoreError> {
+                let mut record = record;
+                if let Some(refusal) = revoked(tx, revocable.as_ref())? {
+                    return Ok((Err(refusal), record));
+                }
+                let reach = if needs_set {
+                    crate::care::Reach::Set
+                } else {
+                    crate::care::Reach::Later
+                };
+                crate::care::resolve(tx, &mut mask, &cache, reach, now_us())?;
+                let result = op(tx, &mask)?;
+                // The patients whose data is answered, looked up in the same snapshot.
+                if let Ok(value) = &result {
+                    record.entities = value.audit_entities();
+                    crate::audit_trail::add_patients_of_entities(tx, &mut record)?;
+                }
+                Ok((result, record))
             };
-            crate::care::resolve(tx, &mut mask, &cache, reach, now_us())?;
-            op(tx, &mask)
-        };
-        let result = match self.inner.store.read(read).await {
-            Ok(result) => result,
-            Err(error) => Err(HubError::from_store(error)),
+        let (result, mut record) = match self.inner.store.read(read).await {
+            Ok((result, record)) => (result, record),
+            Err(error) => (Err(HubError::from_store(error)), fallback),
         };
         record_result(&mut record, &result, target_reference);
         self.append_record(record).await?;
@@ -332,11 +353,9 @@ impl Hub {
 
     /// Appends a record in a unit of its own (an access that wrote nothing to undo with it).
     pub(crate) async fn append_record(&self, record: AuditRecord) -> Result<(), HubError> {
-        let leaf = record.to_leaf();
-        let recorded_us = record.recorded_us;
         self.inner
             .store
-            .run(move |tx| tx.append_audit(recorded_us, &leaf))
+            .run(move |tx| crate::audit_trail::append(tx, &record))
             .await
             .map(|_| ())
             .map_err(HubError::from_store)
@@ -398,6 +417,13 @@ where
     if undoable {
         tx.savepoint()?;
     }
+    // Whose data a write changes, looked up before it runs: a delete takes the resource's
+    // references (and so its patient) out of the index.
+    if writes && let (Some(resource_type), Some(id)) = (&target.resource_type, &target.id) {
+        record
+            .patients
+            .extend(crate::care::patients_of(tx, resource_type, id)?);
+    }
     let outcome = match revoked(tx, revocable.as_ref())? {
         Some(refusal) => Ok(Err(refusal)),
         None => {
@@ -442,7 +468,10 @@ where
         Err(other) => return Err(other),
     };
     record_result(&mut record, &result, target_reference);
-    tx.append_audit(record.recorded_us, &record.to_leaf())?;
+    if result.is_ok() {
+        crate::audit_trail::add_patients_of_entities(tx, &mut record)?;
+    }
+    crate::audit_trail::append(tx, &record)?;
     Ok(result)
 }
 

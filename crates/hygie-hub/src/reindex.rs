@@ -72,7 +72,7 @@ impl Hub {
                             &index_rows(&resource),
                         )?;
                     }
-                    tx.append_audit(audit.recorded_us, &audit.to_leaf())?;
+                    crate::audit_trail::append(tx, &audit)?;
                     Ok(Some((last.0, last.1, records.len() as u64)))
                 })
                 .await

@@ -26,7 +26,17 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 /// Checks the URL's resource type is a known, concrete resource type: 404 otherwise.
+///
+/// AuditEvent is the hub's own audit trail: never stored, changed or read as a resource
+/// (405); it is read through `GET /fhir/AuditEvent` (see `audit_search`).
 pub fn check_resource_type(resource_type: &str) -> Result<(), HubError> {
+    if resource_type == hygie_policy::AUDIT_EVENT {
+        return Err(HubError::new(
+            405,
+            hygie_fhir::IssueType::NotSupported,
+            "AuditEvents are the hub's audit trail: written by the hub alone, never created, changed or deleted through the API; dpo and security read them with GET /fhir/AuditEvent?…, a patient with GET /fhir/Patient/{id}/$access-log",
+        ));
+    }
     if hygie_fhir::schema::is_resource_type(resource_type) {
         Ok(())
     } else {

@@ -128,6 +128,9 @@ pub enum Action {
     ReloadPolicy,
     /// Rotating or retiring the keys the hub signs its own tokens with.
     ManageKeys,
+    /// `Patient/{id}/$access-log`: who reached a patient's record, when and why; for the
+    /// patient themself and for the DPO.
+    AccessLog,
 }
 
 impl Action {
@@ -150,6 +153,7 @@ impl Action {
             Action::ReviewBreakGlass => "break-the-glass-review",
             Action::ReloadPolicy => "policy-reload",
             Action::ManageKeys => "key-management",
+            Action::AccessLog => "operation",
         }
     }
 
@@ -170,6 +174,10 @@ impl Action {
         )
     }
 }
+
+/// The resource type of the hub's own audit trail: read through the audit log, never
+/// written through the API.
+pub const AUDIT_EVENT: &str = "AuditEvent";
 
 /// What the action is aimed at.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -545,6 +553,8 @@ pub const DEFAULT_ROLE_CEILINGS: &[(&str, &str)] = &[
         "dpo",
         "user/AuditEvent.rs user/Consent.crus user/Provenance.rs user/Patient.rs",
     ),
+    // The security officer investigates through the audit trail, not the clinical record.
+    ("security", "user/AuditEvent.rs"),
     ("integration", "system/*.cruds"),
     // A patient (or their app) reads their own record: with `patient/` scopes and the
     // token's `patient` context only (see `decide_patient_context`).
@@ -737,6 +747,21 @@ impl Policy {
             Action::Import => {
                 return forbidden("import is for the hub's operator (hygie import)".to_owned());
             }
+            Action::AccessLog => {
+                let own = access.roles.iter().any(|r| r == "patient")
+                    && access.patient.is_some()
+                    && access.patient == target.id;
+                return if own || access.roles.iter().any(|r| r == "dpo") {
+                    Decision::Permit {
+                        mask: Mask::default(),
+                    }
+                } else {
+                    forbidden(
+                        "a patient's access log is for the patient themself (a patient token with that patient's context) and for the dpo role"
+                            .to_owned(),
+                    )
+                };
+            }
             Action::Revoke | Action::ReloadPolicy | Action::ManageKeys => {
                 return if access.roles.iter().any(|r| r == "admin") {
                     Decision::Permit {
@@ -754,6 +779,19 @@ impl Policy {
                 };
             }
         };
+        // The audit trail is evidence: only the hub writes it, and only those who watch over
+        // accesses read it, whatever a broad scope (`user/*.rs`) would otherwise grant.
+        if target.resource_type.as_deref() == Some(AUDIT_EVENT) {
+            if permission != Permission::Read && permission != Permission::Search {
+                return forbidden("AuditEvents are written by the hub alone".to_owned());
+            }
+            if !access.roles.iter().any(|r| r == "dpo" || r == "security") {
+                return forbidden(
+                    "the audit trail is read by the dpo and security roles; a patient reads their own access log with Patient/{id}/$access-log"
+                        .to_owned(),
+                );
+            }
+        }
         let Some(resource_type) = target.resource_type.as_deref() else {
             return forbidden(format!(
                 "{} across every resource type needs a scope on each type: not granted to tokens",
@@ -999,7 +1037,7 @@ impl Policy {
 mod tests {
     use super::*;
 
-    const ALL_ACTIONS: [Action; 16] = [
+    const ALL_ACTIONS: [Action; 17] = [
         Action::Read,
         Action::VRead,
         Action::Create,
@@ -1016,6 +1054,7 @@ mod tests {
         Action::ReviewBreakGlass,
         Action::ReloadPolicy,
         Action::ManageKeys,
+        Action::AccessLog,
     ];
 
     fn bearer(roles: &[&str], scopes: &str) -> Principal {
@@ -1632,6 +1671,81 @@ mod tests {
                 action,
                 &Target::system()
             ));
+        }
+    }
+
+    #[test]
+    fn the_audit_trail_is_read_by_dpo_and_security_only_and_written_by_nobody() {
+        let policy = Policy::default();
+        let search = Target::resource_type(AUDIT_EVENT);
+        let one = Target::instance(AUDIT_EVENT, "7");
+        for role in ["dpo", "security"] {
+            let token = bearer(&[role], "user/AuditEvent.rs");
+            assert!(
+                permitted(&policy, &token, Action::Search, &search),
+                "{role}"
+            );
+            assert!(permitted(&policy, &token, Action::Read, &one), "{role}");
+        }
+        // A wildcard scope and a clinical role do not open the audit trail.
+        for role in ["clinician", "nurse", "integration", "admin", "reception"] {
+            for scopes in ["user/*.cruds", "system/*.cruds user/*.cruds"] {
+                let token = bearer(&[role], scopes);
+                assert!(
+                    !permitted(&policy, &token, Action::Search, &search),
+                    "{role} {scopes}"
+                );
+                assert!(!permitted(&policy, &token, Action::Read, &one), "{role}");
+            }
+        }
+        // Nobody writes it, not even its readers.
+        for action in [
+            Action::Create,
+            Action::Update,
+            Action::Patch,
+            Action::Delete,
+        ] {
+            for role in ["dpo", "security", "admin", "integration"] {
+                let token = bearer(&[role], "system/*.cruds user/*.cruds");
+                let decision = policy.decide(&token, action, &one);
+                assert!(
+                    matches!(decision, Decision::Deny { reason: DenyReason::Forbidden(ref why) } if why.contains("hub alone")),
+                    "{action:?} by {role}: {decision:?}"
+                );
+            }
+        }
+        // A patient's token reaches its compartment, but not the raw trail.
+        let mut patient = bearer(&["patient"], "patient/*.rs");
+        patient.access.as_mut().unwrap().patient = Some("p1".to_owned());
+        assert!(!permitted(&policy, &patient, Action::Search, &search));
+    }
+
+    #[test]
+    fn an_access_log_is_for_the_patient_themself_and_the_dpo() {
+        let policy = Policy::default();
+        let own = Target::instance("Patient", "p1");
+        let other = Target::instance("Patient", "p2");
+        let mut patient = bearer(&["patient"], "patient/*.rs");
+        patient.access.as_mut().unwrap().patient = Some("p1".to_owned());
+        assert!(permitted(&policy, &patient, Action::AccessLog, &own));
+        assert!(!permitted(&policy, &patient, Action::AccessLog, &other));
+        // A patient role without a launch context reaches no one's log.
+        let no_context = bearer(&["patient"], "patient/*.rs");
+        assert!(!permitted(&policy, &no_context, Action::AccessLog, &own));
+        assert!(permitted(
+            &policy,
+            &bearer(&["dpo"], "user/AuditEvent.rs"),
+            Action::AccessLog,
+            &other
+        ));
+        for role in ["clinician", "security", "admin", "integration"] {
+            let mut token = bearer(&[role], "system/*.cruds user/*.cruds");
+            // A clinician's token with a patient context is not the patient.
+            token.access.as_mut().unwrap().patient = Some("p1".to_owned());
+            assert!(
+                !permitted(&policy, &token, Action::AccessLog, &own),
+                "{role}"
+            );
         }
     }
 

@@ -356,6 +356,30 @@ async fn dispatch_inner(
         .collect();
     let if_match = header_text(&headers, "if-match");
     let response = match (segments.as_slice(), &method) {
+        (["AuditEvent"], &Method::GET) => {
+            fhir_json(StatusCode::OK, hub.search_audit(&caller, &query).await?)
+        }
+        (["AuditEvent", "_search"], &Method::POST) => {
+            let combined = form_search(&state, &headers, body, &query).await?;
+            fhir_json(StatusCode::OK, hub.search_audit(&caller, &combined).await?)
+        }
+        (["AuditEvent", id], &Method::GET) => {
+            fhir_json(StatusCode::OK, hub.read_audit(&caller, id).await?)
+        }
+        (["AuditEvent", ..], _) => {
+            return Err(error(
+                405,
+                IssueType::NotSupported,
+                "AuditEvents are the hub's audit trail: written by the hub alone, never created, changed or deleted through the API",
+            ));
+        }
+        (["Patient", patient_id, "$access-log"], &Method::GET) => fhir_json(
+            StatusCode::OK,
+            hub.access_log(&caller, patient_id, &query).await?,
+        ),
+        (["Patient", _, "$access-log"], _) => {
+            return Err(method_not_allowed(&method, &path, "GET"));
+        }
         ([], &Method::POST) => {
             check_content_type(&headers, false)?;
             let bundle = body.json(&state).await?;
@@ -414,22 +438,7 @@ async fn dispatch_inner(
             fhir_json(StatusCode::OK, bytes)
         }
         ([resource_type, "_search"], &Method::POST) => {
-            let is_form = content_type(&headers)
-                .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
-            if !is_form {
-                return Err(error(
-                    415,
-                    IssueType::NotSupported,
-                    "POST _search takes application/x-www-form-urlencoded parameters",
-                ));
-            }
-            let bytes = body.bytes(state.config.max_body_bytes).await?;
-            let form = String::from_utf8_lossy(&bytes);
-            let combined = match (query.is_empty(), form.is_empty()) {
-                (true, _) => form.into_owned(),
-                (false, true) => query.clone(),
-                (false, false) => format!("{query}&{form}"),
-            };
+            let combined = form_search(&state, &headers, body, &query).await?;
             let scope = SearchScope {
                 resource_type: (*resource_type).to_owned(),
                 compartment: None,
@@ -546,6 +555,31 @@ async fn dispatch_inner(
         }
     };
     Ok(response)
+}
+
+/// The parameters of `POST Type/_search`: the form body, after the URL's query if any.
+async fn form_search(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &mut BodySlot,
+    query: &str,
+) -> Result<String> {
+    let is_form =
+        content_type(headers).is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Err(error(
+            415,
+            IssueType::NotSupported,
+            "POST _search takes application/x-www-form-urlencoded parameters",
+        ));
+    }
+    let bytes = body.bytes(state.config.max_body_bytes).await?;
+    let form = String::from_utf8_lossy(&bytes);
+    Ok(match (query.is_empty(), form.is_empty()) {
+        (true, _) => form.into_owned(),
+        (false, true) => query.to_owned(),
+        (false, false) => format!("{query}&{form}"),
+    })
 }
 
 /// The client's address and the request id, as the connection and middleware layers

@@ -24,6 +24,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod audit_index;
 mod migrations;
 mod postgres_store;
 pub mod search;
@@ -34,6 +35,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use audit_index::{AuditFacets, AuditHit, AuditQuery};
 pub use postgres_store::{PostgresOptions, PostgresStore, open_postgres};
 pub use search::{
     Filter, IndexCell, IndexRow, IndexTable, PagePosition, RangeOp, SearchHit, SearchSpec, SortBy,
@@ -305,6 +307,19 @@ pub trait Tx {
     /// may have gaps (rolled-back units) and are dense only once the audit integrator
     /// orders them.
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64>;
+    /// Appends one leaf like [`Tx::append_audit`], with its search index
+    /// ([`audit_index`]) in the same transaction.
+    fn append_audit_indexed(
+        &mut self,
+        recorded_us: i64,
+        leaf: &[u8],
+        facets: &AuditFacets,
+    ) -> StoreResult<i64>;
+    /// Audit events matching `query`, newest first (leaves pruned by retention excepted).
+    fn search_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditHit>>;
+    /// The audit event numbered `number` (as `append_audit` answered), if it is stored and
+    /// not pruned.
+    fn audit_event(&mut self, number: i64) -> StoreResult<Option<AuditHit>>;
     /// Audit leaves with a sequence number of at least `from`, in order, at most `limit`.
     fn audit_leaves(&mut self, from: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<u8>)>>;
     /// Gives tree indices to leaves appended and committed but not yet in the audit tree:

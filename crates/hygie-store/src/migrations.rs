@@ -120,6 +120,19 @@ pub const SQLITE: &[&str] = &[
         received_us INTEGER NOT NULL, PRIMARY KEY (tree_size, witness)
     );
     "#,
+    // 6: the audit trail's search index (see audit_index.rs): facets of each leaf, written
+    // with it. Leaves recorded before this version are found by date and number only.
+    r#"
+    ALTER TABLE audit_log ADD COLUMN event_type TEXT;
+    ALTER TABLE audit_log ADD COLUMN subtype TEXT;
+    ALTER TABLE audit_log ADD COLUMN outcome TEXT;
+    ALTER TABLE audit_log ADD COLUMN purpose TEXT;
+    CREATE INDEX audit_log_recorded ON audit_log (recorded_us);
+    CREATE TABLE audit_facet (
+        kind TEXT NOT NULL, value TEXT NOT NULL, num INTEGER NOT NULL,
+        PRIMARY KEY (kind, value, num)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -248,6 +261,16 @@ pub const POSTGRES: &[&str] = &[
     CREATE TABLE audit_cosignature (
         tree_size BIGINT NOT NULL, witness TEXT NOT NULL, note TEXT NOT NULL,
         received_us BIGINT NOT NULL, PRIMARY KEY (tree_size, witness)
+    );
+    "#,
+    // 6: the audit trail's search index (see audit_index.rs); `num` is `seq - 1`.
+    r#"
+    ALTER TABLE audit_log ADD COLUMN event_type TEXT, ADD COLUMN subtype TEXT,
+        ADD COLUMN outcome TEXT, ADD COLUMN purpose TEXT;
+    CREATE INDEX audit_log_recorded ON audit_log (recorded_us);
+    CREATE TABLE audit_facet (
+        kind TEXT NOT NULL, value TEXT COLLATE "C" NOT NULL, num BIGINT NOT NULL,
+        PRIMARY KEY (kind, value, num)
     );
     "#,
 ];

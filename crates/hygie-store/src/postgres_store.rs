@@ -14,6 +14,7 @@ use std::time::Duration;
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
+use crate::audit_index::{self, AuditFacets, AuditHit, AuditQuery};
 use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
 use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
@@ -589,6 +590,13 @@ const HISTORY_INSTANCE_SQL: &str =
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 const APPEND_AUDIT_SQL: &str =
     "INSERT INTO audit_log (recorded_us, leaf) VALUES ($1, $2) RETURNING seq - 1";
+const APPEND_AUDIT_INDEXED_SQL: &str = "INSERT INTO audit_log
+    (recorded_us, leaf, event_type, subtype, outcome, purpose)
+    VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq - 1";
+const AUDIT_FACETS_SQL: &str = "INSERT INTO audit_facet (kind, value, num)
+    SELECT kind, value, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS f(kind, value)";
+const AUDIT_EVENT_SQL: &str =
+    "SELECT recorded_us, leaf FROM audit_log WHERE seq = $1::BIGINT + 1 AND leaf IS NOT NULL";
 const AUDIT_LEAVES_SQL: &str = "SELECT seq - 1, leaf FROM audit_log
     WHERE seq - 1 >= $1 ORDER BY seq LIMIT $2";
 /// Numbers the oldest pending leaves from $1 on, in append order; the caller holds the
@@ -1145,6 +1153,63 @@ impl Tx for PgTx<'_> {
         self.transaction
             .execute(&statement, &[&tree_size, &witness, &note, &received_us])?;
         Ok(())
+    }
+
+    fn append_audit_indexed(
+        &mut self,
+        recorded_us: i64,
+        leaf: &[u8],
+        facets: &AuditFacets,
+    ) -> StoreResult<i64> {
+        let statement = self.statement(APPEND_AUDIT_INDEXED_SQL)?;
+        let number: i64 = self
+            .transaction
+            .query_one(
+                &statement,
+                &[
+                    &recorded_us,
+                    &leaf,
+                    &facets.event_type,
+                    &facets.subtype,
+                    &facets.outcome,
+                    &facets.purpose,
+                ],
+            )?
+            .get(0);
+        let rows = audit_index::facet_rows(facets);
+        if !rows.is_empty() {
+            let kinds: Vec<&str> = rows.iter().map(|(kind, _)| *kind).collect();
+            let values: Vec<String> = rows.iter().map(|(_, v)| pg_text(v).into_owned()).collect();
+            let statement = self.statement(AUDIT_FACETS_SQL)?;
+            self.transaction
+                .execute(&statement, &[&kinds, &values, &number])?;
+        }
+        Ok(number)
+    }
+
+    fn search_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditHit>> {
+        let (sql, params) = audit_index::audit_search_sql(Dialect::Postgres, query);
+        let rows = self.query_bounded(&sql, &params)?;
+        Ok(rows
+            .iter()
+            .map(|row| AuditHit {
+                number: row.get(0),
+                recorded_us: row.get(1),
+                leaf: row.get(2),
+            })
+            .collect())
+    }
+
+    fn audit_event(&mut self, number: i64) -> StoreResult<Option<AuditHit>> {
+        let statement = self.statement(AUDIT_EVENT_SQL)?;
+        Ok(self
+            .transaction
+            .query_opt(&statement, &[&number])?
+            .map(|row| AuditHit {
+                number,
+                recorded_us: row.get(0),
+                leaf: row.get(1),
+            }))
     }
 
     fn pending_audit_leaves(&mut self, _tree_size: i64) -> StoreResult<i64> {

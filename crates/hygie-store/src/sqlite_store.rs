@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit_index::{self, AuditFacets, AuditHit, AuditQuery};
 use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
 use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
@@ -1404,6 +1405,76 @@ impl Tx for SqliteTx<'_> {
             )?
             .execute(params![tree_size, witness, note, received_us])?;
         Ok(())
+    }
+
+    fn append_audit_indexed(
+        &mut self,
+        recorded_us: i64,
+        leaf: &[u8],
+        facets: &AuditFacets,
+    ) -> StoreResult<i64> {
+        let number: i64 = self
+            .connection
+            .prepare_cached(
+                "INSERT INTO audit_log (leaf_index, recorded_us, leaf, event_type, subtype, outcome, purpose)
+                 VALUES ((SELECT COALESCE(MAX(leaf_index), -1) + 1 FROM audit_log), ?1, ?2, ?3, ?4, ?5, ?6)
+                 RETURNING leaf_index",
+            )?
+            .query_row(
+                params![
+                    recorded_us,
+                    leaf,
+                    facets.event_type,
+                    facets.subtype,
+                    facets.outcome,
+                    facets.purpose
+                ],
+                |row| row.get(0),
+            )?;
+        let mut insert = self
+            .connection
+            .prepare_cached("INSERT INTO audit_facet (kind, value, num) VALUES (?1, ?2, ?3)")?;
+        for (kind, value) in audit_index::facet_rows(facets) {
+            insert.execute(params![kind, value, number])?;
+        }
+        Ok(number)
+    }
+
+    fn search_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditHit>> {
+        let (sql, params) = audit_index::audit_search_sql(Dialect::Sqlite, query);
+        let connection = self.connection;
+        self.bounded(|| {
+            let mut statement = connection.prepare_cached(&sql)?;
+            let hits = statement
+                .query_map(
+                    rusqlite::params_from_iter(params.iter().map(sqlite_value)),
+                    |row| {
+                        Ok(AuditHit {
+                            number: row.get(0)?,
+                            recorded_us: row.get(1)?,
+                            leaf: leaf_bytes(row.get_ref(2)?).unwrap_or_default(),
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(hits)
+        })
+    }
+
+    fn audit_event(&mut self, number: i64) -> StoreResult<Option<AuditHit>> {
+        Ok(self
+            .connection
+            .prepare_cached(
+                "SELECT recorded_us, leaf FROM audit_log WHERE leaf_index = ?1 AND leaf IS NOT NULL",
+            )?
+            .query_row(params![number], |row| {
+                Ok(AuditHit {
+                    number,
+                    recorded_us: row.get(0)?,
+                    leaf: leaf_bytes(row.get_ref(1)?).unwrap_or_default(),
+                })
+            })
+            .optional()?)
     }
 
     fn pending_audit_leaves(&mut self, tree_size: i64) -> StoreResult<i64> {

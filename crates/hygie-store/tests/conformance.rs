@@ -3,8 +3,8 @@
 
 use hygie_store::testing::TestBackend;
 use hygie_store::{
-    Filter, HistoryQuery, HistoryScope, IndexCell, IndexRow, NewVersion, SearchSpec, StoreError,
-    StoreExt, StoreResult, Test, Tx,
+    AuditFacets, AuditQuery, Filter, HistoryQuery, HistoryScope, IndexCell, IndexRow, NewVersion,
+    SearchSpec, StoreError, StoreExt, StoreResult, Test, Tx,
 };
 
 type Backend = TestBackend;
@@ -18,6 +18,7 @@ hygie_store::on_both_backends!(
     long_tokens_are_indexed_and_found,
     history_pages_newest_first_and_is_stable,
     audit_leaves_are_dense_and_ordered,
+    the_audit_index_finds_events_by_patient_agent_kind_and_date,
     concurrent_units_all_commit,
     failed_units_do_not_take_their_batch_down,
     read_units_cannot_write,
@@ -417,6 +418,147 @@ async fn audit_leaves_are_dense_and_ordered(backend: Backend) {
             (6, b"leaf 6".to_vec()),
             (7, b"leaf 7".to_vec())
         ]
+    );
+}
+
+async fn the_audit_index_finds_events_by_patient_agent_kind_and_date(backend: Backend) {
+    let store = backend.store;
+    // 30 events: agents alternate, patients rotate over three, every fifth is a denial,
+    // every tenth an emergency access; event i is recorded at time 1000 + i.
+    let mut numbers = Vec::new();
+    for i in 0..30i64 {
+        let facets = AuditFacets {
+            event_type: if i == 29 { "110114" } else { "rest" }.to_owned(),
+            subtype: if i % 2 == 0 { "read" } else { "search-type" }.to_owned(),
+            outcome: if i % 5 == 0 { "4" } else { "0" }.to_owned(),
+            purpose: (i % 10 == 0).then(|| "ETREAT".to_owned()),
+            agents: vec![format!("Practitioner/{}", i % 2)],
+            // The same patient twice is one facet.
+            patients: vec![format!("p{}", i % 3), format!("p{}", i % 3)],
+        };
+        numbers.push(
+            store
+                .run(move |tx| {
+                    tx.append_audit_indexed(1_000 + i, format!("leaf {i}").as_bytes(), &facets)
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    let search = |query: AuditQuery| {
+        let store = store.clone();
+        async move {
+            store
+                .read(move |tx| tx.search_audit(&query))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|hit| {
+                    assert_eq!(
+                        hit.leaf,
+                        format!("leaf {}", hit.recorded_us - 1_000).into_bytes()
+                    );
+                    hit.recorded_us - 1_000
+                })
+                .collect::<Vec<i64>>()
+        }
+    };
+    let expect =
+        |keep: &dyn Fn(i64) -> bool| (0..30).rev().filter(|i| keep(*i)).collect::<Vec<_>>();
+    let patient = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        search(AuditQuery {
+            patients: patient(&["p1"]),
+            ..AuditQuery::default()
+        })
+        .await,
+        expect(&|i| i % 3 == 1)
+    );
+    assert_eq!(
+        search(AuditQuery {
+            patients: patient(&["p1", "p2"]),
+            agents: patient(&["Practitioner/0"]),
+            ..AuditQuery::default()
+        })
+        .await,
+        expect(&|i| i % 3 != 0 && i % 2 == 0)
+    );
+    assert_eq!(
+        search(AuditQuery {
+            agents: patient(&["Practitioner/1"]),
+            outcomes: patient(&["4"]),
+            ..AuditQuery::default()
+        })
+        .await,
+        expect(&|i| i % 2 == 1 && i % 5 == 0)
+    );
+    assert_eq!(
+        search(AuditQuery {
+            purposes: patient(&["ETREAT"]),
+            subtypes: patient(&["read"]),
+            ..AuditQuery::default()
+        })
+        .await,
+        expect(&|i| i % 10 == 0)
+    );
+    assert_eq!(
+        search(AuditQuery {
+            event_types: patient(&["110114"]),
+            ..AuditQuery::default()
+        })
+        .await,
+        vec![29]
+    );
+    assert_eq!(
+        search(AuditQuery {
+            since_us: Some(1_010),
+            until_us: Some(1_015),
+            ..AuditQuery::default()
+        })
+        .await,
+        vec![14, 13, 12, 11, 10]
+    );
+    // Pages: newest first, `before` the last number seen, neither skipping nor repeating.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let query = AuditQuery {
+            patients: patient(&["p0"]),
+            before,
+            limit: 4,
+            ..AuditQuery::default()
+        };
+        let page = store.read(move |tx| tx.search_audit(&query)).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 4);
+        before = page.last().map(|hit| hit.number);
+        seen.extend(page.into_iter().map(|hit| hit.recorded_us - 1_000));
+    }
+    assert_eq!(seen, expect(&|i| i % 3 == 0));
+    // No match is an empty answer; one event by its number.
+    assert!(
+        search(AuditQuery {
+            patients: patient(&["nobody"]),
+            ..AuditQuery::default()
+        })
+        .await
+        .is_empty()
+    );
+    let seventh = numbers[7];
+    let hit = store
+        .read(move |tx| tx.audit_event(seventh))
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(hit.leaf, b"leaf 7");
+    assert!(
+        store
+            .read(|tx| tx.audit_event(10_000))
+            .await
+            .unwrap()
+            .is_none()
     );
 }
 

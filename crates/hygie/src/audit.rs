@@ -4,12 +4,15 @@
 //!   exits 1 naming the first bad leaf.
 //! - `key`: prints the log's verifier key, for witnesses and auditors.
 //! - `witness`: an independent witness of a hub's log (`hygie-witness`), run elsewhere.
+//! - `report`: a patient's access report (who, when, what, why, emergency), as Markdown for
+//!   a letter or as JSON; the same as `GET /fhir/Patient/{id}/$access-log`, every page.
 
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use hygie_audit::checkpoint::VerifierKey;
-use hygie_hub::Hub;
+use hygie_hub::{AccessReportLine, Caller, Hub};
+use hygie_policy::Principal;
 
 use crate::config::{self, StoreArgs};
 
@@ -42,16 +45,30 @@ pub enum AuditCommand {
     /// Watch a hub's audit log from outside: verify that each checkpoint extends the last
     /// one accepted, cosign it, and exit 3 on a rollback or a fork.
     Witness(hygie_witness::WitnessArgs),
+    /// A patient's access report: every recorded access to their record, newest first.
+    /// Reading it is recorded in the audit log like any access.
+    Report {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The patient's id (`Patient/{id}` or `{id}`).
+        #[arg(long, value_name = "ID")]
+        patient: String,
+        /// `md` (a table, for a letter to the patient) or `json`.
+        #[arg(long, default_value = "md", value_parser = ["md", "json"])]
+        format: String,
+    },
 }
 
 /// The largest checkpoint file read, bytes.
 const MAX_CHECKPOINT_FILE_BYTES: u64 = 1 << 20;
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let store_args = match &args.command {
-        AuditCommand::Verify { store, .. } | AuditCommand::Key { store } => store.clone(),
+    let (store_args, command) = match args.command {
         // Needs no store: it only talks to a hub over HTTP(S).
-        AuditCommand::Witness(witness) => return Ok(hygie_witness::run(witness).await),
+        AuditCommand::Witness(witness) => return Ok(hygie_witness::run(&witness).await),
+        AuditCommand::Verify { ref store, .. }
+        | AuditCommand::Key { ref store }
+        | AuditCommand::Report { ref store, .. } => (store.clone(), args.command),
     };
     let file = config::load_file(store_args.config.as_deref())?;
     let limits = config::limits(&Default::default(), &file.limits)?;
@@ -61,17 +78,92 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let mut hub_config = config::hub_config(&limits);
     hub_config.audit = audit;
     let hub = Hub::new(store, hub_config);
-    let outcome = match &args.command {
-        AuditCommand::Witness(_) => unreachable!("answered above"),
+    let outcome = match command {
         AuditCommand::Key { .. } => key(&hub).await,
         AuditCommand::Verify {
             checkpoints,
             log_key,
             ..
-        } => verify(&hub, checkpoints, log_key.as_deref()).await,
+        } => verify(&hub, &checkpoints, log_key.as_deref()).await,
+        AuditCommand::Report {
+            patient, format, ..
+        } => report(&hub, &patient, &format).await,
+        AuditCommand::Witness(witness) => Ok(hygie_witness::run(&witness).await),
     };
     hub.close().await;
     outcome
+}
+
+/// `hygie audit report`: reads the patient's accesses as the local operator (recorded).
+async fn report(hub: &Hub, patient: &str, format: &str) -> anyhow::Result<ExitCode> {
+    let patient = patient.strip_prefix("Patient/").unwrap_or(patient);
+    let user = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
+    let caller = Caller::new(Principal::local_operator(&user), "audit-report");
+    let lines = hub
+        .access_report(&caller, patient)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let generated = hygie_hub::format_instant(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0),
+    );
+    if format == "json" {
+        let report = serde_json::json!({
+            "patient": format!("Patient/{patient}"),
+            "generated": generated,
+            "accesses": lines,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", markdown_report(patient, &generated, &lines));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The report as a Markdown document a DPO can send to the patient.
+fn markdown_report(patient: &str, generated: &str, lines: &[AccessReportLine]) -> String {
+    let mut out = format!(
+        "# Accesses to the health record of Patient/{patient}\n\n\
+         Produced by Hygie on {generated} from the hospital's tamper-evident audit log: \
+         {} recorded accesses, newest first.\n\n",
+        lines.len()
+    );
+    if lines.is_empty() {
+        out.push_str("No access to this record is recorded.\n");
+        return out;
+    }
+    out.push_str(
+        "| When (UTC) | Who | Role | Action | Data | Why | Emergency access | Outcome |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    for line in lines {
+        let cells = [
+            line.when.clone(),
+            line.who.clone(),
+            line.roles.join(", "),
+            line.action.clone(),
+            line.what.join(", "),
+            line.why.clone().unwrap_or_default(),
+            if line.emergency { "yes" } else { "no" }.to_owned(),
+            match line.outcome.as_str() {
+                "0" => "granted",
+                _ => "refused",
+            }
+            .to_owned(),
+        ];
+        let cells: Vec<String> = cells.iter().map(|cell| markdown_cell(cell)).collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    out
+}
+
+/// A table cell: pipes escaped, line breaks flattened, so that no value breaks the table.
+fn markdown_cell(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\n', '\r'], " ")
 }
 
 async fn key(hub: &Hub) -> anyhow::Result<ExitCode> {
@@ -139,4 +231,29 @@ async fn verify(
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_cannot_break_the_markdown_table() {
+        let line = AccessReportLine {
+            id: 1,
+            when: "2026-11-30T10:00:00Z".to_owned(),
+            who: "Dr A | B\nC".to_owned(),
+            roles: vec!["clinician".to_owned()],
+            action: "read".to_owned(),
+            what: vec!["Observation".to_owned()],
+            why: Some("ETREAT: unconscious".to_owned()),
+            emergency: true,
+            outcome: "0".to_owned(),
+        };
+        let table = markdown_report("p1", "now", &[line]);
+        let row = table.lines().last().unwrap();
+        assert_eq!(row.matches(" | ").count(), 7, "{row}");
+        assert!(row.contains("Dr A \\| B C"));
+        assert!(row.contains("| yes |"));
+    }
 }
