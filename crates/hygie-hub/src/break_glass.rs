@@ -58,6 +58,12 @@ impl Hub {
         record.network_address = caller.network_address.clone();
         record.request_id = Some(caller.request_id.clone());
         record.purpose_of_use = Some(PurposeOfUse::emergency(&reason));
+        record.roles = caller
+            .principal
+            .access
+            .as_ref()
+            .map(|access| access.roles.clone())
+            .unwrap_or_default();
         if let Decision::Deny { reason } =
             self.policy()
                 .decide(&caller.principal, Action::BreakGlass, &Target::system())

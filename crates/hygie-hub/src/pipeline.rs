@@ -468,8 +468,18 @@ where
         Err(other) => return Err(other),
     };
     record_result(&mut record, &result, target_reference);
-    if result.is_ok() {
-        crate::audit_trail::add_patients_of_entities(tx, &mut record)?;
+    match (&result, &target.resource_type, &target.id) {
+        (Ok(_), _, _) => crate::audit_trail::add_patients_of_entities(tx, &mut record)?,
+        // A refused read names the patient it aimed at (writes looked theirs up before):
+        // "someone tried to open my record" belongs in the patient's access report.
+        (Err(_), Some(resource_type), Some(id)) if !writes => {
+            for patient in crate::care::patients_of(tx, resource_type, id)? {
+                if !record.patients.contains(&patient) {
+                    record.patients.push(patient);
+                }
+            }
+        }
+        (Err(_), _, _) => {}
     }
     crate::audit_trail::append(tx, &record)?;
     Ok(result)

@@ -299,6 +299,23 @@ impl Tx for FailingAuditTx<'_> {
     fn append_audit(&mut self, _: i64, _: &[u8]) -> StoreResult<i64> {
         Err(StoreError::Database("audit_log: disk full".into()))
     }
+    fn append_audit_indexed(
+        &mut self,
+        _: i64,
+        _: &[u8],
+        _: &hygie_store::AuditFacets,
+    ) -> StoreResult<i64> {
+        Err(StoreError::Database("audit_log: disk full".into()))
+    }
+    fn search_audit(
+        &mut self,
+        query: &hygie_store::AuditQuery,
+    ) -> StoreResult<Vec<hygie_store::AuditHit>> {
+        self.0.search_audit(query)
+    }
+    fn audit_event(&mut self, number: i64) -> StoreResult<Option<hygie_store::AuditHit>> {
+        self.0.audit_event(number)
+    }
     fn audit_leaves(&mut self, f: i64, l: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
         self.0.audit_leaves(f, l)
     }
