@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use hygie_audit::checkpoint::{Checkpoint, NoteSigner, VerifierKey};
+use hygie_audit::checkpoint::{Checkpoint, Note, NoteSigner, VerifierKey};
 use hygie_audit::merkle::{self, Hash, NodeId, NodeSource, StoredNode};
 use hygie_store::{StoreError, StoreExt, StoredCheckpoint, Tx};
 
@@ -42,6 +42,8 @@ pub struct AuditLogSettings {
     pub checkpoint_every: Duration,
     /// Leaves integrated in one unit of work, at most.
     pub integrate_batch_leaves: usize,
+    /// The witnesses whose cosignatures are accepted (`cosignature/v1` keys).
+    pub witnesses: Vec<VerifierKey>,
 }
 
 impl Default for AuditLogSettings {
@@ -51,6 +53,7 @@ impl Default for AuditLogSettings {
             checkpoint_every_leaves: 10_000,
             checkpoint_every: Duration::from_secs(10),
             integrate_batch_leaves: 20_000,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -231,6 +234,79 @@ fn bad_request(why: String) -> HubError {
     HubError::bad_request(why)
 }
 
+/// The largest cosigned checkpoint accepted: a checkpoint is a few hundred bytes and each
+/// signature line about a hundred; this leaves room for dozens of witnesses.
+pub const MAX_COSIGNED_NOTE_BYTES: usize = 16 * 1024;
+
+/// The `hub_meta` key of a witness's latest cosignature line, served with the checkpoint
+/// (the `audit_cosignature` table keeps every one, but the store offers no read of it).
+fn cosignature_key(witness: &VerifierKey) -> String {
+    format!(
+        "audit.cosignature.{}+{:08x}",
+        witness.name(),
+        witness.key_id()
+    )
+}
+
+/// The stored `"<tree size> <signature line>"` of a witness's latest cosignature.
+fn parse_stored_cosignature(value: &str) -> Option<(u64, &str)> {
+    let (size, line) = value.split_once(' ')?;
+    Some((size.parse().ok()?, line))
+}
+
+/// A cosigned checkpoint that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cosigned {
+    pub tree_size: u64,
+    /// The witnesses whose cosignature verified, as `name+keyid` (hex).
+    pub witnesses: Vec<String>,
+}
+
+/// Checks a cosigned note (untrusted bytes) against the configured witnesses: every
+/// signature line is the log's (the origin's name) or a configured witness's, and each
+/// witness line verifies. Returns the note, its checkpoint and the witnesses that signed.
+fn open_cosigned(
+    body: &[u8],
+    witnesses: &[VerifierKey],
+) -> Result<(Note, Checkpoint, Vec<VerifierKey>), HubError> {
+    if body.len() > MAX_COSIGNED_NOTE_BYTES {
+        return Err(HubError::new(
+            413,
+            hygie_fhir::IssueType::TooLong,
+            format!("a cosigned checkpoint is at most {MAX_COSIGNED_NOTE_BYTES} bytes"),
+        ));
+    }
+    let note = Note::parse(body).map_err(|e| bad_request(format!("not a signed note: {e}")))?;
+    let checkpoint = Checkpoint::parse_body(note.text())
+        .map_err(|e| bad_request(format!("not a checkpoint: {e}")))?;
+    let mut signers: Vec<VerifierKey> = Vec::new();
+    for signature in note.signatures() {
+        if signature.name == checkpoint.origin {
+            continue;
+        }
+        let Some(key) = witnesses
+            .iter()
+            .find(|k| k.name() == signature.name && k.key_id() == signature.key_id)
+        else {
+            return Err(bad_request(format!(
+                "unknown witness {}+{:08x}: the hub accepts cosignatures of the keys in audit.witnesses only",
+                signature.name, signature.key_id
+            )));
+        };
+        if !signers.contains(key) {
+            signers.push(key.clone());
+        }
+    }
+    if signers.is_empty() {
+        return Err(bad_request(
+            "no witness cosignature: the note carries only the log's signature".to_owned(),
+        ));
+    }
+    note.verify(&signers)
+        .map_err(|e| bad_request(format!("a witness cosignature does not verify: {e}")))?;
+    Ok((note, checkpoint, signers))
+}
+
 impl Hub {
     /// Integrates the leaves appended since the last integration (as many units as it
     /// takes, each of `integrate_batch_leaves` at most), signing checkpoints as due.
@@ -277,14 +353,103 @@ impl Hub {
             .map_err(HubError::from_store)
     }
 
-    /// The latest signed checkpoint (the integrator signs them: a reader never writes).
+    /// The latest signed checkpoint (the integrator signs them: a reader never writes),
+    /// its note followed by the cosignature lines stored for its size by the witnesses
+    /// still configured (C2SP: a cosigned checkpoint is the note with more signature lines).
     pub async fn audit_checkpoint(&self) -> Result<StoredCheckpoint, HubError> {
+        let witnesses = self.inner.config.audit.witnesses.clone();
         self.inner
             .store
-            .read(|tx| tx.latest_audit_checkpoint())
+            .read(move |tx| {
+                let Some(mut checkpoint) = tx.latest_audit_checkpoint()? else {
+                    return Ok(None);
+                };
+                for witness in &witnesses {
+                    let Some(value) = tx.meta_get(&cosignature_key(witness))? else {
+                        continue;
+                    };
+                    if let Some((size, line)) = parse_stored_cosignature(&value)
+                        && size == checkpoint.tree_size as u64
+                    {
+                        checkpoint.note.push_str(line);
+                        checkpoint.note.push('\n');
+                    }
+                }
+                Ok(Some(checkpoint))
+            })
             .await
             .map_err(HubError::from_store)?
             .ok_or_else(|| HubError::not_found("the audit log has no checkpoint yet"))
+    }
+
+    /// Keeps a witness's cosignature of one of the log's checkpoints (`POST
+    /// /audit/cosignatures`): the note's text must be a checkpoint the hub signed, and every
+    /// signature line but the log's a verifying cosignature of a configured witness. Sending
+    /// it again is harmless: the first one of a witness for a size is kept in the table,
+    /// and the latest one is served with the checkpoint.
+    pub async fn accept_audit_cosignature(&self, body: &[u8]) -> Result<Cosigned, HubError> {
+        let (note, checkpoint, signers) = open_cosigned(body, &self.inner.config.audit.witnesses)?;
+        let size = checkpoint.size;
+        let text = note.text().to_owned();
+        let full = note.to_string();
+        let lines: Vec<(String, String)> = note
+            .signatures()
+            .iter()
+            .filter(|s| s.name != checkpoint.origin)
+            .map(|s| {
+                let key = signers
+                    .iter()
+                    .find(|k| k.name() == s.name && k.key_id() == s.key_id)
+                    .expect("every other line is a signer's");
+                (cosignature_key(key), s.to_string())
+            })
+            .collect();
+        let witnesses: Vec<String> = signers
+            .iter()
+            .map(|k| format!("{}+{:08x}", k.name(), k.key_id()))
+            .collect();
+        let names = witnesses.clone();
+        let now = now_us();
+        let stored_size = i64::try_from(size)
+            .map_err(|_| bad_request(format!("tree size {size} is out of range")))?;
+        let outcome = self
+            .inner
+            .store
+            .run(move |tx| {
+                let found = tx.audit_checkpoints(stored_size, 1)?;
+                let matches = found.first().is_some_and(|stored| {
+                    stored.tree_size == stored_size
+                        && Note::parse(stored.note.as_bytes())
+                            .is_ok_and(|stored| stored.text() == text)
+                });
+                if !matches {
+                    return Ok(Err(bad_request(format!(
+                        "unknown checkpoint: the log signed no checkpoint of size {size} with this root and origin"
+                    ))));
+                }
+                tx.lock("audit.cosignature")?;
+                for ((key, line), name) in lines.iter().zip(&names) {
+                    tx.put_audit_cosignature(stored_size, name, &full, now)?;
+                    let newer = match tx.meta_get(key)? {
+                        Some(value) => {
+                            parse_stored_cosignature(&value).is_none_or(|(kept, _)| kept <= size)
+                        }
+                        None => true,
+                    };
+                    if newer {
+                        tx.meta_set(key, &format!("{size} {}", line.trim_end_matches('\n')))?;
+                    }
+                }
+                Ok(Ok(()))
+            })
+            .await
+            .map_err(HubError::from_store)?;
+        outcome?;
+        tracing::info!(tree_size = size, witnesses = ?witnesses, "witness cosignature stored");
+        Ok(Cosigned {
+            tree_size: size,
+            witnesses,
+        })
     }
 
     /// The log's verifier key line (`origin+keyid+base64`), for witnesses and auditors.

@@ -26,6 +26,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod audit_export;
 mod audit_log;
 mod audit_search;
 mod audit_trail;
@@ -51,7 +52,8 @@ use std::sync::Arc;
 use hygie_policy::{Policy, Principal};
 use hygie_store::SharedStore;
 
-pub use audit_log::{AuditLogSettings, Integrated, Proof};
+pub use audit_export::{StoreAuditSource, export_cursor_key};
+pub use audit_log::{AuditLogSettings, Cosigned, Integrated, MAX_COSIGNED_NOTE_BYTES, Proof};
 pub use audit_search::{AUDIT_SEARCH_PARAMETERS, AccessReportLine, MAX_AUDIT_PARAMETER_VALUES};
 pub use audit_trail::MAX_PATIENT_LOOKUPS;
 pub use audit_verify::{VerifyFailure, VerifyReport};

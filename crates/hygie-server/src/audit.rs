@@ -1,7 +1,9 @@
 //! `/audit/…`: what anyone needs to check the audit log without trusting the hub, and no
 //! patient data: the latest signed checkpoint (C2SP signed note), the log's verifier key,
 //! and RFC 9162 inclusion and consistency proofs (hashes, base64). Public, like a
-//! Certificate Transparency log's; limited by the per-address rate limit.
+//! Certificate Transparency log's; limited by the per-address rate limit. Witnesses `POST
+//! /audit/cosignatures` their cosigned checkpoints, which need no token: the cosignature
+//! of a configured witness key is the credential, and the checkpoint is then served with it.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -9,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::StatusCode;
 use hygie_fhir::IssueType;
-use hygie_hub::{HubError, Proof};
+use hygie_hub::{HubError, MAX_COSIGNED_NOTE_BYTES, Proof};
 
 use crate::AppState;
 use crate::fhir::origin;
@@ -152,7 +154,38 @@ pub(crate) async fn consistency(
     answer(result)
 }
 
-/// Anything else under `/audit/`: 404, or 405 for a write to a known path.
+/// `POST /audit/cosignatures`: a witness's cosigned checkpoint (a C2SP signed note, the
+/// log's signature line and the witness's `cosignature/v1` line). 204 once stored; 400 for
+/// a note that is not a cosignature of a checkpoint of this log by a configured witness;
+/// 413 over [`MAX_COSIGNED_NOTE_BYTES`].
+pub(crate) async fn cosignatures(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    if let Some(refusal) = throttle(&state, &request) {
+        return refusal;
+    }
+    let body = match axum::body::to_bytes(request.into_body(), MAX_COSIGNED_NOTE_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            return ErrorResponse(HubError::new(
+                413,
+                IssueType::TooLong,
+                format!("a cosigned checkpoint is at most {MAX_COSIGNED_NOTE_BYTES} bytes"),
+            ))
+            .into_response();
+        }
+    };
+    answer(
+        state
+            .hub
+            .accept_audit_cosignature(&body)
+            .await
+            .map(|_| StatusCode::NO_CONTENT.into_response()),
+    )
+}
+
+/// Anything else under `/audit/`: 404, or 405 for another method on a known path.
 pub(crate) async fn other(request: axum::extract::Request) -> Response {
     let known = matches!(
         request.uri().path(),
@@ -163,6 +196,12 @@ pub(crate) async fn other(request: axum::extract::Request) -> Response {
             405,
             IssueType::NotSupported,
             "the audit log is read-only: GET",
+        )
+    } else if request.uri().path() == "/audit/cosignatures" {
+        HubError::new(
+            405,
+            IssueType::NotSupported,
+            "POST a cosigned checkpoint here",
         )
     } else {
         HubError::not_found(format!("no audit resource {}", request.uri().path()))

@@ -123,15 +123,23 @@ pub async fn refresh_token_keys(
 
 /// Integrates the audit log's new leaves every `every` (and signs checkpoints as due)
 /// until the returned task is aborted. A failure is logged and retried: the leaves stay
-/// appended, only their integration waits.
-pub fn spawn_audit_integrator(hub: Hub, every: Duration) -> tokio::task::JoinHandle<()> {
+/// appended, only their integration waits. `on_integrated` runs after each integration
+/// that added leaves: the SIEM exporters export only integrated leaves, and this wakes
+/// them at once rather than at their next poll.
+pub fn spawn_audit_integrator(
+    hub: Hub,
+    every: Duration,
+    on_integrated: impl Fn(&hygie_hub::Integrated) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            if let Err(error) = hub.integrate_audit(false).await {
-                tracing::error!(%error, "audit integration failed; retrying");
+            match hub.integrate_audit(false).await {
+                Ok(integrated) if integrated.leaves > 0 => on_integrated(&integrated),
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "audit integration failed; retrying"),
             }
         }
     })
@@ -188,6 +196,10 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
         .route(
             "/audit/proof/consistency",
             get(audit::consistency).fallback(audit::other),
+        )
+        .route(
+            "/audit/cosignatures",
+            post(audit::cosignatures).fallback(audit::other),
         )
         .route("/audit", any(audit::other))
         .route("/audit/{*rest}", any(audit::other))

@@ -309,6 +309,17 @@ impl<S: AuditSource> Exporter<S> {
                 },
             };
             if batch.is_empty() {
+                if next < cursor {
+                    // A resend of leaves the source can no longer read (pruned by
+                    // retention): they were delivered once; go on from the cursor.
+                    tracing::info!(
+                        from = next,
+                        cursor,
+                        "leaves to resend are gone; resuming at the cursor"
+                    );
+                    position = Some((cursor, cursor));
+                    continue;
+                }
                 self.idle(&mut wakeups).await;
                 continue;
             }

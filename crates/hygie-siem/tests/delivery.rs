@@ -126,6 +126,71 @@ async fn survive_a_collector_crash(
 mod tcp {
     use super::*;
 
+    /// A source that can no longer read leaves below the saved cursor (pruned by retention
+    /// after their delivery): it answers no leaf there.
+    struct PruningSource(MemorySource);
+
+    impl AuditSource for PruningSource {
+        async fn leaves_from(
+            &self,
+            from: u64,
+            limit: usize,
+        ) -> Result<Vec<ExportLeaf>, SourceError> {
+            if from < self.0.cursor("siem").unwrap_or(0) {
+                return Ok(Vec::new());
+            }
+            self.0.leaves_from(from, limit).await
+        }
+
+        async fn load_cursor(&self, name: &str) -> Result<u64, SourceError> {
+            self.0.load_cursor(name).await
+        }
+
+        async fn save_cursor(&self, name: &str, next: u64) -> Result<(), SourceError> {
+            self.0.save_cursor(name, next).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resend_of_pruned_leaves_goes_on_from_the_cursor() {
+        let source = Arc::new(PruningSource(MemorySource::new()));
+        fill(&source.0, 100);
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let collector =
+            Collector::start(ANY_PORT.parse().unwrap(), None, None, messages.clone()).await;
+        let address = collector.address;
+        let wakeup = Wakeup::new();
+        let export = hygie_siem::spawn(
+            &syslog_config("syslog-tcp", address),
+            source.clone(),
+            &wakeup,
+        )
+        .unwrap();
+        let mut status = export.watch_status();
+        wait_status(&mut status, "the first 100 leaves", |s| {
+            s.cursor == Some(100)
+        })
+        .await;
+        collector.stop().await;
+        wait_status(&mut status, "the disconnection", |s| !s.connected).await;
+
+        // The resend (from leaf 0) finds nothing to read: the new leaves still go out.
+        let collector = Collector::start(address, None, None, messages.clone()).await;
+        fill(&source.0, 50);
+        wakeup.poke();
+        wait_status(&mut status, "the cursor past the new leaves", |s| {
+            s.cursor == Some(150)
+        })
+        .await;
+        wait_until("the new leaves", || {
+            let received: BTreeSet<u64> = collector.indices().into_iter().collect();
+            (100..150).all(|index| received.contains(&index))
+        })
+        .await;
+        export.shutdown().await;
+        collector.stop().await;
+    }
+
     #[tokio::test]
     async fn every_leaf_arrives_across_a_collector_crash() {
         survive_a_collector_crash(|address| syslog_config("syslog-tcp", address), None).await;

@@ -91,6 +91,46 @@ pub struct FileAudit {
     pub checkpoint_every_leaves: Option<u64>,
     /// How often new leaves are put into the tree, milliseconds.
     pub integrate_every_ms: Option<u64>,
+    /// The witnesses whose cosignatures `POST /audit/cosignatures` accepts: their verifier
+    /// key lines (`name+keyid+base64`, type `cosignature/v1`, as `hygie audit witness`
+    /// prints them).
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+    /// `[[audit.export]]`: copies of the audit log sent to SIEMs (see `hygie-siem`).
+    #[serde(default)]
+    pub export: Vec<hygie_siem::ExportConfig>,
+}
+
+/// The `[[audit.export]]` entries, checked (names, kinds, addresses, TLS files): a bad one
+/// stops the start with the entry's name rather than failing later in the background.
+pub fn audit_exports(file: &FileSettings) -> anyhow::Result<Vec<hygie_siem::ExportConfig>> {
+    hygie_siem::validate_all(&file.audit.export).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(file.audit.export.clone())
+}
+
+/// The witness keys of `audit.witnesses`: cosignature keys only, since a log key there
+/// would let a second log's signature pass for a witness's.
+fn witness_keys(lines: &[String]) -> anyhow::Result<Vec<hygie_audit::checkpoint::VerifierKey>> {
+    use hygie_audit::checkpoint::{SignatureType, VerifierKey};
+    let mut keys: Vec<VerifierKey> = Vec::with_capacity(lines.len());
+    for (position, line) in lines.iter().enumerate() {
+        let key = VerifierKey::parse(line.trim()).map_err(|e| {
+            anyhow::anyhow!("audit.witnesses[{position}] {line:?} is not a verifier key: {e}")
+        })?;
+        if key.signature_type() != SignatureType::CosignatureV1 {
+            bail!(
+                "audit.witnesses[{position}] {line:?} is not a witness key (cosignature/v1, type 0x04): give the key `hygie audit witness` prints"
+            );
+        }
+        if keys
+            .iter()
+            .any(|k| k.name() == key.name() && k.key_id() == key.key_id())
+        {
+            bail!("audit.witnesses[{position}] {line:?} is given twice");
+        }
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 /// The audit log settings, checked, and the integration interval.
@@ -120,9 +160,11 @@ pub fn audit_settings(
     {
         bail!("audit.origin must be 1 to 255 printable characters, not {origin:?}");
     }
+    let witnesses = witness_keys(&audit.witnesses)?;
     Ok((
         hygie_hub::AuditLogSettings {
             origin: audit.origin.clone(),
+            witnesses,
             checkpoint_every_leaves: every_leaves,
             checkpoint_every: Duration::from_secs(every_seconds),
             ..defaults
@@ -592,5 +634,60 @@ mod auth_tests {
             toml::from_str::<FileSettings>("[[auth.providers]]\nissuer = \"i\"").is_err(),
             "jwks_url is required"
         );
+    }
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+    use hygie_audit::checkpoint::{Cosigner, NoteSigner};
+
+    fn file(text: &str) -> FileSettings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn witness_keys_are_cosignature_keys_each_once() {
+        let (witness, _) = Cosigner::generate("witness.example").unwrap();
+        let line = witness.verifier_key().to_string();
+        let text = format!("[audit]\nwitnesses = [{line:?}]");
+        let (settings, _) = audit_settings(&file(&text)).unwrap();
+        assert_eq!(settings.witnesses, vec![witness.verifier_key()]);
+
+        let (log, _) = NoteSigner::generate("hygie/audit/x").unwrap();
+        let log_key = log.verifier_key().to_string();
+        for (bad, why) in [
+            (
+                format!("[audit]\nwitnesses = [{log_key:?}]"),
+                "not a witness key",
+            ),
+            (
+                "[audit]\nwitnesses = [\"nonsense\"]".to_owned(),
+                "not a verifier key",
+            ),
+            (
+                format!("[audit]\nwitnesses = [{line:?}, {line:?}]"),
+                "given twice",
+            ),
+        ] {
+            let error = audit_settings(&file(&bad)).unwrap_err().to_string();
+            assert!(error.contains(why), "{error}");
+            assert!(error.contains("audit.witnesses["), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_bad_export_entry_is_refused_by_name() {
+        let good =
+            file("[[audit.export]]\nname = 'archive'\nkind = 'jsonl'\npath = '/tmp/audit.jsonl'");
+        assert_eq!(audit_exports(&good).unwrap().len(), 1);
+        let bad = file(
+            "[[audit.export]]\nname = 'archive'\nkind = 'jsonl'\npath = '/tmp/a.jsonl'\n\
+             [[audit.export]]\nname = 'siem'\nkind = 'syslog-udp'\naddress = '127.0.0.1:514'",
+        );
+        let error = audit_exports(&bad).unwrap_err().to_string();
+        assert!(error.contains("\"siem\""), "{error}");
+        assert!(error.contains("syslog-udp"), "{error}");
+        assert!(audit_exports(&file("")).unwrap().is_empty());
     }
 }

@@ -184,8 +184,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         },
     );
     // The audit log's tree and checkpoints, as `serve` keeps them (`/audit/…`).
-    let audit_integrator =
-        hygie_server::spawn_audit_integrator(hub.clone(), std::time::Duration::from_secs(1));
+    let audit_integrator = hygie_server::spawn_audit_integrator(
+        hub.clone(),
+        std::time::Duration::from_secs(1),
+        |_| {},
+    );
     let result = hygie_server::serve(
         app,
         hygie_server::Listen {

@@ -94,6 +94,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = config::open_store(&store_settings).await?;
     let backend = store.backend();
     let (audit, integrate_every) = config::audit_settings(&file)?;
+    let exports = config::audit_exports(&file)?;
     let mut hub_config = config::hub_config(&limits);
     hub_config.audit = audit;
     let hub = hygie_hub::Hub::with_policy(store, hub_config, config::policy(&file)?);
@@ -105,7 +106,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     hub.integrate_audit(false)
         .await
         .map_err(|e| anyhow::anyhow!("cannot integrate the audit log: {e}"))?;
-    let audit_integrator = hygie_server::spawn_audit_integrator(hub.clone(), integrate_every);
+    // The SIEM exports (their TLS files read now: a bad one stops the start) read
+    // integrated leaves only, so the integrator wakes them after each integration.
+    let wakeup = hygie_siem::Wakeup::new();
+    let exporters = start_exports(&hub, &exports, &wakeup)?;
+    let poke = wakeup.clone();
+    let audit_integrator =
+        hygie_server::spawn_audit_integrator(hub.clone(), integrate_every, move |_| poke.poke());
     // Refreshes the providers' keys in the background while the hub serves.
     let mut key_refresh: Option<hygie_auth::KeyRefresh> = None;
     let mut own_keys_refresh: Option<tokio::task::JoinHandle<()>> = None;
@@ -198,10 +205,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await;
     drop(key_refresh);
     audit_integrator.abort();
-    // The last accesses into the tree, under a final checkpoint.
-    if let Err(error) = hub.integrate_audit(true).await {
-        tracing::error!(%error, "cannot integrate the last audit leaves; the next start will");
-    }
+    // The last accesses into the tree, under a final checkpoint, then out to the SIEMs.
+    let final_size = match hub.integrate_audit(true).await {
+        Ok(integrated) => Some(integrated.tree_size),
+        Err(error) => {
+            tracing::error!(%error, "cannot integrate the last audit leaves; the next start will");
+            None
+        }
+    };
+    wakeup.poke();
+    stop_exports(exporters, final_size).await;
     if let Some(task) = own_keys_refresh {
         task.abort();
     }
@@ -209,6 +222,94 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     result.context("the HTTP server failed")?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long the exports get at shutdown to deliver the last leaves; what is left goes
+/// out at the next start (the cursors say where).
+pub const EXPORT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts one exporter per `[[audit.export]]` entry, each with a task that logs its
+/// progress and failures.
+fn start_exports(
+    hub: &hygie_hub::Hub,
+    exports: &[hygie_siem::ExportConfig],
+    wakeup: &hygie_siem::Wakeup,
+) -> anyhow::Result<Vec<hygie_siem::ExporterHandle>> {
+    let mut handles = Vec::with_capacity(exports.len());
+    for export in exports {
+        let source = std::sync::Arc::new(hub.audit_export_source(&export.name));
+        let handle = hygie_siem::spawn(export, source, wakeup)
+            .map_err(|e| anyhow::anyhow!("cannot start the audit export: {e}"))?;
+        tokio::spawn(log_export_status(handle.watch_status()));
+        tracing::info!(export = %export.name, kind = %export.kind, "audit export started");
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// Logs an export's cursor when it recovers or stops and its failures when they start, so
+/// that the logs tell where each SIEM copy stands (the exporter logs each retry itself).
+async fn log_export_status(mut status: tokio::sync::watch::Receiver<hygie_siem::ExporterStatus>) {
+    let mut failing = false;
+    while status.changed().await.is_ok() {
+        let now = status.borrow_and_update().clone();
+        if now.consecutive_failures > 0 && !failing {
+            failing = true;
+            tracing::warn!(
+                export = %now.name,
+                cursor = ?now.cursor,
+                error = now.last_error.as_deref().unwrap_or(""),
+                "audit export failing; leaves wait in the log and go out once it recovers"
+            );
+        } else if now.consecutive_failures == 0 && failing {
+            failing = false;
+            tracing::info!(export = %now.name, cursor = ?now.cursor, "audit export recovered");
+        }
+        if now.stopped {
+            tracing::info!(
+                export = %now.name,
+                cursor = ?now.cursor,
+                last_error = ?now.last_error,
+                "audit export stopped"
+            );
+            break;
+        }
+    }
+}
+
+/// Waits (up to [`EXPORT_DRAIN_TIMEOUT`]) for every export to pass `final_size`, then
+/// stops them.
+async fn stop_exports(exporters: Vec<hygie_siem::ExporterHandle>, final_size: Option<u64>) {
+    if let Some(size) = final_size {
+        let drained = async {
+            for export in &exporters {
+                let mut status = export.watch_status();
+                let _ = status
+                    .wait_for(|s| s.cursor.is_some_and(|cursor| cursor >= size))
+                    .await;
+            }
+        };
+        if tokio::time::timeout(EXPORT_DRAIN_TIMEOUT, drained)
+            .await
+            .is_err()
+        {
+            for export in &exporters {
+                let status = export.status();
+                if status.cursor.is_none_or(|cursor| cursor < size) {
+                    tracing::warn!(
+                        export = %status.name,
+                        cursor = ?status.cursor,
+                        tree_size = size,
+                        last_error = ?status.last_error,
+                        "the audit export did not catch up before shutdown; it resumes at the next start"
+                    );
+                }
+            }
+        }
+    }
+    for export in exporters {
+        export.shutdown().await;
+    }
 }
 
 /// Reads the policy from the settings file again (or the built-in one without a file).
