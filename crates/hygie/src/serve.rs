@@ -247,7 +247,7 @@ fn start_exports(
     Ok(handles)
 }
 
-/// Logs an export's cursor when it recovers or stops and its failures when they start, so
+/// Logs an export's cursor when it recovers and its failures when they start, so
 /// that the logs tell where each SIEM copy stands (the exporter logs each retry itself).
 async fn log_export_status(mut status: tokio::sync::watch::Receiver<hygie_siem::ExporterStatus>) {
     let mut failing = false;
@@ -264,15 +264,6 @@ async fn log_export_status(mut status: tokio::sync::watch::Receiver<hygie_siem::
         } else if now.consecutive_failures == 0 && failing {
             failing = false;
             tracing::info!(export = %now.name, cursor = ?now.cursor, "audit export recovered");
-        }
-        if now.stopped {
-            tracing::info!(
-                export = %now.name,
-                cursor = ?now.cursor,
-                last_error = ?now.last_error,
-                "audit export stopped"
-            );
-            break;
         }
     }
 }
@@ -308,7 +299,15 @@ async fn stop_exports(exporters: Vec<hygie_siem::ExporterHandle>, final_size: Op
         }
     }
     for export in exporters {
+        let status = export.watch_status();
         export.shutdown().await;
+        let last = status.borrow().clone();
+        tracing::info!(
+            export = %last.name,
+            cursor = ?last.cursor,
+            last_error = ?last.last_error,
+            "audit export stopped; it resumes from this cursor at the next start"
+        );
     }
 }
 
