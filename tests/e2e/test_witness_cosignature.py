@@ -156,3 +156,10 @@ def test_the_hub_keeps_and_serves_a_configured_witness_cosignature(backend, star
     too_large = requests.post(f"{server.root_url}/audit/cosignatures", data=b"x" * (64 * 1024), timeout=10)
     assert too_large.status_code == 413
     assert_outcome(requests.get(f"{server.root_url}/audit/cosignatures", timeout=10), 405)
+
+    # `hygie audit verify` counts the witness whose kept cosignature verifies.
+    server.stop()
+    store = ["--database", server.database_url] if server.database_url else ["--data-dir", str(server.data_dir)]
+    verified = run_cli(hygie_bin, ["audit", "verify", *store, "--config", str(settings)], cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "1 of 1 configured witnesses cosigned a stored checkpoint: witness.test+" in verified.stdout, verified.stdout

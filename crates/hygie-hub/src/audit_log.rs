@@ -254,6 +254,41 @@ fn parse_stored_cosignature(value: &str) -> Option<(u64, &str)> {
     Some((size.parse().ok()?, line))
 }
 
+/// The configured witnesses whose kept cosignature (the latest, the one served) verifies
+/// on the stored checkpoint of its size: `(name+keyid, tree size)`. For `hygie audit
+/// verify`; a line that does not verify (edited in the database) is simply not counted.
+pub(crate) fn verified_cosignatures(
+    tx: &mut dyn Tx,
+    witnesses: &[VerifierKey],
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut verified = Vec::new();
+    for witness in witnesses {
+        let Some(value) = tx.meta_get(&cosignature_key(witness))? else {
+            continue;
+        };
+        let Some((size, line)) = parse_stored_cosignature(&value) else {
+            continue;
+        };
+        let Ok(stored_size) = i64::try_from(size) else {
+            continue;
+        };
+        let Some(stored) = tx
+            .audit_checkpoints(stored_size, 1)?
+            .into_iter()
+            .find(|c| c.tree_size == stored_size)
+        else {
+            continue;
+        };
+        let cosigned = format!("{}{line}\n", stored.note);
+        if Note::parse(cosigned.as_bytes())
+            .is_ok_and(|note| note.verify(std::slice::from_ref(witness)).is_ok())
+        {
+            verified.push((format!("{}+{:08x}", witness.name(), witness.key_id()), size));
+        }
+    }
+    Ok(verified)
+}
+
 /// A cosigned checkpoint that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cosigned {

@@ -32,6 +32,10 @@ pub struct VerifyReport {
     pub pending: u64,
     /// The root of the whole tree.
     pub root: Hash,
+    /// The configured witnesses (`audit.witnesses`) whose kept cosignature verifies on a
+    /// stored checkpoint, with that checkpoint's size. The hub keeps the latest one of each
+    /// within reach (see `accept_audit_cosignature`), so this is one per witness.
+    pub witness_cosigned: Vec<(String, u64)>,
 }
 
 /// Why verification failed: what, and the first leaf concerned when it is known.
@@ -251,12 +255,20 @@ impl Hub {
             .read(move |tx| tx.pending_audit_leaves(tree_size as i64))
             .await
             .map_err(read)?;
+        let witnesses = self.inner.config.audit.witnesses.clone();
+        let witness_cosigned = self
+            .inner
+            .store
+            .read(move |tx| crate::audit_log::verified_cosignatures(tx, &witnesses))
+            .await
+            .map_err(read)?;
         Ok(Ok(VerifyReport {
             leaves: verifier.size(),
             pruned,
             checkpoints: stored_count,
             pending: pending as u64,
             root: verifier.root(),
+            witness_cosigned,
         }))
     }
 }

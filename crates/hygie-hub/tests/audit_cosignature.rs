@@ -6,6 +6,7 @@
 use hygie_audit::checkpoint::{Checkpoint, Cosigner, Note, open_checkpoint};
 use hygie_hub::{AuditLogSettings, Caller, Hub, HubConfig};
 use hygie_policy::Principal;
+use hygie_store::StoreExt;
 use hygie_store::testing::TestBackend;
 use serde_json::json;
 
@@ -68,6 +69,13 @@ async fn a_witness_cosignature_is_kept_and_served(backend: TestBackend) {
     assert_eq!(verified.len(), 2);
     assert_eq!(verified[1].timestamp_s, Some(NOW_S));
 
+    // `hygie audit verify` counts it.
+    let report = hub.verify_audit(None, &[]).await.unwrap().unwrap();
+    assert_eq!(
+        report.witness_cosigned,
+        vec![(accepted.witnesses[0].clone(), accepted.tree_size)]
+    );
+
     // Sent again (the witness retries): accepted, served once.
     hub.accept_audit_cosignature(cosigned.as_bytes())
         .await
@@ -87,6 +95,21 @@ async fn a_witness_cosignature_is_kept_and_served(backend: TestBackend) {
     hub.integrate_audit(true).await.unwrap();
     let newer = hub.audit_checkpoint().await.unwrap().note;
     assert_eq!(Note::parse(newer.as_bytes()).unwrap().signatures().len(), 1);
+
+    // A kept cosignature edited in the database no longer counts.
+    let key = format!("audit.cosignature.{}", accepted.witnesses[0]);
+    backend
+        .store
+        .run(move |tx| {
+            let value = tx.meta_get(&key)?.unwrap();
+            let (head, last) = value.split_at(value.len() - 10);
+            let flipped = if last.starts_with('A') { "B" } else { "A" };
+            tx.meta_set(&key, &format!("{head}{flipped}{}", &last[1..]))
+        })
+        .await
+        .unwrap();
+    let report = hub.verify_audit(None, &[]).await.unwrap().unwrap();
+    assert!(report.witness_cosigned.is_empty());
 }
 
 async fn bad_cosignatures_are_refused_and_not_kept(backend: TestBackend) {
@@ -141,6 +164,8 @@ async fn bad_cosignatures_are_refused_and_not_kept(backend: TestBackend) {
     let (status, _) = refused("x".repeat(hygie_hub::MAX_COSIGNED_NOTE_BYTES + 1)).await;
     assert_eq!(status, 413);
 
-    // Nothing of it is served.
+    // Nothing of it is served or counted.
     assert_eq!(hub.audit_checkpoint().await.unwrap().note, note);
+    let report = hub.verify_audit(None, &[]).await.unwrap().unwrap();
+    assert!(report.witness_cosigned.is_empty());
 }

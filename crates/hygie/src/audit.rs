@@ -217,6 +217,21 @@ async fn verify(
                 report.pending,
                 seconds
             );
+            let witnesses = &hub.config().audit.witnesses;
+            if !witnesses.is_empty() {
+                let cosigned: Vec<String> = report
+                    .witness_cosigned
+                    .iter()
+                    .map(|(witness, size)| format!("{witness} at size {size}"))
+                    .collect();
+                println!(
+                    "witness cosignatures: {} of {} configured witnesses cosigned a stored checkpoint{}{}",
+                    cosigned.len(),
+                    witnesses.len(),
+                    if cosigned.is_empty() { "" } else { ": " },
+                    cosigned.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(failure) => {
