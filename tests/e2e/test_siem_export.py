@@ -302,6 +302,12 @@ def test_a_tls_collector_of_another_ca_gets_nothing(backend, start_hub, tmp_path
         assert one_shot("GET", f"{server.fhir_url}/Patient").status_code == 200
     _wait("the refusal in the logs", lambda: "audit export failed" in server.log_text())
     assert collector.messages == []
+    # A SIEM that refuses does not hold the shutdown for the drain time (10 s).
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 8, "the shutdown waited for an export that fails"
+    assert "did not catch up before shutdown" in server.log_text()
+    assert collector.messages == []
     collector.stop()
 
 

@@ -90,11 +90,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Parse the embedded R4 definitions now, not on the first request.
     hygie_fhir::schema::preload();
     hygie_fhir::search::params::preload();
+    let exports = config::audit_exports(&file)?;
     let store_settings = config::store_settings(&args.store, &file)?;
     let store = config::open_store(&store_settings).await?;
     let backend = store.backend();
     let (audit, integrate_every) = config::audit_settings(&file)?;
-    let exports = config::audit_exports(&file)?;
     let mut hub_config = config::hub_config(&limits);
     hub_config.audit = audit;
     let hub = hygie_hub::Hub::with_policy(store, hub_config, config::policy(&file)?);
@@ -268,33 +268,33 @@ async fn log_export_status(mut status: tokio::sync::watch::Receiver<hygie_siem::
     }
 }
 
-/// Waits (up to [`EXPORT_DRAIN_TIMEOUT`]) for every export to pass `final_size`, then
-/// stops them.
+/// Waits (up to [`EXPORT_DRAIN_TIMEOUT`]) for every export to pass `final_size` or to
+/// fail again (a SIEM that is down would only hold the shutdown), then stops them.
 async fn stop_exports(exporters: Vec<hygie_siem::ExporterHandle>, final_size: Option<u64>) {
     if let Some(size) = final_size {
         let drained = async {
             for export in &exporters {
                 let mut status = export.watch_status();
+                let failures = status.borrow().consecutive_failures;
                 let _ = status
-                    .wait_for(|s| s.cursor.is_some_and(|cursor| cursor >= size))
+                    .wait_for(|s| {
+                        s.cursor.is_some_and(|cursor| cursor >= size)
+                            || s.consecutive_failures > failures
+                    })
                     .await;
             }
         };
-        if tokio::time::timeout(EXPORT_DRAIN_TIMEOUT, drained)
-            .await
-            .is_err()
-        {
-            for export in &exporters {
-                let status = export.status();
-                if status.cursor.is_none_or(|cursor| cursor < size) {
-                    tracing::warn!(
-                        export = %status.name,
-                        cursor = ?status.cursor,
-                        tree_size = size,
-                        last_error = ?status.last_error,
-                        "the audit export did not catch up before shutdown; it resumes at the next start"
-                    );
-                }
+        let _ = tokio::time::timeout(EXPORT_DRAIN_TIMEOUT, drained).await;
+        for export in &exporters {
+            let status = export.status();
+            if status.cursor.is_none_or(|cursor| cursor < size) {
+                tracing::warn!(
+                    export = %status.name,
+                    cursor = ?status.cursor,
+                    tree_size = size,
+                    last_error = ?status.last_error,
+                    "the audit export did not catch up before shutdown; it resumes at the next start"
+                );
             }
         }
     }
