@@ -251,3 +251,53 @@ def test_the_witness_follows_the_log_and_catches_it_rewritten(backend, start_hub
     caught = run_cli(hygie_bin, witness, cwd=tmp_path)
     assert caught.returncode == 3, caught.stdout + caught.stderr
     assert "hygie/audit/" in caught.stdout, "both signed checkpoints are printed as evidence"
+
+
+def test_retention_prunes_old_bodies_and_the_log_stays_verifiable(audited, start_hub, hygie_bin, tmp_path):
+    server = audited
+    for n in range(12):
+        method = "POST" if n % 3 == 0 else "GET"
+        body = patient(f"retention-{n}") if method == "POST" else None
+        assert one_shot(method, f"{server.fhir_url}/Patient", json=body).status_code in (200, 201)
+    vkey = requests.get(f"{server.root_url}/audit/key", timeout=10).text.strip()
+    _, size, root = _checkpoint(server, vkey, 12)
+    saved = {index: _leaf(server, index) for index in (0, 5, size - 1)}
+    creates = one_shot("GET", f"{server.fhir_url}/AuditEvent", params={"subtype": "create"}).json()
+    assert len(creates["entry"]) == 4
+    server.stop()
+    postgres = bool(server.database_url)
+    store_args = ["--database", server.database_url] if postgres else ["--data-dir", str(server.data_dir)]
+
+    done = run_cli(hygie_bin, ["audit", "prune", *store_args, "--older-than-days", "0"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    pruned = int(done.stdout.split("pruned the bodies of ")[1].split(" ")[0])
+    assert pruned >= size, done.stdout
+    assert _leaf(server, 0) in (None, b""), "the body is gone"
+    verified = _verify(hygie_bin, tmp_path, store_args)
+    assert verified.returncode == 0, verified.stderr
+    assert f"({pruned} pruned)" in verified.stdout, verified.stdout
+
+    # The hashes stayed: a proof for a pruned leaf still verifies, from the bytes kept aside.
+    again = start_hub("postgres" if postgres else "sqlite", data_dir=server.data_dir,
+                      database_url=server.database_url)
+    for index, leaf in saved.items():
+        proof = _hashes(requests.get(f"{again.root_url}/audit/proof/inclusion",
+                                     params={"index": index, "size": size}, timeout=10))
+        rfc9162.verify_inclusion(rfc9162.leaf_hash(leaf), index, size, proof, root)
+    # The pruned events are no longer served; the pruning itself is recorded.
+    assert one_shot("GET", f"{again.fhir_url}/AuditEvent", params={"subtype": "create"}).json().get("entry", []) == []
+    retention = one_shot("GET", f"{again.fhir_url}/AuditEvent", params={"subtype": "audit-retention"}).json()
+    assert len(retention["entry"]) == 1
+    assert one_shot("GET", f"{again.fhir_url}/Patient").status_code == 200
+    again.stop()
+
+    # A body removed after one that was kept is not retention: caught.
+    last = int(_verify(hygie_bin, tmp_path, store_args).stdout.split("verified: ")[1].split(" leaves")[0]) - 1
+    if postgres:
+        _psql(server.database_url, f"UPDATE audit_log SET leaf = NULL WHERE leaf_index = {last}")
+    else:
+        with sqlite3.connect(server.data_dir / "hygie.db") as db:
+            db.execute("UPDATE audit_log SET leaf = NULL WHERE leaf_index = ?", (last,))
+    caught = _verify(hygie_bin, tmp_path, store_args)
+    assert caught.returncode == 1, caught.stdout
+    assert f"first bad leaf {last}:" in caught.stderr and "lost its body" in caught.stderr, caught.stderr

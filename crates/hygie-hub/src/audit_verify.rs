@@ -162,6 +162,7 @@ impl Hub {
             }
         }
         let mut pruned = 0u64;
+        let mut body_kept_before: Option<u64> = None;
         while verifier.size() < tree_size {
             let start = verifier.size() as i64;
             let end = (start + VERIFY_BATCH_LEAVES as i64).min(tree_size as i64) - 1;
@@ -204,7 +205,21 @@ impl Hub {
                     )));
                 }
                 let outcome = match &leaf {
-                    Some(leaf) => verifier.verify_leaf(leaf, |id| nodes.get(&id).copied()),
+                    Some(leaf) => {
+                        body_kept_before = Some(at);
+                        verifier.verify_leaf(leaf, |id| nodes.get(&id).copied())
+                    }
+                    // Retention prunes from the oldest leaf on: a body missing after one
+                    // that was kept was removed by someone else.
+                    None if body_kept_before.is_some() => {
+                        let kept = body_kept_before.unwrap_or_default();
+                        return Ok(Err(failure(
+                            Some(at),
+                            format!(
+                                "leaf {at} has lost its body while leaf {kept} before it kept its own: retention prunes the oldest leaves first, so it was deleted"
+                            ),
+                        )));
+                    }
                     None => {
                         pruned += 1;
                         match nodes.get(&NodeId::leaf(at)) {

@@ -28,6 +28,7 @@
 
 mod audit_export;
 mod audit_log;
+mod audit_retention;
 mod audit_search;
 mod audit_trail;
 mod audit_verify;
@@ -54,6 +55,7 @@ use hygie_store::SharedStore;
 
 pub use audit_export::{StoreAuditSource, export_cursor_key};
 pub use audit_log::{AuditLogSettings, Cosigned, Integrated, MAX_COSIGNED_NOTE_BYTES, Proof};
+pub use audit_retention::{PRUNE_BATCH_LEAVES, Pruned};
 pub use audit_search::{AUDIT_SEARCH_PARAMETERS, AccessReportLine, MAX_AUDIT_PARAMETER_VALUES};
 pub use audit_trail::MAX_PATIENT_LOOKUPS;
 pub use audit_verify::{VerifyFailure, VerifyReport};

@@ -315,6 +315,10 @@ pub trait Tx {
         leaf: &[u8],
         facets: &AuditFacets,
     ) -> StoreResult<i64>;
+    /// Retention: forgets the bodies of integrated audit leaves (by tree index) and their
+    /// search facets; their hashes stay in the tree, so the log remains verifiable.
+    /// `facets` are each leaf's, as it was indexed (the hub reads them from the leaf).
+    fn prune_audit_leaves(&mut self, leaves: &[(i64, AuditFacets)]) -> StoreResult<()>;
     /// Audit events matching `query`, newest first (leaves pruned by retention excepted).
     fn search_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditHit>>;
     /// The audit event numbered `number` (as `append_audit` answered), if it is stored and

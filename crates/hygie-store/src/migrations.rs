@@ -122,11 +122,19 @@ pub const SQLITE: &[&str] = &[
     "#,
     // 6: the audit trail's search index (see audit_index.rs): facets of each leaf, written
     // with it. Leaves recorded before this version are found by date and number only.
+    // The leaf becomes nullable (retention prunes bodies, the tree keeps their hashes):
+    // SQLite cannot drop a NOT NULL in place, so the table is rebuilt.
     r#"
-    ALTER TABLE audit_log ADD COLUMN event_type TEXT;
-    ALTER TABLE audit_log ADD COLUMN subtype TEXT;
-    ALTER TABLE audit_log ADD COLUMN outcome TEXT;
-    ALTER TABLE audit_log ADD COLUMN purpose TEXT;
+    CREATE TABLE audit_log_v6 (
+        leaf_index INTEGER PRIMARY KEY,
+        recorded_us INTEGER NOT NULL,
+        leaf BLOB,
+        event_type TEXT, subtype TEXT, outcome TEXT, purpose TEXT
+    );
+    INSERT INTO audit_log_v6 (leaf_index, recorded_us, leaf)
+        SELECT leaf_index, recorded_us, leaf FROM audit_log;
+    DROP TABLE audit_log;
+    ALTER TABLE audit_log_v6 RENAME TO audit_log;
     CREATE INDEX audit_log_recorded ON audit_log (recorded_us);
     CREATE TABLE audit_facet (
         kind TEXT NOT NULL, value TEXT NOT NULL, num INTEGER NOT NULL,
@@ -266,7 +274,8 @@ pub const POSTGRES: &[&str] = &[
     // 6: the audit trail's search index (see audit_index.rs); `num` is `seq - 1`.
     r#"
     ALTER TABLE audit_log ADD COLUMN event_type TEXT, ADD COLUMN subtype TEXT,
-        ADD COLUMN outcome TEXT, ADD COLUMN purpose TEXT;
+        ADD COLUMN outcome TEXT, ADD COLUMN purpose TEXT,
+        ALTER COLUMN leaf DROP NOT NULL;
     CREATE INDEX audit_log_recorded ON audit_log (recorded_us);
     CREATE TABLE audit_facet (
         kind TEXT NOT NULL, value TEXT COLLATE "C" NOT NULL, num BIGINT NOT NULL,

@@ -595,6 +595,11 @@ const APPEND_AUDIT_INDEXED_SQL: &str = "INSERT INTO audit_log
     VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq - 1";
 const AUDIT_FACETS_SQL: &str = "INSERT INTO audit_facet (kind, value, num)
     SELECT kind, value, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS f(kind, value)";
+const PRUNE_AUDIT_LEAF_SQL: &str =
+    "UPDATE audit_log SET leaf = NULL WHERE leaf_index = $1 RETURNING seq - 1";
+const UNINDEX_AUDIT_SQL: &str = "DELETE FROM audit_facet f
+    USING unnest($1::TEXT[], $2::TEXT[]) AS d(kind, value)
+    WHERE f.kind = d.kind AND f.value = d.value AND f.num = $3";
 const AUDIT_EVENT_SQL: &str =
     "SELECT recorded_us, leaf FROM audit_log WHERE seq = $1::BIGINT + 1 AND leaf IS NOT NULL";
 const AUDIT_LEAVES_SQL: &str = "SELECT seq - 1, leaf FROM audit_log
@@ -1185,6 +1190,23 @@ impl Tx for PgTx<'_> {
                 .execute(&statement, &[&kinds, &values, &number])?;
         }
         Ok(number)
+    }
+
+    fn prune_audit_leaves(&mut self, leaves: &[(i64, AuditFacets)]) -> StoreResult<()> {
+        let forget = self.statement(PRUNE_AUDIT_LEAF_SQL)?;
+        let unindex = self.statement(UNINDEX_AUDIT_SQL)?;
+        for (index, facets) in leaves {
+            let Some(row) = self.transaction.query_opt(&forget, &[index])? else {
+                continue;
+            };
+            let number: i64 = row.get(0);
+            let rows = audit_index::facet_rows(facets);
+            let kinds: Vec<&str> = rows.iter().map(|(kind, _)| *kind).collect();
+            let values: Vec<String> = rows.iter().map(|(_, v)| pg_text(v).into_owned()).collect();
+            self.transaction
+                .execute(&unindex, &[&kinds, &values, &number])?;
+        }
+        Ok(())
     }
 
     fn search_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditHit>> {

@@ -1440,6 +1440,24 @@ impl Tx for SqliteTx<'_> {
         Ok(number)
     }
 
+    fn prune_audit_leaves(&mut self, leaves: &[(i64, AuditFacets)]) -> StoreResult<()> {
+        let mut forget = self
+            .connection
+            .prepare_cached("UPDATE audit_log SET leaf = NULL WHERE leaf_index = ?1")?;
+        for (index, _) in leaves {
+            forget.execute(params![index])?;
+        }
+        let mut unindex = self.connection.prepare_cached(
+            "DELETE FROM audit_facet WHERE kind = ?1 AND value = ?2 AND num = ?3",
+        )?;
+        for (index, facets) in leaves {
+            for (kind, value) in audit_index::facet_rows(facets) {
+                unindex.execute(params![kind, value, index])?;
+            }
+        }
+        Ok(())
+    }
+
     fn search_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditHit>> {
         let (sql, params) = audit_index::audit_search_sql(Dialect::Sqlite, query);
         let connection = self.connection;

@@ -45,6 +45,15 @@ pub enum AuditCommand {
     /// Watch a hub's audit log from outside: verify that each checkpoint extends the last
     /// one accepted, cosign it, and exit 3 on a rollback or a fork.
     Witness(hygie_witness::WitnessArgs),
+    /// Retention: prune the bodies of AuditEvents older than DAYS days (their hashes stay,
+    /// the log remains verifiable). Recorded in the log.
+    Prune {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Keep the bodies of the last DAYS days (0: prune every integrated leaf).
+        #[arg(long, value_name = "DAYS")]
+        older_than_days: u64,
+    },
     /// A patient's access report: every recorded access to their record, newest first.
     /// Reading it is recorded in the audit log like any access.
     Report {
@@ -68,7 +77,8 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         AuditCommand::Witness(witness) => return Ok(hygie_witness::run(&witness).await),
         AuditCommand::Verify { ref store, .. }
         | AuditCommand::Key { ref store }
-        | AuditCommand::Report { ref store, .. } => (store.clone(), args.command),
+        | AuditCommand::Report { ref store, .. }
+        | AuditCommand::Prune { ref store, .. } => (store.clone(), args.command),
     };
     let file = config::load_file(store_args.config.as_deref())?;
     let limits = config::limits(&Default::default(), &file.limits)?;
@@ -88,10 +98,44 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         AuditCommand::Report {
             patient, format, ..
         } => report(&hub, &patient, &format).await,
+        AuditCommand::Prune {
+            older_than_days, ..
+        } => prune(&hub, older_than_days).await,
         AuditCommand::Witness(witness) => Ok(hygie_witness::run(&witness).await),
     };
     hub.close().await;
     outcome
+}
+
+/// `hygie audit prune`: integrates what is pending, then prunes.
+async fn prune(hub: &Hub, older_than_days: u64) -> anyhow::Result<ExitCode> {
+    if older_than_days > config::MAX_RETENTION_DAYS {
+        anyhow::bail!(
+            "--older-than-days must be at most {}, not {older_than_days}",
+            config::MAX_RETENTION_DAYS
+        );
+    }
+    hub.integrate_audit(false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let cutoff = now - (older_than_days as i64) * 86_400_000_000;
+    let user = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
+    let caller = Caller::new(Principal::local_operator(&user), "audit-prune");
+    let pruned = hub
+        .prune_audit(&caller, cutoff)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "pruned the bodies of {} AuditEvents recorded before {}; every leaf below {} is pruned, their hashes kept",
+        pruned.leaves,
+        hygie_hub::format_instant(cutoff),
+        pruned.pruned_below
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `hygie audit report`: reads the patient's accesses as the local operator (recorded).

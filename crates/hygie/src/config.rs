@@ -99,6 +99,26 @@ pub struct FileAudit {
     /// `[[audit.export]]`: copies of the audit log sent to SIEMs (see `hygie-siem`).
     #[serde(default)]
     pub export: Vec<hygie_siem::ExportConfig>,
+    /// Retention: AuditEvents older than this many days have their body pruned (their
+    /// hashes stay, the log stays verifiable); checked hourly by `hygie serve`. Unset:
+    /// kept forever. French hospitals commonly keep access traces 1 to 3 years.
+    pub retention_days: Option<u64>,
+}
+
+/// The most days of retention accepted (100 years).
+pub const MAX_RETENTION_DAYS: u64 = 36_500;
+
+/// `audit.retention_days`, checked: from 1 to [`MAX_RETENTION_DAYS`].
+pub fn audit_retention(file: &FileSettings) -> anyhow::Result<Option<Duration>> {
+    match file.audit.retention_days {
+        None => Ok(None),
+        Some(days) if (1..=MAX_RETENTION_DAYS).contains(&days) => {
+            Ok(Some(Duration::from_secs(days * 86_400)))
+        }
+        Some(days) => {
+            bail!("audit.retention_days must be from 1 to {MAX_RETENTION_DAYS}, not {days}")
+        }
+    }
 }
 
 /// The `[[audit.export]]` entries, checked (names, kinds, addresses, TLS files): a bad one

@@ -113,6 +113,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let poke = wakeup.clone();
     let audit_integrator =
         hygie_server::spawn_audit_integrator(hub.clone(), integrate_every, move |_| poke.poke());
+    let retention =
+        config::audit_retention(&file)?.map(|keep| spawn_audit_retention(hub.clone(), keep));
     // Refreshes the providers' keys in the background while the hub serves.
     let mut key_refresh: Option<hygie_auth::KeyRefresh> = None;
     let mut own_keys_refresh: Option<tokio::task::JoinHandle<()>> = None;
@@ -205,6 +207,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await;
     drop(key_refresh);
     audit_integrator.abort();
+    if let Some(retention) = retention {
+        retention.abort();
+    }
     // The last accesses into the tree, under a final checkpoint, then out to the SIEMs.
     let final_size = match hub.integrate_audit(true).await {
         Ok(integrated) => Some(integrated.tree_size),
@@ -312,6 +317,39 @@ async fn stop_exports(exporters: Vec<hygie_siem::ExporterHandle>, final_size: Op
 }
 
 /// Reads the policy from the settings file again (or the built-in one without a file).
+/// How often the audit retention is applied.
+const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// Prunes the bodies of audit leaves older than `keep`, at start and every hour.
+fn spawn_audit_retention(
+    hub: hygie_hub::Hub,
+    keep: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let caller = hygie_hub::Caller::new(
+            hygie_policy::Principal::local_operator("retention"),
+            "audit-retention",
+        );
+        let mut every = tokio::time::interval(RETENTION_EVERY);
+        loop {
+            every.tick().await;
+            let cutoff = std::time::SystemTime::now()
+                .checked_sub(keep)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_micros() as i64);
+            match hub.prune_audit(&caller, cutoff).await {
+                Ok(pruned) if pruned.leaves > 0 => tracing::info!(
+                    leaves = pruned.leaves,
+                    pruned_below = pruned.pruned_below,
+                    "audit retention: old AuditEvent bodies pruned, their hashes kept"
+                ),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "audit retention failed; will try again"),
+            }
+        }
+    })
+}
+
 fn policy_source(path: Option<std::path::PathBuf>) -> hygie_server::PolicySource {
     hygie_server::PolicySource(std::sync::Arc::new(move || {
         let file = config::load_file(path.as_deref()).map_err(|e| format!("{e:#}"))?;
