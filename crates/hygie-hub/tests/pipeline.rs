@@ -316,6 +316,12 @@ impl Tx for FailingAuditTx<'_> {
     fn audit_event(&mut self, number: i64) -> StoreResult<Option<hygie_store::AuditHit>> {
         self.0.audit_event(number)
     }
+    fn prune_audit_leaves(
+        &mut self,
+        leaves: &[(i64, hygie_store::AuditFacets)],
+    ) -> StoreResult<()> {
+        self.0.prune_audit_leaves(leaves)
+    }
     fn audit_leaves(&mut self, f: i64, l: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
         self.0.audit_leaves(f, l)
     }
