@@ -211,3 +211,69 @@ def test_concurrent_conditional_creates_from_both_nodes(two_nodes, http):
         if len(ids) != 1:
             duplicates.append(f"round {round_number}: statuses {statuses}, {len(ids)} Patients {ids}")
     assert not duplicates, "concurrent conditional creates made duplicates:\n" + "\n".join(duplicates)
+
+
+def test_two_nodes_write_one_audit_log_that_verifies(start_hub, hygie_bin, tmp_path):
+    """Both nodes append concurrently; one integrator at a time numbers the leaves densely
+    and signs: every request is one leaf, each node's checkpoints are consistent with the
+    other's, and `hygie audit verify` passes."""
+    import rfc9162
+    from e2e_support import run_cli
+
+    settings = tmp_path / "audit.toml"
+    settings.write_text("[audit]\nintegrate_every_ms = 20\ncheckpoint_every_seconds = 1\n")
+    first = start_hub("postgres", args=["--config", str(settings)])
+    second = start_hub("postgres", database_url=first.database_url, args=["--config", str(settings)])
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def client(node, n: int) -> None:
+        session = _session()
+        for i in range(n):
+            answer = (session.post(f"{node.fhir_url}/Patient", data=json.dumps(patient(f"log-{id(node)}-{i}")),
+                                   headers={"Content-Type": FHIR_JSON}, timeout=30)
+                      if i % 4 == 0 else session.get(f"{node.fhir_url}/Patient", params={"_count": "1"}, timeout=30))
+            assert answer.status_code in (200, 201), answer.text
+            with lock:
+                sent.append(answer.headers["X-Request-Id"])
+
+    threads = [threading.Thread(target=client, args=(node, 40)) for node in (first, second) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(sent) == 240
+    vkey = requests.get(f"{first.root_url}/audit/key", timeout=10).text.strip()
+    assert requests.get(f"{second.root_url}/audit/key", timeout=10).text.strip() == vkey, "one log, one key"
+
+    def checkpoint(node) -> tuple[int, bytes]:
+        note = requests.get(f"{node.root_url}/audit/checkpoint", timeout=10)
+        _, size, root, _ = rfc9162.parse_checkpoint(rfc9162.verify_note(note.text, vkey).body)
+        return size, root
+
+    older = checkpoint(first)
+    newer = checkpoint(second)
+    if older[0] > newer[0]:
+        older, newer = newer, older
+    if older[0] > 0 and older[0] < newer[0]:
+        proof = requests.get(f"{second.root_url}/audit/proof/consistency",
+                             params={"from": older[0], "to": newer[0]}, timeout=10).json()["hashes"]
+        import base64
+        rfc9162.verify_consistency(older[0], newer[0], [base64.b64decode(h) for h in proof], older[1], newer[1])
+    first.stop()
+    second.stop()
+    done = run_cli(hygie_bin, ["audit", "verify", "--database", first.database_url], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    leaves = int(done.stdout.split("verified: ")[1].split(" leaves")[0])
+    assert leaves >= 240
+    assert "0 leaves not yet integrated" in done.stdout
+    # Every request is exactly one leaf of the one log.
+    import subprocess
+    rows = subprocess.run(["psql", "-X", "-w", "-q", "-A", "-t", "-d", first.database_url, "-c",
+                           "SELECT leaf_index, convert_from(leaf, 'UTF8')::jsonb->'meta'->'tag'->0->>'code' "
+                           "FROM audit_log ORDER BY leaf_index"],
+                          capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    indices = [int(row.split("|")[0]) for row in rows]
+    assert indices == list(range(len(indices))), "dense leaf indices"
+    tags = Counter(row.split("|")[1] for row in rows)
+    assert all(tags[request_id] == 1 for request_id in sent), "one leaf per request"

@@ -40,6 +40,17 @@ async fn audit_events(store: &SharedStore) -> Vec<Value> {
         .collect()
 }
 
+/// The references of what an event touched (not its patient entities, nor its query).
+fn data_entities(event: &Value) -> Vec<String> {
+    event["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("role").is_none())
+        .filter_map(|e| e["what"]["reference"].as_str().map(str::to_owned))
+        .collect()
+}
+
 fn subtype(event: &Value) -> &str {
     event["subtype"][0]["code"].as_str().unwrap()
 }
@@ -93,13 +104,23 @@ async fn every_access_leaves_one_audit_record(backend: Backend) {
         ]
     );
     assert!(events.iter().all(|e| e["outcome"] == "0"));
+    // Each names its patient first (BALP: the patient entity), then the data; the search
+    // (`_id=x`) found nothing, and names no one.
+    assert!(events[4]["entity"][0].get("role").is_none());
+    for event in events.iter().filter(|e| subtype(e) != "search-type") {
+        assert_eq!(
+            event["entity"][0]["what"]["reference"],
+            format!("Patient/{id}")
+        );
+        assert_eq!(event["entity"][0]["role"]["code"], "1");
+    }
     assert_eq!(
-        events[1]["entity"][0]["what"]["reference"],
-        format!("Patient/{id}/_history/1")
+        data_entities(&events[1]),
+        [format!("Patient/{id}/_history/1")]
     );
     assert_eq!(
-        events[2]["entity"][0]["what"]["reference"],
-        format!("Patient/{id}/_history/2")
+        data_entities(&events[2]),
+        [format!("Patient/{id}/_history/2")]
     );
     assert_eq!(
         events[1]["agent"][0]["who"]["display"],
@@ -597,15 +618,12 @@ async fn a_history_page_audits_exactly_what_it_returned(backend: Backend) {
     let events = audit_events(&backend.store).await;
     let history = events.last().unwrap();
     assert_eq!(subtype(history), "history");
-    let entities: Vec<&str> = history["entity"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["what"]["reference"].as_str())
-        .collect();
     // The version fetched only to know that a next page exists was not returned, so it
     // is not recorded as accessed.
-    assert_eq!(entities, ["Patient/h/_history/3", "Patient/h/_history/2"]);
+    assert_eq!(
+        data_entities(history),
+        ["Patient/h/_history/3", "Patient/h/_history/2"]
+    );
 }
 
 async fn a_reindex_is_audited_and_makes_old_data_findable(backend: Backend) {

@@ -112,25 +112,19 @@ pub(crate) async fn key(
     )
 }
 
+/// The two kinds of RFC 9162 proof, named by their query parameters.
+#[derive(Clone, Copy)]
+enum ProofKind {
+    Inclusion,
+    Consistency,
+}
+
 /// `GET /audit/proof/inclusion?index=I&size=N`.
 pub(crate) async fn inclusion(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Response {
-    if let Some(refusal) = throttle(&state, &request) {
-        return refusal;
-    }
-    let query = request.uri().query().map(str::to_owned);
-    drop(request);
-    let result = async {
-        let (index, size) = two_numbers(query.as_deref(), "index", "size")?;
-        let proof = state.hub.audit_inclusion_proof(index, size).await?;
-        Ok(json(serde_json::json!({
-            "index": index, "size": size, "hashes": hashes(&proof),
-        })))
-    }
-    .await;
-    answer(result)
+    proof(state, request, ProofKind::Inclusion).await
 }
 
 /// `GET /audit/proof/consistency?from=M&to=N`.
@@ -138,16 +132,27 @@ pub(crate) async fn consistency(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Response {
+    proof(state, request, ProofKind::Consistency).await
+}
+
+async fn proof(state: AppState, request: axum::extract::Request, kind: ProofKind) -> Response {
     if let Some(refusal) = throttle(&state, &request) {
         return refusal;
     }
     let query = request.uri().query().map(str::to_owned);
     drop(request);
+    let (first_name, second_name) = match kind {
+        ProofKind::Inclusion => ("index", "size"),
+        ProofKind::Consistency => ("from", "to"),
+    };
     let result = async {
-        let (from, to) = two_numbers(query.as_deref(), "from", "to")?;
-        let proof = state.hub.audit_consistency_proof(from, to).await?;
+        let (first, second) = two_numbers(query.as_deref(), first_name, second_name)?;
+        let proof = match kind {
+            ProofKind::Inclusion => state.hub.audit_inclusion_proof(first, second).await?,
+            ProofKind::Consistency => state.hub.audit_consistency_proof(first, second).await?,
+        };
         Ok(json(serde_json::json!({
-            "from": from, "to": to, "hashes": hashes(&proof),
+            first_name: first, second_name: second, "hashes": hashes(&proof),
         })))
     }
     .await;
