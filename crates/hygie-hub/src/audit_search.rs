@@ -726,6 +726,29 @@ mod tests {
         assert!(shown.contains("ETREAT"));
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, parsing answers a query within its bounds or a 400,
+        /// and never panics.
+        #[test]
+        fn any_query_is_bounded_or_refused(query in "[a-z_:|,./0-9=&%-]{0,200}") {
+            match parse_search(&query, 50) {
+                Ok((parsed, patients)) => {
+                    proptest::prop_assert!(parsed.limit >= 1 && parsed.limit <= MAX_AUDIT_PAGE);
+                    for list in [&parsed.patients, &parsed.agents, &parsed.event_types,
+                                 &parsed.subtypes, &parsed.outcomes, &parsed.purposes] {
+                        proptest::prop_assert!(list.len() <= MAX_AUDIT_PARAMETER_VALUES);
+                        proptest::prop_assert!(list.iter().all(|v| !v.is_empty()));
+                    }
+                    proptest::prop_assert!(patients.iter().all(|p| crate::resource::is_valid_id(p)));
+                }
+                Err(error) => proptest::prop_assert_eq!(error.status, 400),
+            }
+            if let Err(error) = parse_access_log(&query, 50) {
+                proptest::prop_assert_eq!(error.status, 400);
+            }
+        }
+    }
+
     #[test]
     fn names_are_read_from_human_names() {
         assert_eq!(

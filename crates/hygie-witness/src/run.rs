@@ -45,7 +45,12 @@ pub const OUT_FILE_MODE: u32 = 0o644;
 #[derive(clap::Args, Debug, Clone)]
 pub struct WitnessArgs {
     /// The hub's base URL: https (plain http only to 127.0.0.0/8 or [::1]).
-    #[arg(long, value_name = "URL", required_unless_present = "show_key")]
+    #[arg(
+        long,
+        visible_alias = "url",
+        value_name = "URL",
+        required_unless_present = "show_key"
+    )]
     pub hub: Option<String>,
     /// The witness's state file (JSON; created on the first run, mode 0600).
     #[arg(long, value_name = "FILE")]
