@@ -4,9 +4,12 @@
 //!
 //! The leaf itself (the AuditEvent the Merkle tree hashes) is never touched: the index is a
 //! convenience that can be rebuilt from the leaves, and `hygie audit verify` trusts only the
-//! leaves. Patients and agents are rows of `audit_facet (kind, value, num)`, read in `num`
-//! order through its primary key; the event type, subtype, outcome and purpose of use are
-//! columns of the leaf's own row; dates use an index on `recorded_us`.
+//! leaves; a facet row already there is left as it is (after a database cut back by an
+//! attacker, SQLite numbers new leaves again from the cut: the hub keeps serving, and
+//! `verify` and the witnesses report the cut). Patients and agents are rows of
+//! `audit_facet (kind, value, num)`, read in `num` order through its primary key; the event
+//! type, subtype, outcome and purpose of use are columns of the leaf's own row; dates use an
+//! index on `recorded_us`.
 
 use crate::search::{Dialect, SqlParam};
 

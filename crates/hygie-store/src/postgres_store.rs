@@ -594,7 +594,8 @@ const APPEND_AUDIT_INDEXED_SQL: &str = "INSERT INTO audit_log
     (recorded_us, leaf, event_type, subtype, outcome, purpose)
     VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq - 1";
 const AUDIT_FACETS_SQL: &str = "INSERT INTO audit_facet (kind, value, num)
-    SELECT kind, value, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS f(kind, value)";
+    SELECT kind, value, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS f(kind, value)
+    ON CONFLICT DO NOTHING";
 const PRUNE_AUDIT_LEAF_SQL: &str =
     "UPDATE audit_log SET leaf = NULL WHERE leaf_index = $1 RETURNING seq - 1";
 const UNINDEX_AUDIT_SQL: &str = "DELETE FROM audit_facet f

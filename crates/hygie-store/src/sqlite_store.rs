@@ -1431,9 +1431,9 @@ impl Tx for SqliteTx<'_> {
                 ],
                 |row| row.get(0),
             )?;
-        let mut insert = self
-            .connection
-            .prepare_cached("INSERT INTO audit_facet (kind, value, num) VALUES (?1, ?2, ?3)")?;
+        let mut insert = self.connection.prepare_cached(
+            "INSERT OR IGNORE INTO audit_facet (kind, value, num) VALUES (?1, ?2, ?3)",
+        )?;
         for (kind, value) in audit_index::facet_rows(facets) {
             insert.execute(params![kind, value, number])?;
         }
