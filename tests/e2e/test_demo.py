@@ -73,6 +73,17 @@ def test_demo(hygie_bin, tmp_path, http):
         items = listing.json()["items"]
         assert [item["reason"] for item in items] == [reason], items
         assert url.split("subject=", 1)[1].split("&", 1)[0] == items[0]["patient"], items
+        # The printed audit trail commands: the DPO finds the emergency access, and the
+        # patient's access log says who (by name), with the reason.
+        trail = re.search(r"Bearer \$DPO\" '([^']+AuditEvent\?[^']+)'", output)
+        access_log = re.search(r"Bearer \$DPO\" '([^']+/\$access-log)'", output)
+        assert trail and access_log, f"no audit trail example in the output:\n{output}"
+        found = check_bundle(one_shot("GET", trail.group(1), headers=dpo), "searchset")
+        assert {e["resource"]["subtype"][0]["code"] for e in found["entry"]} >= {"break-the-glass", "search-type"}
+        log = check_bundle(one_shot("GET", access_log.group(1), headers=dpo), "collection")
+        emergency = [e["resource"] for e in log["entry"] if "purposeOfEvent" in e["resource"]]
+        assert emergency and emergency[0]["purposeOfEvent"][0]["text"] == reason
+        assert emergency[0]["agent"][0]["who"]["display"].startswith("Dr "), emergency[0]["agent"]
         listed = re.findall(r"^\s+.+?\s(Patient/[A-Za-z0-9\-.]+)\s", output, re.MULTILINE)
         assert len(listed) >= 5, f"five patients are listed with their references:\n{output}"
         for other in listed[:5]:

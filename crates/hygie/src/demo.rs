@@ -349,6 +349,13 @@ fn print_tries(
         "  curl -s -H \"Authorization: Bearer $DPO\" http://{}/admin/break-glass",
         base.trim_start_matches("http://").trim_end_matches("/fhir")
     );
+    println!(
+        "Every access is in the audit trail; the DPO sees who opened a patient's record and why:"
+    );
+    println!(
+        "  curl -s -H \"Authorization: Bearer $DPO\" '{base}/AuditEvent?patient={stranger_ref}&purpose=ETREAT'"
+    );
+    println!("  curl -s -H \"Authorization: Bearer $DPO\" '{base}/{stranger_ref}/$access-log'");
     println!("Reception reads the patient, not their observations (403), and no token is 401:");
     println!("  curl -s -H \"Authorization: Bearer $RECEPTION\" {base}/{patient_ref}");
     println!(
