@@ -70,6 +70,12 @@ pub use interactions::{DeleteOutcome, ReturnPreference, Stored, WriteOutcome};
 pub use keys::{RETIRED_KEYS_KEPT, ROTATION_GRACE_SECONDS, Retire, RetiredKey, TokenKeys};
 pub use search::{MAX_INCLUDE_DEPTH, MAX_INCLUDED, SearchScope};
 
+/// `true` only in a binary built with the `bench-unaudited` feature, for benchmarks: the
+/// pipeline then writes no audit leaf. A front door built with it must say so loudly and
+/// refuse to serve anything but a loopback address; a default build always audits
+/// (`pipeline::tests::a_default_build_audits_a_read`).
+pub const UNAUDITED_BENCH_BUILD: bool = cfg!(feature = "bench-unaudited");
+
 /// Named bounds of the hub (DESIGN.md invariant 8). The front doors enforce body size and
 /// time; these are the ones the hub itself enforces.
 #[derive(Debug, Clone)]

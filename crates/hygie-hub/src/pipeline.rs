@@ -164,8 +164,11 @@ impl Hub {
                 };
                 crate::care::resolve(tx, &mut mask, &cache, reach, now_us())?;
                 let result = op(tx, &mask)?;
-                // The patients whose data is answered, looked up in the same snapshot.
-                if let Ok(value) = &result {
+                // The patients whose data is answered, looked up in the same snapshot (not in
+                // a benchmark build without audit, which writes no record).
+                if let Ok(value) = &result
+                    && !crate::UNAUDITED_BENCH_BUILD
+                {
                     record.entities = value.audit_entities();
                     crate::audit_trail::add_patients_of_entities(tx, &mut record)?;
                 }
@@ -353,6 +356,9 @@ impl Hub {
 
     /// Appends a record in a unit of its own (an access that wrote nothing to undo with it).
     pub(crate) async fn append_record(&self, record: AuditRecord) -> Result<(), HubError> {
+        if crate::UNAUDITED_BENCH_BUILD {
+            return Ok(()); // benchmarks only (the `bench-unaudited` feature)
+        }
         self.inner
             .store
             .run(move |tx| crate::audit_trail::append(tx, &record))
@@ -468,6 +474,9 @@ where
         Err(other) => return Err(other),
     };
     record_result(&mut record, &result, target_reference);
+    if crate::UNAUDITED_BENCH_BUILD {
+        return Ok(result); // benchmarks only (the `bench-unaudited` feature)
+    }
     match (&result, &target.resource_type, &target.id) {
         (Ok(_), _, _) => crate::audit_trail::add_patients_of_entities(tx, &mut record)?,
         // A refused read names the patient it aimed at (writes looked theirs up before):
@@ -554,5 +563,39 @@ fn record_result<T: Audited>(
             record.outcome_description = Some(error.to_string());
             record.entities.extend(target_reference);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A default build audits: a read by id leaves its leaf, in its own unit. Built with
+    /// `bench-unaudited` (benchmarks only) this test does not exist, and the integration
+    /// tests that count leaves (`tests/pipeline.rs`, `every_access_leaves_one_audit_record`,
+    /// on both backends) fail, as they should.
+    #[cfg(not(feature = "bench-unaudited"))]
+    #[tokio::test]
+    async fn a_default_build_audits_a_read() {
+        use hygie_store::StoreExt;
+        const { assert!(!crate::UNAUDITED_BENCH_BUILD) };
+        let dir = tempfile::tempdir().unwrap();
+        let store: hygie_store::SharedStore =
+            std::sync::Arc::new(hygie_store::open_sqlite(dir.path(), &Default::default()).unwrap());
+        let hub = crate::Hub::new(store.clone(), crate::HubConfig::default());
+        let caller = crate::Caller::new(hygie_policy::Principal::development(), "t");
+        let patient = serde_json::json!({"resourceType": "Patient"});
+        let created = hub.create(&caller, "Patient", patient, None).await.unwrap();
+        let before = store.run(|tx| tx.audit_leaves(0, 100)).await.unwrap().len();
+        hub.read(&caller, "Patient", &created.stored.id)
+            .await
+            .unwrap();
+        let leaves = store.run(|tx| tx.audit_leaves(0, 100)).await.unwrap();
+        assert_eq!(
+            leaves.len(),
+            before + 1,
+            "a read must append one audit leaf"
+        );
+        let event: serde_json::Value = serde_json::from_slice(&leaves[before].1).unwrap();
+        assert_eq!(event["subtype"][0]["code"], "read");
+        hub.close().await;
     }
 }

@@ -63,10 +63,20 @@ fn init_logging(format: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    if hygie_hub::UNAUDITED_BENCH_BUILD {
+        // Before anything else, even `--version`: such a binary must never pass unnoticed.
+        let line = "!".repeat(88);
+        eprintln!(
+            "{line}\n!! THIS HYGIE BINARY DOES NOT AUDIT: built with the `bench-unaudited` feature, for\n!! benchmarks only. No access it serves is recorded in the audit log. It serves on a\n!! loopback address only. Never run it on real data: build without the feature.\n{line}"
+        );
+    }
     let cli = Cli::parse();
     if let Err(error) = init_logging(cli.log_format.as_deref()) {
         eprintln!("error: {error:#}");
         return ExitCode::from(2);
+    }
+    if hygie_hub::UNAUDITED_BENCH_BUILD {
+        tracing::warn!("built with `bench-unaudited`: accesses are NOT audited (benchmarks only)");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -54,6 +54,11 @@ pub fn check_exposure(
     no_auth: bool,
 ) -> anyhow::Result<()> {
     let loopback = address.ip().is_loopback();
+    if hygie_hub::UNAUDITED_BENCH_BUILD && !loopback {
+        bail!(
+            "this binary was built with the `bench-unaudited` feature: it writes NO audit log and serves on a loopback address only, for benchmarks, not {address}"
+        );
+    }
     if no_auth && !loopback {
         bail!(
             "--no-auth serves patient data to anyone: it is allowed on a loopback address only (127.0.0.1 or [::1]), not {address}"
@@ -420,8 +425,15 @@ mod tests {
             check_exposure(public, false, false, false).is_err(),
             "plain HTTP outside loopback"
         );
-        assert!(check_exposure(public, true, false, false).is_ok());
-        assert!(check_exposure(public, false, true, false).is_ok());
+        assert_eq!(
+            check_exposure(public, true, false, false).is_ok(),
+            !hygie_hub::UNAUDITED_BENCH_BUILD,
+            "TLS on a public address is fine, except in a build that does not audit"
+        );
+        assert_eq!(
+            check_exposure(public, false, true, false).is_ok(),
+            !hygie_hub::UNAUDITED_BENCH_BUILD
+        );
         assert!(
             check_exposure(public, true, false, true).is_err(),
             "no-auth outside loopback"
