@@ -212,7 +212,8 @@ impl Hub {
         self.inner.store.backend()
     }
 
-    /// Whether the store accepts writes: runs a unit that writes and rolls back.
+    /// Whether the store accepts writes: runs a unit that writes a row and rolls it back.
+    /// (Not an audit leaf: the SQLite writer inserts those at the end of its batch.)
     pub async fn ready(&self) -> Result<(), HubError> {
         use hygie_store::StoreExt;
         let outcome = self
@@ -220,7 +221,7 @@ impl Hub {
             .store
             .run(|tx| {
                 tx.savepoint()?;
-                tx.append_audit(0, b"readiness probe")?;
+                tx.meta_set("ready.probe", "1")?;
                 tx.rollback_to_savepoint()?;
                 Ok(())
             })

@@ -273,16 +273,27 @@ fn run_caught(
     connection: &Connection,
     unit: BoxedUnit,
     query_time_limit: std::time::Duration,
+    pending: Option<&mut PendingAudit>,
 ) -> StoreResult<Box<dyn std::any::Any + Send>> {
+    // The leaves a failed unit appended go with the rest of its work.
+    let mark = pending.as_ref().map(|p| p.leaves.len());
     let mut tx = SqliteTx {
         connection,
         savepoints: 0,
         query_time_limit,
+        pending,
+        savepoint_marks: Vec::new(),
     };
-    match catch_unwind(AssertUnwindSafe(|| unit(&mut tx))) {
+    let result = match catch_unwind(AssertUnwindSafe(|| unit(&mut tx))) {
         Ok(result) => result,
         Err(payload) => Err(StoreError::Panicked(panic_message(payload.as_ref()))),
+    };
+    if result.is_err()
+        && let (Some(pending), Some(mark)) = (tx.pending, mark)
+    {
+        pending.leaves.truncate(mark);
     }
+    result
 }
 
 /// Runs a read unit in one read transaction: every query of it sees the same snapshot.
@@ -292,7 +303,7 @@ fn run_read(
     query_time_limit: std::time::Duration,
 ) -> StoreResult<Box<dyn std::any::Any + Send>> {
     execute_cached(connection, "BEGIN")?;
-    let result = run_caught(connection, unit, query_time_limit);
+    let result = run_caught(connection, unit, query_time_limit, None);
     // Nothing to keep: a read transaction ends the same way whatever happened in it.
     let ended = execute_cached(connection, "ROLLBACK");
     let value = result?;
@@ -574,6 +585,7 @@ fn run_batch(
     // opens no savepoint itself (a read), the copy of every page it changes into the
     // statement journal.
     let alone = jobs.len() == 1;
+    let mut pending = PendingAudit::default();
     let outcome = (|| -> StoreResult<()> {
         execute_cached(connection, "BEGIN IMMEDIATE")?;
         for (unit, sender) in jobs.by_ref() {
@@ -581,7 +593,7 @@ fn run_batch(
                 answered.push((sender, Err(StoreError::Database(error.to_string()))));
                 return Err(error.into());
             }
-            let result = run_caught(connection, unit, query_time_limit);
+            let result = run_caught(connection, unit, query_time_limit, Some(&mut pending));
             let cleanup = match (alone, result.is_err()) {
                 (true, true) => execute_cached(connection, "ROLLBACK"),
                 (true, false) => Ok(()),
@@ -598,6 +610,7 @@ fn run_batch(
                 return Ok(());
             }
         }
+        flush_pending_audit(connection, &mut pending)?;
         execute_cached(connection, "COMMIT")?;
         Ok(())
     })();
@@ -731,9 +744,127 @@ struct SqliteTx<'c> {
     connection: &'c Connection,
     savepoints: usize,
     query_time_limit: std::time::Duration,
+    /// The writer's: audit leaves of the batch, inserted just before its commit. `None`
+    /// on a reader, whose appends then fail as every write there does.
+    pending: Option<&'c mut PendingAudit>,
+    /// How many leaves were pending when each open savepoint began: rolling one back
+    /// drops the leaves appended since, as it undoes the rows written since.
+    savepoint_marks: Vec<usize>,
+}
+
+/// Audit leaves appended by the units of one batch, inserted together after the last
+/// unit, before the commit (`flush_pending_audit`). Every read appends a leaf, and the
+/// batch's units each run in a savepoint: a leaf inserted inside one made SQLite copy
+/// the audit table's last page (and each index page it touched) into the statement
+/// journal, unit after unit; inserted after the units, each page is written once per
+/// batch. Nothing changes for the unit: its leaves are numbered when appended (the
+/// writer is the only one, so it knows the next index), are dropped when the unit fails
+/// or rolls back the savepoint they were appended in, and commit with its writes (same
+/// transaction) or not at all.
+#[derive(Default)]
+struct PendingAudit {
+    /// The log's next index when the batch's first leaf was appended.
+    first_index: Option<i64>,
+    leaves: Vec<PendingLeaf>,
+}
+
+struct PendingLeaf {
+    recorded_us: i64,
+    leaf: Vec<u8>,
+    facets: Option<AuditFacets>,
+}
+
+impl PendingAudit {
+    /// Queues a leaf; returns its tree index.
+    fn append(
+        &mut self,
+        connection: &Connection,
+        recorded_us: i64,
+        leaf: &[u8],
+        facets: Option<&AuditFacets>,
+    ) -> StoreResult<i64> {
+        let first = match self.first_index {
+            Some(first) => first,
+            None => {
+                let first: i64 = connection
+                    .prepare_cached("SELECT COALESCE(MAX(leaf_index), -1) + 1 FROM audit_log")?
+                    .query_row([], |row| row.get(0))?;
+                *self.first_index.insert(first)
+            }
+        };
+        self.leaves.push(PendingLeaf {
+            recorded_us,
+            leaf: leaf.to_vec(),
+            facets: facets.cloned(),
+        });
+        Ok(first + self.leaves.len() as i64 - 1)
+    }
+}
+
+/// Inserts the batch's pending leaves, in index order, and their facets sorted by key
+/// (neighbours in the index land on the same pages). A failure fails the whole batch.
+fn flush_pending_audit(connection: &Connection, pending: &mut PendingAudit) -> StoreResult<()> {
+    let Some(first) = pending.first_index.take() else {
+        return Ok(());
+    };
+    let leaves = std::mem::take(&mut pending.leaves);
+    let mut insert = connection.prepare_cached(
+        "INSERT INTO audit_log (leaf_index, recorded_us, leaf, event_type, subtype, outcome, purpose)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut facet_rows = Vec::new();
+    for (offset, pending_leaf) in leaves.iter().enumerate() {
+        let index = first + offset as i64;
+        let facets = pending_leaf.facets.as_ref();
+        insert.execute(params![
+            index,
+            pending_leaf.recorded_us,
+            pending_leaf.leaf,
+            facets.map(|f| &f.event_type),
+            facets.map(|f| &f.subtype),
+            facets.map(|f| &f.outcome),
+            facets.and_then(|f| f.purpose.as_ref()),
+        ])?;
+        if let Some(facets) = facets {
+            facet_rows.extend(
+                audit_index::facet_rows(facets)
+                    .into_iter()
+                    .map(|(kind, value)| (kind, value, index)),
+            );
+        }
+    }
+    facet_rows.sort_unstable();
+    let mut insert_facet = connection.prepare_cached(
+        "INSERT OR IGNORE INTO audit_facet (kind, value, num) VALUES (?1, ?2, ?3)",
+    )?;
+    for (kind, value, index) in facet_rows {
+        insert_facet.execute(params![kind, value, index])?;
+    }
+    Ok(())
 }
 
 impl SqliteTx<'_> {
+    /// Appends a leaf: queued on the writer (see [`PendingAudit`]), inserted at once on
+    /// a reader (where it fails: readers cannot write).
+    fn append_leaf(
+        &mut self,
+        recorded_us: i64,
+        leaf: &[u8],
+        facets: Option<&AuditFacets>,
+    ) -> StoreResult<i64> {
+        match self.pending.as_deref_mut() {
+            Some(pending) => pending.append(self.connection, recorded_us, leaf, facets),
+            None => Ok(self
+                .connection
+                .prepare_cached(
+                    "INSERT INTO audit_log (leaf_index, recorded_us, leaf)
+                     VALUES ((SELECT COALESCE(MAX(leaf_index), -1) + 1 FROM audit_log), ?1, ?2)
+                     RETURNING leaf_index",
+                )?
+                .query_row(params![recorded_us, leaf], |row| row.get(0))?),
+        }
+    }
+
     /// Runs `query` with an interrupt armed at the query time limit.
     fn bounded<T>(&self, query: impl FnOnce() -> rusqlite::Result<T>) -> StoreResult<T> {
         let limit = self.query_time_limit;
@@ -1251,12 +1382,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64> {
-        let mut statement = self.connection.prepare_cached(
-            "INSERT INTO audit_log (leaf_index, recorded_us, leaf)
-             VALUES ((SELECT COALESCE(MAX(leaf_index), -1) + 1 FROM audit_log), ?1, ?2)
-             RETURNING leaf_index",
-        )?;
-        Ok(statement.query_row(params![recorded_us, leaf], |row| row.get(0))?)
+        self.append_leaf(recorded_us, leaf, None)
     }
 
     fn audit_leaves(&mut self, from: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
@@ -1413,31 +1539,7 @@ impl Tx for SqliteTx<'_> {
         leaf: &[u8],
         facets: &AuditFacets,
     ) -> StoreResult<i64> {
-        let number: i64 = self
-            .connection
-            .prepare_cached(
-                "INSERT INTO audit_log (leaf_index, recorded_us, leaf, event_type, subtype, outcome, purpose)
-                 VALUES ((SELECT COALESCE(MAX(leaf_index), -1) + 1 FROM audit_log), ?1, ?2, ?3, ?4, ?5, ?6)
-                 RETURNING leaf_index",
-            )?
-            .query_row(
-                params![
-                    recorded_us,
-                    leaf,
-                    facets.event_type,
-                    facets.subtype,
-                    facets.outcome,
-                    facets.purpose
-                ],
-                |row| row.get(0),
-            )?;
-        let mut insert = self.connection.prepare_cached(
-            "INSERT OR IGNORE INTO audit_facet (kind, value, num) VALUES (?1, ?2, ?3)",
-        )?;
-        for (kind, value) in audit_index::facet_rows(facets) {
-            insert.execute(params![kind, value, number])?;
-        }
-        Ok(number)
+        self.append_leaf(recorded_us, leaf, Some(facets))
     }
 
     fn prune_audit_leaves(&mut self, leaves: &[(i64, AuditFacets)]) -> StoreResult<()> {
@@ -1508,6 +1610,8 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_marks
+            .push(self.pending.as_ref().map_or(0, |p| p.leaves.len()));
         self.savepoints += 1;
         execute_cached(
             self.connection,
@@ -1517,6 +1621,10 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        let mark = self.savepoint_marks.pop().unwrap_or(0);
+        if let Some(pending) = self.pending.as_deref_mut() {
+            pending.leaves.truncate(mark);
+        }
         let name = self.savepoints;
         self.savepoints = self.savepoints.saturating_sub(1);
         execute_cached(self.connection, &format!("ROLLBACK TO nested_{name}"))?;
@@ -1525,6 +1633,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_marks.pop();
         let name = self.savepoints;
         self.savepoints = self.savepoints.saturating_sub(1);
         execute_cached(self.connection, &format!("RELEASE nested_{name}"))?;

@@ -18,6 +18,7 @@ hygie_store::on_both_backends!(
     long_tokens_are_indexed_and_found,
     history_pages_newest_first_and_is_stable,
     audit_leaves_are_dense_and_ordered,
+    audit_leaves_share_the_fate_of_their_unit_in_a_batch,
     the_audit_index_finds_events_by_patient_agent_kind_and_date,
     concurrent_units_all_commit,
     failed_units_do_not_take_their_batch_down,
@@ -419,6 +420,87 @@ async fn audit_leaves_are_dense_and_ordered(backend: Backend) {
             (7, b"leaf 7".to_vec())
         ]
     );
+}
+
+/// Many units at once (SQLite groups them in batches, and inserts their leaves after the
+/// last unit of each): a leaf is kept exactly when its unit, and the savepoint it was
+/// appended in, are; the index a unit was given is where its leaf is, and the kept leaves
+/// are dense and found by their facets.
+async fn audit_leaves_share_the_fate_of_their_unit_in_a_batch(backend: Backend) {
+    let store = backend.store;
+    let mut units = Vec::new();
+    for i in 0..120i64 {
+        let store = store.clone();
+        units.push(tokio::spawn(async move {
+            let facets = move |what: &str| AuditFacets {
+                event_type: "rest".into(),
+                subtype: "read".into(),
+                outcome: "0".into(),
+                purpose: None,
+                agents: vec![format!("agent-{i}")],
+                patients: vec![format!("{what}-{i}")],
+            };
+            let outcome = store
+                .run(move |tx| {
+                    if i % 7 == 0 {
+                        tx.savepoint()?;
+                        tx.append_audit_indexed(i, b"undone", &facets("undone"))?;
+                        tx.rollback_to_savepoint()?;
+                    }
+                    let body = format!("kept {i}");
+                    let number = tx.append_audit_indexed(i, body.as_bytes(), &facets("kept"))?;
+                    if i % 5 == 0 {
+                        return Err(StoreError::Database("the unit gives up".into()));
+                    }
+                    Ok(number)
+                })
+                .await;
+            (i, outcome)
+        }));
+    }
+    let mut kept = Vec::new();
+    for unit in units {
+        let (i, outcome) = unit.await.unwrap();
+        match outcome {
+            Ok(number) => kept.push((number, i)),
+            Err(error) => assert!(i % 5 == 0, "unit {i} failed: {error:?}"),
+        }
+    }
+    assert_eq!(kept.len(), 120 - 24);
+    let leaves = store.run(|tx| tx.audit_leaves(0, 1_000)).await.unwrap();
+    let numbers: Vec<i64> = leaves.iter().map(|(n, _)| *n).collect();
+    // PostgreSQL numbers appends by a sequence (gaps where units failed); SQLite densely.
+    if store.backend() == "sqlite" {
+        assert_eq!(numbers, (0..96).collect::<Vec<i64>>(), "dense");
+    }
+    assert_eq!(leaves.len(), 96, "exactly the kept leaves");
+    for (number, i) in &kept {
+        let (_, body) = leaves
+            .iter()
+            .find(|(n, _)| n == number)
+            .unwrap_or_else(|| panic!("unit {i} was told {number}, which holds no leaf"));
+        assert_eq!(body, format!("kept {i}").as_bytes());
+    }
+    // Found by their facets, the undone and failed ones not.
+    for (number, i) in kept.iter().take(10) {
+        let query = AuditQuery {
+            patients: vec![format!("kept-{i}")],
+            ..AuditQuery::default()
+        };
+        let hits = store.run(move |tx| tx.search_audit(&query)).await.unwrap();
+        assert_eq!(
+            hits.iter().map(|h| h.number).collect::<Vec<_>>(),
+            vec![*number]
+        );
+    }
+    for what in ["undone-7", "kept-5"] {
+        let query = AuditQuery {
+            patients: vec![what.to_owned()],
+            ..AuditQuery::default()
+        };
+        let hits = store.run(move |tx| tx.search_audit(&query)).await.unwrap();
+        assert!(hits.is_empty(), "{what} was rolled back but is indexed");
+    }
 }
 
 async fn the_audit_index_finds_events_by_patient_agent_kind_and_date(backend: Backend) {

@@ -16,6 +16,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: frees from another thread without locking (the writer thread and the HTTP
+/// workers hand each other every request's buffers).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Hygie: a FHIR R4 health-data hub where every access is decided, minimized and audited.
 #[derive(Parser, Debug)]
 #[command(name = "hygie", version, about, long_about = None)]
