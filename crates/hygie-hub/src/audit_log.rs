@@ -18,7 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hygie_audit::checkpoint::{Checkpoint, Note, NoteSigner, VerifierKey};
 use hygie_audit::merkle::{self, Hash, NodeId, NodeSource, StoredNode};
-use hygie_store::{StoreError, StoreExt, StoredCheckpoint, Tx};
+use hygie_store::{LeafToIntegrate, StoreError, StoreExt, StoredCheckpoint, Tx};
 
 use crate::instant::now_us;
 use crate::{Hub, HubError};
@@ -180,9 +180,13 @@ fn integrate(
             )));
         }
     }
+    // Hashed when appended; hashed here only for a leaf appended without its hash.
     let hashes: Vec<Hash> = leaves
         .iter()
-        .map(|(_, leaf)| merkle::leaf_hash(leaf))
+        .map(|(_, leaf)| match leaf {
+            LeafToIntegrate::Hashed(hash) => *hash,
+            LeafToIntegrate::Body(leaf) => merkle::leaf_hash(leaf),
+        })
         .collect();
     let (frontier, nodes) = if hashes.is_empty() {
         (

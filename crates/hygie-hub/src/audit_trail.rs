@@ -17,8 +17,11 @@ use hygie_store::{AuditFacets, StoreError, Tx};
 pub const MAX_PATIENT_LOOKUPS: usize = 2_000;
 
 /// Appends `record` as a leaf of the audit log, with its search index.
+/// The leaf's hash is kept with it, for the integrator.
 pub(crate) fn append(tx: &mut dyn Tx, record: &AuditRecord) -> Result<i64, StoreError> {
-    tx.append_audit_indexed(record.recorded_us, &record.to_leaf(), &facets(record))
+    let leaf = record.to_leaf();
+    let hash = hygie_audit::merkle::leaf_hash(&leaf);
+    tx.append_audit_indexed(record.recorded_us, &leaf, &hash, &facets(record))
 }
 
 /// What the audit search finds a record by: the same codes as its AuditEvent.

@@ -212,8 +212,9 @@ impl Hub {
         self.inner.store.backend()
     }
 
-    /// Whether the store accepts writes: runs a unit that writes a row and rolls it back.
-    /// (Not an audit leaf: the SQLite writer inserts those at the end of its batch.)
+    /// Whether the store accepts writes: runs a unit that writes a row and appends an
+    /// audit leaf, and rolls both back. (The row, because the SQLite writer inserts leaves
+    /// only at the end of its batch, so a leaf rolled back never reaches the database.)
     pub async fn ready(&self) -> Result<(), HubError> {
         use hygie_store::StoreExt;
         let outcome = self
@@ -222,6 +223,7 @@ impl Hub {
             .run(|tx| {
                 tx.savepoint()?;
                 tx.meta_set("ready.probe", "1")?;
+                tx.append_audit(0, b"readiness probe")?;
                 tx.rollback_to_savepoint()?;
                 Ok(())
             })

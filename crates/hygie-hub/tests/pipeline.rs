@@ -324,6 +324,7 @@ impl Tx for FailingAuditTx<'_> {
         &mut self,
         _: i64,
         _: &[u8],
+        _: &[u8; 32],
         _: &hygie_store::AuditFacets,
     ) -> StoreResult<i64> {
         Err(StoreError::Database("audit_log: disk full".into()))
@@ -346,7 +347,11 @@ impl Tx for FailingAuditTx<'_> {
     fn audit_leaves(&mut self, f: i64, l: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
         self.0.audit_leaves(f, l)
     }
-    fn integrate_audit_leaves(&mut self, n: i64, l: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+    fn integrate_audit_leaves(
+        &mut self,
+        n: i64,
+        l: usize,
+    ) -> StoreResult<Vec<(i64, hygie_store::LeafToIntegrate)>> {
         self.0.integrate_audit_leaves(n, l)
     }
     fn audit_tree_leaves(&mut self, f: i64, l: usize) -> StoreResult<Vec<(i64, Option<Vec<u8>>)>> {

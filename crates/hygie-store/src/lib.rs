@@ -307,12 +307,14 @@ pub trait Tx {
     /// may have gaps (rolled-back units) and are dense only once the audit integrator
     /// orders them.
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64>;
-    /// Appends one leaf like [`Tx::append_audit`], with its search index
-    /// ([`audit_index`]) in the same transaction.
+    /// Appends one leaf like [`Tx::append_audit`], with its RFC 9162 leaf hash (kept for
+    /// the integrator, which then need not read the leaf back; `verify` never trusts it)
+    /// and its search index ([`audit_index`]), in the same transaction.
     fn append_audit_indexed(
         &mut self,
         recorded_us: i64,
         leaf: &[u8],
+        leaf_hash: &[u8; 32],
         facets: &AuditFacets,
     ) -> StoreResult<i64>;
     /// Retention: forgets the bodies of integrated audit leaves (by tree index) and their
@@ -328,14 +330,14 @@ pub trait Tx {
     fn audit_leaves(&mut self, from: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<u8>)>>;
     /// Gives tree indices to leaves appended and committed but not yet in the audit tree:
     /// up to `limit` of them, numbered from `next_index` in the order they were appended.
-    /// Returns `(tree index, leaf)`, in index order. The caller holds the integration lock
+    /// Returns `(tree index, hash or leaf)`, in index order. The caller holds the integration lock
     /// and knows the tree's size (`next_index`). On SQLite leaves get their index when
     /// appended, and this returns those from `next_index` on.
     fn integrate_audit_leaves(
         &mut self,
         next_index: i64,
         limit: usize,
-    ) -> StoreResult<Vec<(i64, Vec<u8>)>>;
+    ) -> StoreResult<Vec<(i64, LeafToIntegrate)>>;
     /// Leaves of the audit tree (integrated) by tree index from `from`, in order, at most
     /// `limit`: `(index, leaf)`; a pruned leaf's body is `None`.
     fn audit_tree_leaves(
@@ -384,6 +386,35 @@ pub trait Tx {
     fn savepoint(&mut self) -> StoreResult<()>;
     fn rollback_to_savepoint(&mut self) -> StoreResult<()>;
     fn release_savepoint(&mut self) -> StoreResult<()>;
+}
+
+/// A leaf about to enter the audit tree: the hash computed when it was appended, or, for a
+/// leaf appended without one (before schema version 7, or by [`Tx::append_audit`]), the
+/// leaf itself, to hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeafToIntegrate {
+    Hashed([u8; 32]),
+    Body(Vec<u8>),
+}
+
+/// A stored leaf hash that is not 32 bytes is a damaged row: the integration stops on it
+/// (`verify` names it) rather than hashing something else into the tree.
+pub(crate) fn leaf_to_integrate(
+    index: i64,
+    hash: Option<Vec<u8>>,
+    body: Option<Vec<u8>>,
+) -> StoreResult<LeafToIntegrate> {
+    match hash {
+        Some(hash) => <[u8; 32]>::try_from(hash.as_slice())
+            .map(LeafToIntegrate::Hashed)
+            .map_err(|_| {
+                StoreError::Database(format!(
+                    "audit leaf {index}: its stored hash is {} bytes, not 32; run `hygie audit verify`",
+                    hash.len()
+                ))
+            }),
+        None => Ok(LeafToIntegrate::Body(body.unwrap_or_default())),
+    }
 }
 
 /// A type-erased unit of work.

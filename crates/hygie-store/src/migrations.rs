@@ -141,6 +141,11 @@ pub const SQLITE: &[&str] = &[
         PRIMARY KEY (kind, value, num)
     ) WITHOUT ROWID;
     "#,
+    // 7: each leaf's RFC 9162 hash, computed when it is appended, so that the integrator
+    // reads 32 bytes per leaf instead of the leaf (NULL for leaves appended before).
+    r#"
+    ALTER TABLE audit_log ADD COLUMN leaf_hash BLOB;
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -281,6 +286,10 @@ pub const POSTGRES: &[&str] = &[
         kind TEXT NOT NULL, value TEXT COLLATE "C" NOT NULL, num BIGINT NOT NULL,
         PRIMARY KEY (kind, value, num)
     );
+    "#,
+    // 7: each leaf's RFC 9162 hash, as on SQLite.
+    r#"
+    ALTER TABLE audit_log ADD COLUMN leaf_hash BYTEA;
     "#,
 ];
 

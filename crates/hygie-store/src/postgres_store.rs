@@ -19,8 +19,8 @@ use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
 use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, BreakGlassGrant, Filter, Head, HistoryQuery, HistoryScope, IndexCell,
-    IndexRow, NewBreakGlass, NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError,
-    StoreResult, StoredCheckpoint, Tx, VersionRecord, panic_message,
+    IndexRow, LeafToIntegrate, NewBreakGlass, NewVersion, SearchHit, SearchSpec, SortValue, Store,
+    StoreError, StoreResult, StoredCheckpoint, Tx, VersionRecord, panic_message,
 };
 
 /// Settings of the PostgreSQL store.
@@ -591,8 +591,8 @@ const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 const APPEND_AUDIT_SQL: &str =
     "INSERT INTO audit_log (recorded_us, leaf) VALUES ($1, $2) RETURNING seq - 1";
 const APPEND_AUDIT_INDEXED_SQL: &str = "INSERT INTO audit_log
-    (recorded_us, leaf, event_type, subtype, outcome, purpose)
-    VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq - 1";
+    (recorded_us, leaf, event_type, subtype, outcome, purpose, leaf_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq - 1";
 const AUDIT_FACETS_SQL: &str = "INSERT INTO audit_facet (kind, value, num)
     SELECT kind, value, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS f(kind, value)
     ON CONFLICT DO NOTHING";
@@ -612,7 +612,7 @@ const INTEGRATE_AUDIT_SQL: &str = "WITH pending AS (
         FROM audit_log WHERE leaf_index IS NULL ORDER BY seq LIMIT $2
     )
     UPDATE audit_log a SET leaf_index = p.idx FROM pending p WHERE a.seq = p.seq
-    RETURNING a.leaf_index, a.leaf";
+    RETURNING a.leaf_index, a.leaf_hash, CASE WHEN a.leaf_hash IS NULL THEN a.leaf END";
 const AUDIT_TREE_LEAVES_SQL: &str = "SELECT leaf_index, leaf FROM audit_log
     WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2";
 const AUDIT_NODES_SQL: &str = "SELECT n.level, n.idx, n.hash FROM audit_node n
@@ -1049,13 +1049,21 @@ impl Tx for PgTx<'_> {
         &mut self,
         next_index: i64,
         limit: usize,
-    ) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+    ) -> StoreResult<Vec<(i64, LeafToIntegrate)>> {
         let statement = self.statement(INTEGRATE_AUDIT_SQL)?;
         let rows = self
             .transaction
             .query(&statement, &[&next_index, &(limit as i64)])?;
-        let mut leaves: Vec<(i64, Vec<u8>)> =
-            rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let mut leaves = rows
+            .iter()
+            .map(|row| {
+                let index: i64 = row.get(0);
+                Ok((
+                    index,
+                    crate::leaf_to_integrate(index, row.get(1), row.get(2))?,
+                ))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
         leaves.sort_unstable_by_key(|(index, _)| *index);
         Ok(leaves)
     }
@@ -1165,6 +1173,7 @@ impl Tx for PgTx<'_> {
         &mut self,
         recorded_us: i64,
         leaf: &[u8],
+        leaf_hash: &[u8; 32],
         facets: &AuditFacets,
     ) -> StoreResult<i64> {
         let statement = self.statement(APPEND_AUDIT_INDEXED_SQL)?;
@@ -1179,6 +1188,7 @@ impl Tx for PgTx<'_> {
                     &facets.subtype,
                     &facets.outcome,
                     &facets.purpose,
+                    &leaf_hash.as_slice(),
                 ],
             )?
             .get(0);

@@ -33,8 +33,8 @@ use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
 use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, BreakGlassGrant, Filter, Head, HistoryQuery, HistoryScope, IndexCell,
-    IndexRow, NewBreakGlass, NewVersion, SearchHit, SearchSpec, SortValue, Store, StoreError,
-    StoreResult, StoredCheckpoint, Tx, VersionRecord, panic_message,
+    IndexRow, LeafToIntegrate, NewBreakGlass, NewVersion, SearchHit, SearchSpec, SortValue, Store,
+    StoreError, StoreResult, StoredCheckpoint, Tx, VersionRecord, panic_message,
 };
 
 /// Settings of the embedded store.
@@ -771,7 +771,8 @@ struct PendingAudit {
 struct PendingLeaf {
     recorded_us: i64,
     leaf: Vec<u8>,
-    facets: Option<AuditFacets>,
+    /// With the facets: `append_audit_indexed`'s. `None`: `append_audit`'s.
+    indexed: Option<([u8; 32], AuditFacets)>,
 }
 
 impl PendingAudit {
@@ -781,7 +782,7 @@ impl PendingAudit {
         connection: &Connection,
         recorded_us: i64,
         leaf: &[u8],
-        facets: Option<&AuditFacets>,
+        indexed: Option<(&[u8; 32], &AuditFacets)>,
     ) -> StoreResult<i64> {
         let first = match self.first_index {
             Some(first) => first,
@@ -795,7 +796,7 @@ impl PendingAudit {
         self.leaves.push(PendingLeaf {
             recorded_us,
             leaf: leaf.to_vec(),
-            facets: facets.cloned(),
+            indexed: indexed.map(|(hash, facets)| (*hash, facets.clone())),
         });
         Ok(first + self.leaves.len() as i64 - 1)
     }
@@ -809,17 +810,23 @@ fn flush_pending_audit(connection: &Connection, pending: &mut PendingAudit) -> S
     };
     let leaves = std::mem::take(&mut pending.leaves);
     let mut insert = connection.prepare_cached(
-        "INSERT INTO audit_log (leaf_index, recorded_us, leaf, event_type, subtype, outcome, purpose)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO audit_log
+         (leaf_index, recorded_us, leaf, leaf_hash, event_type, subtype, outcome, purpose)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut facet_rows = Vec::new();
     for (offset, pending_leaf) in leaves.iter().enumerate() {
         let index = first + offset as i64;
-        let facets = pending_leaf.facets.as_ref();
+        let hash = pending_leaf
+            .indexed
+            .as_ref()
+            .map(|(hash, _)| hash.as_slice());
+        let facets = pending_leaf.indexed.as_ref().map(|(_, facets)| facets);
         insert.execute(params![
             index,
             pending_leaf.recorded_us,
             pending_leaf.leaf,
+            hash,
             facets.map(|f| &f.event_type),
             facets.map(|f| &f.subtype),
             facets.map(|f| &f.outcome),
@@ -850,10 +857,10 @@ impl SqliteTx<'_> {
         &mut self,
         recorded_us: i64,
         leaf: &[u8],
-        facets: Option<&AuditFacets>,
+        indexed: Option<(&[u8; 32], &AuditFacets)>,
     ) -> StoreResult<i64> {
         match self.pending.as_deref_mut() {
-            Some(pending) => pending.append(self.connection, recorded_us, leaf, facets),
+            Some(pending) => pending.append(self.connection, recorded_us, leaf, indexed),
             None => Ok(self
                 .connection
                 .prepare_cached(
@@ -1401,18 +1408,27 @@ impl Tx for SqliteTx<'_> {
         &mut self,
         next_index: i64,
         limit: usize,
-    ) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+    ) -> StoreResult<Vec<(i64, LeafToIntegrate)>> {
         // Leaves have their tree index from the moment they are appended (one writer).
+        // The leaf itself only where no hash was stored with it.
         let mut statement = self.connection.prepare_cached(
-            "SELECT leaf_index, leaf FROM audit_log WHERE leaf_index >= ?1
-             ORDER BY leaf_index LIMIT ?2",
+            "SELECT leaf_index, leaf_hash, CASE WHEN leaf_hash IS NULL THEN leaf END
+             FROM audit_log WHERE leaf_index >= ?1 ORDER BY leaf_index LIMIT ?2",
         )?;
         let leaves = statement
             .query_map(params![next_index, limit as i64], |row| {
-                Ok((row.get(0)?, leaf_bytes(row.get_ref(1)?).unwrap_or_default()))
+                let index: i64 = row.get(0)?;
+                Ok((
+                    index,
+                    leaf_bytes(row.get_ref(1)?),
+                    leaf_bytes(row.get_ref(2)?),
+                ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(leaves)
+        leaves
+            .into_iter()
+            .map(|(index, hash, body)| Ok((index, crate::leaf_to_integrate(index, hash, body)?)))
+            .collect()
     }
 
     fn audit_tree_leaves(
@@ -1537,9 +1553,10 @@ impl Tx for SqliteTx<'_> {
         &mut self,
         recorded_us: i64,
         leaf: &[u8],
+        leaf_hash: &[u8; 32],
         facets: &AuditFacets,
     ) -> StoreResult<i64> {
-        self.append_leaf(recorded_us, leaf, Some(facets))
+        self.append_leaf(recorded_us, leaf, Some((leaf_hash, facets)))
     }
 
     fn prune_audit_leaves(&mut self, leaves: &[(i64, AuditFacets)]) -> StoreResult<()> {

@@ -3,8 +3,8 @@
 
 use hygie_store::testing::TestBackend;
 use hygie_store::{
-    AuditFacets, AuditQuery, Filter, HistoryQuery, HistoryScope, IndexCell, IndexRow, NewVersion,
-    SearchSpec, StoreError, StoreExt, StoreResult, Test, Tx,
+    AuditFacets, AuditQuery, Filter, HistoryQuery, HistoryScope, IndexCell, IndexRow,
+    LeafToIntegrate, NewVersion, SearchSpec, StoreError, StoreExt, StoreResult, Test, Tx,
 };
 
 type Backend = TestBackend;
@@ -420,6 +420,18 @@ async fn audit_leaves_are_dense_and_ordered(backend: Backend) {
             (7, b"leaf 7".to_vec())
         ]
     );
+    // Appended without a hash: the integrator gets the leaf, to hash it.
+    let integrable = store
+        .run(|tx| tx.integrate_audit_leaves(0, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        integrable,
+        vec![
+            (0, LeafToIntegrate::Body(b"leaf 0".to_vec())),
+            (1, LeafToIntegrate::Body(b"leaf 1".to_vec()))
+        ]
+    );
 }
 
 /// Many units at once (SQLite groups them in batches, and inserts their leaves after the
@@ -444,11 +456,16 @@ async fn audit_leaves_share_the_fate_of_their_unit_in_a_batch(backend: Backend) 
                 .run(move |tx| {
                     if i % 7 == 0 {
                         tx.savepoint()?;
-                        tx.append_audit_indexed(i, b"undone", &facets("undone"))?;
+                        tx.append_audit_indexed(i, b"undone", &[0xff; 32], &facets("undone"))?;
                         tx.rollback_to_savepoint()?;
                     }
                     let body = format!("kept {i}");
-                    let number = tx.append_audit_indexed(i, body.as_bytes(), &facets("kept"))?;
+                    let number = tx.append_audit_indexed(
+                        i,
+                        body.as_bytes(),
+                        &[i as u8; 32],
+                        &facets("kept"),
+                    )?;
                     if i % 5 == 0 {
                         return Err(StoreError::Database("the unit gives up".into()));
                     }
@@ -501,6 +518,26 @@ async fn audit_leaves_share_the_fate_of_their_unit_in_a_batch(backend: Backend) 
         let hits = store.run(move |tx| tx.search_audit(&query)).await.unwrap();
         assert!(hits.is_empty(), "{what} was rolled back but is indexed");
     }
+    // The integrator gets each kept leaf's hash as appended, in order, and no leaf body.
+    let integrable = store
+        .run(|tx| tx.integrate_audit_leaves(0, 1_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        integrable
+            .iter()
+            .map(|(index, _)| *index)
+            .collect::<Vec<_>>(),
+        (0..96).collect::<Vec<i64>>()
+    );
+    let mut by_number = kept.clone();
+    by_number.sort();
+    let expected: Vec<LeafToIntegrate> = by_number
+        .iter()
+        .map(|(_, i)| LeafToIntegrate::Hashed([*i as u8; 32]))
+        .collect();
+    let got: Vec<LeafToIntegrate> = integrable.into_iter().map(|(_, leaf)| leaf).collect();
+    assert_eq!(got, expected);
 }
 
 async fn the_audit_index_finds_events_by_patient_agent_kind_and_date(backend: Backend) {
@@ -521,7 +558,12 @@ async fn the_audit_index_finds_events_by_patient_agent_kind_and_date(backend: Ba
         numbers.push(
             store
                 .run(move |tx| {
-                    tx.append_audit_indexed(1_000 + i, format!("leaf {i}").as_bytes(), &facets)
+                    tx.append_audit_indexed(
+                        1_000 + i,
+                        format!("leaf {i}").as_bytes(),
+                        &[i as u8; 32],
+                        &facets,
+                    )
                 })
                 .await
                 .unwrap(),
