@@ -173,6 +173,38 @@ def test_any_tampering_with_the_stored_leaves_is_caught_and_located(audited, hyg
             databases.drop(copy)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_stored_leaf_hash_rewritten_before_integration_is_caught(backend, start_hub, hygie_bin, tmp_path):
+    """Each leaf's hash is stored at its append and the integrator trusts it: someone who
+    rewrites it before the leaf is integrated gets a tree, and a signed checkpoint, over a
+    hash its leaf does not have. `verify` hashes every leaf itself and names that one."""
+    settings = tmp_path / "slow.toml"
+    settings.write_text("[audit]\nintegrate_every_ms = 60000\n")
+    server = start_hub(backend, args=["--config", str(settings)])
+    for n in range(5):
+        assert one_shot("POST", f"{server.fhir_url}/Patient", json=patient(f"hash-{n}")).status_code == 201
+    forged = "00" * 32
+    if server.database_url:
+        seq = _psql(server.database_url, "SELECT max(seq) FROM audit_log WHERE leaf_index IS NULL").strip()
+        assert seq, "every leaf was integrated already: the window this test needs is gone"
+        _psql(server.database_url, f"UPDATE audit_log SET leaf_hash = '\\x{forged}'::bytea WHERE seq = {seq}")
+    else:
+        with sqlite3.connect(server.data_dir / "hygie.db", timeout=30) as db:
+            tree_size = db.execute("SELECT coalesce(max(tree_size), 0) FROM audit_checkpoint").fetchone()[0]
+            index = db.execute("SELECT max(leaf_index) FROM audit_log").fetchone()[0]
+            assert index >= tree_size, "every leaf was integrated already: the window this test needs is gone"
+            db.execute("UPDATE audit_log SET leaf_hash = ? WHERE leaf_index = ?", (bytes.fromhex(forged), index))
+    server.stop()  # integrates the forged hash, and signs a checkpoint over it
+    if server.database_url:
+        index = int(_psql(server.database_url, f"SELECT leaf_index FROM audit_log WHERE seq = {seq}").strip())
+        store_args = ["--database", server.database_url]
+    else:
+        store_args = ["--data-dir", str(server.data_dir)]
+    done = _verify(hygie_bin, tmp_path, store_args)
+    assert done.returncode == 1, f"a forged leaf hash was not caught\n{done.stdout}{done.stderr}"
+    assert f"first bad leaf {index}:" in done.stderr, done.stderr
+
+
 def _leaves(server) -> list[dict]:
     import json
     if server.database_url:

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! - `audit_append/*`: leaves of a realistic AuditEvent (`AuditRecord::to_leaf`, the size
-//!   is printed) appended as the hub does: each request a unit of its own, many in flight,
+//!   is printed) appended as the hub does (`append_audit_indexed`: with the leaf's hash and
+//!   its patient and agent facets): each request a unit of its own, many in flight,
 //!   the SQLite writer grouping them in one transaction (group commit, one fsync) or
 //!   PostgreSQL committing them concurrently; and one unit of many leaves (a bulk load's).
 //! - `audit_integrate/*`: `Hub::integrate_audit` over the leaves appended since the last
@@ -31,7 +32,7 @@ use criterion::{
 use hygie_audit::AuditRecord;
 use hygie_audit::merkle;
 use hygie_hub::{AuditLogSettings, Hub, HubConfig};
-use hygie_store::{SharedStore, StoreExt};
+use hygie_store::{AuditFacets, SharedStore, StoreError, StoreExt, Tx};
 use tokio::runtime::Runtime;
 
 /// Units in flight in the group-commit benchmark (the SQLite writer's `max_batch`).
@@ -70,23 +71,48 @@ fn env_count(name: &str, default: u64) -> u64 {
 /// A pool of distinct, realistic leaves: what a clinician's read of an Observation records
 /// (BALP-shaped AuditEvent: who, from where, which version, request id).
 fn realistic_leaves(count: usize) -> Vec<Vec<u8>> {
+    realistic_appends(count)
+        .into_iter()
+        .map(|append| append.leaf)
+        .collect()
+}
+
+/// A leaf as the hub appends it: with its RFC 9162 hash and its search facets.
+struct Append {
+    leaf: Vec<u8>,
+    hash: [u8; 32],
+    facets: AuditFacets,
+}
+
+fn realistic_appends(count: usize) -> Vec<Append> {
     (0..count)
         .map(|i| {
-            let mut record = AuditRecord::new(
-                "read",
-                &format!("Practitioner/{}", uuid::Uuid::new_v4()),
-                1_790_000_000_000_000 + i as i64,
-            );
+            let practitioner = format!("Practitioner/{}", uuid::Uuid::new_v4());
+            let patient = uuid::Uuid::new_v4().to_string();
+            let mut record =
+                AuditRecord::new("read", &practitioner, 1_790_000_000_000_000 + i as i64);
             record.network_address = Some(format!("10.20.{}.{}", i % 250, (i / 250) % 250));
             record.request_id = Some(uuid::Uuid::new_v4().to_string());
-            record
+            let leaf = record
                 .entity(format!(
                     "Observation/{}/_history/{}",
                     uuid::Uuid::new_v4(),
                     1 + i % 3
                 ))
-                .entity(format!("Patient/{}", uuid::Uuid::new_v4()))
-                .to_leaf()
+                .entity(format!("Patient/{patient}"))
+                .to_leaf();
+            Append {
+                hash: merkle::leaf_hash(&leaf),
+                leaf,
+                facets: AuditFacets {
+                    event_type: "rest".to_owned(),
+                    subtype: "read".to_owned(),
+                    outcome: "0".to_owned(),
+                    purpose: None,
+                    agents: vec![practitioner],
+                    patients: vec![patient],
+                },
+            }
         })
         .collect()
 }
@@ -149,12 +175,16 @@ fn backends() -> Vec<Backend> {
 
 /// `IN_FLIGHT` requests' leaves, each in a unit of its own, all in flight at once (each a
 /// task, as requests are), awaited until durable.
-async fn append_units_of_one(store: &SharedStore, leaves: &[Vec<u8>], offset: usize) {
+async fn append_units_of_one(store: &SharedStore, appends: &Arc<Vec<Append>>, offset: usize) {
     let tasks: Vec<_> = (0..IN_FLIGHT)
         .map(|i| {
-            let leaf = leaves[(offset + i) % leaves.len()].clone();
+            let appends = appends.clone();
             let store = store.clone();
-            tokio::spawn(async move { store.run(move |tx| tx.append_audit(0, &leaf)).await })
+            tokio::spawn(async move {
+                store
+                    .run(move |tx| append(tx, &appends[(offset + i) % appends.len()]))
+                    .await
+            })
         })
         .collect();
     for task in tasks {
@@ -162,11 +192,11 @@ async fn append_units_of_one(store: &SharedStore, leaves: &[Vec<u8>], offset: us
     }
 }
 
-async fn append_one_unit(store: &SharedStore, leaves: Arc<Vec<Vec<u8>>>, offset: usize) {
+async fn append_one_unit(store: &SharedStore, appends: Arc<Vec<Append>>, offset: usize) {
     store
         .run(move |tx| {
             for i in 0..UNIT_LEAVES {
-                tx.append_audit(0, &leaves[(offset + i) % leaves.len()])?;
+                append(tx, &appends[(offset + i) % appends.len()])?;
             }
             Ok(())
         })
@@ -174,10 +204,15 @@ async fn append_one_unit(store: &SharedStore, leaves: Arc<Vec<Vec<u8>>>, offset:
         .expect("appended");
 }
 
+/// What the hub's audit trail does for each access.
+fn append(tx: &mut dyn Tx, append: &Append) -> Result<i64, StoreError> {
+    tx.append_audit_indexed(0, &append.leaf, &append.hash, &append.facets)
+}
+
 fn append_and_integrate(c: &mut Criterion) {
     let rt = runtime();
-    let leaves = Arc::new(realistic_leaves(4096));
-    let mean = leaves.iter().map(Vec::len).sum::<usize>() / leaves.len();
+    let leaves = Arc::new(realistic_appends(4096));
+    let mean = leaves.iter().map(|a| a.leaf.len()).sum::<usize>() / leaves.len();
     eprintln!("realistic leaf: {mean} bytes on average");
     for backend in backends() {
         let store = backend.store.clone();

@@ -305,7 +305,9 @@ pub trait Tx {
     /// Appends one leaf to the audit log; returns its sequence number, increasing in commit
     /// order on SQLite. On PostgreSQL several processes append concurrently, so numbers
     /// may have gaps (rolled-back units) and are dense only once the audit integrator
-    /// orders them.
+    /// orders them. Both backends queue a unit's leaves and write them just before its
+    /// commit: audit reads (`audit_leaves`, `search_audit`, …) see them once it has
+    /// committed, not within the unit that appended them.
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64>;
     /// Appends one leaf like [`Tx::append_audit`], with its RFC 9162 leaf hash (kept for
     /// the integrator, which then need not read the leaf back; `verify` never trusts it)

@@ -243,9 +243,12 @@ fn run_unit(
         statements,
         savepoints: 0,
         query_time_limit,
+        pending_audit: PendingPgAudit::default(),
     };
     let result = match catch_unwind(AssertUnwindSafe(|| unit(&mut tx))) {
-        Ok(result) => result,
+        // The unit's leaves go in with its commit, or its error is the unit's.
+        Ok(Ok(value)) => tx.flush_pending_audit().map(|()| value),
+        Ok(Err(error)) => Err(error),
         Err(payload) => Err(StoreError::Panicked(panic_message(payload.as_ref()))),
     };
     match result {
@@ -265,9 +268,134 @@ struct PgTx<'a> {
     statements: &'a mut HashMap<String, Statement>,
     savepoints: usize,
     query_time_limit: Duration,
+    pending_audit: PendingPgAudit,
 }
 
+/// Audit leaves appended by a unit, inserted together (leaves and facets in ONE
+/// statement) just before its commit. A leaf inserted at its append cost one round trip
+/// each, so a unit of 1,000 leaves (an import's) made 1,000 of them; now it makes one,
+/// plus the few that reserve the leaves' numbers from the sequence (1, 2, 4, … at a
+/// time: a unit of one leaf still makes two round trips in all, as before). A leaf keeps
+/// the number it was given at its append; numbers reserved and not used, or used by a
+/// leaf that a rolled-back savepoint drops, are gaps in `seq`, which has gaps anyway
+/// (the integrator, not `seq`, gives the dense tree index). As on SQLite, a unit's
+/// leaves are visible to audit reads once it has committed (see `Tx::append_audit`), and
+/// rolling back a savepoint drops the leaves appended since.
+#[derive(Default)]
+struct PendingPgAudit {
+    leaves: Vec<PendingPgLeaf>,
+    /// How many leaves were queued when each open savepoint began.
+    savepoint_marks: Vec<usize>,
+    /// Sequence values reserved for this unit's next leaves, the next one last.
+    reserved: Vec<i64>,
+    /// How many values the last reservation took (doubled at each, up to 1,024).
+    last_reservation: i64,
+}
+
+struct PendingPgLeaf {
+    seq: i64,
+    recorded_us: i64,
+    leaf: Vec<u8>,
+    /// `append_audit_indexed`'s hash and facets; `None` for `append_audit`.
+    indexed: Option<([u8; 32], AuditFacets)>,
+}
+
+const RESERVE_AUDIT_SEQ_SQL: &str = "SELECT nextval(pg_get_serial_sequence('audit_log', 'seq')) FROM generate_series(1, $1::BIGINT)";
+/// One statement for the unit's leaves and their facets (a data-modifying CTE runs
+/// whether or not it is referenced).
+const FLUSH_AUDIT_SQL: &str = "WITH leaves AS (
+        INSERT INTO audit_log
+        (seq, recorded_us, leaf, leaf_hash, event_type, subtype, outcome, purpose)
+        SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BYTEA[], $4::BYTEA[],
+            $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[])
+    )
+    INSERT INTO audit_facet (kind, value, num)
+    SELECT * FROM unnest($9::TEXT[], $10::TEXT[], $11::BIGINT[])
+    ON CONFLICT DO NOTHING";
+
 impl PgTx<'_> {
+    /// Queues a leaf (see [`PendingPgAudit`]); returns its number (`seq - 1`).
+    fn queue_leaf(
+        &mut self,
+        recorded_us: i64,
+        leaf: &[u8],
+        indexed: Option<([u8; 32], AuditFacets)>,
+    ) -> StoreResult<i64> {
+        if self.pending_audit.reserved.is_empty() {
+            let take = (self.pending_audit.last_reservation * 2).clamp(1, 1024);
+            let statement = self.statement(RESERVE_AUDIT_SEQ_SQL)?;
+            // nextval fails in a read-only transaction: an append on a reader fails here.
+            let rows = self.transaction.query(&statement, &[&take])?;
+            self.pending_audit.reserved = rows.iter().rev().map(|row| row.get(0)).collect();
+            self.pending_audit.last_reservation = take;
+        }
+        let seq = self
+            .pending_audit
+            .reserved
+            .pop()
+            .ok_or_else(|| StoreError::Database("no audit sequence value reserved".into()))?;
+        self.pending_audit.leaves.push(PendingPgLeaf {
+            seq,
+            recorded_us,
+            leaf: leaf.to_vec(),
+            indexed,
+        });
+        Ok(seq - 1)
+    }
+
+    /// Inserts the queued leaves and their facets in one statement.
+    fn flush_pending_audit(&mut self) -> StoreResult<()> {
+        if self.pending_audit.leaves.is_empty() {
+            return Ok(());
+        }
+        let leaves = std::mem::take(&mut self.pending_audit.leaves);
+        let mut seqs = Vec::with_capacity(leaves.len());
+        let mut recorded = Vec::with_capacity(leaves.len());
+        let mut bodies = Vec::with_capacity(leaves.len());
+        let mut hashes = Vec::with_capacity(leaves.len());
+        let mut event_types = Vec::with_capacity(leaves.len());
+        let mut subtypes = Vec::with_capacity(leaves.len());
+        let mut outcomes = Vec::with_capacity(leaves.len());
+        let mut purposes = Vec::with_capacity(leaves.len());
+        let (mut kinds, mut values, mut nums) = (Vec::new(), Vec::new(), Vec::new());
+        for pending in &leaves {
+            seqs.push(pending.seq);
+            recorded.push(pending.recorded_us);
+            bodies.push(pending.leaf.as_slice());
+            let facets = pending.indexed.as_ref().map(|(_, facets)| facets);
+            hashes.push(pending.indexed.as_ref().map(|(hash, _)| hash.as_slice()));
+            event_types.push(facets.map(|f| pg_text(&f.event_type)));
+            subtypes.push(facets.map(|f| pg_text(&f.subtype)));
+            outcomes.push(facets.map(|f| pg_text(&f.outcome)));
+            purposes.push(facets.and_then(|f| f.purpose.as_deref().map(pg_text)));
+            if let Some(facets) = facets {
+                for (kind, value) in audit_index::facet_rows(facets) {
+                    kinds.push(kind);
+                    values.push(pg_text(value).into_owned());
+                    nums.push(pending.seq - 1);
+                }
+            }
+        }
+        let statement = self.statement(FLUSH_AUDIT_SQL)?;
+        self.transaction.execute(
+            &statement,
+            &[
+                &seqs,
+                &recorded,
+                &bodies,
+                &hashes,
+                &event_types,
+                &subtypes,
+                &outcomes,
+                &purposes,
+                &kinds,
+                &values,
+                &nums,
+            ],
+        )?;
+        Ok(())
+    }
+
     fn statement(&mut self, sql: &str) -> StoreResult<Statement> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
@@ -588,14 +716,6 @@ const HISTORY_INSTANCE_SQL: &str =
 // Two shapes, so that each can use an index: by code (through its hash, since a code may
 // be longer than a btree entry allows), or by system alone (`system|`).
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
-const APPEND_AUDIT_SQL: &str =
-    "INSERT INTO audit_log (recorded_us, leaf) VALUES ($1, $2) RETURNING seq - 1";
-const APPEND_AUDIT_INDEXED_SQL: &str = "INSERT INTO audit_log
-    (recorded_us, leaf, event_type, subtype, outcome, purpose, leaf_hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq - 1";
-const AUDIT_FACETS_SQL: &str = "INSERT INTO audit_facet (kind, value, num)
-    SELECT kind, value, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS f(kind, value)
-    ON CONFLICT DO NOTHING";
 const PRUNE_AUDIT_LEAF_SQL: &str =
     "UPDATE audit_log SET leaf = NULL WHERE leaf_index = $1 RETURNING seq - 1";
 const UNINDEX_AUDIT_SQL: &str = "DELETE FROM audit_facet f
@@ -1030,11 +1150,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64> {
-        let statement = self.statement(APPEND_AUDIT_SQL)?;
-        Ok(self
-            .transaction
-            .query_one(&statement, &[&recorded_us, &leaf])?
-            .get(0))
+        self.queue_leaf(recorded_us, leaf, None)
     }
 
     fn audit_leaves(&mut self, from: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
@@ -1176,31 +1292,7 @@ impl Tx for PgTx<'_> {
         leaf_hash: &[u8; 32],
         facets: &AuditFacets,
     ) -> StoreResult<i64> {
-        let statement = self.statement(APPEND_AUDIT_INDEXED_SQL)?;
-        let number: i64 = self
-            .transaction
-            .query_one(
-                &statement,
-                &[
-                    &recorded_us,
-                    &leaf,
-                    &facets.event_type,
-                    &facets.subtype,
-                    &facets.outcome,
-                    &facets.purpose,
-                    &leaf_hash.as_slice(),
-                ],
-            )?
-            .get(0);
-        let rows = audit_index::facet_rows(facets);
-        if !rows.is_empty() {
-            let kinds: Vec<&str> = rows.iter().map(|(kind, _)| *kind).collect();
-            let values: Vec<String> = rows.iter().map(|(_, v)| pg_text(v).into_owned()).collect();
-            let statement = self.statement(AUDIT_FACETS_SQL)?;
-            self.transaction
-                .execute(&statement, &[&kinds, &values, &number])?;
-        }
-        Ok(number)
+        self.queue_leaf(recorded_us, leaf, Some((*leaf_hash, facets.clone())))
     }
 
     fn prune_audit_leaves(&mut self, leaves: &[(i64, AuditFacets)]) -> StoreResult<()> {
@@ -1257,6 +1349,8 @@ impl Tx for PgTx<'_> {
     }
 
     fn savepoint(&mut self) -> StoreResult<()> {
+        let queued = self.pending_audit.leaves.len();
+        self.pending_audit.savepoint_marks.push(queued);
         self.savepoints += 1;
         self.transaction
             .batch_execute(&format!("SAVEPOINT nested_{}", self.savepoints))?;
@@ -1264,6 +1358,9 @@ impl Tx for PgTx<'_> {
     }
 
     fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        // Drops the leaves appended since the savepoint, as its rollback undoes the rows.
+        let mark = self.pending_audit.savepoint_marks.pop().unwrap_or(0);
+        self.pending_audit.leaves.truncate(mark);
         let name = self.savepoints;
         self.savepoints = self.savepoints.saturating_sub(1);
         self.transaction.batch_execute(&format!(
@@ -1273,6 +1370,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.pending_audit.savepoint_marks.pop();
         let name = self.savepoints;
         self.savepoints = self.savepoints.saturating_sub(1);
         self.transaction

@@ -538,6 +538,42 @@ async fn audit_leaves_share_the_fate_of_their_unit_in_a_batch(backend: Backend) 
         .collect();
     let got: Vec<LeafToIntegrate> = integrable.into_iter().map(|(_, leaf)| leaf).collect();
     assert_eq!(got, expected);
+
+    // A leaf appended before a savepoint outlives the savepoint's rollback; one appended
+    // inside it does not.
+    let before = store
+        .run(|tx| tx.audit_leaves(0, 10_000))
+        .await
+        .unwrap()
+        .len();
+    let (first, last) = store
+        .run(|tx| {
+            let first = tx.append_audit(1, b"before the savepoint")?;
+            tx.savepoint()?;
+            tx.append_audit(2, b"inside the savepoint")?;
+            tx.savepoint()?;
+            tx.append_audit(2, b"inside the inner savepoint")?;
+            tx.release_savepoint()?;
+            tx.rollback_to_savepoint()?;
+            tx.savepoint()?;
+            let last = tx.append_audit(3, b"after the savepoint")?;
+            tx.release_savepoint()?;
+            Ok((first, last))
+        })
+        .await
+        .unwrap();
+    let leaves = store.run(|tx| tx.audit_leaves(0, 10_000)).await.unwrap();
+    let tail: Vec<(i64, &[u8])> = leaves[before..]
+        .iter()
+        .map(|(n, leaf)| (*n, leaf.as_slice()))
+        .collect();
+    assert_eq!(
+        tail,
+        vec![
+            (first, b"before the savepoint".as_slice()),
+            (last, b"after the savepoint".as_slice())
+        ]
+    );
 }
 
 async fn the_audit_index_finds_events_by_patient_agent_kind_and_date(backend: Backend) {
