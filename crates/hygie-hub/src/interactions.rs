@@ -313,6 +313,7 @@ pub(crate) fn write_version(
         deleted: false,
         body: &body,
         index: &tokens,
+        key_id: None,
     })?;
     Ok(Stored {
         resource_type: resource_type.to_owned(),
@@ -605,6 +606,7 @@ pub(crate) fn exec_delete(
         deleted: true,
         body: &[],
         index: &[],
+        key_id: None,
     })?;
     Ok(Ok(DeleteOutcome {
         resource_type: resource_type.to_owned(),

@@ -10,7 +10,7 @@ use hygie_policy::Principal;
 use hygie_store::testing::TestBackend;
 use hygie_store::{
     BoxFuture, BoxedUnit, Filter, Head, HistoryQuery, IndexRow, NewVersion, SearchHit, SearchSpec,
-    SharedStore, Store, StoreError, StoreExt, StoreResult, Tx, VersionRecord,
+    SharedStore, Store, StoreError, StoreExt, StoreResult, StoredDataKey, Tx, VersionRecord,
 };
 use serde_json::{Value, json};
 
@@ -276,6 +276,38 @@ impl Tx for FailingAuditTx<'_> {
     }
     fn refresh_statistics(&mut self) -> StoreResult<()> {
         self.0.refresh_statistics()
+    }
+    fn data_key(&mut self, key_id: i64) -> StoreResult<Option<StoredDataKey>> {
+        self.0.data_key(key_id)
+    }
+    fn current_data_key(&mut self, scope: &str) -> StoreResult<Option<StoredDataKey>> {
+        self.0.current_data_key(scope)
+    }
+    fn next_data_key_id(&mut self) -> StoreResult<i64> {
+        self.0.next_data_key_id()
+    }
+    fn put_data_key(&mut self, key: &StoredDataKey, replace: bool) -> StoreResult<bool> {
+        self.0.put_data_key(key, replace)
+    }
+    fn rewrap_data_key(&mut self, key_id: i64, generation: i64, wrapped: &[u8]) -> StoreResult<()> {
+        self.0.rewrap_data_key(key_id, generation, wrapped)
+    }
+    fn erase_data_keys(&mut self, scope: &str, erased_us: i64) -> StoreResult<Vec<i64>> {
+        self.0.erase_data_keys(scope, erased_us)
+    }
+    fn data_keys(&mut self, after: i64, limit: usize) -> StoreResult<Vec<StoredDataKey>> {
+        self.0.data_keys(after, limit)
+    }
+    fn versions_sealed_with(
+        &mut self,
+        key_ids: &[i64],
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        self.0.versions_sealed_with(key_ids, after_seq, limit)
+    }
+    fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()> {
+        self.0.reseal_version(seq, key_id, body)
     }
     fn meta_get(&mut self, k: &str) -> StoreResult<Option<String>> {
         self.0.meta_get(k)

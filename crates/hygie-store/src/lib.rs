@@ -127,6 +127,25 @@ pub struct NewVersion<'a> {
     pub body: &'a [u8],
     /// Replaces the resource's index rows (ignored for deletions, which clear them).
     pub index: &'a [IndexRow],
+    /// The data key `body` is sealed with (`None`: not sealed, or a tombstone).
+    pub key_id: Option<i64>,
+}
+
+/// A data key as stored: wrapped under the key file's slot key `key_id` of `generation`
+/// (see `hygie-vault`). The store never sees a key in clear.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDataKey {
+    /// Also the key's slot in the key file's puncturable tree.
+    pub key_id: i64,
+    /// `patient/<id>` or `type/<Type>`.
+    pub scope: String,
+    pub generation: i64,
+    /// `None` once erased (crypto-shredding).
+    pub wrapped: Option<Vec<u8>>,
+    /// The one a scope's new versions are sealed with.
+    pub is_current: bool,
+    pub created_us: i64,
+    pub erased_us: Option<i64>,
 }
 
 /// Which history to list.
@@ -274,6 +293,37 @@ pub trait Tx {
     /// (stale ones after an import made a 2 ms search take 6 s, measured); SQLite's plans
     /// are pinned by the SQL the store writes, so this is a no-op there.
     fn refresh_statistics(&mut self) -> StoreResult<()>;
+    /// The data key `key_id`, erased or not.
+    fn data_key(&mut self, key_id: i64) -> StoreResult<Option<StoredDataKey>>;
+    /// The current data key of `scope`.
+    fn current_data_key(&mut self, scope: &str) -> StoreResult<Option<StoredDataKey>>;
+    /// A number for a new data key (its slot), above every stored key's. A number whose
+    /// key was not stored may be handed out again (SQLite), or not (PostgreSQL's sequence);
+    /// after a restore, numbers of keys made after the backup come again: the vault skips
+    /// the slots its key file has erased.
+    fn next_data_key_id(&mut self) -> StoreResult<i64>;
+    /// Stores a new data key, current for its scope. When the scope has a current key
+    /// already: with `replace_current` that one stops being current (it still opens what
+    /// it sealed); without, nothing is stored and false is returned (another unit made
+    /// the scope's key first).
+    fn put_data_key(&mut self, key: &StoredDataKey, replace_current: bool) -> StoreResult<bool>;
+    /// Replaces a key's wrapped form (a rotation of the key file's generation).
+    fn rewrap_data_key(&mut self, key_id: i64, generation: i64, wrapped: &[u8]) -> StoreResult<()>;
+    /// Erases every key of `scope` (their wrapped forms are deleted, the rows stay);
+    /// returns their ids.
+    fn erase_data_keys(&mut self, scope: &str, erased_us: i64) -> StoreResult<Vec<i64>>;
+    /// Data keys in `key_id` order after `after`, at most `limit`.
+    fn data_keys(&mut self, after: i64, limit: usize) -> StoreResult<Vec<StoredDataKey>>;
+    /// Versions (tombstones excluded) sealed with one of `key_ids`, in `seq` order after
+    /// `after_seq`, at most `limit`.
+    fn versions_sealed_with(
+        &mut self,
+        key_ids: &[i64],
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>>;
+    /// Replaces a stored version's body and key (re-encryption; the version is unchanged).
+    fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()>;
     /// The hub's own settings (index version, paging key), kept with its data.
     fn meta_get(&mut self, key: &str) -> StoreResult<Option<String>>;
     fn meta_set(&mut self, key: &str, value: &str) -> StoreResult<()>;

@@ -146,6 +146,26 @@ pub const SQLITE: &[&str] = &[
     r#"
     ALTER TABLE audit_log ADD COLUMN leaf_hash BLOB;
     "#,
+    // 8: encryption at rest (hygie-vault). Each version names the data key its body is
+    // sealed with (NULL: written before encryption, or a tombstone); `data_key` holds the
+    // keys wrapped under the key file's slot keys (`key_id` is the slot), one current key
+    // per scope (`patient/<id>`, `type/<Type>`); an erased key keeps its row, without
+    // `wrapped`, so that its versions read as erased rather than as corrupt.
+    r#"
+    ALTER TABLE resource_versions ADD COLUMN key_id INTEGER;
+    CREATE INDEX resource_versions_key ON resource_versions (key_id, seq) WHERE key_id IS NOT NULL;
+    CREATE TABLE data_key (
+        key_id INTEGER PRIMARY KEY,
+        scope TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        wrapped BLOB,
+        is_current INTEGER NOT NULL,
+        created_us INTEGER NOT NULL,
+        erased_us INTEGER
+    );
+    CREATE UNIQUE INDEX data_key_current ON data_key (scope) WHERE is_current = 1;
+    CREATE INDEX data_key_scope ON data_key (scope, key_id);
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -290,6 +310,22 @@ pub const POSTGRES: &[&str] = &[
     // 7: each leaf's RFC 9162 hash, as on SQLite.
     r#"
     ALTER TABLE audit_log ADD COLUMN leaf_hash BYTEA;
+    "#,
+    // 8: encryption at rest, as on SQLite.
+    r#"
+    ALTER TABLE resource_versions ADD COLUMN key_id BIGINT;
+    CREATE INDEX resource_versions_key ON resource_versions (key_id, seq) WHERE key_id IS NOT NULL;
+    CREATE TABLE data_key (
+        key_id BIGSERIAL PRIMARY KEY,
+        scope TEXT COLLATE "C" NOT NULL,
+        generation BIGINT NOT NULL,
+        wrapped BYTEA,
+        is_current BOOLEAN NOT NULL,
+        created_us BIGINT NOT NULL,
+        erased_us BIGINT
+    );
+    CREATE UNIQUE INDEX data_key_current ON data_key (scope) WHERE is_current;
+    CREATE INDEX data_key_scope ON data_key (scope, key_id);
     "#,
 ];
 

@@ -20,7 +20,7 @@ use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, BreakGlassGrant, Filter, Head, HistoryQuery, HistoryScope, IndexCell,
     IndexRow, LeafToIntegrate, NewBreakGlass, NewVersion, SearchHit, SearchSpec, SortValue, Store,
-    StoreError, StoreResult, StoredCheckpoint, Tx, VersionRecord, panic_message,
+    StoreError, StoreResult, StoredCheckpoint, StoredDataKey, Tx, VersionRecord, panic_message,
 };
 
 /// Settings of the PostgreSQL store.
@@ -633,6 +633,18 @@ impl PgTx<'_> {
     }
 }
 
+fn data_key_from_row(row: &postgres::Row) -> StoredDataKey {
+    StoredDataKey {
+        key_id: row.get(0),
+        scope: row.get(1),
+        generation: row.get(2),
+        wrapped: row.get(3),
+        is_current: row.get(4),
+        created_us: row.get(5),
+        erased_us: row.get(6),
+    }
+}
+
 fn version_from_row(row: &postgres::Row) -> VersionRecord {
     VersionRecord {
         seq: row.get(0),
@@ -655,8 +667,10 @@ const VERSION_SQL: &str =
     "SELECT seq, resource_type, id, version, last_updated_us, deleted, body FROM resource_versions
     WHERE resource_type = $1 AND id = $2 AND version = $3";
 const INSERT_VERSION_SQL: &str = "INSERT INTO resource_versions
-    (resource_type, id, version, last_updated_us, deleted, body)
-    VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
+    (resource_type, id, version, last_updated_us, deleted, body, key_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq";
+const DATA_KEY_COLUMNS: &str =
+    "SELECT key_id, scope, generation, wrapped, is_current, created_us, erased_us FROM data_key";
 const UPSERT_HEAD_SQL: &str =
     "INSERT INTO resources (resource_type, id, version, deleted, last_updated_us, seq)
     VALUES ($1, $2, $3, $4, $5, $6)
@@ -813,6 +827,7 @@ impl Tx for PgTx<'_> {
                 &new.last_updated_us,
                 &new.deleted,
                 &new.body,
+                &new.key_id,
             ],
         ) {
             Ok(row) => row.get(0),
@@ -1027,6 +1042,128 @@ impl Tx for PgTx<'_> {
              ANALYZE search_string; ANALYZE search_date; ANALYZE search_number;
              ANALYZE search_quantity; ANALYZE search_reference; ANALYZE search_uri;",
         )?;
+        Ok(())
+    }
+
+    fn data_key(&mut self, key_id: i64) -> StoreResult<Option<StoredDataKey>> {
+        let statement = self.statement(&format!("{DATA_KEY_COLUMNS} WHERE key_id = $1"))?;
+        Ok(self
+            .transaction
+            .query_opt(&statement, &[&key_id])?
+            .map(|row| data_key_from_row(&row)))
+    }
+
+    fn current_data_key(&mut self, scope: &str) -> StoreResult<Option<StoredDataKey>> {
+        let statement = self.statement(&format!(
+            "{DATA_KEY_COLUMNS} WHERE scope = $1 AND is_current"
+        ))?;
+        Ok(self
+            .transaction
+            .query_opt(&statement, &[&scope])?
+            .map(|row| data_key_from_row(&row)))
+    }
+
+    fn next_data_key_id(&mut self) -> StoreResult<i64> {
+        let statement =
+            self.statement("SELECT nextval(pg_get_serial_sequence('data_key', 'key_id'))")?;
+        Ok(self.transaction.query_one(&statement, &[])?.get(0))
+    }
+
+    fn put_data_key(&mut self, key: &StoredDataKey, replace_current: bool) -> StoreResult<bool> {
+        if replace_current {
+            let statement = self.statement(
+                "UPDATE data_key SET is_current = FALSE WHERE scope = $1 AND is_current",
+            )?;
+            self.transaction.execute(&statement, &[&key.scope])?;
+        }
+        // Two processes making a patient's first key at once: the unique index on the
+        // current key of a scope lets one in; the other stores nothing and re-reads.
+        let statement = self.statement(
+            "INSERT INTO data_key (key_id, scope, generation, wrapped, is_current, created_us)
+             VALUES ($1, $2, $3, $4, TRUE, $5)
+             ON CONFLICT (scope) WHERE is_current DO NOTHING",
+        )?;
+        let inserted = self.transaction.execute(
+            &statement,
+            &[
+                &key.key_id,
+                &key.scope,
+                &key.generation,
+                &key.wrapped,
+                &key.created_us,
+            ],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    fn rewrap_data_key(&mut self, key_id: i64, generation: i64, wrapped: &[u8]) -> StoreResult<()> {
+        let statement = self.statement(
+            "UPDATE data_key SET generation = $2, wrapped = $3
+             WHERE key_id = $1 AND wrapped IS NOT NULL",
+        )?;
+        self.transaction
+            .execute(&statement, &[&key_id, &generation, &wrapped])?;
+        Ok(())
+    }
+
+    fn erase_data_keys(&mut self, scope: &str, erased_us: i64) -> StoreResult<Vec<i64>> {
+        let statement = self.statement(
+            "UPDATE data_key SET wrapped = NULL, erased_us = COALESCE(erased_us, $2)
+             WHERE scope = $1 RETURNING key_id",
+        )?;
+        let mut ids: Vec<i64> = self
+            .transaction
+            .query(&statement, &[&scope, &erased_us])?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn data_keys(&mut self, after: i64, limit: usize) -> StoreResult<Vec<StoredDataKey>> {
+        let statement = self.statement(&format!(
+            "{DATA_KEY_COLUMNS} WHERE key_id > $1 ORDER BY key_id LIMIT $2"
+        ))?;
+        Ok(self
+            .transaction
+            .query(&statement, &[&after, &(limit as i64)])?
+            .iter()
+            .map(data_key_from_row)
+            .collect())
+    }
+
+    fn versions_sealed_with(
+        &mut self,
+        key_ids: &[i64],
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        let statement = self.statement(
+            "SELECT seq, resource_type, id, version, last_updated_us, deleted, body
+             FROM resource_versions
+             WHERE key_id = ANY($1) AND seq > $2 AND NOT deleted ORDER BY seq LIMIT $3",
+        )?;
+        Ok(self
+            .transaction
+            .query(&statement, &[&key_ids, &after_seq, &(limit as i64)])?
+            .iter()
+            .map(version_from_row)
+            .collect())
+    }
+
+    fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()> {
+        let statement =
+            self.statement("UPDATE resource_versions SET body = $2, key_id = $3 WHERE seq = $1")?;
+        if self
+            .transaction
+            .execute(&statement, &[&seq, &body, &key_id])?
+            != 1
+        {
+            return Err(StoreError::Database(format!(
+                "no version with seq {seq} to reseal"
+            )));
+        }
         Ok(())
     }
 

@@ -34,7 +34,7 @@ use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, BreakGlassGrant, Filter, Head, HistoryQuery, HistoryScope, IndexCell,
     IndexRow, LeafToIntegrate, NewBreakGlass, NewVersion, SearchHit, SearchSpec, SortValue, Store,
-    StoreError, StoreResult, StoredCheckpoint, Tx, VersionRecord, panic_message,
+    StoreError, StoreResult, StoredCheckpoint, StoredDataKey, Tx, VersionRecord, panic_message,
 };
 
 /// Settings of the embedded store.
@@ -909,7 +909,146 @@ fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> 
     })
 }
 
+const DATA_KEY_COLUMNS: &str =
+    "SELECT key_id, scope, generation, wrapped, is_current, created_us, erased_us FROM data_key";
+
+fn data_key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredDataKey> {
+    Ok(StoredDataKey {
+        key_id: row.get(0)?,
+        scope: row.get(1)?,
+        generation: row.get(2)?,
+        wrapped: row.get(3)?,
+        is_current: row.get(4)?,
+        created_us: row.get(5)?,
+        erased_us: row.get(6)?,
+    })
+}
+
 impl Tx for SqliteTx<'_> {
+    fn data_key(&mut self, key_id: i64) -> StoreResult<Option<StoredDataKey>> {
+        Ok(self
+            .connection
+            .prepare_cached(&format!("{DATA_KEY_COLUMNS} WHERE key_id = ?1"))?
+            .query_row(params![key_id], data_key_from_row)
+            .optional()?)
+    }
+
+    fn current_data_key(&mut self, scope: &str) -> StoreResult<Option<StoredDataKey>> {
+        Ok(self
+            .connection
+            .prepare_cached(&format!(
+                "{DATA_KEY_COLUMNS} WHERE scope = ?1 AND is_current = 1"
+            ))?
+            .query_row(params![scope], data_key_from_row)
+            .optional()?)
+    }
+
+    fn next_data_key_id(&mut self) -> StoreResult<i64> {
+        // One writer: the next number cannot be taken by anyone else before this unit
+        // commits; a rolled-back unit's number is handed out again, which is harmless
+        // since its key was never stored.
+        Ok(self
+            .connection
+            .prepare_cached("SELECT COALESCE(MAX(key_id), 0) + 1 FROM data_key")?
+            .query_row([], |row| row.get(0))?)
+    }
+
+    fn put_data_key(&mut self, key: &StoredDataKey, replace_current: bool) -> StoreResult<bool> {
+        if replace_current {
+            self.connection
+                .prepare_cached(
+                    "UPDATE data_key SET is_current = 0 WHERE scope = ?1 AND is_current = 1",
+                )?
+                .execute(params![key.scope])?;
+        } else if self.current_data_key(&key.scope)?.is_some() {
+            return Ok(false);
+        }
+        self.connection
+            .prepare_cached(
+                "INSERT INTO data_key (key_id, scope, generation, wrapped, is_current, created_us)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+            )?
+            .execute(params![
+                key.key_id,
+                key.scope,
+                key.generation,
+                key.wrapped,
+                key.created_us
+            ])?;
+        Ok(true)
+    }
+
+    fn rewrap_data_key(&mut self, key_id: i64, generation: i64, wrapped: &[u8]) -> StoreResult<()> {
+        self.connection
+            .prepare_cached(
+                "UPDATE data_key SET generation = ?2, wrapped = ?3
+                 WHERE key_id = ?1 AND wrapped IS NOT NULL",
+            )?
+            .execute(params![key_id, generation, wrapped])?;
+        Ok(())
+    }
+
+    fn erase_data_keys(&mut self, scope: &str, erased_us: i64) -> StoreResult<Vec<i64>> {
+        let ids = self
+            .connection
+            .prepare_cached("SELECT key_id FROM data_key WHERE scope = ?1 ORDER BY key_id")?
+            .query_map(params![scope], |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?;
+        self.connection
+            .prepare_cached(
+                "UPDATE data_key SET wrapped = NULL, erased_us = COALESCE(erased_us, ?2)
+                 WHERE scope = ?1",
+            )?
+            .execute(params![scope, erased_us])?;
+        Ok(ids)
+    }
+
+    fn data_keys(&mut self, after: i64, limit: usize) -> StoreResult<Vec<StoredDataKey>> {
+        Ok(self
+            .connection
+            .prepare_cached(&format!(
+                "{DATA_KEY_COLUMNS} WHERE key_id > ?1 ORDER BY key_id LIMIT ?2"
+            ))?
+            .query_map(params![after, limit as i64], data_key_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn versions_sealed_with(
+        &mut self,
+        key_ids: &[i64],
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        let mut found = Vec::new();
+        for key_id in key_ids {
+            let rows = self
+                .connection
+                .prepare_cached(&format!(
+                    "{SELECT_VERSION} WHERE key_id = ?1 AND seq > ?2 AND deleted = 0
+                     ORDER BY seq LIMIT ?3"
+                ))?
+                .query_map(params![key_id, after_seq, limit as i64], version_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            found.extend(rows);
+        }
+        found.sort_by_key(|record| record.seq);
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()> {
+        let changed = self
+            .connection
+            .prepare_cached("UPDATE resource_versions SET body = ?2, key_id = ?3 WHERE seq = ?1")?
+            .execute(params![seq, body, key_id])?;
+        if changed != 1 {
+            return Err(StoreError::Database(format!(
+                "no version with seq {seq} to reseal"
+            )));
+        }
+        Ok(())
+    }
+
     fn head(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<Head>> {
         let mut statement = self.connection.prepare_cached(
             "SELECT version, deleted, last_updated_us FROM resources WHERE resource_type = ?1 AND id = ?2",
@@ -954,8 +1093,9 @@ impl Tx for SqliteTx<'_> {
         let inserted = self
             .connection
             .prepare_cached(
-                "INSERT INTO resource_versions (resource_type, id, version, last_updated_us, deleted, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO resource_versions
+                 (resource_type, id, version, last_updated_us, deleted, body, key_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 new.resource_type,
@@ -963,7 +1103,8 @@ impl Tx for SqliteTx<'_> {
                 new.version,
                 new.last_updated_us,
                 new.deleted,
-                new.body
+                new.body,
+                new.key_id
             ]);
         match inserted {
             Ok(_) => {}

@@ -4,7 +4,8 @@
 use hygie_store::testing::TestBackend;
 use hygie_store::{
     AuditFacets, AuditQuery, Filter, HistoryQuery, HistoryScope, IndexCell, IndexRow,
-    LeafToIntegrate, NewVersion, SearchSpec, StoreError, StoreExt, StoreResult, Test, Tx,
+    LeafToIntegrate, NewVersion, SearchSpec, StoreError, StoreExt, StoreResult, StoredDataKey,
+    Test, Tx,
 };
 
 type Backend = TestBackend;
@@ -26,6 +27,7 @@ hygie_store::on_both_backends!(
     revocations_are_kept_found_and_lifted,
     break_glass_grants_open_expire_and_close,
     a_long_read_does_not_hold_up_writes,
+    data_keys_are_kept_replaced_rewrapped_and_erased,
 );
 
 fn version<'a>(
@@ -43,6 +45,7 @@ fn version<'a>(
         deleted: false,
         body,
         index: tokens,
+        key_id: None,
     }
 }
 
@@ -1007,4 +1010,155 @@ async fn long_tokens_are_indexed_and_found(backend: Backend) {
         .unwrap();
     assert_eq!(by_code, ["long"]);
     assert_eq!(by_system, ["long"]);
+}
+
+fn data_key(key_id: i64, scope: &str, wrapped: &[u8]) -> StoredDataKey {
+    StoredDataKey {
+        key_id,
+        scope: scope.to_owned(),
+        generation: 1,
+        wrapped: Some(wrapped.to_vec()),
+        is_current: true,
+        created_us: 10,
+        erased_us: None,
+    }
+}
+
+/// The vault's key table: one current key per scope (a second "first" key is refused, as
+/// when two processes race), replaced keys still found by id, rewrapped, erased (the row
+/// stays, without its wrapped form), and the versions each key sealed found again.
+async fn data_keys_are_kept_replaced_rewrapped_and_erased(backend: Backend) {
+    let store = backend.store;
+    let (first, second) = store
+        .run(|tx| {
+            let first = tx.next_data_key_id()?;
+            assert!(tx.put_data_key(&data_key(first, "patient/p", b"w1"), false)?);
+            let second = tx.next_data_key_id()?;
+            assert_ne!(first, second, "key numbers are never handed out twice");
+            assert!(
+                !tx.put_data_key(&data_key(second, "patient/p", b"w2"), false)?,
+                "a scope has one current key"
+            );
+            Ok((first, second))
+        })
+        .await
+        .unwrap();
+    let current = store
+        .run(|tx| tx.current_data_key("patient/p"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current, data_key(first, "patient/p", b"w1"));
+
+    // A new key for the scope (a patient's re-encryption): the old one still opens.
+    let third = store
+        .run(move |tx| {
+            let third = tx.next_data_key_id()?;
+            assert!(third > first && third >= second);
+            assert!(tx.put_data_key(&data_key(third, "patient/p", b"w3"), true)?);
+            tx.put_version(&NewVersion {
+                key_id: Some(first),
+                ..version("Patient", "p", 1, b"sealed-1", &[])
+            })?;
+            tx.put_version(&NewVersion {
+                key_id: Some(third),
+                ..version("Patient", "p", 2, b"sealed-3", &[])
+            })?;
+            tx.put_version(&NewVersion {
+                key_id: Some(third),
+                ..version("Observation", "o", 1, b"obs", &[])
+            })?;
+            let organization = tx.next_data_key_id()?;
+            tx.put_data_key(&data_key(organization, "type/Organization", b"wo"), false)?;
+            Ok(third)
+        })
+        .await
+        .unwrap();
+    let (old, now, all) = store
+        .run(move |tx| {
+            Ok((
+                tx.data_key(first)?.unwrap(),
+                tx.current_data_key("patient/p")?.unwrap(),
+                tx.data_keys(0, 10)?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert!(!old.is_current && old.wrapped.as_deref() == Some(b"w1".as_slice()));
+    assert_eq!(now.key_id, third);
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].key_id < w[1].key_id));
+
+    // Versions sealed with the patient's keys, in write order; a reseal moves one.
+    let sealed = store
+        .run(move |tx| tx.versions_sealed_with(&[first, third], 0, 10))
+        .await
+        .unwrap();
+    let bodies: Vec<&[u8]> = sealed.iter().map(|v| v.body.as_slice()).collect();
+    assert_eq!(bodies, [b"sealed-1".as_slice(), b"sealed-3", b"obs"]);
+    let seq = sealed[0].seq;
+    store
+        .run(move |tx| tx.reseal_version(seq, third, b"resealed"))
+        .await
+        .unwrap();
+    let (under_first, version_1) = store
+        .run(move |tx| {
+            Ok((
+                tx.versions_sealed_with(&[first], 0, 10)?,
+                tx.version("Patient", "p", 1)?.unwrap(),
+            ))
+        })
+        .await
+        .unwrap();
+    assert!(under_first.is_empty());
+    assert_eq!(version_1.body, b"resealed");
+    let missing = store.run(|tx| tx.reseal_version(999_999, 1, b"x")).await;
+    assert!(
+        missing.is_err(),
+        "resealing a version that is not there fails"
+    );
+
+    // Rewrapped, then erased: the rows stay, without their wrapped forms.
+    store
+        .run(move |tx| tx.rewrap_data_key(third, 2, b"w3-gen2"))
+        .await
+        .unwrap();
+    let rewrapped = store
+        .run(move |tx| tx.data_key(third))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rewrapped.generation, rewrapped.wrapped.as_deref()),
+        (2, Some(b"w3-gen2".as_slice()))
+    );
+    let erased = store
+        .run(|tx| tx.erase_data_keys("patient/p", 99))
+        .await
+        .unwrap();
+    assert_eq!(erased, vec![first, third]);
+    let (gone_old, gone_now, other) = store
+        .run(move |tx| {
+            Ok((
+                tx.data_key(first)?.unwrap(),
+                tx.data_key(third)?.unwrap(),
+                tx.current_data_key("type/Organization")?.unwrap(),
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!((gone_old.wrapped, gone_old.erased_us), (None, Some(99)));
+    assert_eq!((gone_now.wrapped, gone_now.erased_us), (None, Some(99)));
+    assert!(other.wrapped.is_some(), "other scopes keep their keys");
+    // An erased key cannot be rewrapped back into use.
+    store
+        .run(move |tx| tx.rewrap_data_key(third, 3, b"revived"))
+        .await
+        .unwrap();
+    let still = store
+        .run(move |tx| tx.data_key(third))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.wrapped, None);
 }

@@ -77,6 +77,7 @@ async fn put(store: &hygie_store::SharedStore, ty: &str, id: &str, index: Vec<In
                 deleted: false,
                 body: b"{}",
                 index: &index,
+                key_id: None,
             })
         })
         .await
@@ -690,6 +691,7 @@ async fn deleted_and_replaced_rows_are_not_found(backend: Backend) {
                 deleted: true,
                 body: b"",
                 index: &[],
+                key_id: None,
             })
         })
         .await

@@ -121,6 +121,7 @@ async fn a_search_past_the_time_limit_is_interrupted_and_the_store_goes_on() {
                     deleted: false,
                     body: b"{}",
                     index: &index,
+                    key_id: None,
                 })?;
             }
             Ok(())
