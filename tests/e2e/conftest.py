@@ -25,6 +25,7 @@ Environment (scripts/test sets both):
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -42,6 +43,13 @@ from hygie_e2e import (  # noqa: F401  (re-exported for tests that import from c
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ("sqlite", "postgres")
+
+# One key file for the whole session, unless a test names its own: a PostgreSQL database is
+# served by several processes (and read by CLI commands run from other directories), which
+# must all hold the keyring it was first encrypted under. A SQLite data directory would
+# otherwise get its own `vault.key` (tests of that default unset this variable).
+_SESSION_KEYS = Path(tempfile.mkdtemp(prefix="hygie-e2e-vault-"))
+os.environ.setdefault("HYGIE_VAULT_KEY_FILE", str(_SESSION_KEYS / "vault.key"))
 
 # Servers of the running test, so that a failing test's report shows their output.
 _live_servers: list[HygieServer] = []

@@ -82,6 +82,13 @@ impl HubError {
                     "the search ran past its time limit ({limit_ms} ms) and was stopped: narrow it (a more selective parameter, a shorter date range)"
                 ),
             ),
+            StoreError::Erased(what) => HubError::new(
+                410,
+                IssueType::Deleted,
+                format!(
+                    "{what} was erased (its data key was destroyed, GDPR Art. 17): it can no longer be read or written"
+                ),
+            ),
             StoreError::Closed => HubError::new(
                 503,
                 IssueType::Transient,

@@ -47,6 +47,7 @@ mod reindex;
 mod resource;
 mod search;
 mod shape;
+pub mod vault;
 
 use std::sync::Arc;
 

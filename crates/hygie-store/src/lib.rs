@@ -70,6 +70,13 @@ pub enum StoreError {
     Panicked(String),
     #[error("{0}")]
     Config(String),
+    /// The data key that sealed it was destroyed (crypto-shredding, GDPR Art. 17).
+    #[error("{0} was erased: its data key was destroyed")]
+    Erased(String),
+    /// Stored data could not be opened or sealed: a corrupted ciphertext, a key missing
+    /// from the key file, a key file that does not belong to this database.
+    #[error("encryption at rest: {0}")]
+    Vault(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -49,5 +49,7 @@ pub mod ggm;
 pub mod keyring;
 mod secret;
 
+pub use aead::DataKey;
 pub use error::VaultError;
+pub use keyring::Keyring;
 pub use secret::Secret;

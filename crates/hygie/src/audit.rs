@@ -84,7 +84,15 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let limits = config::limits(&Default::default(), &file.limits)?;
     let (audit, _) = config::audit_settings(&file)?;
     let settings = config::store_settings(&store_args, &file)?;
-    let store = config::open_store(&settings).await?;
+    // Verifying reads only the audit tables: an auditor needs no key file for it.
+    let store = if matches!(
+        command,
+        AuditCommand::Verify { .. } | AuditCommand::Key { .. }
+    ) {
+        config::open_raw_store(&settings).await?
+    } else {
+        config::open_store(&settings).await?
+    };
     let mut hub_config = config::hub_config(&limits);
     hub_config.audit = audit;
     let hub = Hub::new(store, hub_config);

@@ -21,6 +21,11 @@ pub struct StoreArgs {
     /// TOML settings file.
     #[arg(long, env = "HYGIE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The key file that encrypts the data at rest (made on first start; keep a copy
+    /// apart from the data and its backups) [default: DATA_DIR/vault.key]. The keyring
+    /// itself may instead be given in HYGIE_VAULT_KEY.
+    #[arg(long, env = "HYGIE_VAULT_KEY_FILE", value_name = "FILE")]
+    pub vault_key: Option<PathBuf>,
 }
 
 /// Named limits (DESIGN.md invariant 8). Every one can be set in the file, the
@@ -76,6 +81,21 @@ pub struct FileSettings {
     pub minimize: std::collections::BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub audit: FileAudit,
+    #[serde(default)]
+    pub vault: FileVault,
+}
+
+/// `[vault]`: encryption at rest.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileVault {
+    /// The key file [default: DATA_DIR/vault.key].
+    pub key_file: Option<PathBuf>,
+    /// Unwrapped data keys kept in memory [default: 10000].
+    pub cached_keys: Option<usize>,
+    /// Seconds a cached data key is used before its row is read again: how long an
+    /// erasure made by another process may take to reach this one [default: 5].
+    pub recheck_seconds: Option<u64>,
 }
 
 /// `[audit]`: the audit log's name and how often it is checkpointed.
@@ -391,6 +411,9 @@ pub fn load_file(path: Option<&Path>) -> anyhow::Result<FileSettings> {
 pub struct StoreSettings {
     pub data_dir: PathBuf,
     pub database: Option<String>,
+    /// Where the keyring is read from (and made, on first start).
+    pub vault_key_file: PathBuf,
+    pub vault: hygie_hub::vault::VaultSettings,
     pub sqlite: hygie_store::SqliteOptions,
     pub postgres: hygie_store::PostgresOptions,
 }
@@ -439,20 +462,106 @@ pub fn store_settings(args: &StoreArgs, file: &FileSettings) -> anyhow::Result<S
         sqlite.query_time_limit = std::time::Duration::from_millis(ms);
         postgres.query_time_limit = std::time::Duration::from_millis(ms);
     }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./hygie-data"));
+    let mut vault = hygie_hub::vault::VaultSettings::default();
+    if let Some(cached) = file.vault.cached_keys {
+        if cached == 0 {
+            bail!("vault.cached_keys must be at least 1");
+        }
+        vault.cached_keys = cached;
+    }
+    if let Some(seconds) = file.vault.recheck_seconds {
+        if !(1..=3600).contains(&seconds) {
+            bail!("vault.recheck_seconds must be from 1 to 3600, not {seconds}");
+        }
+        vault.recheck = Duration::from_secs(seconds);
+    }
     Ok(StoreSettings {
-        data_dir: args
-            .data_dir
+        vault_key_file: args
+            .vault_key
             .clone()
-            .or_else(|| file.data_dir.clone())
-            .unwrap_or_else(|| PathBuf::from("./hygie-data")),
+            .or_else(|| file.vault.key_file.clone())
+            .unwrap_or_else(|| data_dir.join("vault.key")),
+        vault,
+        data_dir,
         database: args.database.clone().or_else(|| file.database.clone()),
         sqlite,
         postgres,
     })
 }
 
-/// Opens the store off the async workers (the PostgreSQL client blocks while it connects).
+/// Opens the store with encryption at rest: what every subcommand that reads or writes
+/// resources works on.
 pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<hygie_store::SharedStore> {
+    let raw = open_raw_store(settings).await?;
+    let vault = open_vault(settings, &raw).await?;
+    Ok(vault.seal(raw))
+}
+
+/// The keyring: from `HYGIE_VAULT_KEY`, else the key file, made there on the first start
+/// of a database that has none recorded. A database already bound to a keyring never
+/// gets a new one: a missing or foreign key file stops everything (the data would be
+/// unreadable, or worse, written under keys nobody keeps).
+pub async fn open_vault(
+    settings: &StoreSettings,
+    raw: &hygie_store::SharedStore,
+) -> anyhow::Result<std::sync::Arc<hygie_hub::vault::Vault>> {
+    use hygie_store::StoreExt;
+    let path = settings.vault_key_file.clone();
+    let (keyring, key_file) = match std::env::var("HYGIE_VAULT_KEY") {
+        Ok(text) if !text.trim().is_empty() => (
+            hygie_vault::Keyring::from_text(&text)
+                .map_err(|e| anyhow::anyhow!("HYGIE_VAULT_KEY: {e}"))?,
+            None,
+        ),
+        _ => match hygie_vault::Keyring::load(&path) {
+            Ok(keyring) => (keyring, Some(path)),
+            Err(hygie_vault::VaultError::Missing(_)) => {
+                let bound = raw
+                    .read(|tx| tx.meta_get("vault.installation"))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot read the database: {e}"))?;
+                if let Some(installation) = bound {
+                    bail!(
+                        "the key file {} is missing, and this database's data is encrypted under the keyring of installation {installation}: put that key file back (from where you keep its copy, never from the data's backups), or point --vault-key at it; nothing was changed",
+                        path.display()
+                    );
+                }
+                let keyring = hygie_vault::Keyring::generate(
+                    &uuid::Uuid::new_v4().to_string(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_micros() as i64)
+                        .unwrap_or(0),
+                );
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create {}", parent.display()))?;
+                }
+                keyring
+                    .save(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot write the new key file: {e}"))?;
+                tracing::warn!(
+                    key_file = %path.display(),
+                    "made a new key file for encryption at rest: keep a copy of it apart from the data and from its backups (whoever holds both can read them), and move it off this disk in production"
+                );
+                (keyring, Some(path))
+            }
+            Err(error) => bail!("{error}"),
+        },
+    };
+    hygie_hub::vault::Vault::attach(raw, keyring, key_file, settings.vault.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))
+}
+
+/// Opens the store off the async workers (the PostgreSQL client blocks while it connects),
+/// without encryption: for what reads no resource (`audit verify`).
+pub async fn open_raw_store(settings: &StoreSettings) -> anyhow::Result<hygie_store::SharedStore> {
     let settings = settings.clone();
     tokio::task::spawn_blocking(move || {
         hygie_store::open(

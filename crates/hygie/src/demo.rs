@@ -62,6 +62,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         data_dir: Some(data_dir.clone()),
         database: None,
         config: None,
+        vault_key: None,
     };
     let settings = config::store_settings(&store_args, &config::FileSettings::default())?;
     let store = config::open_store(&settings).await?;

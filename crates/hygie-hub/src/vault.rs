@@ -1,0 +1,671 @@
+//! Encryption at rest: every stored resource version is sealed (XChaCha20-Poly1305,
+//! `hygie-vault`) with a data key: its patient's for a resource in a patient's
+//! compartment, its type's for the rest. Data keys are stored wrapped under the key
+//! file's slot keys (the key file never enters the database or its backups); erasing a
+//! patient destroys their keys, in the database and, by puncturing their slots, in the
+//! key file, so that no copy of their data can be opened again.
+//!
+//! The vault sits between the hub and the store ([`SealedStore`]): every unit of work
+//! sees a [`Tx`] that seals what it writes and opens what it reads, so no code path of
+//! the hub can write a body in clear or forget to open one. The associated data of each
+//! seal is the version's `type/id/_history/version`: a sealed body moved to another row
+//! does not open.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hygie_store::{
+    BoxFuture, BoxedUnit, Filter, Head, HistoryQuery, IndexCell, IndexRow, NewVersion, SearchHit,
+    SearchSpec, SharedStore, Store, StoreError, StoreExt, StoreResult, StoredDataKey, Tx,
+    VersionRecord,
+};
+use hygie_vault::{DataKey, Keyring, VaultError, aead};
+
+/// How the vault keeps unwrapped data keys in memory.
+#[derive(Debug, Clone)]
+pub struct VaultSettings {
+    /// Unwrapped data keys kept in memory, the oldest dropped first.
+    pub cached_keys: usize,
+    /// How long a cached key is used before its row is read again: an erasure made by
+    /// another process (the CLI, another hub node) takes effect within this time; one
+    /// made through this process, at once.
+    pub recheck: Duration,
+}
+
+impl Default for VaultSettings {
+    fn default() -> VaultSettings {
+        VaultSettings {
+            cached_keys: 10_000,
+            recheck: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The keyring and the data keys in use.
+pub struct Vault {
+    keyring: RwLock<Arc<Keyring>>,
+    /// Where the keyring was read from, to read it again after a rotation made by
+    /// another process (`None`: from the environment).
+    key_file: Option<PathBuf>,
+    cache: Mutex<KeyCache>,
+    settings: VaultSettings,
+}
+
+struct CachedKey {
+    key: Arc<DataKey>,
+    checked: Instant,
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<i64, CachedKey>,
+    /// Insertion order, for eviction.
+    order: VecDeque<i64>,
+}
+
+/// Meta keys recording which keyring the database belongs to.
+const INSTALLATION_META: &str = "vault.installation";
+fn check_meta(generation: u32) -> String {
+    format!("vault.check.{generation}")
+}
+
+/// The associated data of a version's seal.
+pub(crate) fn version_aad(resource_type: &str, id: &str, version: i64) -> String {
+    format!("{resource_type}/{id}/_history/{version}")
+}
+
+/// The scope of a version's data key: its patient's when it is in a patient's
+/// compartment (the first compartment parameter, in the definition's order, that
+/// references a Patient), else its type's.
+pub(crate) fn scope_of(resource_type: &str, id: &str, index: &[IndexRow]) -> String {
+    if resource_type == "Patient" {
+        return format!("patient/{id}");
+    }
+    if let Some(params) = crate::search::patient_compartment().get(resource_type) {
+        for param in params {
+            for row in index.iter().filter(|row| &row.param == param) {
+                if let IndexCell::Reference {
+                    target_type,
+                    target_id,
+                    ..
+                } = &row.cell
+                    && target_type == "Patient"
+                    && !target_id.is_empty()
+                {
+                    return format!("patient/{target_id}");
+                }
+            }
+        }
+    }
+    format!("type/{resource_type}")
+}
+
+fn vault_error(error: VaultError) -> StoreError {
+    match error {
+        VaultError::Erased { slot } => StoreError::Erased(format!("data sealed with key {slot}")),
+        other => StoreError::Vault(other.to_string()),
+    }
+}
+
+impl Vault {
+    /// Binds `keyring` to the database behind `store`: a database seen for the first
+    /// time records the keyring's installation and check values; one seen before must
+    /// have been written under this very keyring, or nothing is served.
+    pub async fn attach(
+        store: &SharedStore,
+        keyring: Keyring,
+        key_file: Option<PathBuf>,
+        settings: VaultSettings,
+    ) -> StoreResult<Arc<Vault>> {
+        let installation = keyring.installation().to_owned();
+        let mut checks = Vec::new();
+        for generation in keyring.generation_ids() {
+            checks.push((
+                generation,
+                keyring.check_value(generation).map_err(vault_error)?,
+            ));
+        }
+        store
+            .run(move |tx| {
+                match tx.meta_get(INSTALLATION_META)? {
+                    None => tx.meta_set(INSTALLATION_META, &installation)?,
+                    Some(recorded) if recorded != installation => {
+                        return Err(StoreError::Vault(format!(
+                            "the key file belongs to installation {installation}, but this database to {recorded}: give the key file of this database (see vault.key_file)"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+                for (generation, check) in &checks {
+                    match tx.meta_get(&check_meta(*generation))? {
+                        None => tx.meta_set(&check_meta(*generation), check)?,
+                        Some(recorded) if &recorded != check => {
+                            return Err(StoreError::Vault(format!(
+                                "generation {generation} of the key file is not the one this database's keys were wrapped under (check value {check}, expected {recorded}): wrong or damaged key file"
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(Arc::new(Vault {
+            keyring: RwLock::new(Arc::new(keyring)),
+            key_file,
+            cache: Mutex::new(KeyCache::default()),
+            settings,
+        }))
+    }
+
+    /// `store`, sealing and opening through this vault.
+    pub fn seal(self: &Arc<Self>, store: SharedStore) -> SharedStore {
+        Arc::new(SealedStore {
+            inner: store,
+            vault: self.clone(),
+        })
+    }
+
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring.read().expect("keyring lock").clone()
+    }
+
+    /// Replaces the keyring (after a rotation or an erasure made through this process).
+    pub fn replace_keyring(&self, keyring: Keyring) {
+        *self.keyring.write().expect("keyring lock") = Arc::new(keyring);
+    }
+
+    /// Forgets the cached keys `key_ids` (an erasure made through this process).
+    pub fn forget(&self, key_ids: &[i64]) {
+        let mut cache = self.cache.lock().expect("key cache lock");
+        for key_id in key_ids {
+            cache.keys.remove(key_id);
+        }
+    }
+
+    fn cached(&self, key_id: i64) -> Option<Arc<DataKey>> {
+        let cache = self.cache.lock().expect("key cache lock");
+        cache
+            .keys
+            .get(&key_id)
+            .filter(|cached| cached.checked.elapsed() < self.settings.recheck)
+            .map(|cached| cached.key.clone())
+    }
+
+    fn remember(&self, key_id: i64, key: Arc<DataKey>) {
+        let mut cache = self.cache.lock().expect("key cache lock");
+        if cache
+            .keys
+            .insert(
+                key_id,
+                CachedKey {
+                    key,
+                    checked: Instant::now(),
+                },
+            )
+            .is_none()
+        {
+            cache.order.push_back(key_id);
+        }
+        while cache.keys.len() > self.settings.cached_keys.max(1) {
+            match cache.order.pop_front() {
+                Some(oldest) => {
+                    cache.keys.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Unwraps a stored key, reading the key file again once if it names a generation
+    /// this process has not seen (a rotation made by another process).
+    fn unwrap(&self, stored: &StoredDataKey) -> StoreResult<DataKey> {
+        let wrapped = stored
+            .wrapped
+            .as_deref()
+            .ok_or_else(|| StoreError::Erased(format!("data of {}", stored.scope)))?;
+        let generation = u32::try_from(stored.generation).map_err(|_| {
+            StoreError::Vault(format!("generation {} out of range", stored.generation))
+        })?;
+        let slot = stored.key_id as u64;
+        let attempt =
+            |keyring: &Keyring| keyring.unwrap(generation, slot, wrapped, stored.scope.as_bytes());
+        match attempt(&self.keyring()) {
+            Err(VaultError::UnknownGeneration(_)) if self.key_file.is_some() => {
+                let path = self.key_file.as_ref().expect("checked");
+                let reloaded = Keyring::load(path).map_err(vault_error)?;
+                let key = attempt(&reloaded).map_err(vault_error)?;
+                self.replace_keyring(reloaded);
+                Ok(key)
+            }
+            other => other.map_err(|error| match error {
+                VaultError::Erased { .. } => {
+                    StoreError::Erased(format!("data of {}", stored.scope))
+                }
+                other => vault_error(other),
+            }),
+        }
+    }
+
+    /// A new data key for `scope`, wrapped under the active generation, at a slot the
+    /// key file has not erased.
+    fn new_key(&self, tx: &mut dyn Tx, scope: &str) -> StoreResult<(StoredDataKey, DataKey)> {
+        let keyring = self.keyring();
+        let mut key_id = tx.next_data_key_id()?;
+        while keyring.is_erased(key_id as u64) {
+            key_id = tx.next_data_key_id()?;
+            if tx.data_key(key_id)?.is_some() {
+                return Err(StoreError::Vault(format!(
+                    "key number {key_id} is taken: the data_key table and the key file disagree"
+                )));
+            }
+        }
+        let key = DataKey::generate();
+        let generation = keyring.active_generation();
+        let wrapped = keyring
+            .wrap(generation, key_id as u64, &key, scope.as_bytes())
+            .map_err(vault_error)?;
+        Ok((
+            StoredDataKey {
+                key_id,
+                scope: scope.to_owned(),
+                generation: i64::from(generation),
+                wrapped: Some(wrapped),
+                is_current: true,
+                created_us: now_us(),
+                erased_us: None,
+            },
+            key,
+        ))
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A store whose units see a [`SealedTx`].
+pub struct SealedStore {
+    inner: SharedStore,
+    vault: Arc<Vault>,
+}
+
+impl SealedStore {
+    fn wrap_unit(&self, unit: BoxedUnit) -> BoxedUnit {
+        let vault = self.vault.clone();
+        Box::new(move |tx| {
+            unit(&mut SealedTx {
+                inner: tx,
+                vault: &vault,
+                scope_keys: HashMap::new(),
+            })
+        })
+    }
+}
+
+impl Store for SealedStore {
+    fn run_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn std::any::Any + Send>>> {
+        self.inner.run_boxed(self.wrap_unit(unit))
+    }
+
+    fn read_boxed(&self, unit: BoxedUnit) -> BoxFuture<StoreResult<Box<dyn std::any::Any + Send>>> {
+        self.inner.read_boxed(self.wrap_unit(unit))
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn close(&self) -> BoxFuture<()> {
+        self.inner.close()
+    }
+}
+
+/// A unit's transaction, sealing and opening bodies.
+pub struct SealedTx<'a> {
+    inner: &'a mut dyn Tx,
+    vault: &'a Vault,
+    /// The current key of each scope this unit sealed with (a bulk load seals many
+    /// versions of one patient): read once per unit, so that a key replaced or erased by
+    /// another unit is seen by the next unit.
+    scope_keys: HashMap<String, (i64, Arc<DataKey>)>,
+}
+
+impl SealedTx<'_> {
+    /// The key `key_id`, from the cache or unwrapped from its row.
+    fn key(&mut self, key_id: i64) -> StoreResult<Arc<DataKey>> {
+        if let Some(key) = self.vault.cached(key_id) {
+            return Ok(key);
+        }
+        let stored = self
+            .inner
+            .data_key(key_id)?
+            .ok_or_else(|| StoreError::Vault(format!("no data key {key_id} in the database")))?;
+        if stored.wrapped.is_none() {
+            self.vault.forget(&[key_id]);
+        }
+        let key = Arc::new(self.vault.unwrap(&stored)?);
+        self.vault.remember(key_id, key.clone());
+        Ok(key)
+    }
+
+    /// The current key of `scope`, made on first use. An erased scope takes no new data.
+    fn current_key(&mut self, scope: &str) -> StoreResult<(i64, Arc<DataKey>)> {
+        if let Some(found) = self.scope_keys.get(scope) {
+            return Ok(found.clone());
+        }
+        let found = match self.inner.current_data_key(scope)? {
+            Some(stored) if stored.wrapped.is_none() => {
+                return Err(StoreError::Erased(scope.to_owned()));
+            }
+            Some(stored) => (stored.key_id, self.key(stored.key_id)?),
+            None => {
+                let (stored, key) = self.vault.new_key(&mut *self.inner, scope)?;
+                if self.inner.put_data_key(&stored, false)? {
+                    let key = Arc::new(key);
+                    self.vault.remember(stored.key_id, key.clone());
+                    (stored.key_id, key)
+                } else {
+                    // Another process made the scope's key first: use theirs.
+                    let theirs = self.inner.current_data_key(scope)?.ok_or_else(|| {
+                        StoreError::Vault(format!("the data key of {scope} vanished"))
+                    })?;
+                    (theirs.key_id, self.key(theirs.key_id)?)
+                }
+            }
+        };
+        self.scope_keys.insert(scope.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    /// Opens a version's body. A body written before encryption was turned on (not
+    /// sealed) is returned as it is; tombstones have none.
+    fn open(&mut self, mut record: VersionRecord) -> StoreResult<VersionRecord> {
+        if record.body.is_empty() || !aead::is_sealed(&record.body) {
+            return Ok(record);
+        }
+        let key_id = aead::sealed_key_id(&record.body).map_err(vault_error)?;
+        let key = self.key(key_id).map_err(|error| match error {
+            StoreError::Erased(_) => {
+                StoreError::Erased(format!("{}/{}", record.resource_type, record.id))
+            }
+            other => other,
+        })?;
+        let aad = version_aad(&record.resource_type, &record.id, record.version);
+        record.body = aead::open(&key, aad.as_bytes(), &record.body).map_err(|error| {
+            StoreError::Vault(format!(
+                "{}/{} version {}: {error}",
+                record.resource_type, record.id, record.version
+            ))
+        })?;
+        Ok(record)
+    }
+
+    /// Opens every record; the erased ones are left out (their patient's data is gone).
+    fn open_all(&mut self, records: Vec<VersionRecord>) -> StoreResult<Vec<VersionRecord>> {
+        let mut opened = Vec::with_capacity(records.len());
+        for record in records {
+            match self.open(record) {
+                Ok(record) => opened.push(record),
+                Err(StoreError::Erased(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(opened)
+    }
+}
+
+impl Tx for SealedTx<'_> {
+    fn head(&mut self, t: &str, id: &str) -> StoreResult<Option<Head>> {
+        self.inner.head(t, id)
+    }
+    fn current(&mut self, t: &str, id: &str) -> StoreResult<Option<VersionRecord>> {
+        let record = self.inner.current(t, id)?;
+        record.map(|record| self.open(record)).transpose()
+    }
+    fn version(&mut self, t: &str, id: &str, v: i64) -> StoreResult<Option<VersionRecord>> {
+        let record = self.inner.version(t, id, v)?;
+        record.map(|record| self.open(record)).transpose()
+    }
+    fn put_version(&mut self, v: &NewVersion<'_>) -> StoreResult<()> {
+        if v.deleted || v.body.is_empty() {
+            return self.inner.put_version(v);
+        }
+        let scope = scope_of(v.resource_type, v.id, v.index);
+        let (key_id, key) = self.current_key(&scope)?;
+        let sealed = aead::seal(
+            &key,
+            key_id,
+            version_aad(v.resource_type, v.id, v.version).as_bytes(),
+            v.body,
+        );
+        self.inner.put_version(&NewVersion {
+            body: &sealed,
+            key_id: Some(key_id),
+            ..v.clone()
+        })
+    }
+    fn history(&mut self, q: &HistoryQuery) -> StoreResult<Vec<VersionRecord>> {
+        let records = self.inner.history(q)?;
+        self.open_all(records)
+    }
+    fn max_seq(&mut self) -> StoreResult<i64> {
+        self.inner.max_seq()
+    }
+    fn search(&mut self, s: &SearchSpec) -> StoreResult<Vec<SearchHit>> {
+        self.inner.search(s)
+    }
+    fn count(&mut self, t: &str, f: &[Filter]) -> StoreResult<u64> {
+        self.inner.count(t, f)
+    }
+    fn references_from(
+        &mut self,
+        t: &str,
+        ids: &[String],
+        p: Option<&str>,
+        l: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        self.inner.references_from(t, ids, p, l)
+    }
+    fn references_to(
+        &mut self,
+        s: &str,
+        p: Option<&str>,
+        t: &str,
+        ids: &[String],
+        l: usize,
+    ) -> StoreResult<Vec<String>> {
+        self.inner.references_to(s, p, t, ids, l)
+    }
+    fn current_many(&mut self, t: &str, ids: &[String]) -> StoreResult<Vec<VersionRecord>> {
+        let records = self.inner.current_many(t, ids)?;
+        self.open_all(records)
+    }
+    fn compartment(
+        &mut self,
+        t: &str,
+        id: &str,
+        m: &[(String, Vec<String>)],
+        a: Option<(&str, &str)>,
+        l: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        self.inner.compartment(t, id, m, a, l)
+    }
+    fn scan_current(
+        &mut self,
+        a: Option<(&str, &str)>,
+        l: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        let records = self.inner.scan_current(a, l)?;
+        self.open_all(records)
+    }
+    fn replace_index(&mut self, t: &str, id: &str, rows: &[IndexRow]) -> StoreResult<()> {
+        self.inner.replace_index(t, id, rows)
+    }
+    fn refresh_statistics(&mut self) -> StoreResult<()> {
+        self.inner.refresh_statistics()
+    }
+    fn data_key(&mut self, key_id: i64) -> StoreResult<Option<StoredDataKey>> {
+        self.inner.data_key(key_id)
+    }
+    fn current_data_key(&mut self, scope: &str) -> StoreResult<Option<StoredDataKey>> {
+        self.inner.current_data_key(scope)
+    }
+    fn next_data_key_id(&mut self) -> StoreResult<i64> {
+        self.inner.next_data_key_id()
+    }
+    fn put_data_key(&mut self, key: &StoredDataKey, replace: bool) -> StoreResult<bool> {
+        self.inner.put_data_key(key, replace)
+    }
+    fn rewrap_data_key(&mut self, key_id: i64, generation: i64, wrapped: &[u8]) -> StoreResult<()> {
+        self.inner.rewrap_data_key(key_id, generation, wrapped)
+    }
+    fn erase_data_keys(&mut self, scope: &str, erased_us: i64) -> StoreResult<Vec<i64>> {
+        self.inner.erase_data_keys(scope, erased_us)
+    }
+    fn data_keys(&mut self, after: i64, limit: usize) -> StoreResult<Vec<StoredDataKey>> {
+        self.inner.data_keys(after, limit)
+    }
+    fn versions_sealed_with(
+        &mut self,
+        key_ids: &[i64],
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        self.inner.versions_sealed_with(key_ids, after_seq, limit)
+    }
+    fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()> {
+        self.inner.reseal_version(seq, key_id, body)
+    }
+    fn meta_get(&mut self, k: &str) -> StoreResult<Option<String>> {
+        self.inner.meta_get(k)
+    }
+    fn meta_set(&mut self, k: &str, v: &str) -> StoreResult<()> {
+        self.inner.meta_set(k, v)
+    }
+    fn revoke(&mut self, k: &str, v: &str, at: i64, why: &str) -> StoreResult<()> {
+        self.inner.revoke(k, v, at, why)
+    }
+    fn lift_revocation(&mut self, k: &str, v: &str) -> StoreResult<bool> {
+        self.inner.lift_revocation(k, v)
+    }
+    fn revocation(&mut self, jti: Option<&str>, subject: &str) -> StoreResult<Option<String>> {
+        self.inner.revocation(jti, subject)
+    }
+    fn referenced_through(
+        &mut self,
+        t: &str,
+        id: &str,
+        params: &[String],
+        target: &str,
+    ) -> StoreResult<Vec<String>> {
+        self.inner.referenced_through(t, id, params, target)
+    }
+    fn open_break_glass(&mut self, grant: &hygie_store::NewBreakGlass<'_>) -> StoreResult<i64> {
+        self.inner.open_break_glass(grant)
+    }
+    fn break_glass_patients(&mut self, subject: &str, now: i64) -> StoreResult<Vec<String>> {
+        self.inner.break_glass_patients(subject, now)
+    }
+    fn break_glass_grants(
+        &mut self,
+        all: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<hygie_store::BreakGlassGrant>> {
+        self.inner.break_glass_grants(all, limit)
+    }
+    fn close_break_glass(&mut self, id: i64, by: &str, review: &str, at: i64) -> StoreResult<bool> {
+        self.inner.close_break_glass(id, by, review, at)
+    }
+    fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64> {
+        self.inner.append_audit(recorded_us, leaf)
+    }
+    fn append_audit_indexed(
+        &mut self,
+        recorded_us: i64,
+        leaf: &[u8],
+        leaf_hash: &[u8; 32],
+        facets: &hygie_store::AuditFacets,
+    ) -> StoreResult<i64> {
+        self.inner
+            .append_audit_indexed(recorded_us, leaf, leaf_hash, facets)
+    }
+    fn search_audit(
+        &mut self,
+        query: &hygie_store::AuditQuery,
+    ) -> StoreResult<Vec<hygie_store::AuditHit>> {
+        self.inner.search_audit(query)
+    }
+    fn audit_event(&mut self, number: i64) -> StoreResult<Option<hygie_store::AuditHit>> {
+        self.inner.audit_event(number)
+    }
+    fn prune_audit_leaves(
+        &mut self,
+        leaves: &[(i64, hygie_store::AuditFacets)],
+    ) -> StoreResult<()> {
+        self.inner.prune_audit_leaves(leaves)
+    }
+    fn audit_leaves(&mut self, f: i64, l: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        self.inner.audit_leaves(f, l)
+    }
+    fn integrate_audit_leaves(
+        &mut self,
+        n: i64,
+        l: usize,
+    ) -> StoreResult<Vec<(i64, hygie_store::LeafToIntegrate)>> {
+        self.inner.integrate_audit_leaves(n, l)
+    }
+    fn audit_tree_leaves(&mut self, f: i64, l: usize) -> StoreResult<Vec<(i64, Option<Vec<u8>>)>> {
+        self.inner.audit_tree_leaves(f, l)
+    }
+    fn audit_nodes(&mut self, ids: &[(u32, i64)]) -> StoreResult<Vec<Option<[u8; 32]>>> {
+        self.inner.audit_nodes(ids)
+    }
+    fn audit_node_range(
+        &mut self,
+        level: u32,
+        f: i64,
+        t: i64,
+    ) -> StoreResult<Vec<(i64, [u8; 32])>> {
+        self.inner.audit_node_range(level, f, t)
+    }
+    fn put_audit_nodes(&mut self, nodes: &[(u32, i64, [u8; 32])]) -> StoreResult<()> {
+        self.inner.put_audit_nodes(nodes)
+    }
+    fn put_audit_checkpoint(&mut self, c: &hygie_store::StoredCheckpoint) -> StoreResult<()> {
+        self.inner.put_audit_checkpoint(c)
+    }
+    fn audit_checkpoints(
+        &mut self,
+        f: i64,
+        l: usize,
+    ) -> StoreResult<Vec<hygie_store::StoredCheckpoint>> {
+        self.inner.audit_checkpoints(f, l)
+    }
+    fn latest_audit_checkpoint(&mut self) -> StoreResult<Option<hygie_store::StoredCheckpoint>> {
+        self.inner.latest_audit_checkpoint()
+    }
+    fn put_audit_cosignature(&mut self, s: i64, w: &str, n: &str, at: i64) -> StoreResult<()> {
+        self.inner.put_audit_cosignature(s, w, n, at)
+    }
+    fn pending_audit_leaves(&mut self, size: i64) -> StoreResult<i64> {
+        self.inner.pending_audit_leaves(size)
+    }
+    fn lock(&mut self, key: &str) -> StoreResult<()> {
+        self.inner.lock(key)
+    }
+    fn savepoint(&mut self) -> StoreResult<()> {
+        self.inner.savepoint()
+    }
+    fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        self.inner.rollback_to_savepoint()
+    }
+    fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.inner.release_savepoint()
+    }
+}

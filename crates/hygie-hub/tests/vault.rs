@@ -1,0 +1,251 @@
+//! Encryption at rest through the hub (`hygie_hub::vault`), on both backends: what is
+//! stored is sealed, what is read is opened; a sealed body moved to another row, a
+//! corrupted one, and a foreign keyring are refused; an erased patient's data reads as
+//! gone while everyone else's stays; two units racing to make a patient's first key end
+//! with one key.
+
+use std::sync::Arc;
+
+use hygie_hub::vault::{Vault, VaultSettings};
+use hygie_hub::{Caller, Hub, HubConfig};
+use hygie_policy::Principal;
+use hygie_store::testing::TestBackend;
+use hygie_store::{SharedStore, StoreError, StoreExt};
+use hygie_vault::{Keyring, aead};
+use serde_json::{Value, json};
+
+hygie_store::on_both_backends!(
+    bodies_are_sealed_at_rest_and_opened_on_read,
+    a_moved_or_corrupted_body_is_refused,
+    an_erased_patient_reads_as_gone_and_others_do_not,
+    a_foreign_keyring_is_refused,
+    racing_units_share_one_patient_key,
+);
+
+async fn sealed(backend: &TestBackend, keyring: Keyring) -> (Hub, Arc<Vault>) {
+    let vault = Vault::attach(&backend.store, keyring, None, VaultSettings::default())
+        .await
+        .expect("the vault attaches");
+    let hub = Hub::new(vault.seal(backend.store.clone()), HubConfig::default());
+    (hub, vault)
+}
+
+fn operator() -> Caller {
+    Caller::new(Principal::development(), "vault-test")
+}
+
+async fn create(hub: &Hub, resource: Value) -> String {
+    let ty = resource["resourceType"].as_str().unwrap().to_owned();
+    hub.create(&operator(), &ty, resource, None)
+        .await
+        .expect("created")
+        .stored
+        .id
+}
+
+/// The stored bytes of a version, read past the vault.
+async fn raw_body(store: &SharedStore, ty: &str, id: &str, version: i64) -> Vec<u8> {
+    let (ty, id) = (ty.to_owned(), id.to_owned());
+    store
+        .run(move |tx| tx.version(&ty, &id, version))
+        .await
+        .unwrap()
+        .expect("the version is stored")
+        .body
+}
+
+fn patient(family: &str) -> Value {
+    json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Zoé"]}],
+           "birthDate": "1971-03-04", "telecom": [{"system": "phone", "value": "+33 6 12 34 56 78"}]})
+}
+
+fn observation(patient_id: &str) -> Value {
+    json!({"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]},
+           "subject": {"reference": format!("Patient/{patient_id}"), "display": "Zoé Dupontel"},
+           "valueQuantity": {"value": 6.3, "unit": "mmol/L"}})
+}
+
+async fn bodies_are_sealed_at_rest_and_opened_on_read(backend: TestBackend) {
+    let (hub, _) = sealed(&backend, Keyring::generate("test-installation", 1)).await;
+    let patient_id = create(&hub, patient("Dupontel")).await;
+    let observation_id = create(&hub, observation(&patient_id)).await;
+    let organization_id = create(
+        &hub,
+        json!({"resourceType": "Organization", "name": "CHU Nord"}),
+    )
+    .await;
+
+    for (ty, id, secret) in [
+        ("Patient", &patient_id, "Dupontel"),
+        ("Observation", &observation_id, "Dupontel"),
+        ("Organization", &organization_id, "CHU Nord"),
+    ] {
+        let stored = raw_body(&backend.store, ty, id, 1).await;
+        assert!(aead::is_sealed(&stored), "{ty} is stored sealed");
+        assert!(
+            !String::from_utf8_lossy(&stored).contains(secret),
+            "{ty}'s stored bytes hold {secret}"
+        );
+        let read = hub.read(&operator(), ty, id).await.expect("read back");
+        assert!(String::from_utf8_lossy(&read.body).contains(secret));
+    }
+    // The patient's resources share the patient's key; the organization has its type's.
+    let key_of = |body: &[u8]| aead::sealed_key_id(body).unwrap();
+    let patient_key = key_of(&raw_body(&backend.store, "Patient", &patient_id, 1).await);
+    let observation_key =
+        key_of(&raw_body(&backend.store, "Observation", &observation_id, 1).await);
+    let organization_key =
+        key_of(&raw_body(&backend.store, "Organization", &organization_id, 1).await);
+    assert_eq!(patient_key, observation_key);
+    assert_ne!(patient_key, organization_key);
+    let scopes = backend
+        .store
+        .run(|tx| tx.data_keys(0, 10))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|key| key.scope)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        scopes,
+        vec![
+            format!("patient/{patient_id}"),
+            "type/Organization".to_owned()
+        ]
+    );
+}
+
+async fn a_moved_or_corrupted_body_is_refused(backend: TestBackend) {
+    let (hub, _) = sealed(&backend, Keyring::generate("test-installation", 1)).await;
+    let first = create(&hub, patient("Alpha")).await;
+    let second = create(&hub, patient("Beta")).await;
+    // Someone with write access to the database copies Alpha's sealed body onto Beta's row.
+    let alpha = raw_body(&backend.store, "Patient", &first, 1).await;
+    let target = second.clone();
+    backend
+        .store
+        .run(move |tx| {
+            let seq = tx.version("Patient", &target, 1)?.unwrap().seq;
+            tx.reseal_version(seq, aead::sealed_key_id(&alpha).unwrap(), &alpha)
+        })
+        .await
+        .unwrap();
+    let moved = hub.read(&operator(), "Patient", &second).await;
+    assert_eq!(moved.expect_err("a moved body must not open").status, 500);
+    // One flipped byte in the ciphertext.
+    let mut damaged = raw_body(&backend.store, "Patient", &first, 1).await;
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x01;
+    let target = first.clone();
+    backend
+        .store
+        .run(move |tx| {
+            let seq = tx.version("Patient", &target, 1)?.unwrap().seq;
+            tx.reseal_version(seq, aead::sealed_key_id(&damaged).unwrap(), &damaged)
+        })
+        .await
+        .unwrap();
+    let corrupted = hub.read(&operator(), "Patient", &first).await;
+    assert_eq!(
+        corrupted
+            .expect_err("a corrupted body must not open")
+            .status,
+        500
+    );
+}
+
+async fn an_erased_patient_reads_as_gone_and_others_do_not(backend: TestBackend) {
+    let mut keyring = Keyring::generate("test-installation", 1);
+    let (hub, _) = sealed(&backend, keyring.clone()).await;
+    let erased = create(&hub, patient("Erased")).await;
+    let observation_id = create(&hub, observation(&erased)).await;
+    let kept = create(&hub, patient("Kept")).await;
+    // The key destroyed in the database and its slot punctured in the key file.
+    let scope = format!("patient/{erased}");
+    let key_ids = backend
+        .store
+        .run(move |tx| tx.erase_data_keys(&scope, 1))
+        .await
+        .unwrap();
+    for key_id in &key_ids {
+        keyring.puncture(*key_id as u64).unwrap();
+    }
+    // A process started after the erasure (no key in memory).
+    let (after, _) = sealed(&backend, keyring).await;
+    for (ty, id) in [("Patient", &erased), ("Observation", &observation_id)] {
+        let gone = after.read(&operator(), ty, id).await;
+        assert_eq!(
+            gone.expect_err("erased data must not be read").status,
+            410,
+            "{ty}"
+        );
+    }
+    after
+        .read(&operator(), "Patient", &kept)
+        .await
+        .expect("another patient's data is untouched");
+    // Writing into the erased patient's compartment is refused too.
+    let refused = after
+        .create(&operator(), "Observation", observation(&erased), None)
+        .await;
+    assert_eq!(
+        refused.expect_err("no new data under an erased key").status,
+        410
+    );
+}
+
+async fn a_foreign_keyring_is_refused(backend: TestBackend) {
+    let (hub, _) = sealed(&backend, Keyring::generate("installation-a", 1)).await;
+    create(&hub, patient("Alpha")).await;
+    let foreign = Vault::attach(
+        &backend.store,
+        Keyring::generate("installation-b", 1),
+        None,
+        VaultSettings::default(),
+    )
+    .await;
+    match foreign {
+        Err(StoreError::Vault(message)) => assert!(
+            message.contains("installation-a") && message.contains("installation-b"),
+            "{message}"
+        ),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a keyring of another installation was accepted"),
+    }
+    // Same installation name, other keys (a regenerated file): the check value differs.
+    let forged = Vault::attach(
+        &backend.store,
+        Keyring::generate("installation-a", 1),
+        None,
+        VaultSettings::default(),
+    )
+    .await;
+    assert!(
+        matches!(forged, Err(StoreError::Vault(ref m)) if m.contains("wrong or damaged key file")),
+        "a regenerated key file was accepted"
+    );
+}
+
+async fn racing_units_share_one_patient_key(backend: TestBackend) {
+    let (hub, _) = sealed(&backend, Keyring::generate("test-installation", 1)).await;
+    let patient_id = create(&hub, patient("Racing")).await;
+    // Erase nothing; forget the key row so that the next writes must make one, all at once.
+    let scope = format!("patient/{patient_id}");
+    let hub = Arc::new(hub);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let hub = hub.clone();
+        let other = format!("{patient_id}-sibling");
+        tasks.push(tokio::spawn(async move {
+            create(&hub, observation(&other)).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let keys = backend.store.run(|tx| tx.data_keys(0, 100)).await.unwrap();
+    let sibling = format!("patient/{patient_id}-sibling");
+    assert_eq!(keys.iter().filter(|k| k.scope == sibling).count(), 1);
+    assert_eq!(keys.iter().filter(|k| k.scope == scope).count(), 1);
+}
