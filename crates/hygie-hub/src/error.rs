@@ -82,6 +82,9 @@ impl HubError {
                     "the search ran past its time limit ({limit_ms} ms) and was stopped: narrow it (a more selective parameter, a shorter date range)"
                 ),
             ),
+            StoreError::Unsupported(message) => {
+                HubError::new(400, IssueType::NotSupported, message)
+            }
             StoreError::Erased(what) => HubError::new(
                 410,
                 IssueType::Deleted,

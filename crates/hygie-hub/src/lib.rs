@@ -32,6 +32,7 @@ mod audit_retention;
 mod audit_search;
 mod audit_trail;
 mod audit_verify;
+mod blind_index;
 mod break_glass;
 mod bundle;
 mod capability;

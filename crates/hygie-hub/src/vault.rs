@@ -23,6 +23,8 @@ use hygie_store::{
 };
 use hygie_vault::{DataKey, Keyring, VaultError, aead};
 
+use crate::blind_index;
+
 /// How the vault keeps unwrapped data keys in memory.
 #[derive(Debug, Clone)]
 pub struct VaultSettings {
@@ -444,9 +446,12 @@ impl Tx for SealedTx<'_> {
             version_aad(v.resource_type, v.id, v.version).as_bytes(),
             v.body,
         );
+        let keyring = self.vault.keyring();
+        let index = blind_index::blind_rows(keyring.index_key(), v.resource_type, v.index);
         self.inner.put_version(&NewVersion {
             body: &sealed,
             key_id: Some(key_id),
+            index: &index,
             ..v.clone()
         })
     }
@@ -458,10 +463,38 @@ impl Tx for SealedTx<'_> {
         self.inner.max_seq()
     }
     fn search(&mut self, s: &SearchSpec) -> StoreResult<Vec<SearchHit>> {
-        self.inner.search(s)
+        let index_key = self.vault.keyring();
+        let filters =
+            blind_index::blind_filters(index_key.index_key(), &s.resource_type, &s.filters)?;
+        if !blind_index::sorts_blind(s) {
+            return self.inner.search(&SearchSpec {
+                filters,
+                ..s.clone()
+            });
+        }
+        // Sorted by an encrypted element: every match, opened and sorted here.
+        let everything = self.inner.search(&SearchSpec {
+            resource_type: s.resource_type.clone(),
+            filters,
+            sort: Vec::new(),
+            position: None,
+            limit: blind_index::MAX_SORTED_IN_MEMORY + 1,
+        })?;
+        if everything.len() > blind_index::MAX_SORTED_IN_MEMORY {
+            return Err(StoreError::Unsupported(format!(
+                "this search matches more than {} {} resources, too many to sort by an encrypted element (names, addresses, birth dates are sorted after decryption): narrow it, or sort by another parameter",
+                blind_index::MAX_SORTED_IN_MEMORY,
+                s.resource_type
+            )));
+        }
+        let ids: Vec<String> = everything.into_iter().map(|hit| hit.id).collect();
+        let candidates = self.current_many(&s.resource_type, &ids)?;
+        blind_index::sort_in_memory(s, candidates)
     }
     fn count(&mut self, t: &str, f: &[Filter]) -> StoreResult<u64> {
-        self.inner.count(t, f)
+        let keyring = self.vault.keyring();
+        let filters = blind_index::blind_filters(keyring.index_key(), t, f)?;
+        self.inner.count(t, &filters)
     }
     fn references_from(
         &mut self,
@@ -505,7 +538,9 @@ impl Tx for SealedTx<'_> {
         self.open_all(records)
     }
     fn replace_index(&mut self, t: &str, id: &str, rows: &[IndexRow]) -> StoreResult<()> {
-        self.inner.replace_index(t, id, rows)
+        let keyring = self.vault.keyring();
+        let rows = blind_index::blind_rows(keyring.index_key(), t, rows);
+        self.inner.replace_index(t, id, &rows)
     }
     fn refresh_statistics(&mut self) -> StoreResult<()> {
         self.inner.refresh_statistics()

@@ -38,8 +38,8 @@ use std::sync::Arc;
 pub use audit_index::{AuditFacets, AuditHit, AuditQuery};
 pub use postgres_store::{PostgresOptions, PostgresStore, open_postgres};
 pub use search::{
-    Filter, IndexCell, IndexRow, IndexTable, PagePosition, RangeOp, SearchHit, SearchSpec, SortBy,
-    SortValue, Test,
+    Filter, IndexCell, IndexRow, IndexTable, MAX_INDEXED_STRING, PagePosition, RangeOp, SearchHit,
+    SearchSpec, SortBy, SortValue, Test, truncate,
 };
 pub use sqlite_store::{SqliteOptions, SqliteStore, open_sqlite};
 
@@ -77,6 +77,9 @@ pub enum StoreError {
     /// from the key file, a key file that does not belong to this database.
     #[error("encryption at rest: {0}")]
     Vault(String),
+    /// A search the store cannot run as asked (on encrypted elements): the caller's to fix.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

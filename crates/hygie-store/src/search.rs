@@ -483,8 +483,7 @@ impl SqlBuilder {
                 let t = self.alias("t");
                 let ty = self.text(resource_type);
                 let param = self.text(param);
-                let alternatives: Vec<String> =
-                    tests.iter().map(|test| self.test(test, &t)).collect();
+                let alternatives = self.alternatives(tests, &t);
                 if !drives {
                     return format!(
                         "{}EXISTS (SELECT 1 FROM {} WHERE {t}.resource_type = {ty} AND {t}.id = {alias}.id AND {t}.param = {param} AND ({}))",
@@ -611,6 +610,52 @@ impl SqlBuilder {
             "{alias}.id IN (SELECT {first}.id FROM {from} WHERE {})",
             conditions.join(" AND ")
         )
+    }
+
+    /// The tests of one filter as SQL alternatives. Many codes without a system (a date
+    /// search on an encrypted birth date expands into hundreds of bucket codes) are one
+    /// `IN` list: as `OR`s they would nest past SQLite's expression depth (1,000).
+    fn alternatives(&mut self, tests: &[Test], t: &str) -> Vec<String> {
+        let codes: Vec<&str> = tests
+            .iter()
+            .filter_map(|test| match test {
+                Test::Token {
+                    system: None,
+                    code: Some(code),
+                } => Some(code.as_str()),
+                _ => None,
+            })
+            .collect();
+        if codes.len() < 2 {
+            return tests.iter().map(|test| self.test(test, t)).collect();
+        }
+        let placeholders: Vec<String> = codes.iter().map(|code| self.text(code)).collect();
+        let column = format!("{t}.code");
+        let list = match self.dialect {
+            Dialect::Sqlite => format!("{column} IN ({})", placeholders.join(", ")),
+            Dialect::Postgres => {
+                let hashes: Vec<String> =
+                    placeholders.iter().map(|p| format!("md5({p})")).collect();
+                format!(
+                    "(md5({column}) IN ({}) AND {column} IN ({}))",
+                    hashes.join(", "),
+                    placeholders.join(", ")
+                )
+            }
+        };
+        let mut alternatives = vec![list];
+        for test in tests {
+            if !matches!(
+                test,
+                Test::Token {
+                    system: None,
+                    code: Some(_)
+                }
+            ) {
+                alternatives.push(self.test(test, t));
+            }
+        }
+        alternatives
     }
 
     fn test(&mut self, test: &Test, t: &str) -> String {

@@ -18,6 +18,7 @@ hygie_store::on_both_backends!(
     deleted_and_replaced_rows_are_not_found,
     hub_settings_are_kept,
     nul_characters_are_indexed_and_found,
+    thousands_of_alternative_codes_are_one_list,
 );
 
 fn row(param: &str, cell: IndexCell) -> IndexRow {
@@ -756,4 +757,74 @@ async fn nul_characters_are_indexed_and_found(backend: Backend) {
     )
     .await;
     assert_eq!(found, ["n"]);
+}
+
+/// A date search on an encrypted birth date becomes hundreds of bucket codes: the store
+/// must take thousands of alternatives (an `IN` list; as `OR`s SQLite refuses past an
+/// expression depth of 1,000), with the same answer as one code, driving or probed.
+async fn thousands_of_alternative_codes_are_one_list(backend: Backend) {
+    let store = backend.store;
+    put(
+        &store,
+        "Patient",
+        "hit",
+        vec![token("birthdate", "", "c-1777"), token("gender", "", "f")],
+    )
+    .await;
+    put(
+        &store,
+        "Patient",
+        "miss",
+        vec![token("birthdate", "", "other"), token("gender", "", "f")],
+    )
+    .await;
+    let codes = |system: Option<&str>| -> Vec<Test> {
+        (0..2_500)
+            .map(|n| Test::Token {
+                system: system.map(str::to_owned),
+                code: Some(format!("c-{n}")),
+            })
+            .collect()
+    };
+    let many = Filter::Match {
+        param: "birthdate".into(),
+        tests: codes(None),
+        negate: false,
+    };
+    assert_eq!(ids(&store, "Patient", vec![many.clone()]).await, ["hit"]);
+    // Probed (another filter drives the query) and negated.
+    let gender = Filter::Match {
+        param: "gender".into(),
+        tests: vec![Test::Token {
+            system: None,
+            code: Some("f".into()),
+        }],
+        negate: false,
+    };
+    assert_eq!(
+        ids(&store, "Patient", vec![gender.clone(), many]).await,
+        ["hit"]
+    );
+    let negated = Filter::Match {
+        param: "birthdate".into(),
+        tests: codes(None),
+        negate: true,
+    };
+    assert_eq!(
+        ids(&store, "Patient", vec![gender, negated]).await,
+        ["miss"]
+    );
+    // With a system, each code stays its own test, and still matches.
+    let mut with_system = codes(Some(""));
+    with_system.truncate(300);
+    with_system.push(Test::Token {
+        system: Some(String::new()),
+        code: Some("c-1777".into()),
+    });
+    let filter = Filter::Match {
+        param: "birthdate".into(),
+        tests: with_system,
+        negate: false,
+    };
+    assert_eq!(ids(&store, "Patient", vec![filter]).await, ["hit"]);
 }

@@ -1,0 +1,693 @@
+//! Search on encrypted identifying data: the index rows of the elements that identify a
+//! person (names, addresses, identifiers, telecom, birth date of Patient, RelatedPerson,
+//! Person and Practitioner; addresses of every type) are stored as keyed hashes (`hygie_vault::blind::term`, HMAC
+//! under the key file's index key), and searches on them are turned into searches for
+//! the same hashes. Whoever reads the database sees which rows are equal, never what
+//! they say; without the key file they cannot test a guess either.
+//!
+//! - Strings: a term per prefix (`starts with`, the default search) and per substring of
+//!   at least [`MIN_CONTAINS_CHARS`] characters (`:contains`) of the normalized value's
+//!   first [`blind::MAX_BLIND_CHARS`] characters, and one of the original text on every
+//!   row (`:exact`). A search longer than that many characters matches on its first
+//!   ones (a superset); `:contains` needs 3 to 32 characters.
+//! - Tokens (identifier, `identifier:of-type`, telecom, phone, email): the code is hashed,
+//!   the system stays in clear (it says what kind of identifier, not whose), so
+//!   `system|value`, `value` and `system|` searches keep their meaning.
+//! - Birth dates: keyed buckets of the day, month and year of each date, by its
+//!   precision; a date search of any prefix is expanded into the buckets of every date
+//!   that passes it (the same range semantics as the clear index), between
+//!   [`FIRST_OPEN_YEAR`] and next year for open ranges.
+//!
+//! Sorting by one of these elements cannot use the index: such a search is sorted in
+//! memory, over at most [`MAX_SORTED_IN_MEMORY`] matches.
+
+use std::collections::BTreeSet;
+
+use hygie_store::{
+    Filter, IndexCell, IndexRow, IndexTable, RangeOp, SearchHit, SearchSpec, SortBy, SortValue,
+    StoreError, StoreResult, Test, VersionRecord,
+};
+use hygie_vault::{Secret, blind};
+
+/// `:contains` on a blind string needs at least this many characters (shorter ones
+/// would match nearly everything, and would need more terms per value).
+pub const MIN_CONTAINS_CHARS: usize = 3;
+/// Open date ranges (`lt1980`) reach back to this year.
+pub const FIRST_OPEN_YEAR: i32 = 1850;
+/// A search sorted by a blind element is sorted in memory over at most this many matches.
+pub const MAX_SORTED_IN_MEMORY: usize = 10_000;
+
+/// A code no term can equal: what a date search that no date can pass looks for.
+const NO_TERM: &str = "-";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blind {
+    String,
+    Token,
+    Date,
+}
+
+/// Whether `param` of `resource_type` is indexed blind, and how. Addresses are blind on
+/// every type: an organization's or a location's address is no secret, but it is often
+/// the patients' own city and postcode, which the index should not spell out either.
+pub(crate) fn blind_kind(resource_type: &str, param: &str) -> Option<Blind> {
+    if matches!(
+        param,
+        "address" | "address-city" | "address-country" | "address-postalcode" | "address-state"
+    ) {
+        return Some(Blind::String);
+    }
+    if !matches!(
+        resource_type,
+        "Patient" | "RelatedPerson" | "Person" | "Practitioner"
+    ) {
+        return None;
+    }
+    match param {
+        "name" | "family" | "given" | "phonetic" => Some(Blind::String),
+        "identifier" | "identifier:of-type" | "telecom" | "phone" | "email" => Some(Blind::Token),
+        "birthdate" => Some(Blind::Date),
+        _ => None,
+    }
+}
+
+fn term(key: &Secret, resource_type: &str, param: &str, kind: &str, value: &str) -> String {
+    blind::term(key, &format!("{resource_type}.{param}/{kind}"), value)
+}
+
+/// The first `max` characters of `text`.
+fn first_chars(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// The rows to store for a resource's `rows`: blind where [`blind_kind`] says so.
+pub(crate) fn blind_rows(key: &Secret, resource_type: &str, rows: &[IndexRow]) -> Vec<IndexRow> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(kind) = blind_kind(resource_type, &row.param) else {
+            out.push(row.clone());
+            continue;
+        };
+        let param = row.param.as_str();
+        let blind_row = |cell| IndexRow {
+            param: row.param.clone(),
+            group: row.group,
+            cell,
+        };
+        match (kind, &row.cell) {
+            (Blind::String, IndexCell::String { normalized, exact }) => {
+                let exact = term(key, resource_type, param, "e", exact);
+                let mut terms = BTreeSet::new();
+                let value = first_chars(normalized, blind::MAX_BLIND_CHARS);
+                // The full value's term even when empty, so that `:missing` still sees it.
+                terms.insert(term(key, resource_type, param, "p", value));
+                for prefix in blind::prefixes(value) {
+                    terms.insert(term(key, resource_type, param, "p", prefix));
+                }
+                for part in blind::substrings(value, MIN_CONTAINS_CHARS) {
+                    terms.insert(term(key, resource_type, param, "s", part));
+                }
+                out.extend(terms.into_iter().map(|normalized| {
+                    blind_row(IndexCell::String {
+                        normalized,
+                        exact: exact.clone(),
+                    })
+                }));
+            }
+            (Blind::Token, IndexCell::Token { system, code }) => {
+                out.push(blind_row(IndexCell::Token {
+                    system: system.clone(),
+                    code: term(key, resource_type, param, "t", code),
+                }));
+            }
+            (Blind::Date, IndexCell::Date { low, high }) => {
+                for bucket in stored_date_buckets(*low, *high) {
+                    out.push(blind_row(IndexCell::Token {
+                        system: String::new(),
+                        code: term(key, resource_type, param, "d", &bucket),
+                    }));
+                }
+            }
+            // A value of another shape than the parameter's kind: kept out of the index
+            // rather than stored in clear.
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The filters to run for `filters` on `resource_type`, blind where the index is.
+pub(crate) fn blind_filters(
+    key: &Secret,
+    resource_type: &str,
+    filters: &[Filter],
+) -> StoreResult<Vec<Filter>> {
+    filters
+        .iter()
+        .map(|filter| blind_filter(key, resource_type, filter))
+        .collect()
+}
+
+fn blind_filter(key: &Secret, resource_type: &str, filter: &Filter) -> StoreResult<Filter> {
+    Ok(match filter {
+        Filter::Match {
+            param,
+            tests,
+            negate,
+        } => match blind_kind(resource_type, param) {
+            None => filter.clone(),
+            Some(kind) => {
+                let mut blind_tests = Vec::new();
+                for test in tests {
+                    blind_tests.extend(blind_test(key, resource_type, param, kind, test)?);
+                }
+                Filter::Match {
+                    param: param.clone(),
+                    tests: blind_tests,
+                    negate: *negate,
+                }
+            }
+        },
+        Filter::Missing {
+            param,
+            table,
+            missing,
+        } => Filter::Missing {
+            param: param.clone(),
+            table: match blind_kind(resource_type, param) {
+                Some(Blind::Date) => IndexTable::Token,
+                _ => *table,
+            },
+            missing: *missing,
+        },
+        Filter::Chain {
+            param,
+            target_type,
+            inner,
+        } => Filter::Chain {
+            param: param.clone(),
+            target_type: target_type.clone(),
+            inner: blind_filters(key, target_type, inner)?,
+        },
+        Filter::Has {
+            source_type,
+            param,
+            inner,
+        } => Filter::Has {
+            source_type: source_type.clone(),
+            param: param.clone(),
+            inner: blind_filters(key, source_type, inner)?,
+        },
+        Filter::Ids(_)
+        | Filter::LastUpdated(_)
+        | Filter::Composite { .. }
+        | Filter::Compartment { .. } => filter.clone(),
+    })
+}
+
+fn unsupported(message: String) -> StoreError {
+    StoreError::Unsupported(message)
+}
+
+fn blind_test(
+    key: &Secret,
+    resource_type: &str,
+    param: &str,
+    kind: Blind,
+    test: &Test,
+) -> StoreResult<Vec<Test>> {
+    let max = blind::MAX_BLIND_CHARS;
+    Ok(match (kind, test) {
+        (Blind::String, Test::StringStartsWith(prefix)) => vec![Test::StringStartsWith(term(
+            key,
+            resource_type,
+            param,
+            "p",
+            first_chars(prefix, max),
+        ))],
+        (Blind::String, Test::StringContains(part)) => {
+            let chars = part.chars().count();
+            if !(MIN_CONTAINS_CHARS..=max).contains(&chars) {
+                return Err(unsupported(format!(
+                    "{param}:contains needs {MIN_CONTAINS_CHARS} to {max} characters on {resource_type}: names, addresses and identifiers are encrypted, and searched through keyed hashes of their parts"
+                )));
+            }
+            vec![Test::StringStartsWith(term(
+                key,
+                resource_type,
+                param,
+                "s",
+                part,
+            ))]
+        }
+        (Blind::String, Test::StringExact(value)) => vec![Test::StringExact(term(
+            key,
+            resource_type,
+            param,
+            "e",
+            value,
+        ))],
+        (Blind::Token, Test::Token { system, code }) => vec![Test::Token {
+            system: system.clone(),
+            code: code
+                .as_ref()
+                .map(|code| term(key, resource_type, param, "t", code)),
+        }],
+        (Blind::Date, Test::Date { op, low, high }) => {
+            let buckets = searched_date_buckets(*op, *low, *high);
+            if buckets.is_empty() {
+                vec![Test::Token {
+                    system: None,
+                    code: Some(NO_TERM.to_owned()),
+                }]
+            } else {
+                buckets
+                    .iter()
+                    .map(|bucket| Test::Token {
+                        system: None,
+                        code: Some(term(key, resource_type, param, "d", bucket)),
+                    })
+                    .collect()
+            }
+        }
+        (_, other) => {
+            return Err(unsupported(format!(
+                "this kind of search ({other:?}) is not available on {resource_type}.{param}, which is encrypted"
+            )));
+        }
+    })
+}
+
+// --- dates ---------------------------------------------------------------------------
+
+const DAY_US: i64 = 86_400_000_000;
+
+fn days_in_month(year: i32, month: u8) -> u8 {
+    time::Month::try_from(month)
+        .map(|m| m.length(year))
+        .unwrap_or(31)
+}
+
+/// Microseconds of a day's midnight, UTC.
+fn day_start_us(year: i32, month: u8, day: u8) -> Option<i64> {
+    let month = time::Month::try_from(month).ok()?;
+    let date = time::Date::from_calendar_date(year, month, day).ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp() * 1_000_000)
+}
+
+/// The civil date (UTC) of an instant.
+fn civil(us: i64) -> Option<time::Date> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+        .ok()
+        .map(|t| t.date())
+}
+
+/// The buckets a stored date range goes in, by its precision: a day (`D:`, with its
+/// month `DM:` and year `DY:`), a month (`M:`, `MY:`), a year (`Y:`). Anything else (an
+/// instant, a period) is filed under the day it starts on.
+pub(crate) fn stored_date_buckets(low: i64, high: i64) -> Vec<String> {
+    let (Some(first), Some(last)) = (civil(low), civil(high)) else {
+        return Vec::new();
+    };
+    let (year, month, day) = (first.year(), first.month() as u8, first.day());
+    let starts_a_day = day_start_us(year, month, day) == Some(low);
+    let ends = |y: i32, m: u8, d: u8| day_start_us(y, m, d).map(|start| start + DAY_US - 1);
+    if starts_a_day && first == last && ends(year, month, day) == Some(high) {
+        return day_buckets(year, month, day);
+    }
+    if starts_a_day && day == 1 && ends(year, month, days_in_month(year, month)) == Some(high) {
+        return vec![format!("M:{year:04}-{month:02}"), format!("MY:{year:04}")];
+    }
+    if starts_a_day && day == 1 && month == 1 && ends(year, 12, 31) == Some(high) {
+        return vec![format!("Y:{year:04}")];
+    }
+    day_buckets(year, month, day)
+}
+
+fn day_buckets(year: i32, month: u8, day: u8) -> Vec<String> {
+    vec![
+        format!("D:{year:04}-{month:02}-{day:02}"),
+        format!("DM:{year:04}-{month:02}"),
+        format!("DY:{year:04}"),
+    ]
+}
+
+/// The range semantics of the clear index (`hygie_store` `range_test`): whether a stored
+/// `[rl, rh]` passes `op` against the searched `[pl, ph]`.
+fn passes(op: RangeOp, rl: i64, rh: i64, pl: i64, ph: i64) -> bool {
+    let within = rl >= pl && rh <= ph;
+    match op {
+        RangeOp::Eq => within,
+        RangeOp::Ne => !within,
+        RangeOp::Gt => rh > ph,
+        RangeOp::Lt => rl < pl,
+        RangeOp::Ge => rh >= pl && (rh > ph || within),
+        RangeOp::Le => rl <= ph && (rl < pl || within),
+        RangeOp::Sa => rl > ph,
+        RangeOp::Eb => rh < pl,
+        RangeOp::Overlaps => rl <= ph && rh >= pl,
+    }
+}
+
+/// Every bucket whose dates pass the search, the fewest: a whole month of passing days
+/// is its `DM:` bucket, a whole year of them its `DY:` one (and so for months).
+pub(crate) fn searched_date_buckets(op: RangeOp, low: i64, high: i64) -> Vec<String> {
+    let this_year = time::OffsetDateTime::now_utc().year();
+    let low_year = civil(low).map_or(FIRST_OPEN_YEAR, |d| d.year());
+    let high_year = civil(high).map_or(this_year + 1, |d| d.year());
+    let first = FIRST_OPEN_YEAR.min(low_year).max(1);
+    let last = (this_year + 1).max(high_year).min(9999);
+    let mut out = Vec::new();
+    for year in first..=last {
+        // Dates of day precision.
+        let mut year_days = Vec::new();
+        let mut whole_year_of_days = true;
+        // Dates of month precision.
+        let mut year_months = Vec::new();
+        let mut whole_year_of_months = true;
+        for month in 1..=12u8 {
+            let Some(month_start) = day_start_us(year, month, 1) else {
+                continue;
+            };
+            let length = days_in_month(year, month);
+            let mut days = Vec::new();
+            for day in 1..=length {
+                let start = month_start + i64::from(day - 1) * DAY_US;
+                if passes(op, start, start + DAY_US - 1, low, high) {
+                    days.push(format!("D:{year:04}-{month:02}-{day:02}"));
+                }
+            }
+            if days.len() == usize::from(length) {
+                year_days.push(format!("DM:{year:04}-{month:02}"));
+            } else {
+                whole_year_of_days = false;
+                year_days.extend(days);
+            }
+            let month_end = month_start + i64::from(length) * DAY_US - 1;
+            if passes(op, month_start, month_end, low, high) {
+                year_months.push(format!("M:{year:04}-{month:02}"));
+            } else {
+                whole_year_of_months = false;
+            }
+        }
+        if whole_year_of_days {
+            out.push(format!("DY:{year:04}"));
+        } else {
+            out.extend(year_days);
+        }
+        if whole_year_of_months {
+            out.push(format!("MY:{year:04}"));
+        } else {
+            out.extend(year_months);
+        }
+        if let (Some(start), Some(end)) = (day_start_us(year, 1, 1), day_start_us(year, 12, 31))
+            && passes(op, start, end + DAY_US - 1, low, high)
+        {
+            out.push(format!("Y:{year:04}"));
+        }
+    }
+    out
+}
+
+// --- sorting in memory ---------------------------------------------------------------
+
+/// Whether `spec` sorts by a blind element (and so cannot be sorted by the database).
+pub(crate) fn sorts_blind(spec: &SearchSpec) -> bool {
+    spec.sort.iter().any(|key| {
+        matches!(key, SortBy::Param { param, .. } if blind_kind(&spec.resource_type, param).is_some())
+    })
+}
+
+/// The keys of `sort` with `_id` appended, as the store sorts.
+fn full_sort(sort: &[SortBy]) -> Vec<SortBy> {
+    let mut keys = sort.to_vec();
+    if !keys.iter().any(|key| matches!(key, SortBy::Id { .. })) {
+        keys.push(SortBy::Id { descending: false });
+    }
+    keys
+}
+
+/// The sort values of one resource, as the store's SQL gives them: a parameter's lowest
+/// value ascending (highest descending), a sentinel that sorts last when it has none.
+fn sort_values(record: &VersionRecord, rows: &[IndexRow], sort: &[SortBy]) -> Vec<SortValue> {
+    sort.iter()
+        .map(|key| match key {
+            SortBy::LastUpdated { .. } => SortValue::Int(record.last_updated_us),
+            SortBy::Id { .. } => SortValue::Text(record.id.clone()),
+            SortBy::Param {
+                param,
+                table,
+                descending,
+            } => {
+                let values = rows
+                    .iter()
+                    .filter(|row| &row.param == param && row.cell.table() == *table)
+                    .filter_map(|row| cell_sort_value(&row.cell, *descending));
+                let chosen = if *descending {
+                    values.max_by(compare_values)
+                } else {
+                    values.min_by(compare_values)
+                };
+                chosen.unwrap_or_else(|| sentinel(*table, *descending))
+            }
+        })
+        .collect()
+}
+
+fn cell_sort_value(cell: &IndexCell, descending: bool) -> Option<SortValue> {
+    Some(match cell {
+        IndexCell::Token { code, .. } => SortValue::Text(code.clone()),
+        IndexCell::String { normalized, .. } => SortValue::Text(
+            hygie_store::truncate(normalized, hygie_store::MAX_INDEXED_STRING).to_owned(),
+        ),
+        IndexCell::Date { high, .. } if descending => SortValue::Int(*high),
+        IndexCell::Date { low, .. } => SortValue::Int(*low),
+        IndexCell::Number { value, .. } | IndexCell::Quantity { value, .. } => {
+            SortValue::Real(*value)
+        }
+        IndexCell::Reference { url, .. } => SortValue::Text(url.clone()),
+        IndexCell::Uri { value } => SortValue::Text(value.clone()),
+    })
+}
+
+fn sentinel(table: IndexTable, descending: bool) -> SortValue {
+    match (table, descending) {
+        (IndexTable::Date, false) => SortValue::Int(i64::MAX),
+        (IndexTable::Date, true) => SortValue::Int(i64::MIN),
+        (IndexTable::Number | IndexTable::Quantity, false) => SortValue::Real(f64::MAX),
+        (IndexTable::Number | IndexTable::Quantity, true) => SortValue::Real(f64::MIN),
+        (_, false) => SortValue::Text("\u{10FFFF}".to_owned()),
+        (_, true) => SortValue::Text(String::new()),
+    }
+}
+
+fn compare_values(a: &SortValue, b: &SortValue) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a, b) {
+        (SortValue::Int(a), SortValue::Int(b)) => a.cmp(b),
+        (SortValue::Real(a), SortValue::Real(b)) => a.total_cmp(b),
+        // Bytewise, as both databases compare (SQLite BINARY, PostgreSQL COLLATE "C").
+        (SortValue::Text(a), SortValue::Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+        _ => Ordering::Equal,
+    }
+}
+
+/// One page of `candidates` (every current match, opened) in the order of `spec.sort`,
+/// after `spec.position`, as the store's keyset paging would give it.
+pub(crate) fn sort_in_memory(
+    spec: &SearchSpec,
+    candidates: Vec<VersionRecord>,
+) -> StoreResult<Vec<SearchHit>> {
+    let sort = full_sort(&spec.sort);
+    let backwards = spec.position.as_ref().is_some_and(|p| p.backwards);
+    let direction = |index: usize| sort[index].descending() != backwards;
+    let order = |a: &[SortValue], b: &[SortValue]| {
+        for (index, (x, y)) in a.iter().zip(b).enumerate() {
+            let ordering = compare_values(x, y);
+            let ordering = if direction(index) {
+                ordering.reverse()
+            } else {
+                ordering
+            };
+            if ordering.is_ne() {
+                return ordering;
+            }
+        }
+        std::cmp::Ordering::Equal
+    };
+    let mut keyed = Vec::with_capacity(candidates.len());
+    for record in candidates {
+        let resource: serde_json::Value = serde_json::from_slice(&record.body)
+            .map_err(|e| StoreError::Database(format!("stored body of {}: {e}", record.id)))?;
+        let rows = crate::resource::index_rows(&resource);
+        let values = sort_values(&record, &rows, &sort);
+        keyed.push(SearchHit {
+            id: record.id,
+            sort_values: values,
+        });
+    }
+    keyed.sort_by(|a, b| order(&a.sort_values, &b.sort_values));
+    if let Some(position) = &spec.position {
+        let after = &position.values;
+        keyed.retain(|hit| {
+            let shared = hit.sort_values.len().min(after.len());
+            order(&hit.sort_values[..shared], &after[..shared]).is_gt()
+        });
+    }
+    keyed.truncate(spec.limit);
+    Ok(keyed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(date: &str) -> i64 {
+        let date = time::Date::parse(
+            date,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .unwrap();
+        date.midnight().assume_utc().unix_timestamp() * 1_000_000
+    }
+
+    /// Each stored precision, and the store's range test, against the buckets.
+    fn stored(precision: &str, date: &str) -> (i64, i64) {
+        let low = us(date);
+        let high = match precision {
+            "day" => low + DAY_US - 1,
+            "month" => {
+                let d = civil(low).unwrap();
+                low + i64::from(days_in_month(d.year(), d.month() as u8)) * DAY_US - 1
+            }
+            _ => {
+                let d = civil(low).unwrap();
+                us(&format!("{:04}-12-31", d.year())) + DAY_US - 1
+            }
+        };
+        (low, high)
+    }
+
+    /// For every operator and many searched ranges, a stored date's buckets meet the
+    /// searched buckets exactly when the clear index's range test passes it.
+    #[test]
+    fn buckets_agree_with_the_range_semantics() {
+        let ops = [
+            RangeOp::Eq,
+            RangeOp::Ne,
+            RangeOp::Gt,
+            RangeOp::Lt,
+            RangeOp::Ge,
+            RangeOp::Le,
+            RangeOp::Sa,
+            RangeOp::Eb,
+            RangeOp::Overlaps,
+        ];
+        let values = [
+            stored("day", "1987-02-20"),
+            stored("day", "1987-02-28"),
+            stored("day", "2000-01-01"),
+            stored("day", "1979-12-31"),
+            stored("month", "1987-02-01"),
+            stored("month", "2015-06-01"),
+            stored("year", "1987-01-01"),
+            stored("year", "2015-01-01"),
+            stored("day", "1860-07-14"),
+        ];
+        let searches = [
+            stored("day", "1987-02-20"),
+            stored("month", "1987-02-01"),
+            stored("year", "1987-01-01"),
+            stored("year", "1980-01-01"),
+            stored("day", "2010-06-01"),
+            stored("year", "2000-01-01"),
+            stored("month", "2015-06-01"),
+        ];
+        for op in ops {
+            for (pl, ph) in searches {
+                let searched: BTreeSet<String> =
+                    searched_date_buckets(op, pl, ph).into_iter().collect();
+                for (rl, rh) in values {
+                    let expected = passes(op, rl, rh, pl, ph);
+                    let found = stored_date_buckets(rl, rh)
+                        .iter()
+                        .any(|bucket| searched.contains(bucket));
+                    assert_eq!(
+                        found, expected,
+                        "{op:?} [{pl}, {ph}] against stored [{rl}, {rh}]"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_whole_year_of_days_is_one_bucket() {
+        let (pl, ph) = stored("year", "1987-01-01");
+        let buckets = searched_date_buckets(RangeOp::Eq, pl, ph);
+        assert!(buckets.contains(&"DY:1987".to_owned()), "{buckets:?}");
+        assert!(buckets.contains(&"MY:1987".to_owned()));
+        assert!(buckets.contains(&"Y:1987".to_owned()));
+        assert_eq!(buckets.len(), 3);
+    }
+
+    #[test]
+    fn stored_precision_is_recognized() {
+        let (l, h) = stored("day", "1987-02-20");
+        assert_eq!(stored_date_buckets(l, h), day_buckets(1987, 2, 20));
+        let (l, h) = stored("month", "1987-02-01");
+        assert_eq!(stored_date_buckets(l, h), vec!["M:1987-02", "MY:1987"]);
+        let (l, h) = stored("year", "1987-01-01");
+        assert_eq!(stored_date_buckets(l, h), vec!["Y:1987"]);
+        // An instant: the day it falls on.
+        let noon = us("1987-02-20") + DAY_US / 2;
+        assert_eq!(stored_date_buckets(noon, noon), day_buckets(1987, 2, 20));
+    }
+
+    #[test]
+    fn rows_of_identifying_elements_hold_no_clear_text() {
+        let key = Secret::from_bytes([7; 32]);
+        let resource = serde_json::json!({
+            "resourceType": "Patient", "id": "p",
+            "name": [{"family": "Lefèvre", "given": ["Zoé"]}],
+            "birthDate": "1987-02-20",
+            "telecom": [{"system": "phone", "value": "+33612345678"}],
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "1870299123456"}],
+            "address": [{"line": ["12 rue des Lilas"], "city": "Lille", "postalCode": "59000"}],
+            "gender": "female"
+        });
+        let rows = crate::resource::index_rows(&resource);
+        let blind = blind_rows(&key, "Patient", &rows);
+        let text = format!("{blind:?}").to_lowercase();
+        for secret in [
+            "lefevre",
+            "lefèvre",
+            "zoe",
+            "zoé",
+            "1987",
+            "33612345678",
+            "1870299123456",
+            "lilas",
+            "lille",
+            "59000",
+        ] {
+            assert!(!text.contains(secret), "{secret} is in the blind rows");
+        }
+        // What is not identifying stays searchable in clear.
+        assert!(text.contains("female"));
+        // Every blind parameter still has rows (so :missing keeps its meaning).
+        for param in [
+            "family",
+            "given",
+            "birthdate",
+            "phone",
+            "identifier",
+            "address-city",
+        ] {
+            assert!(blind.iter().any(|row| row.param == param), "{param}");
+        }
+    }
+}
