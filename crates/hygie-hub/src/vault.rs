@@ -162,6 +162,63 @@ impl Vault {
         }))
     }
 
+    /// Seals the versions written before encryption at rest was turned on (stored without
+    /// a key), in batches, each one unit with its audit leaf (sealing reads them); returns
+    /// how many. `raw` is the store without the vault.
+    pub async fn seal_plaintext_versions(self: &Arc<Self>, raw: &SharedStore) -> StoreResult<u64> {
+        const BATCH: usize = 500;
+        let mut after = 0i64;
+        let mut sealed = 0u64;
+        loop {
+            let vault = self.clone();
+            let batch = raw
+                .run(move |tx| -> StoreResult<Option<(i64, u64)>> {
+                    let records = tx.unsealed_versions(after, BATCH)?;
+                    let Some(last) = records.last().map(|record| record.seq) else {
+                        return Ok(None);
+                    };
+                    let mut audit = hygie_audit::AuditRecord::new(
+                        "seal",
+                        "system:hygie-vault",
+                        crate::instant::now_us(),
+                    );
+                    let count = records.len() as u64;
+                    let mut sealing = SealedTx {
+                        inner: tx,
+                        vault: &vault,
+                        scope_keys: HashMap::new(),
+                    };
+                    for record in records {
+                        let resource: serde_json::Value = serde_json::from_slice(&record.body)
+                            .map_err(|e| {
+                                StoreError::Database(format!(
+                                    "{}/{} is not JSON: {e}",
+                                    record.resource_type, record.id
+                                ))
+                            })?;
+                        let index = crate::resource::index_rows(&resource);
+                        let scope = scope_of(&record.resource_type, &record.id, &index);
+                        let (key_id, key) = sealing.current_key(&scope)?;
+                        let aad = version_aad(&record.resource_type, &record.id, record.version);
+                        let body = aead::seal(&key, key_id, aad.as_bytes(), &record.body);
+                        sealing.inner.reseal_version(record.seq, key_id, &body)?;
+                        audit.entities.push(format!(
+                            "{}/{}/_history/{}",
+                            record.resource_type, record.id, record.version
+                        ));
+                    }
+                    crate::audit_trail::append(sealing.inner, &audit)?;
+                    Ok(Some((last, count)))
+                })
+                .await?;
+            let Some((last, count)) = batch else {
+                return Ok(sealed);
+            };
+            sealed += count;
+            after = last;
+        }
+    }
+
     /// `store`, sealing and opening through this vault.
     pub fn seal(self: &Arc<Self>, store: SharedStore) -> SharedStore {
         Arc::new(SealedStore {
@@ -573,6 +630,13 @@ impl Tx for SealedTx<'_> {
         limit: usize,
     ) -> StoreResult<Vec<VersionRecord>> {
         self.inner.versions_sealed_with(key_ids, after_seq, limit)
+    }
+    fn unsealed_versions(
+        &mut self,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        self.inner.unsealed_versions(after_seq, limit)
     }
     fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()> {
         self.inner.reseal_version(seq, key_id, body)

@@ -306,6 +306,13 @@ impl Tx for FailingAuditTx<'_> {
     ) -> StoreResult<Vec<VersionRecord>> {
         self.0.versions_sealed_with(key_ids, after_seq, limit)
     }
+    fn unsealed_versions(
+        &mut self,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        self.0.unsealed_versions(after_seq, limit)
+    }
     fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()> {
         self.0.reseal_version(seq, key_id, body)
     }

@@ -20,6 +20,7 @@ hygie_store::on_both_backends!(
     an_erased_patient_reads_as_gone_and_others_do_not,
     a_foreign_keyring_is_refused,
     racing_units_share_one_patient_key,
+    versions_stored_in_clear_before_are_sealed,
 );
 
 async fn sealed(backend: &TestBackend, keyring: Keyring) -> (Hub, Arc<Vault>) {
@@ -248,4 +249,53 @@ async fn racing_units_share_one_patient_key(backend: TestBackend) {
     let sibling = format!("patient/{patient_id}-sibling");
     assert_eq!(keys.iter().filter(|k| k.scope == sibling).count(), 1);
     assert_eq!(keys.iter().filter(|k| k.scope == scope).count(), 1);
+}
+
+/// A database written before encryption at rest: its versions are sealed once the vault
+/// is attached (each under its patient's key), read back the same, and found as before.
+async fn versions_stored_in_clear_before_are_sealed(backend: TestBackend) {
+    let plain = Hub::new(backend.store.clone(), HubConfig::default());
+    let patient_id = create(&plain, patient("Legacy")).await;
+    let observation_id = create(&plain, observation(&patient_id)).await;
+    let before = plain
+        .read(&operator(), "Observation", &observation_id)
+        .await
+        .unwrap()
+        .body;
+    assert!(!aead::is_sealed(
+        &raw_body(&backend.store, "Patient", &patient_id, 1).await
+    ));
+
+    let vault = Vault::attach(
+        &backend.store,
+        Keyring::generate("test-installation", 1),
+        None,
+        VaultSettings::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        vault.seal_plaintext_versions(&backend.store).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        vault.seal_plaintext_versions(&backend.store).await.unwrap(),
+        0
+    );
+    let patient_body = raw_body(&backend.store, "Patient", &patient_id, 1).await;
+    let observation_body = raw_body(&backend.store, "Observation", &observation_id, 1).await;
+    assert!(aead::is_sealed(&patient_body) && aead::is_sealed(&observation_body));
+    assert!(!String::from_utf8_lossy(&patient_body).contains("Legacy"));
+    assert_eq!(
+        aead::sealed_key_id(&patient_body).unwrap(),
+        aead::sealed_key_id(&observation_body).unwrap(),
+        "the patient's key for both"
+    );
+    let hub = Hub::new(vault.seal(backend.store.clone()), HubConfig::default());
+    let after = hub
+        .read(&operator(), "Observation", &observation_id)
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(after, before);
 }

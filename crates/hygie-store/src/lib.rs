@@ -332,6 +332,13 @@ pub trait Tx {
         after_seq: i64,
         limit: usize,
     ) -> StoreResult<Vec<VersionRecord>>;
+    /// Versions (tombstones excluded) stored without a data key, in `seq` order after
+    /// `after_seq`: those written before encryption at rest, to seal.
+    fn unsealed_versions(
+        &mut self,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>>;
     /// Replaces a stored version's body and key (re-encryption; the version is unchanged).
     fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()>;
     /// The hub's own settings (index version, paging key), kept with its data.

@@ -1152,6 +1152,24 @@ impl Tx for PgTx<'_> {
             .collect())
     }
 
+    fn unsealed_versions(
+        &mut self,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        let statement = self.statement(
+            "SELECT seq, resource_type, id, version, last_updated_us, deleted, body
+             FROM resource_versions
+             WHERE seq > $1 AND key_id IS NULL AND NOT deleted ORDER BY seq LIMIT $2",
+        )?;
+        Ok(self
+            .transaction
+            .query(&statement, &[&after_seq, &(limit as i64)])?
+            .iter()
+            .map(version_from_row)
+            .collect())
+    }
+
     fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()> {
         let statement =
             self.statement("UPDATE resource_versions SET body = $2, key_id = $3 WHERE seq = $1")?;

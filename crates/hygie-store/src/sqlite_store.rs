@@ -173,6 +173,10 @@ fn configure(connection: &Connection, options: &SqliteOptions) -> StoreResult<()
     // durable before they are acknowledged (see the module documentation).
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    // What is deleted or overwritten is zeroed in the file, not left in free space: an
+    // audit leaf pruned by retention, an erased patient's wrapped key, a body sealed in
+    // place of its clear text, index rows replaced.
+    connection.pragma_update(None, "secure_delete", "ON")?;
     connection.pragma_update(None, "cache_size", -options.cache_size_kib)?;
     // Each unit runs in a savepoint: SQLite keeps the original of every page the unit
     // changes in a statement journal, by default a temporary file once past 64 KiB. In
@@ -1034,6 +1038,21 @@ impl Tx for SqliteTx<'_> {
         found.sort_by_key(|record| record.seq);
         found.truncate(limit);
         Ok(found)
+    }
+
+    fn unsealed_versions(
+        &mut self,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<VersionRecord>> {
+        Ok(self
+            .connection
+            .prepare_cached(&format!(
+                "{SELECT_VERSION} WHERE seq > ?1 AND key_id IS NULL AND deleted = 0
+                 ORDER BY seq LIMIT ?2"
+            ))?
+            .query_map(params![after_seq, limit as i64], version_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()> {

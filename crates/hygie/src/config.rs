@@ -499,6 +499,16 @@ pub fn store_settings(args: &StoreArgs, file: &FileSettings) -> anyhow::Result<S
 pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<hygie_store::SharedStore> {
     let raw = open_raw_store(settings).await?;
     let vault = open_vault(settings, &raw).await?;
+    let sealed = vault
+        .seal_plaintext_versions(&raw)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot seal the versions stored in clear: {e}"))?;
+    if sealed > 0 {
+        tracing::info!(
+            versions = sealed,
+            "sealed the versions stored before encryption at rest"
+        );
+    }
     Ok(vault.seal(raw))
 }
 
