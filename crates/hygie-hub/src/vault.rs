@@ -45,6 +45,32 @@ impl Default for VaultSettings {
     }
 }
 
+/// What an erasure did.
+#[derive(Debug, Clone)]
+pub struct Erasure {
+    /// The data keys destroyed (and their slots punctured in the key file).
+    pub keys: Vec<i64>,
+    /// Versions that can no longer be read, and the resources they belong to.
+    pub versions: u64,
+    pub resources: u64,
+}
+
+/// What a rotation of the key file did.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub generation: u32,
+    pub rewrapped: u64,
+    pub retired: Vec<u32>,
+}
+
+/// What a patient's key rotation did.
+#[derive(Debug, Clone)]
+pub struct PatientRotation {
+    pub old_key: i64,
+    pub new_key: i64,
+    pub versions: u64,
+}
+
 /// The keyring and the data keys in use.
 pub struct Vault {
     keyring: RwLock<Arc<Keyring>>,
@@ -53,6 +79,13 @@ pub struct Vault {
     key_file: Option<PathBuf>,
     cache: Mutex<KeyCache>,
     settings: VaultSettings,
+    key_file_watch: Mutex<KeyFileWatch>,
+}
+
+/// When the key file was last looked at, and its modification time then.
+struct KeyFileWatch {
+    checked: Instant,
+    modified: Option<std::time::SystemTime>,
 }
 
 struct CachedKey {
@@ -154,11 +187,18 @@ impl Vault {
                 Ok(())
             })
             .await?;
+        let modified = key_file
+            .as_ref()
+            .and_then(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok());
         Ok(Arc::new(Vault {
             keyring: RwLock::new(Arc::new(keyring)),
             key_file,
             cache: Mutex::new(KeyCache::default()),
             settings,
+            key_file_watch: Mutex::new(KeyFileWatch {
+                checked: Instant::now(),
+                modified,
+            }),
         }))
     }
 
@@ -219,6 +259,275 @@ impl Vault {
         }
     }
 
+    /// Where the keyring lives, for the operations that change it.
+    fn writable_key_file(&self, what: &str) -> StoreResult<&PathBuf> {
+        self.key_file.as_ref().ok_or_else(|| {
+            StoreError::Vault(format!(
+                "{what} changes the key file, but the keyring was given in HYGIE_VAULT_KEY: run it with --vault-key FILE (then put the new keyring where HYGIE_VAULT_KEY comes from)"
+            ))
+        })
+    }
+
+    /// Saves `keyring` to the key file and uses it from now on.
+    fn save_keyring(&self, keyring: Keyring) -> StoreResult<()> {
+        let path = self.writable_key_file("this")?;
+        keyring.save(path).map_err(vault_error)?;
+        self.replace_keyring(keyring);
+        if let Ok(mut watch) = self.key_file_watch.lock() {
+            watch.modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        }
+        Ok(())
+    }
+
+    /// Erases a patient (GDPR Art. 17, crypto-shredding): their data keys are destroyed in
+    /// the database (the rows stay, without their wrapped forms), each of their resources
+    /// gets a tombstone (gone from searches and counts), the erasure is audited (who, why,
+    /// which patient; no patient data), and then the keys' slots are punctured in the key
+    /// file, so that no backup's copy of the wrapped keys can be unwrapped either. Running
+    /// it again (after a failure to write the key file) finishes the puncturing.
+    pub async fn erase_patient(
+        self: &Arc<Self>,
+        raw: &SharedStore,
+        patient_id: &str,
+        by: &str,
+        reason: &str,
+    ) -> StoreResult<Erasure> {
+        self.writable_key_file("erasing a patient")?;
+        let vault = self.clone();
+        let (patient, by_owned, reason_owned) =
+            (patient_id.to_owned(), by.to_owned(), reason.to_owned());
+        let erasure = raw
+            .run(move |tx| {
+                let scope = format!("patient/{patient}");
+                let now = now_us();
+                let keys = tx.erase_data_keys(&scope, now)?;
+                if keys.is_empty() {
+                    return Err(StoreError::Unsupported(format!(
+                        "Patient/{patient} has no data key: nothing was ever stored for this patient (check the id)"
+                    )));
+                }
+                vault.forget(&keys);
+                // Every resource whose current version is sealed with the patient's keys
+                // gets a tombstone.
+                let mut sealed_versions = std::collections::HashSet::new();
+                let mut after = 0;
+                loop {
+                    let page = tx.versions_sealed_with(&keys, after, 1_000)?;
+                    let Some(last) = page.last() else { break };
+                    after = last.seq;
+                    for version in page {
+                        sealed_versions.insert((version.resource_type, version.id, version.version));
+                    }
+                }
+                let versions = sealed_versions.len() as u64;
+                let mut resources: Vec<(String, String)> = sealed_versions
+                    .iter()
+                    .map(|(ty, id, _)| (ty.clone(), id.clone()))
+                    .collect();
+                resources.sort();
+                resources.dedup();
+                let mut tombstoned = 0u64;
+                for (ty, id) in &resources {
+                    let Some(head) = tx.head(ty, id)? else { continue };
+                    if head.deleted || !sealed_versions.contains(&(ty.clone(), id.clone(), head.version)) {
+                        continue;
+                    }
+                    tx.put_version(&NewVersion {
+                        resource_type: ty,
+                        id,
+                        version: head.version + 1,
+                        last_updated_us: now,
+                        deleted: true,
+                        body: &[],
+                        index: &[],
+                        key_id: None,
+                    })?;
+                    tombstoned += 1;
+                }
+                let mut audit = hygie_audit::AuditRecord::new("erase", &by_owned, now);
+                audit.entities.push(format!("Patient/{patient}"));
+                audit.patients.push(patient.clone());
+                audit.outcome_description = Some(format!(
+                    "erased (GDPR Art. 17): {} data key(s) destroyed, {versions} version(s) of {} resource(s) unreadable, {tombstoned} tombstone(s); reason: {reason_owned}",
+                    keys.len(),
+                    resources.len()
+                ));
+                crate::audit_trail::append(tx, &audit)?;
+                Ok(Erasure {
+                    keys,
+                    versions,
+                    resources: resources.len() as u64,
+                })
+            })
+            .await?;
+        let mut keyring = (*self.keyring()).clone();
+        for key_id in &erasure.keys {
+            keyring.puncture(*key_id as u64).map_err(vault_error)?;
+        }
+        self.save_keyring(keyring)?;
+        self.forget(&erasure.keys);
+        Ok(erasure)
+    }
+
+    /// Rotates the key file's keys (the key-encryption keys): a new generation becomes
+    /// active, every data key is re-wrapped under it (online: hub processes reading keys
+    /// meanwhile read the key file again when they meet the new generation), passes
+    /// repeated until none is left under an older one. With `retire_previous`, the older
+    /// generations are then removed from the key file: backups made before can no longer
+    /// be opened with it (what a leaked key file calls for).
+    pub async fn rotate_key_file(
+        self: &Arc<Self>,
+        raw: &SharedStore,
+        by: &str,
+        retire_previous: bool,
+    ) -> StoreResult<Rotation> {
+        self.writable_key_file("rotating the key file")?;
+        let mut keyring = (*self.keyring()).clone();
+        let previous = keyring.generation_ids();
+        let generation = keyring.rotate(now_us());
+        let check = keyring.check_value(generation).map_err(vault_error)?;
+        self.save_keyring(keyring)?;
+        raw.run(move |tx| tx.meta_set(&check_meta(generation), &check))
+            .await?;
+        let mut rewrapped = 0u64;
+        loop {
+            let mut pass = 0u64;
+            let mut after = 0i64;
+            loop {
+                let vault = self.clone();
+                let page = raw
+                    .run(move |tx| -> StoreResult<Option<(i64, u64)>> {
+                        let keys = tx.data_keys(after, 1_000)?;
+                        let Some(last) = keys.last().map(|key| key.key_id) else {
+                            return Ok(None);
+                        };
+                        let keyring = vault.keyring();
+                        let mut done = 0;
+                        for stored in keys {
+                            if stored.wrapped.is_none()
+                                || stored.generation == i64::from(generation)
+                            {
+                                continue;
+                            }
+                            let key = vault.unwrap(&stored)?;
+                            let wrapped = keyring
+                                .wrap(
+                                    generation,
+                                    stored.key_id as u64,
+                                    &key,
+                                    stored.scope.as_bytes(),
+                                )
+                                .map_err(vault_error)?;
+                            tx.rewrap_data_key(stored.key_id, i64::from(generation), &wrapped)?;
+                            done += 1;
+                        }
+                        Ok(Some((last, done)))
+                    })
+                    .await?;
+                let Some((last, done)) = page else { break };
+                after = last;
+                pass += done;
+            }
+            rewrapped += pass;
+            if pass == 0 {
+                break;
+            }
+        }
+        let retired = if retire_previous {
+            let mut keyring = (*self.keyring()).clone();
+            for old in &previous {
+                keyring.retire(*old).map_err(vault_error)?;
+            }
+            self.save_keyring(keyring)?;
+            previous.clone()
+        } else {
+            Vec::new()
+        };
+        let by = by.to_owned();
+        let retired_list = retired.clone();
+        raw.run(move |tx| {
+            let mut audit = hygie_audit::AuditRecord::new("rotate-key-file", &by, now_us());
+            audit.outcome_description = Some(format!(
+                "key file generation {generation} active, {rewrapped} data key(s) re-wrapped{}",
+                if retired_list.is_empty() {
+                    String::new()
+                } else {
+                    format!(", generation(s) {retired_list:?} retired")
+                }
+            ));
+            crate::audit_trail::append(tx, &audit)
+        })
+        .await?;
+        Ok(Rotation {
+            generation,
+            rewrapped,
+            retired,
+        })
+    }
+
+    /// Re-encrypts one patient's data under a new data key (the old one may have leaked):
+    /// in one unit, every version sealed with their current key is opened and sealed again
+    /// with the new one. The old key stays wrapped in the database, not current, so that
+    /// backups taken before still open with the key file.
+    pub async fn rotate_patient_key(
+        self: &Arc<Self>,
+        raw: &SharedStore,
+        patient_id: &str,
+        by: &str,
+    ) -> StoreResult<PatientRotation> {
+        let vault = self.clone();
+        let (patient, by) = (patient_id.to_owned(), by.to_owned());
+        raw.run(move |tx| {
+            let scope = format!("patient/{patient}");
+            let mut sealing = SealedTx {
+                inner: tx,
+                vault: &vault,
+                scope_keys: HashMap::new(),
+            };
+            let old = match sealing.inner.current_data_key(&scope)? {
+                Some(old) if old.wrapped.is_some() => old,
+                Some(_) => return Err(StoreError::Erased(format!("Patient/{patient}"))),
+                None => {
+                    return Err(StoreError::Unsupported(format!(
+                        "Patient/{patient} has no data key: nothing was ever stored for this patient (check the id)"
+                    )));
+                }
+            };
+            let old_key = sealing.key(old.key_id)?;
+            let (stored, new_key) = vault.new_key(&mut *sealing.inner, &scope)?;
+            sealing.inner.put_data_key(&stored, true)?;
+            let mut versions = 0u64;
+            let mut after = 0;
+            loop {
+                let page = sealing.inner.versions_sealed_with(&[old.key_id], after, 500)?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for version in page {
+                    let aad = version_aad(&version.resource_type, &version.id, version.version);
+                    let body = aead::open(&old_key, aad.as_bytes(), &version.body)
+                        .map_err(vault_error)?;
+                    let sealed = aead::seal(&new_key, stored.key_id, aad.as_bytes(), &body);
+                    sealing.inner.reseal_version(version.seq, stored.key_id, &sealed)?;
+                    versions += 1;
+                }
+            }
+            let mut audit = hygie_audit::AuditRecord::new("rotate-patient-key", &by, now_us());
+            audit.entities.push(format!("Patient/{patient}"));
+            audit.patients.push(patient.clone());
+            audit.outcome_description = Some(format!(
+                "{versions} version(s) re-encrypted under data key {} (was {})",
+                stored.key_id, old.key_id
+            ));
+            crate::audit_trail::append(sealing.inner, &audit)?;
+            Ok(PatientRotation {
+                old_key: old.key_id,
+                new_key: stored.key_id,
+                versions,
+            })
+        })
+        .await
+    }
+
     /// `store`, sealing and opening through this vault.
     pub fn seal(self: &Arc<Self>, store: SharedStore) -> SharedStore {
         Arc::new(SealedStore {
@@ -227,7 +536,29 @@ impl Vault {
         })
     }
 
+    /// The keyring, read again from the key file when another process changed it (a
+    /// rotation, an erasure), looked at every `recheck` at most.
     pub fn keyring(&self) -> Arc<Keyring> {
+        if let Some(path) = &self.key_file
+            && let Ok(mut watch) = self.key_file_watch.try_lock()
+            && watch.checked.elapsed() >= self.settings.recheck
+        {
+            watch.checked = Instant::now();
+            let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if modified.is_some() && modified != watch.modified {
+                match Keyring::load(path) {
+                    Ok(keyring) => {
+                        watch.modified = modified;
+                        self.replace_keyring(keyring);
+                    }
+                    Err(error) => tracing::error!(
+                        key_file = %path.display(),
+                        %error,
+                        "the key file changed but cannot be read: keeping the keyring in memory"
+                    ),
+                }
+            }
+        }
         self.keyring.read().expect("keyring lock").clone()
     }
 

@@ -497,6 +497,18 @@ pub fn store_settings(args: &StoreArgs, file: &FileSettings) -> anyhow::Result<S
 /// Opens the store with encryption at rest: what every subcommand that reads or writes
 /// resources works on.
 pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<hygie_store::SharedStore> {
+    let (raw, vault) = open_store_and_vault(settings).await?;
+    Ok(vault.seal(raw))
+}
+
+/// The store without encryption, and its vault: for the commands that work on the keys
+/// themselves (`hygie keys rotate`, `hygie patient erase`).
+pub async fn open_store_and_vault(
+    settings: &StoreSettings,
+) -> anyhow::Result<(
+    hygie_store::SharedStore,
+    std::sync::Arc<hygie_hub::vault::Vault>,
+)> {
     let raw = open_raw_store(settings).await?;
     let vault = open_vault(settings, &raw).await?;
     let sealed = vault
@@ -509,7 +521,7 @@ pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<hygie_store:
             "sealed the versions stored before encryption at rest"
         );
     }
-    Ok(vault.seal(raw))
+    Ok((raw, vault))
 }
 
 /// The keyring: from `HYGIE_VAULT_KEY`, else the key file, made there on the first start

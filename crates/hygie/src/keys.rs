@@ -22,6 +22,20 @@ pub enum KeysCommand {
     /// The keys that sign the hub's own tokens (`hygie token`).
     #[command(subcommand)]
     Signing(SigningCommand),
+    /// Rotate the keys of encryption at rest. Without --patient: the key file's keys (a new
+    /// generation; every data key re-wrapped, online). With --patient: that patient's data
+    /// key (all their data re-encrypted under a new one).
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Re-encrypt this patient's data under a new data key instead.
+        #[arg(long, value_name = "ID")]
+        patient: Option<String>,
+        /// Remove the older generations from the key file afterwards (it leaked): backups
+        /// made before can then no longer be opened with it.
+        #[arg(long, conflicts_with = "patient")]
+        retire_previous: bool,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -49,7 +63,14 @@ pub enum SigningCommand {
 }
 
 pub async fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
-    let KeysCommand::Signing(command) = args.command;
+    let command = match args.command {
+        KeysCommand::Signing(command) => command,
+        KeysCommand::Rotate {
+            store,
+            patient,
+            retire_previous,
+        } => return rotate(&store, patient.as_deref(), retire_previous).await,
+    };
     let store_args = match &command {
         SigningCommand::List { store }
         | SigningCommand::Rotate { store, .. }
@@ -109,5 +130,54 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
         ),
         SigningCommand::List { .. } => {}
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hygie keys rotate [--patient ID] [--retire-previous]`.
+async fn rotate(
+    store_args: &StoreArgs,
+    patient: Option<&str>,
+    retire_previous: bool,
+) -> anyhow::Result<ExitCode> {
+    let file = config::load_file(store_args.config.as_deref())?;
+    let settings = config::store_settings(store_args, &file)?;
+    let (raw, vault) = config::open_store_and_vault(&settings).await?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
+    let by = Principal::local_operator(&user).subject;
+    let outcome = match patient {
+        Some(patient) => vault
+            .rotate_patient_key(&raw, patient, &by)
+            .await
+            .map(|done| {
+                println!(
+                    "Re-encrypted {} version(s) of Patient/{patient} under data key {} (was {}).",
+                    done.versions, done.new_key, done.old_key
+                );
+            }),
+        None => vault
+            .rotate_key_file(&raw, &by, retire_previous)
+            .await
+            .map(|done| {
+                println!(
+                    "Key file generation {} is active; {} data key(s) re-wrapped under it.",
+                    done.generation, done.rewrapped
+                );
+                if done.retired.is_empty() {
+                    println!(
+                        "The older generations stay in the key file: backups made before need them."
+                    );
+                } else {
+                    println!(
+                        "Retired generation(s) {:?}: backups made before them can no longer be opened with this key file.",
+                        done.retired
+                    );
+                }
+                println!(
+                    "Replace every copy of the key file (other hub nodes, the safe) with the new one."
+                );
+            }),
+    };
+    raw.close().await;
+    outcome.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(ExitCode::SUCCESS)
 }

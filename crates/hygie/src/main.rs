@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod import;
 mod keys;
+mod patient;
 mod revoke;
 mod serve;
 mod token;
@@ -46,8 +47,10 @@ enum Command {
     Revoke(revoke::RevokeArgs),
     /// Review break-the-glass accesses: list them, close a review.
     Btg(btg::BtgArgs),
-    /// Manage the hub's keys: those that sign its own tokens.
+    /// Manage the hub's keys: those that sign its own tokens, and those of encryption at rest.
     Keys(keys::KeysArgs),
+    /// A patient's data as a whole: erase it (GDPR Art. 17).
+    Patient(patient::PatientArgs),
     /// The audit log: verify it, print its key.
     Audit(audit::AuditArgs),
 }
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             Command::Revoke(args) => revoke::run(args).await,
             Command::Btg(args) => btg::run(args).await,
             Command::Keys(args) => keys::run(args).await,
+            Command::Patient(args) => patient::run(args).await,
             Command::Audit(args) => audit::run(args).await,
         }
     });
