@@ -8,6 +8,7 @@ ciphertext is refused, not served."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -157,11 +158,39 @@ def test_no_identifying_data_in_clear_at_rest_yet_search_finds_it(imported, tmp_
         haystack = re.sub(r"\\{1,2}x([0-9a-f]+)",
                           lambda m: bytes.fromhex(m.group(1)).decode("latin-1"), dump.stdout)
     assert len(haystack) > 100_000, "the files hold the import"
+    # The searches above are in the audit log; their queries (base64, as BALP has them)
+    # must not spell what was searched for.
+    queries = _audit_queries(backend, hub_args)
+    assert len(queries) >= 9, queries
+    decoded = " ".join(base64.b64decode(q).decode("latin-1") for q in queries)
+    assert not _leaks(decoded), f"search queries in clear in the audit log: {_leaks(decoded)[:5]}"
+    # … while the DPO reading the trail through the hub sees them.
+    trail = http.get(f"{hub}/AuditEvent", params={"subtype": "search-type", "_count": "200"})
+    assert trail.status_code == 200, trail.text
+    served = [base64.b64decode(e["query"]).decode() for entry in trail.json().get("entry", [])
+              for e in entry["resource"].get("entity", []) if "query" in e]
+    assert any("family=" in q for q in served), served[:5]
     leaks = _leaks(haystack)
     assert not leaks, f"in clear at rest ({backend}): {leaks[:20]}"
     # The check itself can fail: the key file, were it kept with the data, would be found
     # by nothing above; but a body written in clear would be.
     assert _leaks(json.dumps({"family": next(iter(_secrets()["name"]))}))
+
+
+def _audit_queries(backend, hub_args) -> list[str]:
+    """The `entity.query` of every stored AuditEvent leaf."""
+    if backend == "sqlite":
+        import sqlite3
+        with sqlite3.connect(hub_args["data_dir"] / "hygie.db") as db:
+            leaves = [row[0] for row in db.execute("SELECT leaf FROM audit_log WHERE leaf IS NOT NULL")]
+    else:
+        out = subprocess.run(["psql", "-X", "-A", "-t", "-d", hub_args["database_url"], "-c",
+                              "SELECT encode(leaf, 'hex') FROM audit_log WHERE leaf IS NOT NULL"],
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, out.stderr
+        leaves = [bytes.fromhex(line) for line in out.stdout.split()]
+    return [entity["query"] for leaf in leaves for entity in json.loads(leaf).get("entity", [])
+            if "query" in entity]
 
 
 def test_a_missing_foreign_or_exposed_key_file_stops_the_hub(imported, hygie_bin, tmp_path):

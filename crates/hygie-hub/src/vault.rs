@@ -100,6 +100,14 @@ struct KeyCache {
     order: VecDeque<i64>,
 }
 
+/// The scope of the key that seals the queries recorded in AuditEvents.
+const AUDIT_SCOPE: &str = "type/AuditEvent";
+/// What a sealed AuditEvent query is bound to.
+const AUDIT_QUERY_AAD: &[u8] = b"AuditEvent.entity.query";
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
 /// Meta keys recording which keyring the database belongs to.
 const INSTALLATION_META: &str = "vault.installation";
 fn check_meta(generation: u32) -> String {
@@ -796,6 +804,85 @@ impl SealedTx<'_> {
         Ok(record)
     }
 
+    /// An AuditEvent leaf with its search query sealed (`None`: it has none). A search's
+    /// query names what was searched for (`family=Dupont`): in the log for good, it would
+    /// be identifying data in clear at rest. Sealed under the `type/AuditEvent` key (base64
+    /// of the sealed bytes, still a base64Binary), it is opened for the auditors who read
+    /// the trail through the hub (`search_audit`, `audit_event`); `verify`, the witness and
+    /// the SIEM exports see the sealed leaf, which is the one in the tree.
+    fn seal_leaf_query(&mut self, leaf: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        if memchr::memmem::find(leaf, b"\"query\"").is_none() {
+            return Ok(None);
+        }
+        let mut event: serde_json::Value = match serde_json::from_slice(leaf) {
+            Ok(event) => event,
+            Err(_) => return Ok(None),
+        };
+        let Some(entities) = event.get_mut("entity").and_then(|e| e.as_array_mut()) else {
+            return Ok(None);
+        };
+        let mut sealed_any = false;
+        for entity in entities {
+            let Some(query) = entity.get("query").and_then(|q| q.as_str()) else {
+                continue;
+            };
+            let Ok(plain) = BASE64.decode(query) else {
+                continue;
+            };
+            let (key_id, key) = self.current_key(AUDIT_SCOPE)?;
+            let sealed = aead::seal(&key, key_id, AUDIT_QUERY_AAD, &plain);
+            entity["query"] = serde_json::Value::String(BASE64.encode(sealed));
+            sealed_any = true;
+        }
+        if !sealed_any {
+            return Ok(None);
+        }
+        serde_json::to_vec(&event)
+            .map(Some)
+            .map_err(|e| StoreError::Database(format!("an AuditEvent leaf: {e}")))
+    }
+
+    /// Opens the sealed query of a leaf read back for an auditor; a query that cannot be
+    /// opened is left sealed (and said so in the log).
+    fn open_leaf_query(&mut self, leaf: &mut Vec<u8>) {
+        if memchr::memmem::find(leaf, b"\"query\"").is_none() {
+            return;
+        }
+        let Ok(mut event) = serde_json::from_slice::<serde_json::Value>(leaf) else {
+            return;
+        };
+        let Some(entities) = event.get_mut("entity").and_then(|e| e.as_array_mut()) else {
+            return;
+        };
+        let mut opened_any = false;
+        for entity in entities {
+            let Some(sealed) = entity
+                .get("query")
+                .and_then(|q| q.as_str())
+                .and_then(|q| BASE64.decode(q).ok())
+            else {
+                continue;
+            };
+            if !aead::is_sealed(&sealed) {
+                continue;
+            }
+            let opened = aead::sealed_key_id(&sealed)
+                .map_err(vault_error)
+                .and_then(|key_id| self.key(key_id))
+                .and_then(|key| aead::open(&key, AUDIT_QUERY_AAD, &sealed).map_err(vault_error));
+            match opened {
+                Ok(plain) => {
+                    entity["query"] = serde_json::Value::String(BASE64.encode(plain));
+                    opened_any = true;
+                }
+                Err(error) => tracing::error!(%error, "an AuditEvent query could not be opened"),
+            }
+        }
+        if opened_any && let Ok(bytes) = serde_json::to_vec(&event) {
+            *leaf = bytes;
+        }
+    }
+
     /// Opens every record; the erased ones are left out (their patient's data is gone).
     fn open_all(&mut self, records: Vec<VersionRecord>) -> StoreResult<Vec<VersionRecord>> {
         let mut opened = Vec::with_capacity(records.len());
@@ -1013,7 +1100,10 @@ impl Tx for SealedTx<'_> {
         self.inner.close_break_glass(id, by, review, at)
     }
     fn append_audit(&mut self, recorded_us: i64, leaf: &[u8]) -> StoreResult<i64> {
-        self.inner.append_audit(recorded_us, leaf)
+        match self.seal_leaf_query(leaf)? {
+            Some(sealed) => self.inner.append_audit(recorded_us, &sealed),
+            None => self.inner.append_audit(recorded_us, leaf),
+        }
     }
     fn append_audit_indexed(
         &mut self,
@@ -1022,17 +1112,34 @@ impl Tx for SealedTx<'_> {
         leaf_hash: &[u8; 32],
         facets: &hygie_store::AuditFacets,
     ) -> StoreResult<i64> {
-        self.inner
-            .append_audit_indexed(recorded_us, leaf, leaf_hash, facets)
+        match self.seal_leaf_query(leaf)? {
+            // The leaf of the log is the sealed one: its hash is taken again.
+            Some(sealed) => {
+                let hash = hygie_audit::merkle::leaf_hash(&sealed);
+                self.inner
+                    .append_audit_indexed(recorded_us, &sealed, &hash, facets)
+            }
+            None => self
+                .inner
+                .append_audit_indexed(recorded_us, leaf, leaf_hash, facets),
+        }
     }
     fn search_audit(
         &mut self,
         query: &hygie_store::AuditQuery,
     ) -> StoreResult<Vec<hygie_store::AuditHit>> {
-        self.inner.search_audit(query)
+        let mut hits = self.inner.search_audit(query)?;
+        for hit in &mut hits {
+            self.open_leaf_query(&mut hit.leaf);
+        }
+        Ok(hits)
     }
     fn audit_event(&mut self, number: i64) -> StoreResult<Option<hygie_store::AuditHit>> {
-        self.inner.audit_event(number)
+        let mut hit = self.inner.audit_event(number)?;
+        if let Some(hit) = &mut hit {
+            self.open_leaf_query(&mut hit.leaf);
+        }
+        Ok(hit)
     }
     fn prune_audit_leaves(
         &mut self,
