@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit_index;
+pub mod backup;
 mod migrations;
 mod postgres_store;
 pub mod search;

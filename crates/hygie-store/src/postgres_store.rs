@@ -112,7 +112,7 @@ pub fn open_postgres(url: &str, options: &PostgresOptions) -> StoreResult<Postgr
 }
 
 /// The URL without its password, for error messages and logs.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
@@ -131,7 +131,7 @@ fn redact(url: &str) -> String {
 }
 
 /// An arbitrary, fixed key for the migration advisory lock ("hygie" in ASCII).
-const MIGRATION_LOCK_KEY: i64 = 0x0068_7967_6965;
+pub(crate) const MIGRATION_LOCK_KEY: i64 = 0x0068_7967_6965;
 
 fn migrate(client: &mut Client) -> StoreResult<()> {
     let mut tx = client.transaction()?;

@@ -108,6 +108,15 @@ pub struct TestBackend {
 }
 
 impl TestBackend {
+    /// Where the store lives (for the backup tests, which read it beside the store).
+    pub fn target(&self) -> crate::backup::Target {
+        match (&self._dir, &self._database) {
+            (_, Some(database)) => crate::backup::Target::Postgres(database.url.clone()),
+            (Some(dir), None) => crate::backup::Target::Sqlite(dir.path().to_owned()),
+            (None, None) => unreachable!("a test backend has a directory or a database"),
+        }
+    }
+
     /// Embedded SQLite in a fresh temporary directory.
     pub fn sqlite() -> TestBackend {
         let dir = tempfile::tempdir().expect("a temporary directory");

@@ -25,6 +25,11 @@ pub const SLOT_COUNT: u64 = 1 << SLOT_BITS;
 /// The last slot, reserved for the key check value: never handed out, never punctured, so
 /// that every generation can always prove it is the right key.
 pub const CHECK_SLOT: u64 = SLOT_COUNT - 1;
+/// The slot reserved for the keys of backups (`hygie backup`): each backup's random key is
+/// wrapped under this slot's key. Never handed to a patient and never punctured, so that
+/// erasing a patient makes that patient's data in a backup unreadable and nothing else:
+/// the backup itself still opens.
+pub const BACKUP_SLOT: u64 = SLOT_COUNT - 2;
 
 /// The label of child derivation; a new derivation would take a new label.
 const CHILD_LABEL: &[u8] = b"hygie-ggm-v1";
@@ -59,11 +64,11 @@ impl PuncturableKey {
     }
 
     /// Makes `slot` underivable while every other slot keeps its key. Returns whether the
-    /// slot was covered (false: already punctured, nothing changed). [`CHECK_SLOT`] is
-    /// refused ([`VaultError::ReservedSlot`]).
+    /// slot was covered (false: already punctured, nothing changed). [`CHECK_SLOT`] and
+    /// [`BACKUP_SLOT`] are refused ([`VaultError::ReservedSlot`]).
     pub fn puncture(&mut self, slot: u64) -> Result<bool, VaultError> {
         check_in_range(slot)?;
-        if slot == CHECK_SLOT {
+        if slot == CHECK_SLOT || slot == BACKUP_SLOT {
             return Err(VaultError::ReservedSlot(slot));
         }
         let Some(covering) = self.covering_node(slot) else {
@@ -267,6 +272,19 @@ mod tests {
     }
 
     #[test]
+    fn backup_slot_is_refused() {
+        let mut key = PuncturableKey::random();
+        assert!(matches!(
+            key.puncture(BACKUP_SLOT),
+            Err(VaultError::ReservedSlot(BACKUP_SLOT))
+        ));
+        assert_eq!(key.cover_len(), 1);
+        // Its neighbour is an ordinary slot.
+        assert!(key.puncture(BACKUP_SLOT - 1).unwrap());
+        assert!(!key.is_punctured(BACKUP_SLOT).unwrap());
+    }
+
+    #[test]
     fn out_of_range_slots_are_refused() {
         let mut key = PuncturableKey::random();
         for slot in [SLOT_COUNT, SLOT_COUNT + 1, u64::MAX] {
@@ -300,7 +318,7 @@ mod tests {
     #[test]
     fn nodes_round_trip() {
         let mut key = PuncturableKey::random();
-        for slot in [0, 1, 77, 1 << 31, CHECK_SLOT - 1] {
+        for slot in [0, 1, 77, 1 << 31, BACKUP_SLOT - 1] {
             key.puncture(slot).unwrap();
         }
         let copy = PuncturableKey::from_nodes(
@@ -317,7 +335,8 @@ mod tests {
             78,
             1 << 31,
             (1 << 31) + 1,
-            CHECK_SLOT - 1,
+            BACKUP_SLOT - 1,
+            BACKUP_SLOT,
             CHECK_SLOT,
         ] {
             assert_eq!(derived(&copy, slot), derived(&key, slot));
@@ -325,19 +344,20 @@ mod tests {
     }
 
     /// Sets of slots to puncture: scattered, clustered (consecutive slots), and hugging
-    /// both ends of the range (slot 0 and 2^32 - 2, next to the check slot).
+    /// both ends of the range that may be punctured (slot 0 and 2^32 - 3, next to the
+    /// reserved backup and check slots).
     fn punctures() -> impl Strategy<Value = Vec<u64>> {
         let one = prop_oneof![
-            0..CHECK_SLOT,
+            0..BACKUP_SLOT,
             0..64u64,
-            (CHECK_SLOT - 64)..CHECK_SLOT,
+            (BACKUP_SLOT - 64)..BACKUP_SLOT,
             Just(0),
-            Just(CHECK_SLOT - 1),
+            Just(BACKUP_SLOT - 1),
         ];
         let scattered = proptest::collection::vec(one, 0..24);
-        let clustered = (0..CHECK_SLOT - 48, 1..48u64)
+        let clustered = (0..BACKUP_SLOT - 48, 1..48u64)
             .prop_map(|(first, count)| (first..first + count).collect::<Vec<_>>());
-        let top = (1..48u64).prop_map(|count| (CHECK_SLOT - count..CHECK_SLOT).collect());
+        let top = (1..48u64).prop_map(|count| (BACKUP_SLOT - count..BACKUP_SLOT).collect());
         prop_oneof![scattered, clustered, top]
     }
 

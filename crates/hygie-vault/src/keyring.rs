@@ -23,7 +23,9 @@
 //! list a rotation could not puncture them in the new generation (a cover set does not
 //! enumerate its holes cheaply), and an unwrap could only say "corrupt" where it means
 //! "erased". It may be left out (no erasure yet). Every generation must have every erased
-//! slot punctured and must cover [`CHECK_SLOT`]; a file that breaks this is refused.
+//! slot punctured and must cover [`CHECK_SLOT`] and [`BACKUP_SLOT`] (the slot whose key
+//! wraps each backup's key: never erased, so that an erasure leaves backups restorable
+//! without the erased patient); a file that breaks this is refused.
 //!
 //! Wrapped data key (75 bytes):
 //!
@@ -52,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::aead::{DataKey, NONCE_LEN, TAG_LEN, decrypt_in_place, encrypt_in_place, random_nonce};
-use crate::ggm::{CHECK_SLOT, PuncturableKey};
+use crate::ggm::{BACKUP_SLOT, CHECK_SLOT, PuncturableKey};
 use crate::secret::{hex, hmac_sha256};
 use crate::{Secret, VaultError};
 
@@ -460,7 +462,10 @@ impl Keyring {
         let file: KeyFile<'_> = serde_json::from_str(text).map_err(json_error)?;
         let index_key = decode(file.index_key, "index_key")?;
         let erased_slots: BTreeSet<u64> = file.erased_slots.into_iter().collect();
-        if let Some(&slot) = erased_slots.range(CHECK_SLOT..).next() {
+        if let Some(&slot) = erased_slots
+            .range(BACKUP_SLOT..)
+            .next()
+        {
             return Err(VaultError::Malformed(format!(
                 "erased_slots: {slot} is not a slot that can be erased"
             )));
@@ -481,6 +486,11 @@ impl Keyring {
             if key.is_punctured(CHECK_SLOT)? {
                 return Err(VaultError::Malformed(format!(
                     "{field}.nodes: the check slot is not covered"
+                )));
+            }
+            if key.is_punctured(BACKUP_SLOT)? {
+                return Err(VaultError::Malformed(format!(
+                    "{field}.nodes: the backup slot is not covered"
                 )));
             }
             if let Some(slot) = erased_slots

@@ -7,7 +7,7 @@ use std::path::Path;
 use base64::Engine;
 use hygie_vault::VaultError;
 use hygie_vault::aead::DataKey;
-use hygie_vault::ggm::CHECK_SLOT;
+use hygie_vault::ggm::{BACKUP_SLOT, CHECK_SLOT};
 use hygie_vault::keyring::{FORMAT, Keyring, WRAPPED_KEY_LEN};
 
 const NOW_US: i64 = 1_700_000_000_000_000;
@@ -116,6 +116,33 @@ fn unwrap_after_puncture_is_erased() {
     ));
     let unwrapped = keyring.unwrap(1, 43, &wrapped_neighbour, AAD).unwrap();
     assert_eq!(unwrapped.as_bytes(), neighbour.as_bytes());
+}
+
+/// A backup's key is wrapped under the backup slot; no erasure can reach it, so a backup
+/// stays restorable after its patients' erasures (without their data).
+#[test]
+fn the_backup_slot_wraps_and_is_never_erased() {
+    let mut keyring = keyring();
+    let backup_key = DataKey::generate();
+    let wrapped = keyring
+        .wrap(1, BACKUP_SLOT, &backup_key, b"hygie-backup/1 id")
+        .unwrap();
+    assert!(keyring.puncture(42).unwrap());
+    assert!(keyring.puncture(BACKUP_SLOT - 1).unwrap());
+    assert!(matches!(
+        keyring.puncture(BACKUP_SLOT),
+        Err(VaultError::ReservedSlot(BACKUP_SLOT))
+    ));
+    assert!(!keyring.is_erased(BACKUP_SLOT));
+    let reloaded = Keyring::from_text(&keyring.to_text()).unwrap();
+    let unwrapped = reloaded
+        .unwrap(1, BACKUP_SLOT, &wrapped, b"hygie-backup/1 id")
+        .unwrap();
+    assert_eq!(unwrapped.as_bytes(), backup_key.as_bytes());
+    assert!(matches!(
+        reloaded.unwrap(1, BACKUP_SLOT, &wrapped, b"hygie-backup/1 other"),
+        Err(VaultError::Corrupt)
+    ));
 }
 
 #[test]
@@ -292,7 +319,7 @@ fn check_value_identifies_the_key_file() {
     );
 
     keyring.puncture(42).unwrap();
-    keyring.puncture(CHECK_SLOT - 1).unwrap();
+    keyring.puncture(BACKUP_SLOT - 1).unwrap();
     assert_eq!(keyring.check_value(1).unwrap(), check);
     keyring.save(&path).unwrap();
     assert_eq!(Keyring::load(&path).unwrap().check_value(1).unwrap(), check);
