@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod backup;
 mod btg;
 mod config;
 mod demo;
@@ -53,6 +54,8 @@ enum Command {
     Patient(patient::PatientArgs),
     /// The audit log: verify it, print its key.
     Audit(audit::AuditArgs),
+    /// Online, consistent, encrypted backups: create, verify, restore.
+    Backup(backup::BackupArgs),
 }
 
 fn init_logging(format: Option<&str>) -> anyhow::Result<()> {
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
             Command::Keys(args) => keys::run(args).await,
             Command::Patient(args) => patient::run(args).await,
             Command::Audit(args) => audit::run(args).await,
+            Command::Backup(args) => backup::run(args).await,
         }
     });
     match result {
