@@ -586,7 +586,10 @@ impl Restorer {
         }
         restorer.tables = sqlite_tables(&connection, false)?;
         restorer.loaded = vec![false; restorer.tables.len()];
-        if let Sink::Sqlite { connection: slot, .. } = &mut restorer.sink {
+        if let Sink::Sqlite {
+            connection: slot, ..
+        } = &mut restorer.sink
+        {
             *slot = Some(connection);
         }
         Ok(restorer)
@@ -811,9 +814,7 @@ impl Restorer {
     /// fsynced, renamed to `hygie.db` and the directory fsynced.
     pub fn commit(mut self) -> StoreResult<()> {
         if self.current.is_some() {
-            return Err(StoreError::Config(
-                "the backup ends inside a table".into(),
-            ));
+            return Err(StoreError::Config("the backup ends inside a table".into()));
         }
         if let Some(position) = self.loaded.iter().position(|loaded| !loaded) {
             return Err(StoreError::Config(format!(
@@ -1073,7 +1074,8 @@ fn sqlite_sequences(connection: &Connection) -> StoreResult<Vec<SequenceValue>> 
     if exists == 0 {
         return Ok(Vec::new());
     }
-    let mut statement = connection.prepare("SELECT name, seq FROM sqlite_sequence ORDER BY name")?;
+    let mut statement =
+        connection.prepare("SELECT name, seq FROM sqlite_sequence ORDER BY name")?;
     let found = statement
         .query_map([], |row| {
             Ok(SequenceValue {
@@ -1377,7 +1379,10 @@ fn write_copy_tuple(
     values: &[Value],
 ) -> StoreResult<()> {
     if types.len() != values.len() {
-        return Err(copy_error(table, "the row does not fit the table's columns"));
+        return Err(copy_error(
+            table,
+            "the row does not fit the table's columns",
+        ));
     }
     buffer.extend_from_slice(&(values.len() as i16).to_be_bytes());
     for ((value, kind), column) in values.iter().zip(types).zip(columns) {

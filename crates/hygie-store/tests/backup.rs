@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hygie_store::backup::{Restorer, Snapshot, TABLES, TableInfo, Target, Value};
 use hygie_store::testing::{TestBackend, ThrowawayDatabase};
 use hygie_store::{
-    AuditFacets, IndexCell, IndexRow, NewBreakGlass, NewVersion, SharedStore, StoreError,
-    StoreExt, StoredCheckpoint, StoredDataKey,
+    AuditFacets, IndexCell, IndexRow, NewBreakGlass, NewVersion, SharedStore, StoreError, StoreExt,
+    StoredCheckpoint, StoredDataKey,
 };
 
 hygie_store::on_both_backends!(
@@ -123,7 +123,11 @@ async fn fill_every_table(store: &SharedStore) {
     store
         .run(|tx| {
             let index = index_rows();
-            for (ty, id, version) in [("Patient", "p1", 1), ("Patient", "p1", 2), ("Observation", "o1", 1)] {
+            for (ty, id, version) in [
+                ("Patient", "p1", 1),
+                ("Patient", "p1", 2),
+                ("Observation", "o1", 1),
+            ] {
                 tx.put_version(&NewVersion {
                     resource_type: ty,
                     id,
@@ -453,7 +457,10 @@ async fn a_snapshot_taken_during_writes_is_of_one_instant(backend: TestBackend) 
         assert!(versions.contains(head), "the head {head:?} has its version");
     }
     for table in ["search_token", "search_string", "search_date", "search_uri"] {
-        assert_eq!(dumped[table], snapshot_units, "{table}: one row per resource");
+        assert_eq!(
+            dumped[table], snapshot_units,
+            "{table}: one row per resource"
+        );
     }
     assert_eq!(dumped["audit_facet"], 2 * snapshot_units);
 }
@@ -480,8 +487,14 @@ async fn a_target_that_is_not_empty_is_refused_and_left_alone(backend: TestBacke
             Target::Sqlite(_) => "postgres",
             Target::Postgres(_) => "sqlite",
         };
-        let message = Restorer::begin(&target, other, 8).err().unwrap().to_string();
-        assert!(message.contains("into the backend it was made from"), "{message}");
+        let message = Restorer::begin(&target, other, 8)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains("into the backend it was made from"),
+            "{message}"
+        );
         assert!(matches!(
             Restorer::begin(&target, target.backend(), 1_000),
             Err(StoreError::SchemaTooNew { found: 1_000, .. })

@@ -462,10 +462,7 @@ impl Keyring {
         let file: KeyFile<'_> = serde_json::from_str(text).map_err(json_error)?;
         let index_key = decode(file.index_key, "index_key")?;
         let erased_slots: BTreeSet<u64> = file.erased_slots.into_iter().collect();
-        if let Some(&slot) = erased_slots
-            .range(BACKUP_SLOT..)
-            .next()
-        {
+        if let Some(&slot) = erased_slots.range(BACKUP_SLOT..).next() {
             return Err(VaultError::Malformed(format!(
                 "erased_slots: {slot} is not a slot that can be erased"
             )));

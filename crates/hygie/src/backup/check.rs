@@ -132,7 +132,10 @@ impl<'k> Checker<'k> {
 
     pub fn begin_table(&mut self, name: &str, columns: &[Column]) -> anyhow::Result<()> {
         let expected = self.header.tables.get(self.next_table).ok_or_else(|| {
-            anyhow!("the backup holds a table {name} beyond the {} its header lists", self.header.tables.len())
+            anyhow!(
+                "the backup holds a table {name} beyond the {} its header lists",
+                self.header.tables.len()
+            )
         })?;
         if expected.name != name {
             bail!(
@@ -158,7 +161,10 @@ impl<'k> Checker<'k> {
             .ok_or_else(|| anyhow!("a row outside of any table"))?;
         table.rows += 1;
         self.report.rows += 1;
-        let (name, columns) = (table.name.clone(), &self.table.as_ref().expect("set").columns);
+        let (name, columns) = (
+            table.name.clone(),
+            &self.table.as_ref().expect("set").columns,
+        );
         let get = |column_name: &str| -> anyhow::Result<&Value> {
             Ok(&values[column(columns, column_name, &name)?])
         };
@@ -259,8 +265,7 @@ impl<'k> Checker<'k> {
 
     /// The end of the stream: every table listed was there, the audit tree was checked.
     pub fn finish(&mut self, tables_said: u32) -> anyhow::Result<Report> {
-        if self.next_table != self.header.tables.len() || tables_said as usize != self.next_table
-        {
+        if self.next_table != self.header.tables.len() || tables_said as usize != self.next_table {
             bail!(
                 "the backup ends after {} tables, and its header lists {}",
                 self.next_table,
@@ -284,7 +289,10 @@ impl<'k> Checker<'k> {
         let generation = u32::try_from(generation)
             .map_err(|_| anyhow!("data key {key_id} names generation {generation}"))?;
         let slot = u64::try_from(key_id).map_err(|_| anyhow!("data key number {key_id}"))?;
-        match self.keyring.unwrap(generation, slot, wrapped, scope.as_bytes()) {
+        match self
+            .keyring
+            .unwrap(generation, slot, wrapped, scope.as_bytes())
+        {
             Ok(key) => Ok(KeyState::Live(key)),
             Err(VaultError::Erased { .. }) => Ok(KeyState::Erased),
             Err(VaultError::UnknownGeneration(generation)) => bail!(
@@ -299,22 +307,31 @@ impl<'k> Checker<'k> {
         let Some(note) = self.header.audit.checkpoint.clone() else {
             return Ok(());
         };
-        let origin = self
-            .meta
-            .get("audit.origin")
-            .ok_or_else(|| anyhow!("the backup has a checkpoint but no audit.origin in hub_meta"))?;
+        let origin = self.meta.get("audit.origin").ok_or_else(|| {
+            anyhow!("the backup has a checkpoint but no audit.origin in hub_meta")
+        })?;
         let pkcs8 = self
             .meta
             .get("audit.log_key")
-            .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
-            .ok_or_else(|| anyhow!("the backup has a checkpoint but no audit log key in hub_meta"))?;
+            .and_then(|encoded| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .ok()
+            })
+            .ok_or_else(|| {
+                anyhow!("the backup has a checkpoint but no audit log key in hub_meta")
+            })?;
         let key = NoteSigner::from_pkcs8(origin, &pkcs8)
             .map_err(|e| anyhow!("the audit log key in the backup: {e}"))?
             .verifier_key();
-        let (checkpoint, _) = open_checkpoint(note.as_bytes(), &[key])
-            .map_err(|e| anyhow!("the latest checkpoint does not verify with the log's key: {e}"))?;
+        let (checkpoint, _) = open_checkpoint(note.as_bytes(), &[key]).map_err(|e| {
+            anyhow!("the latest checkpoint does not verify with the log's key: {e}")
+        })?;
         if checkpoint.origin != *origin {
-            bail!("the latest checkpoint is of the log {:?}, not {origin:?}", checkpoint.origin);
+            bail!(
+                "the latest checkpoint is of the log {:?}, not {origin:?}",
+                checkpoint.origin
+            );
         }
         if checkpoint.size > self.header.audit.tree_size {
             bail!(

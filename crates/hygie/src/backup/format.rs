@@ -35,7 +35,9 @@ use std::io::{self, Read, Write};
 
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
-use hygie_store::backup::{Column, ColumnKind, MAX_COLUMNS, MAX_NAME_BYTES, MAX_VALUE_BYTES, Value};
+use hygie_store::backup::{
+    Column, ColumnKind, MAX_COLUMNS, MAX_NAME_BYTES, MAX_VALUE_BYTES, Value,
+};
 use serde::{Deserialize, Serialize};
 
 /// The format this version writes and reads.
@@ -115,11 +117,8 @@ impl Header {
             for (field, value) in a {
                 if b.get(field) != Some(value) {
                     if field == "tables"
-                        && let Some(table) = self
-                            .tables
-                            .iter()
-                            .zip(&other.tables)
-                            .find(|(x, y)| x != y)
+                        && let Some(table) =
+                            self.tables.iter().zip(&other.tables).find(|(x, y)| x != y)
                     {
                         return format!(
                             "table {}: {} rows in the plaintext header, {} in the authenticated copy",
@@ -143,12 +142,10 @@ pub fn read_header<R: io::BufRead>(input: &mut R) -> Result<(Header, Vec<u8>), S
         b'\n',
         &mut line,
     )
-        .map_err(|e| format!("cannot read the header: {e}"))?;
+    .map_err(|e| format!("cannot read the header: {e}"))?;
     if line.last() != Some(&b'\n') {
         return Err(if line.len() > MAX_HEADER_BYTES {
-            format!(
-                "it is not a Hygie backup: no header line within {MAX_HEADER_BYTES} bytes"
-            )
+            format!("it is not a Hygie backup: no header line within {MAX_HEADER_BYTES} bytes")
         } else {
             "it is not a Hygie backup, or it is truncated inside its header".to_owned()
         });
@@ -158,16 +155,17 @@ pub fn read_header<R: io::BufRead>(input: &mut R) -> Result<(Header, Vec<u8>), S
     struct FormatOnly {
         format: String,
     }
-    let format: FormatOnly = serde_json::from_slice(&line)
-        .map_err(|_| "it is not a Hygie backup (its first line is not a backup header)".to_owned())?;
+    let format: FormatOnly = serde_json::from_slice(&line).map_err(|_| {
+        "it is not a Hygie backup (its first line is not a backup header)".to_owned()
+    })?;
     if format.format != FORMAT {
         return Err(format!(
             "its format is {:?}, and this hygie reads {FORMAT:?} only",
             format.format
         ));
     }
-    let header: Header = serde_json::from_slice(&line)
-        .map_err(|e| format!("its header is malformed: {e}"))?;
+    let header: Header =
+        serde_json::from_slice(&line).map_err(|e| format!("its header is malformed: {e}"))?;
     Ok((header, line))
 }
 
@@ -357,7 +355,7 @@ impl<R: Read> ChunkReader<R> {
         }
         let last = head[0] & FINAL_FLAG != 0;
         let length = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
-        if length > CHUNK_BYTES + TAG_BYTES || length < TAG_BYTES || head[0] & !FINAL_FLAG != 0 {
+        if !(TAG_BYTES..=CHUNK_BYTES + TAG_BYTES).contains(&length) || head[0] & !FINAL_FLAG != 0 {
             return Err(StreamError::TooLong { index, length });
         }
         let mut chunk = vec![0u8; length];
@@ -402,7 +400,13 @@ impl<R: Read> ChunkReader<R> {
 
     /// Why a chunk did not open where it is: it opens as another chunk (reordered), as a
     /// middle chunk where a final one was announced and expected, or not at all (altered).
-    fn diagnose(&self, index: u64, last: bool, sealed: &[u8], tag: &[u8; TAG_BYTES]) -> StreamError {
+    fn diagnose(
+        &self,
+        index: u64,
+        last: bool,
+        sealed: &[u8],
+        tag: &[u8; TAG_BYTES],
+    ) -> StreamError {
         let opens = |at: u64, final_flag: bool| {
             let mut scratch = sealed.to_vec();
             self.open(at, final_flag, &mut scratch, tag).is_ok()
@@ -543,7 +547,9 @@ impl<W: Write> RecordWriter<W> {
 
 fn put_name(out: &mut Vec<u8>, name: &str) -> io::Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES || !name.is_ascii() {
-        return Err(io::Error::other(format!("the name {name:?} cannot be written")));
+        return Err(io::Error::other(format!(
+            "the name {name:?} cannot be written"
+        )));
     }
     out.push(name.len() as u8);
     out.extend_from_slice(name.as_bytes());
@@ -672,7 +678,9 @@ impl<R: Read> RecordReader<R> {
                 self.state = ReaderState::Tables;
                 Record::Header(self.take(length)?.to_vec())
             }
-            (ReaderState::Start, _) => return Err(malformed("the stream does not start with the header")),
+            (ReaderState::Start, _) => {
+                return Err(malformed("the stream does not start with the header"));
+            }
             (ReaderState::Tables, b'T') if self.columns.is_none() => {
                 let name = self.name()?;
                 let count = self.u16()? as usize;
@@ -801,7 +809,10 @@ mod tests {
         let mut bytes = sealed(2);
         let at = offset(&bytes, 1) + 100;
         bytes[at] ^= 1;
-        assert!(matches!(read_all(&bytes), Err(StreamError::Altered { index: 1 })));
+        assert!(matches!(
+            read_all(&bytes),
+            Err(StreamError::Altered { index: 1 })
+        ));
     }
 
     #[test]
@@ -810,18 +821,27 @@ mod tests {
         // Cut inside chunk 2.
         let cut = &bytes[..offset(&bytes, 2) + 3];
         let error = read_all(cut).unwrap_err();
-        assert!(matches!(error, StreamError::CutShort { after: 1, .. }), "{error}");
+        assert!(
+            matches!(error, StreamError::CutShort { after: 1, .. }),
+            "{error}"
+        );
         assert!(error.to_string().contains("truncated after chunk 1"));
         // The final chunk dropped whole.
         let dropped = &bytes[..offset(&bytes, 2)];
         let error = read_all(dropped).unwrap_err();
-        assert!(matches!(error, StreamError::Truncated { after: 1 }), "{error}");
+        assert!(
+            matches!(error, StreamError::Truncated { after: 1 }),
+            "{error}"
+        );
         // The final chunk dropped and the flag of the new last one set.
         let mut flagged = dropped.to_vec();
         let at = offset(&flagged, 1);
         flagged[at] = FINAL_FLAG;
         let error = read_all(&flagged).unwrap_err();
-        assert!(matches!(error, StreamError::Truncated { after: 1 }), "{error}");
+        assert!(
+            matches!(error, StreamError::Truncated { after: 1 }),
+            "{error}"
+        );
         // Nothing after the header.
         assert!(matches!(read_all(&[]), Err(StreamError::NoChunk)));
     }
@@ -845,24 +865,38 @@ mod tests {
     fn bytes_after_the_final_chunk_and_other_backups_chunks_are_refused() {
         let mut bytes = sealed(1);
         bytes.push(0);
-        assert!(matches!(read_all(&bytes), Err(StreamError::Trailing { index: 1 })));
+        assert!(matches!(
+            read_all(&bytes),
+            Err(StreamError::Trailing { index: 1 })
+        ));
         // The same stream under another backup's id does not open.
         let bytes = sealed(1);
         let mut reader = ChunkReader::new(&bytes[..], &KEY, [8; 16]);
-        assert!(matches!(reader.next_chunk(), Err(StreamError::Altered { index: 0 })));
+        assert!(matches!(
+            reader.next_chunk(),
+            Err(StreamError::Altered { index: 0 })
+        ));
     }
 
     #[test]
     fn records_round_trip_in_order() {
         let columns = vec![
-            Column { name: "a".into(), kind: ColumnKind::Integer },
-            Column { name: "b".into(), kind: ColumnKind::Blob },
+            Column {
+                name: "a".into(),
+                kind: ColumnKind::Integer,
+            },
+            Column {
+                name: "b".into(),
+                kind: ColumnKind::Blob,
+            },
         ];
         let mut records = RecordWriter::new(ChunkWriter::new(Vec::new(), &KEY, ID));
         records.header(b"{}").unwrap();
         records.table("t", &columns).unwrap();
         let big = vec![3u8; 3 * CHUNK_BYTES];
-        records.row(&[Value::Integer(-5), Value::Blob(big.clone())]).unwrap();
+        records
+            .row(&[Value::Integer(-5), Value::Blob(big.clone())])
+            .unwrap();
         records.row(&[Value::Null, Value::Blob(vec![])]).unwrap();
         records.end_table(2).unwrap();
         records.sequence("t", 41).unwrap();
@@ -877,11 +911,17 @@ mod tests {
             read,
             vec![
                 Record::Header(b"{}".to_vec()),
-                Record::Table { name: "t".into(), columns },
+                Record::Table {
+                    name: "t".into(),
+                    columns
+                },
                 Record::Row(vec![Value::Integer(-5), Value::Blob(big)]),
                 Record::Row(vec![Value::Null, Value::Blob(vec![])]),
                 Record::EndTable { rows: 2 },
-                Record::Sequence { name: "t".into(), value: 41 },
+                Record::Sequence {
+                    name: "t".into(),
+                    value: 41
+                },
                 Record::End { tables: 1 },
             ]
         );

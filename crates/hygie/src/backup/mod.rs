@@ -350,7 +350,9 @@ fn open_backup(path: &Path) -> anyhow::Result<(Header, Vec<u8>, BufReader<File>)
     let mut input = BufReader::with_capacity(1 << 20, file);
     let (header, line) =
         format::read_header(&mut input).map_err(|why| anyhow!("{}: {why}", path.display()))?;
-    header.id_bytes().map_err(|why| anyhow!("{}: {why}", path.display()))?;
+    header
+        .id_bytes()
+        .map_err(|why| anyhow!("{}: {why}", path.display()))?;
     Ok((header, line, input))
 }
 
