@@ -473,6 +473,8 @@ pub struct Restorer {
     loaded: Vec<bool>,
     /// The table being loaded: its position in `tables`, rows so far.
     current: Option<(usize, u64)>,
+    /// SQLite: the insert of the current table's rows.
+    insert_sql: String,
     finished: bool,
 }
 
@@ -570,6 +572,7 @@ impl Restorer {
             tables: Vec::new(),
             loaded: Vec::new(),
             current: None,
+            insert_sql: String::new(),
             finished: false,
         };
         // From here on, dropping `restorer` removes what was created.
@@ -642,6 +645,7 @@ impl Restorer {
             loaded: vec![false; tables.len()],
             tables,
             current: None,
+            insert_sql: String::new(),
             finished: false,
         })
     }
@@ -684,6 +688,11 @@ impl Restorer {
         if let Sink::Postgres { client, types, .. } = &mut self.sink {
             *types = pg_column_types(client, table)?;
         }
+        self.insert_sql = format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            column_list(columns),
+            vec!["?"; columns.len()].join(", ")
+        );
         self.current = Some((position, 0));
         Ok(())
     }
@@ -707,13 +716,7 @@ impl Restorer {
         match &mut self.sink {
             Sink::Sqlite { connection, .. } => {
                 let connection = connection.as_ref().expect("open until commit");
-                let placeholders = vec!["?"; values.len()].join(", ");
-                let sql = format!(
-                    "INSERT INTO {} ({}) VALUES ({placeholders})",
-                    info.name,
-                    column_list(&info.columns)
-                );
-                let mut statement = connection.prepare_cached(&sql)?;
+                let mut statement = connection.prepare_cached(&self.insert_sql)?;
                 statement.execute(rusqlite::params_from_iter(values.iter().map(sqlite_param)))?;
             }
             Sink::Postgres {
