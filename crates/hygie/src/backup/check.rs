@@ -507,3 +507,132 @@ pub fn unwrap_backup_key(keyring: &Keyring, header: &Header) -> anyhow::Result<D
             other => anyhow!("the backup's key does not unwrap: {other}"),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::format::{AuditSummary, FORMAT, TableRows};
+    use hygie_store::backup::ColumnKind;
+
+    fn columns(names: &[(&str, ColumnKind)]) -> Vec<Column> {
+        names
+            .iter()
+            .map(|(name, kind)| Column {
+                name: (*name).to_owned(),
+                kind: *kind,
+            })
+            .collect()
+    }
+
+    fn header(keys: u64, versions: u64) -> Header {
+        Header {
+            format: FORMAT.into(),
+            backup_id: uuid::Uuid::new_v4().to_string(),
+            created_us: 0,
+            created: String::new(),
+            backend: "sqlite".into(),
+            schema_version: 8,
+            installation: "test".into(),
+            generation: 1,
+            wrapped_key: String::new(),
+            tables: vec![
+                TableRows {
+                    name: "data_key".into(),
+                    rows: keys,
+                },
+                TableRows {
+                    name: "resource_versions".into(),
+                    rows: versions,
+                },
+            ],
+            audit: AuditSummary {
+                tree_size: 0,
+                checkpoint: None,
+            },
+        }
+    }
+
+    /// A patient erased after the backup (slot punctured in the key file): their key and
+    /// versions are counted as erased, the others open, and the backup passes.
+    #[test]
+    fn keys_erased_since_the_backup_are_counted_not_errors() {
+        use ColumnKind::{Blob, Integer, Text};
+        let mut keyring = Keyring::generate("test", 0);
+        let (kept, erased) = (DataKey::generate(), DataKey::generate());
+        let key_rows: Vec<Vec<Value>> = [(1, "patient/a", &kept), (2, "patient/b", &erased)]
+            .into_iter()
+            .map(|(id, scope, key)| {
+                let wrapped = keyring.wrap(1, id as u64, key, scope.as_bytes()).unwrap();
+                vec![
+                    Value::Integer(id),
+                    Value::Text(scope.into()),
+                    Value::Integer(1),
+                    Value::Blob(wrapped),
+                ]
+            })
+            .collect();
+        let version_rows: Vec<Vec<Value>> = [(1, "a", &kept), (2, "b", &erased)]
+            .into_iter()
+            .map(|(key_id, id, key)| {
+                let aad = format!("Patient/{id}/_history/1");
+                let body = aead::seal(key, key_id, aad.as_bytes(), b"{}");
+                vec![
+                    Value::Text("Patient".into()),
+                    Value::Text(id.into()),
+                    Value::Integer(1),
+                    Value::Integer(0),
+                    Value::Blob(body),
+                ]
+            })
+            .collect();
+        keyring.puncture(2).unwrap();
+        let key_columns = columns(&[
+            ("key_id", Integer),
+            ("scope", Text),
+            ("generation", Integer),
+            ("wrapped", Blob),
+        ]);
+        let version_columns = columns(&[
+            ("resource_type", Text),
+            ("id", Text),
+            ("version", Integer),
+            ("deleted", Integer),
+            ("body", Blob),
+        ]);
+
+        let mut checker = Checker::new(&keyring, header(2, 2));
+        checker.begin_table("data_key", &key_columns).unwrap();
+        for row in &key_rows {
+            checker.row(row).unwrap();
+        }
+        checker.end_table(2).unwrap();
+        checker
+            .begin_table("resource_versions", &version_columns)
+            .unwrap();
+        for row in &version_rows {
+            checker.row(row).unwrap();
+        }
+        checker.end_table(2).unwrap();
+        let report = checker.finish(2).unwrap();
+        assert_eq!((report.data_keys, report.erased_keys), (2, 1));
+        assert_eq!((report.versions_opened, report.versions_erased), (1, 1));
+
+        // A body moved to another row does not open: named.
+        let mut checker = Checker::new(&keyring, header(2, 1));
+        checker.begin_table("data_key", &key_columns).unwrap();
+        for row in &key_rows {
+            checker.row(row).unwrap();
+        }
+        checker.end_table(2).unwrap();
+        checker
+            .begin_table("resource_versions", &version_columns)
+            .unwrap();
+        let mut moved = version_rows[0].clone();
+        moved[2] = Value::Integer(2);
+        let error = checker.row(&moved).unwrap_err().to_string();
+        assert!(
+            error.contains("Patient/a/_history/2 does not open with its data key 1"),
+            "{error}"
+        );
+    }
+}
