@@ -58,7 +58,18 @@ def store(request, hygie_bin, tmp_path):
         made.append(url)
         return {"database_url": url}
 
-    yield {"backend": request.param, "cli": cli, "hub": hub, "env": env, "key_file": key_file, "copy": copy}
+    def empty_target() -> dict:
+        """Where a backup may be restored: a data directory or a database not made yet."""
+        if request.param == "sqlite":
+            target = tmp_path / f"restored-{len(made)}"
+            made.append(target)
+            return {"cli": ["--data-dir", str(target)], "hub": {"data_dir": target}}
+        url = request.getfixturevalue("pg_databases").create()
+        made.append(url)
+        return {"cli": ["--database", url], "hub": {"database_url": url}}
+
+    yield {"backend": request.param, "cli": cli, "hub": hub, "env": env, "key_file": key_file, "copy": copy,
+           "empty_target": empty_target}
     if request.param == "postgres":
         pg = request.getfixturevalue("pg_databases")
         for url in [hub["database_url"], *made]:
@@ -90,6 +101,11 @@ def test_an_erased_patient_is_unreadable_everywhere_and_others_are_not(store, hy
     observations = search_ids(http, hub, "Observation", {"subject": f"Patient/{erased_id}"})
     assert observations
     before_total = len(search_ids(http, hub, "Observation", {}))
+    # A backup taken while the hub runs, before the erasure (`hygie backup create`).
+    backup_file = tmp_path / "before-erasure.hygie-backup"
+    made = run_cli(hygie_bin, ["backup", "create", *store["cli"], "--out", str(backup_file)],
+                   cwd=tmp_path, env=store["env"])
+    assert made.returncode == 0, made.stderr
     server.stop()
     old_key_file = store["key_file"].with_name("before-erasure.key")
     shutil.copy2(store["key_file"], old_key_file)
@@ -131,16 +147,39 @@ def test_an_erased_patient_is_unreadable_everywhere_and_others_are_not(store, hy
     assert b"2026-113" in erase_leaf
     assert erased["name"][0]["family"].encode() not in erase_leaf
 
-    # The copy made before the erasure, opened with the new key file: the erased patient's
-    # keys are there, wrapped, but their slots are gone from the key file.
+    # The backup taken before the erasure, restored with the key file as it is now: the
+    # erased patient's keys are in it, wrapped, but the key file can no longer unwrap them.
+    checked = run_cli(hygie_bin, ["backup", "verify", str(backup_file)], cwd=tmp_path, env=store["env"])
+    assert checked.returncode == 0, checked.stderr
+    target = store["empty_target"]()
+    restored_run = run_cli(hygie_bin, ["backup", "restore", str(backup_file), *target["cli"]],
+                           cwd=tmp_path, env=store["env"])
+    assert restored_run.returncode == 0, restored_run.stderr
+    restored = start_hub(store["backend"], env=store["env"], **target["hub"])
+    assert one_shot("GET", f"{restored.fhir_url}/Patient/{erased_id}").status_code == 410
+    assert one_shot("GET", f"{restored.fhir_url}/Observation/{observations[0]}").status_code == 410
+    # Opened with this key file, the restored database gets the erasure re-applied: their
+    # resources are gone from searches and counts too.
+    assert search_ids(http, restored.fhir_url, "Observation", {"subject": f"Patient/{erased_id}"}) == []
+    assert len(search_ids(http, restored.fhir_url, "Observation", {})) == before_total - len(observations)
+    assert one_shot("GET", f"{restored.fhir_url}/Patient/{kept_id}").status_code == 200
+    restored.stop()
+
+    # The same with a plain copy of the database taken before the erasure (opened, it gets
+    # the erasure the key file records re-applied: tombstones, an audit record).
     restored = start_hub(store["backend"], env=store["env"], **backup)
     assert one_shot("GET", f"{restored.fhir_url}/Patient/{erased_id}").status_code == 410
     assert one_shot("GET", f"{restored.fhir_url}/Observation/{observations[0]}").status_code == 410
     assert one_shot("GET", f"{restored.fhir_url}/Patient/{kept_id}").status_code == 200
     restored.stop()
-    # With the key file as it was before the erasure, the copy still opens: why every copy
-    # of the key file must be replaced after an erasure (the command says so).
-    old = start_hub(store["backend"], env={"HYGIE_VAULT_KEY_FILE": str(old_key_file)}, **backup)
+    # With the key file as it was before the erasure, the backup still opens: why every
+    # copy of the key file must be replaced after an erasure (the command says so).
+    old_env = {"HYGIE_VAULT_KEY_FILE": str(old_key_file)}
+    target = store["empty_target"]()
+    restored_run = run_cli(hygie_bin, ["backup", "restore", str(backup_file), *target["cli"]],
+                           cwd=tmp_path, env=old_env)
+    assert restored_run.returncode == 0, restored_run.stderr
+    old = start_hub(store["backend"], env=old_env, **target["hub"])
     assert one_shot("GET", f"{old.fhir_url}/Patient/{erased_id}").status_code == 200
     assert "replace every copy" in done.stdout
 

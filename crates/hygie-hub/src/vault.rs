@@ -306,66 +306,9 @@ impl Vault {
             (patient_id.to_owned(), by.to_owned(), reason.to_owned());
         let erasure = raw
             .run(move |tx| {
-                let scope = format!("patient/{patient}");
-                let now = now_us();
-                let keys = tx.erase_data_keys(&scope, now)?;
-                if keys.is_empty() {
-                    return Err(StoreError::Unsupported(format!(
-                        "Patient/{patient} has no data key: nothing was ever stored for this patient (check the id)"
-                    )));
-                }
-                vault.forget(&keys);
-                // Every resource whose current version is sealed with the patient's keys
-                // gets a tombstone.
-                let mut sealed_versions = std::collections::HashSet::new();
-                let mut after = 0;
-                loop {
-                    let page = tx.versions_sealed_with(&keys, after, 1_000)?;
-                    let Some(last) = page.last() else { break };
-                    after = last.seq;
-                    for version in page {
-                        sealed_versions.insert((version.resource_type, version.id, version.version));
-                    }
-                }
-                let versions = sealed_versions.len() as u64;
-                let mut resources: Vec<(String, String)> = sealed_versions
-                    .iter()
-                    .map(|(ty, id, _)| (ty.clone(), id.clone()))
-                    .collect();
-                resources.sort();
-                resources.dedup();
-                let mut tombstoned = 0u64;
-                for (ty, id) in &resources {
-                    let Some(head) = tx.head(ty, id)? else { continue };
-                    if head.deleted || !sealed_versions.contains(&(ty.clone(), id.clone(), head.version)) {
-                        continue;
-                    }
-                    tx.put_version(&NewVersion {
-                        resource_type: ty,
-                        id,
-                        version: head.version + 1,
-                        last_updated_us: now,
-                        deleted: true,
-                        body: &[],
-                        index: &[],
-                        key_id: None,
-                    })?;
-                    tombstoned += 1;
-                }
-                let mut audit = hygie_audit::AuditRecord::new("erase", &by_owned, now);
-                audit.entities.push(format!("Patient/{patient}"));
-                audit.patients.push(patient.clone());
-                audit.outcome_description = Some(format!(
-                    "erased (GDPR Art. 17): {} data key(s) destroyed, {versions} version(s) of {} resource(s) unreadable, {tombstoned} tombstone(s); reason: {reason_owned}",
-                    keys.len(),
-                    resources.len()
-                ));
-                crate::audit_trail::append(tx, &audit)?;
-                Ok(Erasure {
-                    keys,
-                    versions,
-                    resources: resources.len() as u64,
-                })
+                let erasure = erase_scope(tx, &patient, &by_owned, &reason_owned)?;
+                vault.forget(&erasure.keys);
+                Ok(erasure)
             })
             .await?;
         let mut keyring = (*self.keyring()).clone();
@@ -375,6 +318,46 @@ impl Vault {
         self.save_keyring(keyring)?;
         self.forget(&erasure.keys);
         Ok(erasure)
+    }
+
+    /// Re-applies to this database the erasures the key file records (its erased slots)
+    /// that the database does not know: a backup restored after an erasure still holds
+    /// the erased keys' wrapped forms and their resources' index rows. Their data could
+    /// not be opened anyway; this also takes them out of searches and counts, and says so
+    /// in the audit log. Returns how many patients.
+    pub async fn reapply_erasures(self: &Arc<Self>, raw: &SharedStore) -> StoreResult<u64> {
+        let slots: Vec<i64> = self
+            .keyring()
+            .erased_slots()
+            .iter()
+            .filter_map(|slot| i64::try_from(*slot).ok())
+            .collect();
+        if slots.is_empty() {
+            return Ok(0);
+        }
+        let vault = self.clone();
+        raw.run(move |tx| {
+            let mut patients = std::collections::BTreeSet::new();
+            for slot in slots {
+                if let Some(key) = tx.data_key(slot)?
+                    && key.wrapped.is_some()
+                    && let Some(patient) = key.scope.strip_prefix("patient/")
+                {
+                    patients.insert(patient.to_owned());
+                }
+            }
+            for patient in &patients {
+                let erasure = erase_scope(
+                    tx,
+                    patient,
+                    "system:hygie-vault",
+                    "re-applied: this database predates the erasure recorded in the key file (a restored backup)",
+                )?;
+                vault.forget(&erasure.keys);
+            }
+            Ok(patients.len() as u64)
+        })
+        .await
     }
 
     /// Rotates the key file's keys (the key-encryption keys): a new generation becomes
@@ -678,6 +661,71 @@ impl Vault {
             key,
         ))
     }
+}
+
+/// The database side of an erasure, in the caller's unit (see [`Vault::erase_patient`]).
+fn erase_scope(tx: &mut dyn Tx, patient: &str, by: &str, reason: &str) -> StoreResult<Erasure> {
+    let scope = format!("patient/{patient}");
+    let now = now_us();
+    let keys = tx.erase_data_keys(&scope, now)?;
+    if keys.is_empty() {
+        return Err(StoreError::Unsupported(format!(
+            "Patient/{patient} has no data key: nothing was ever stored for this patient (check the id)"
+        )));
+    }
+    // Every resource whose current version is sealed with the patient's keys gets a
+    // tombstone.
+    let mut sealed_versions = std::collections::HashSet::new();
+    let mut after = 0;
+    loop {
+        let page = tx.versions_sealed_with(&keys, after, 1_000)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for version in page {
+            sealed_versions.insert((version.resource_type, version.id, version.version));
+        }
+    }
+    let versions = sealed_versions.len() as u64;
+    let mut resources: Vec<(String, String)> = sealed_versions
+        .iter()
+        .map(|(ty, id, _)| (ty.clone(), id.clone()))
+        .collect();
+    resources.sort();
+    resources.dedup();
+    let mut tombstoned = 0u64;
+    for (ty, id) in &resources {
+        let Some(head) = tx.head(ty, id)? else {
+            continue;
+        };
+        if head.deleted || !sealed_versions.contains(&(ty.clone(), id.clone(), head.version)) {
+            continue;
+        }
+        tx.put_version(&NewVersion {
+            resource_type: ty,
+            id,
+            version: head.version + 1,
+            last_updated_us: now,
+            deleted: true,
+            body: &[],
+            index: &[],
+            key_id: None,
+        })?;
+        tombstoned += 1;
+    }
+    let mut audit = hygie_audit::AuditRecord::new("erase", by, now);
+    audit.entities.push(format!("Patient/{patient}"));
+    audit.patients.push(patient.to_owned());
+    audit.outcome_description = Some(format!(
+        "erased (GDPR Art. 17): {} data key(s) destroyed, {versions} version(s) of {} resource(s) unreadable, {tombstoned} tombstone(s); reason: {reason}",
+        keys.len(),
+        resources.len()
+    ));
+    crate::audit_trail::append(tx, &audit)?;
+    Ok(Erasure {
+        keys,
+        versions,
+        resources: resources.len() as u64,
+    })
 }
 
 fn now_us() -> i64 {

@@ -521,6 +521,16 @@ pub async fn open_store_and_vault(
             "sealed the versions stored before encryption at rest"
         );
     }
+    let reapplied = vault
+        .reapply_erasures(&raw)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot re-apply the erasures of the key file: {e}"))?;
+    if reapplied > 0 {
+        tracing::warn!(
+            patients = reapplied,
+            "this database held patients the key file had erased (a backup from before the erasure): erased again"
+        );
+    }
     Ok((raw, vault))
 }
 
