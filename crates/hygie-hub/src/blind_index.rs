@@ -5,11 +5,12 @@
 //! the same hashes. Whoever reads the database sees which rows are equal, never what
 //! they say; without the key file they cannot test a guess either.
 //!
-//! - Strings: a term per prefix (`starts with`, the default search) and per substring of
-//!   at least [`MIN_CONTAINS_CHARS`] characters (`:contains`) of the normalized value's
-//!   first [`blind::MAX_BLIND_CHARS`] characters, and one of the original text on every
-//!   row (`:exact`). A search longer than that many characters matches on its first
-//!   ones (a superset); `:contains` needs 3 to 32 characters.
+//! - Strings: a term per prefix (`starts with`, the default search) of the normalized
+//!   value's first [`blind::MAX_BLIND_CHARS`] characters, and one of the original text on
+//!   every row (`:exact`); names also a term per other substring of at least
+//!   [`MIN_CONTAINS_CHARS`] characters (`:contains`, 3 to 32 characters; not on
+//!   addresses, whose lines would make hundreds of rows). A search longer than 32
+//!   characters matches on its first ones (a superset).
 //! - Tokens (identifier, `identifier:of-type`, telecom, phone, email): the code is hashed,
 //!   the system stays in clear (it says what kind of identifier, not whose), so
 //!   `system|value`, `value` and `system|` searches keep their meaning.
@@ -42,7 +43,11 @@ const NO_TERM: &str = "-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Blind {
-    String,
+    /// A person's name: prefixes, substrings (`:contains`) and the exact text.
+    Name,
+    /// An address part: prefixes and the exact text. No `:contains`: an address line's
+    /// substrings are hundreds of rows per value.
+    Address,
     Token,
     Date,
 }
@@ -55,7 +60,7 @@ pub(crate) fn blind_kind(resource_type: &str, param: &str) -> Option<Blind> {
         param,
         "address" | "address-city" | "address-country" | "address-postalcode" | "address-state"
     ) {
-        return Some(Blind::String);
+        return Some(Blind::Address);
     }
     if !matches!(
         resource_type,
@@ -64,7 +69,8 @@ pub(crate) fn blind_kind(resource_type: &str, param: &str) -> Option<Blind> {
         return None;
     }
     match param {
-        "name" | "family" | "given" | "phonetic" => Some(Blind::String),
+        "name" | "family" | "given" => Some(Blind::Name),
+        "phonetic" => Some(Blind::Address),
         "identifier" | "identifier:of-type" | "telecom" | "phone" | "email" => Some(Blind::Token),
         "birthdate" => Some(Blind::Date),
         _ => None,
@@ -98,7 +104,7 @@ pub(crate) fn blind_rows(key: &Secret, resource_type: &str, rows: &[IndexRow]) -
             cell,
         };
         match (kind, &row.cell) {
-            (Blind::String, IndexCell::String { normalized, exact }) => {
+            (Blind::Name | Blind::Address, IndexCell::String { normalized, exact }) => {
                 let exact = term(key, resource_type, param, "e", exact);
                 let mut terms = BTreeSet::new();
                 let value = first_chars(normalized, blind::MAX_BLIND_CHARS);
@@ -107,8 +113,14 @@ pub(crate) fn blind_rows(key: &Secret, resource_type: &str, rows: &[IndexRow]) -
                 for prefix in blind::prefixes(value) {
                     terms.insert(term(key, resource_type, param, "p", prefix));
                 }
-                for part in blind::substrings(value, MIN_CONTAINS_CHARS) {
-                    terms.insert(term(key, resource_type, param, "s", part));
+                if kind == Blind::Name {
+                    // Substrings that are not prefixes: a `:contains` looks for both kinds.
+                    let mut start = value.char_indices().skip(1).map(|(at, _)| at);
+                    if let Some(second) = start.next() {
+                        for part in blind::substrings(&value[second..], MIN_CONTAINS_CHARS) {
+                            terms.insert(term(key, resource_type, param, "s", part));
+                        }
+                    }
                 }
                 out.extend(terms.into_iter().map(|normalized| {
                     blind_row(IndexCell::String {
@@ -221,29 +233,33 @@ fn blind_test(
 ) -> StoreResult<Vec<Test>> {
     let max = blind::MAX_BLIND_CHARS;
     Ok(match (kind, test) {
-        (Blind::String, Test::StringStartsWith(prefix)) => vec![Test::StringStartsWith(term(
-            key,
-            resource_type,
-            param,
-            "p",
-            first_chars(prefix, max),
-        ))],
-        (Blind::String, Test::StringContains(part)) => {
+        (Blind::Name | Blind::Address, Test::StringStartsWith(prefix)) => {
+            vec![Test::StringStartsWith(term(
+                key,
+                resource_type,
+                param,
+                "p",
+                first_chars(prefix, max),
+            ))]
+        }
+        (Blind::Address, Test::StringContains(_)) => {
+            return Err(unsupported(format!(
+                "{param}:contains is not available on {resource_type}: addresses are encrypted and searched through keyed hashes of their beginnings (search {param}=… for what an address part starts with)"
+            )));
+        }
+        (Blind::Name, Test::StringContains(part)) => {
             let chars = part.chars().count();
             if !(MIN_CONTAINS_CHARS..=max).contains(&chars) {
                 return Err(unsupported(format!(
                     "{param}:contains needs {MIN_CONTAINS_CHARS} to {max} characters on {resource_type}: names, addresses and identifiers are encrypted, and searched through keyed hashes of their parts"
                 )));
             }
-            vec![Test::StringStartsWith(term(
-                key,
-                resource_type,
-                param,
-                "s",
-                part,
-            ))]
+            vec![
+                Test::StringStartsWith(term(key, resource_type, param, "p", part)),
+                Test::StringStartsWith(term(key, resource_type, param, "s", part)),
+            ]
         }
-        (Blind::String, Test::StringExact(value)) => vec![Test::StringExact(term(
+        (Blind::Name | Blind::Address, Test::StringExact(value)) => vec![Test::StringExact(term(
             key,
             resource_type,
             param,
@@ -645,6 +661,60 @@ mod tests {
         // An instant: the day it falls on.
         let noon = us("1987-02-20") + DAY_US / 2;
         assert_eq!(stored_date_buckets(noon, noon), day_buckets(1987, 2, 20));
+    }
+
+    /// `:contains` finds a part anywhere in a name (its start included), and is refused
+    /// on addresses, which index only their beginnings.
+    #[test]
+    fn contains_finds_a_name_part_anywhere() {
+        let key = Secret::from_bytes([9; 32]);
+        let rows = blind_rows(
+            &key,
+            "Patient",
+            &[IndexRow {
+                param: "family".into(),
+                group: 0,
+                cell: IndexCell::String {
+                    normalized: "everywoman".into(),
+                    exact: "Everywoman".into(),
+                },
+            }],
+        );
+        let stored: BTreeSet<String> = rows
+            .iter()
+            .filter_map(|row| match &row.cell {
+                IndexCell::String { normalized, .. } => Some(normalized.clone()),
+                _ => None,
+            })
+            .collect();
+        let finds = |part: &str| {
+            blind_test(
+                &key,
+                "Patient",
+                "family",
+                Blind::Name,
+                &Test::StringContains(part.into()),
+            )
+            .unwrap()
+            .iter()
+            .any(|test| matches!(test, Test::StringStartsWith(t) if stored.contains(t)))
+        };
+        for part in ["eve", "every", "woma", "man", "everywoman", "ywo"] {
+            assert!(finds(part), "{part}");
+        }
+        for part in ["womb", "mane", "xyz"] {
+            assert!(!finds(part), "{part}");
+        }
+        // Fewer rows than every substring twice: prefixes once, other substrings once.
+        assert_eq!(rows.len(), 10 + (1..=7).sum::<usize>());
+        let address = blind_test(
+            &key,
+            "Patient",
+            "address-city",
+            Blind::Address,
+            &Test::StringContains("ill".into()),
+        );
+        assert!(matches!(address, Err(StoreError::Unsupported(_))));
     }
 
     #[test]
