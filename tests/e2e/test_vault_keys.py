@@ -107,6 +107,8 @@ def test_an_erased_patient_is_unreadable_everywhere_and_others_are_not(store, hy
                    cwd=tmp_path, env=store["env"])
     assert made.returncode == 0, made.stderr
     server.stop()
+    # Whoever took a copy of everything is in the audit trail.
+    assert any(b'"backup"' in leaf and b"cli:" in leaf for leaf in _leaves(store))
     old_key_file = store["key_file"].with_name("before-erasure.key")
     shutil.copy2(store["key_file"], old_key_file)
     backup = store["copy"]()
@@ -141,8 +143,7 @@ def test_an_erased_patient_is_unreadable_everywhere_and_others_are_not(store, hy
     actions = [access["action"] for access in json.loads(report.stdout)["accesses"]]
     assert "erase" in actions, actions
     # The leaf keeps why, and no patient data.
-    leaves = [bytes(row[0]) if isinstance(row[0], (bytes, memoryview)) else bytes.fromhex(row[0][2:])
-              for row in _sql(store, "SELECT leaf FROM audit_log WHERE leaf IS NOT NULL")]
+    leaves = _leaves(store)
     erase_leaf = next(leaf for leaf in leaves if b'"erase"' in leaf)
     assert b"2026-113" in erase_leaf
     assert erased["name"][0]["family"].encode() not in erase_leaf
@@ -259,3 +260,8 @@ def _key_ids(store, patient_id: str) -> set[int]:
     rows = _sql(store, "SELECT DISTINCT v.key_id FROM resource_versions v JOIN resources r ON v.seq = r.seq "
                        f"JOIN data_key k ON k.key_id = v.key_id WHERE k.scope = 'patient/{patient_id}'")
     return {int(row[0]) for row in rows}
+
+
+def _leaves(store) -> list[bytes]:
+    return [bytes(row[0]) if isinstance(row[0], (bytes, memoryview)) else bytes.fromhex(row[0][2:])
+            for row in _sql(store, "SELECT leaf FROM audit_log WHERE leaf IS NOT NULL")]

@@ -663,6 +663,21 @@ impl Vault {
     }
 }
 
+/// Records in the audit log an operation on the whole store made outside the hub's
+/// requests (a backup taken, a restore): whoever copies everything is in the trail too.
+pub async fn record_operation(
+    store: &SharedStore,
+    interaction: &str,
+    by: &str,
+    description: String,
+) -> StoreResult<()> {
+    let mut audit = hygie_audit::AuditRecord::new(interaction, by, now_us());
+    audit.outcome_description = Some(description);
+    store
+        .run(move |tx| crate::audit_trail::append(tx, &audit).map(|_| ()))
+        .await
+}
+
 /// The database side of an erasure, in the caller's unit (see [`Vault::erase_patient`]).
 fn erase_scope(tx: &mut dyn Tx, patient: &str, by: &str, reason: &str) -> StoreResult<Erasure> {
     let scope = format!("patient/{patient}");

@@ -134,6 +134,12 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// The local operator running the command, as the audit log names them.
+fn operator() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
+    hygie_policy::Principal::local_operator(&user).subject
+}
+
 fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -176,6 +182,18 @@ async fn create(store: StoreArgs, out: PathBuf) -> anyhow::Result<ExitCode> {
         .await
         .context("the backup task failed")??;
     println!("{summary}");
+    // A copy of everything was taken: said in the audit log (after the snapshot, so the
+    // backup itself does not hold this record).
+    let store = config::open_store(&settings).await?;
+    let recorded = hygie_hub::vault::record_operation(
+        &store,
+        "backup",
+        &operator(),
+        format!("backup taken: {summary}"),
+    )
+    .await;
+    store.close().await;
+    recorded.map_err(|e| anyhow!("the backup was written but could not be audited: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -556,6 +574,14 @@ async fn restore(
     let (audit, _) = config::audit_settings(&file_settings)?;
     let mut hub_config = config::hub_config(&limits);
     hub_config.audit = audit;
+    hygie_hub::vault::record_operation(
+        &store,
+        "restore",
+        &operator(),
+        format!("restored: {loaded}"),
+    )
+    .await
+    .map_err(|e| anyhow!("the restored store cannot be audited: {e}"))?;
     let hub = hygie_hub::Hub::new(store, hub_config);
     let verified = hub.verify_audit(None, &[]).await;
     hub.close().await;
