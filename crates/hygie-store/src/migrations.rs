@@ -154,6 +154,10 @@ pub const SQLITE: &[&str] = &[
     r#"
     ALTER TABLE resource_versions ADD COLUMN key_id INTEGER;
     CREATE INDEX resource_versions_key ON resource_versions (key_id, seq) WHERE key_id IS NOT NULL;
+    -- What is left to seal (versions written before encryption): empty once sealed, so
+    -- that looking at every start costs nothing.
+    CREATE INDEX resource_versions_unsealed ON resource_versions (seq)
+        WHERE key_id IS NULL AND deleted = 0;
     CREATE TABLE data_key (
         key_id INTEGER PRIMARY KEY,
         scope TEXT NOT NULL,
@@ -315,6 +319,8 @@ pub const POSTGRES: &[&str] = &[
     r#"
     ALTER TABLE resource_versions ADD COLUMN key_id BIGINT;
     CREATE INDEX resource_versions_key ON resource_versions (key_id, seq) WHERE key_id IS NOT NULL;
+    CREATE INDEX resource_versions_unsealed ON resource_versions (seq)
+        WHERE key_id IS NULL AND NOT deleted;
     CREATE TABLE data_key (
         key_id BIGSERIAL PRIMARY KEY,
         scope TEXT COLLATE "C" NOT NULL,
