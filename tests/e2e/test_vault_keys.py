@@ -265,3 +265,41 @@ def _key_ids(store, patient_id: str) -> set[int]:
 def _leaves(store) -> list[bytes]:
     return [bytes(row[0]) if isinstance(row[0], (bytes, memoryview)) else bytes.fromhex(row[0][2:])
             for row in _sql(store, "SELECT leaf FROM audit_log WHERE leaf IS NOT NULL")]
+
+
+def test_the_dpo_erases_over_http_and_nobody_else_can(store, hygie_bin, tmp_path, start_hub, http):
+    server = start_hub(store["backend"], env=store["env"], no_auth=False, **store["hub"])
+    rows = _sql(store, "SELECT scope FROM data_key WHERE scope LIKE 'patient/%' AND wrapped IS NOT NULL")
+    scopes = sorted(row[0] for row in rows)
+    assert len(scopes) >= 3
+    patient_id = scopes[0].removeprefix("patient/")
+
+    def bearer(subject, role, scope):
+        done = run_cli(hygie_bin, ["token", *store["cli"], "--subject", subject, "--role", role,
+                                   "--scope", scope], cwd=tmp_path, env=store["env"])
+        assert done.returncode == 0, done.stderr
+        return {"Authorization": f"Bearer {done.stdout.strip()}"}
+
+    url = f"{server.root_url}/admin/patients/{patient_id}/erase"
+    reason = {"reason": "GDPR Art. 17 request 2026-114"}
+    for role, scope in (("clinician", "user/*.cruds"), ("security", "user/AuditEvent.rs"),
+                        ("admin", "system/*.cruds")):
+        refused = one_shot("POST", url, json=reason, headers=bearer(f"Practitioner/{role}", role, scope))
+        assert refused.status_code == 403, (role, refused.text)
+    assert one_shot("POST", url, json=reason).status_code == 401
+    dpo = bearer("Practitioner/dpo1", "dpo", "user/AuditEvent.rs")
+    missing = one_shot("POST", url, json={}, headers=dpo)
+    assert missing.status_code == 400 and "reason" in missing.text
+    still = _sql(store, f"SELECT count(*) FROM data_key WHERE scope = 'patient/{patient_id}' AND wrapped IS NOT NULL")
+    assert int(still[0][0]) == 1, "refused attempts erased nothing"
+
+    done = one_shot("POST", url, json=reason, headers=dpo)
+    assert done.status_code == 200, done.text
+    assert "erased" in done.text
+    gone = _sql(store, f"SELECT count(*) FROM data_key WHERE scope = 'patient/{patient_id}' AND wrapped IS NOT NULL")
+    assert int(gone[0][0]) == 0
+    assert json.loads(store["key_file"].read_text()).get("erased_slots"), "the key file was punctured"
+    erase_leaves = [leaf for leaf in _leaves(store) if b'"erase"' in leaf]
+    assert any(b"Practitioner/dpo1" in leaf and b"2026-114" in leaf for leaf in erase_leaves)
+    # Refusals were recorded too.
+    assert any(b"Practitioner/clinician" in leaf for leaf in erase_leaves)

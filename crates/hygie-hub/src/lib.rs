@@ -103,6 +103,15 @@ impl Default for HubConfig {
     }
 }
 
+/// An erasure permitted: its own record follows.
+struct ErasureDecided;
+
+impl pipeline::Audited for ErasureDecided {
+    fn audit_entities(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// Who is calling, and from where: what the decision and the audit record need.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -153,6 +162,8 @@ struct Inner {
     paging_key: std::sync::OnceLock<aws_lc_rs::hmac::Key>,
     /// Patients in care, by subject, for a few seconds (need-to-know searches).
     care_cache: Arc<care::CareCache>,
+    /// The vault behind `store`, for what changes keys (an erasure requested over HTTP).
+    vault: std::sync::OnceLock<Arc<vault::Vault>>,
 }
 
 impl Hub {
@@ -169,8 +180,61 @@ impl Hub {
                 config,
                 paging_key: std::sync::OnceLock::new(),
                 care_cache: Arc::default(),
+                vault: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Gives the hub the vault its store is sealed by, for the operations that change keys
+    /// (`erase_patient`). Set once; later calls are ignored.
+    pub fn attach_vault(&self, vault: Arc<vault::Vault>) {
+        let _ = self.inner.vault.set(vault);
+    }
+
+    /// Erases a patient (GDPR Art. 17), on the DPO's decision (the `dpo` role): see
+    /// [`vault::Vault::erase_patient`]. Decided and audited like any request (a refusal
+    /// too), then the erasure records itself.
+    pub async fn erase_patient(
+        &self,
+        caller: &Caller,
+        patient_id: &str,
+        reason: &str,
+    ) -> Result<vault::Erasure, HubError> {
+        resource::check_id(patient_id)?;
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 || reason.chars().any(char::is_control)
+        {
+            return Err(HubError::bad_request(
+                "an erasure needs its reason: 1 to 500 characters without control characters (a request number, not patient data: it stays in the audit log)",
+            ));
+        }
+        let vault = self.inner.vault.get().cloned().ok_or_else(|| {
+            HubError::new(
+                501,
+                hygie_fhir::outcome::IssueType::NotSupported,
+                "this hub was started without its vault: erase with `hygie patient erase`",
+            )
+        })?;
+        self.perform(
+            pipeline::Access {
+                caller,
+                action: hygie_policy::Action::ErasePatient,
+                target: hygie_policy::Target::instance("Patient", patient_id),
+                query: None,
+                patient_hint: None,
+            },
+            |_, _| Ok(Ok(ErasureDecided)),
+        )
+        .await?;
+        vault
+            .erase_patient(
+                &self.inner.store,
+                patient_id,
+                &caller.principal.subject,
+                reason,
+            )
+            .await
+            .map_err(HubError::from_store)
     }
 
     /// The policy in force.

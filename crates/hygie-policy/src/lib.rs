@@ -131,6 +131,8 @@ pub enum Action {
     /// `Patient/{id}/$access-log`: who reached a patient's record, when and why; for the
     /// patient themself and for the DPO.
     AccessLog,
+    /// Erasing a patient (GDPR Art. 17, crypto-shredding): the DPO's decision alone.
+    ErasePatient,
 }
 
 impl Action {
@@ -154,6 +156,7 @@ impl Action {
             Action::ReloadPolicy => "policy-reload",
             Action::ManageKeys => "key-management",
             Action::AccessLog => "operation",
+            Action::ErasePatient => "erase",
         }
     }
 
@@ -171,6 +174,7 @@ impl Action {
                 | Action::ReviewBreakGlass
                 | Action::ReloadPolicy
                 | Action::ManageKeys
+                | Action::ErasePatient
         )
     }
 }
@@ -735,6 +739,15 @@ impl Policy {
                     ))
                 };
             }
+            Action::ErasePatient => {
+                return if access.roles.iter().any(|r| r == "dpo") {
+                    Decision::Permit {
+                        mask: Mask::default(),
+                    }
+                } else {
+                    forbidden("erasing a patient needs the dpo role".to_owned())
+                };
+            }
             Action::ReviewBreakGlass => {
                 return if access.roles.iter().any(|r| r == "dpo" || r == "security") {
                     Decision::Permit {
@@ -1037,7 +1050,7 @@ impl Policy {
 mod tests {
     use super::*;
 
-    const ALL_ACTIONS: [Action; 17] = [
+    const ALL_ACTIONS: [Action; 18] = [
         Action::Read,
         Action::VRead,
         Action::Create,
@@ -1055,6 +1068,7 @@ mod tests {
         Action::ReloadPolicy,
         Action::ManageKeys,
         Action::AccessLog,
+        Action::ErasePatient,
     ];
 
     fn bearer(roles: &[&str], scopes: &str) -> Principal {
@@ -1466,6 +1480,29 @@ mod tests {
             ..NeedToKnow::default()
         });
         assert_eq!(care_of(&relaxed, &nurse, Action::Read, &observation), None);
+    }
+
+    #[test]
+    fn only_the_dpo_erases_a_patient() {
+        let policy = Policy::default();
+        let patient = Target::instance("Patient", "p");
+        assert!(permitted(
+            &policy,
+            &bearer(&["dpo"], "user/AuditEvent.rs"),
+            Action::ErasePatient,
+            &patient
+        ));
+        for role in ["security", "admin", "clinician", "integration", "patient"] {
+            assert!(
+                !permitted(
+                    &policy,
+                    &bearer(&[role], "user/*.cruds system/*.cruds"),
+                    Action::ErasePatient,
+                    &patient
+                ),
+                "{role}"
+            );
+        }
     }
 
     #[test]

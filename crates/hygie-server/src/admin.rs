@@ -6,6 +6,9 @@
 //! (`GET`, `?all=true` for closed ones too; `POST /admin/break-glass/{id}/close` with
 //! `{"review": "…"}`). Needs the dpo or security role (`Action::ReviewBreakGlass`).
 //!
+//! `POST /admin/patients/{id}/erase` with `{"reason": "…"}`: erases a patient (GDPR
+//! Art. 17), for the dpo role alone (`Action::ErasePatient`); the hub needs its vault.
+//!
 //! `/admin/revocations`: revoking a token (`jti`) or a principal (`subject`) over HTTP, for
 //! the security officer on call. Needs a token with the `admin` role (the policy decides,
 //! `Action::Revoke`); every attempt is audited by the hub. `POST` revokes, `DELETE` lifts.
@@ -216,6 +219,46 @@ async fn handle_break_glass(
             "/admin/break-glass takes GET; /admin/break-glass/{id}/close takes POST",
         ))),
     }
+}
+
+/// `POST /admin/patients/{id}/erase` with `{"reason": "…"}`: erases a patient (GDPR
+/// Art. 17, crypto-shredding), for the dpo role. Answers what was erased.
+pub(crate) async fn erase_patient(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let caller = match admitted(&state, &parts).await {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal,
+    };
+    let erased = async {
+        let body = bounded_body(body).await?;
+        let request: Value = serde_json::from_slice(&body).map_err(|_| {
+            ErrorResponse(HubError::bad_request(
+                "the body must be a JSON object: {\"reason\": \"…\"}",
+            ))
+        })?;
+        let reason = request.get("reason").and_then(Value::as_str).unwrap_or("");
+        let erasure = state.hub.erase_patient(&caller, &id, reason).await?;
+        Ok::<_, ErrorResponse>(outcome_response(
+            StatusCode::OK.as_u16(),
+            &[Issue {
+                severity: IssueSeverity::Information,
+                code: IssueType::Informational,
+                diagnostics: format!(
+                    "Patient/{id} erased: {} data key(s) destroyed, {} version(s) of {} resource(s) can no longer be read; replace every copy of the key file with the hub's",
+                    erasure.keys.len(),
+                    erasure.versions,
+                    erasure.resources
+                ),
+                expression: None,
+            }],
+        ))
+    }
+    .await;
+    erased.unwrap_or_else(|error| error.into_response())
 }
 
 pub(crate) async fn reload_policy(

@@ -206,6 +206,7 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
         .route("/admin/policy/reload", post(admin::reload_policy))
         .route("/admin/keys", any(admin::keys))
         .route("/admin/keys/{*rest}", any(admin::keys))
+        .route("/admin/patients/{id}/erase", post(admin::erase_patient))
         .route("/admin/break-glass", any(admin::break_glass))
         .route("/admin/break-glass/{*rest}", any(admin::break_glass))
         .route(

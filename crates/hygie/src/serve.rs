@@ -97,12 +97,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     hygie_fhir::search::params::preload();
     let exports = config::audit_exports(&file)?;
     let store_settings = config::store_settings(&args.store, &file)?;
-    let store = config::open_store(&store_settings).await?;
+    let (raw_store, vault) = config::open_store_and_vault(&store_settings).await?;
+    let store = vault.seal(raw_store);
     let backend = store.backend();
     let (audit, integrate_every) = config::audit_settings(&file)?;
     let mut hub_config = config::hub_config(&limits);
     hub_config.audit = audit;
     let hub = hygie_hub::Hub::with_policy(store, hub_config, config::policy(&file)?);
+    hub.attach_vault(vault);
     hub.bring_index_up_to_date()
         .await
         .map_err(|e| anyhow::anyhow!("cannot bring the search index up to date: {e}"))?;
