@@ -108,15 +108,16 @@ impl From<&ParseError> for AckError {
             E::MissingMsh => (ErrorCode::SegmentSequenceError, at("MSH", 1, None)),
             E::SegmentName { segment } => (ErrorCode::SegmentSequenceError, at("", *segment, None)),
             E::BadDelimiters { .. } => (ErrorCode::DataTypeError, at("MSH", 1, Some(2))),
-            E::UnsupportedCharset { .. } => {
-                (ErrorCode::TableValueNotFound, at("MSH", 1, Some(18)))
-            }
+            E::UnsupportedCharset { .. } => (ErrorCode::TableValueNotFound, at("MSH", 1, Some(18))),
             E::BadCharset { .. } => (ErrorCode::DataTypeError, None),
             E::BadEscape {
                 segment,
                 segment_id,
                 field,
-            } => (ErrorCode::DataTypeError, at(segment_id, *segment, Some(*field))),
+            } => (
+                ErrorCode::DataTypeError,
+                at(segment_id, *segment, Some(*field)),
+            ),
             E::MessageTooLarge { .. } | E::TooManySegments { .. } => {
                 (ErrorCode::ApplicationInternalError, None)
             }

@@ -62,7 +62,10 @@ fn encode_segment(out: &mut String, segment: &Segment, d: &Delimiters, is_header
 }
 
 fn trimmed<T>(items: &[T], is_empty: impl Fn(&T) -> bool) -> &[T] {
-    let len = items.iter().rposition(|i| !is_empty(i)).map_or(0, |p| p + 1);
+    let len = items
+        .iter()
+        .rposition(|i| !is_empty(i))
+        .map_or(0, |p| p + 1);
     &items[..len]
 }
 

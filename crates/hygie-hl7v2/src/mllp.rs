@@ -222,7 +222,10 @@ mod tests {
         assert_eq!(decoder.next_frame(), Ok(None));
         assert_eq!(decoder.buffered_bytes(), 10);
         decoder.push(b"b");
-        assert_eq!(decoder.next_frame(), Err(FrameError::TooLarge { limit: 10 }));
+        assert_eq!(
+            decoder.next_frame(),
+            Err(FrameError::TooLarge { limit: 10 })
+        );
         assert_eq!(decoder.buffered_bytes(), 0);
     }
 
@@ -237,16 +240,20 @@ mod tests {
     fn end_block_without_carriage_return_is_an_error() {
         let mut decoder = MllpDecoder::new(100);
         decoder.push(&[START_BLOCK, b'a', END_BLOCK, b'\n']);
-        assert_eq!(
-            decoder.next_frame(),
-            Err(FrameError::MissingCarriageReturn)
-        );
+        assert_eq!(decoder.next_frame(), Err(FrameError::MissingCarriageReturn));
     }
 
     #[test]
     fn start_block_inside_a_frame_is_an_error() {
         let mut decoder = MllpDecoder::new(100);
-        decoder.push(&[START_BLOCK, b'a', START_BLOCK, b'b', END_BLOCK, CARRIAGE_RETURN]);
+        decoder.push(&[
+            START_BLOCK,
+            b'a',
+            START_BLOCK,
+            b'b',
+            END_BLOCK,
+            CARRIAGE_RETURN,
+        ]);
         assert_eq!(decoder.next_frame(), Err(FrameError::StartInsideFrame));
     }
 }

@@ -34,9 +34,14 @@ impl Default for Delimiters {
 impl Delimiters {
     /// MSH-2 as written on the wire.
     pub fn encoding_characters(&self) -> String {
-        let mut text: String = [self.component, self.repetition, self.escape, self.subcomponent]
-            .into_iter()
-            .collect();
+        let mut text: String = [
+            self.component,
+            self.repetition,
+            self.escape,
+            self.subcomponent,
+        ]
+        .into_iter()
+        .collect();
         text.extend(self.truncation);
         text
     }
@@ -203,8 +208,11 @@ impl Field {
     }
 
     pub fn normalized(&self) -> Field {
-        let mut repetitions: Vec<Repetition> =
-            self.repetitions.iter().map(Repetition::normalized).collect();
+        let mut repetitions: Vec<Repetition> = self
+            .repetitions
+            .iter()
+            .map(Repetition::normalized)
+            .collect();
         trim_trailing(&mut repetitions, Repetition::is_empty);
         Field { repetitions }
     }

@@ -40,7 +40,9 @@ pub enum ParseError {
     MissingMsh,
     #[error("bad delimiters in MSH-1/MSH-2: {reason}")]
     BadDelimiters { reason: &'static str },
-    #[error("unsupported character set {charset:?} in MSH-18 (supported: ASCII, UNICODE UTF-8, 8859/1)")]
+    #[error(
+        "unsupported character set {charset:?} in MSH-18 (supported: ASCII, UNICODE UTF-8, 8859/1)"
+    )]
     UnsupportedCharset { charset: String },
     #[error("the bytes at offset {byte_offset} are not valid {charset}")]
     BadCharset {
@@ -244,7 +246,10 @@ impl Parser<'_> {
             && line.as_bytes()[..3]
                 .iter()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-            && line[3..].chars().next().is_none_or(|c| c == self.delimiters.field);
+            && line[3..]
+                .chars()
+                .next()
+                .is_none_or(|c| c == self.delimiters.field);
         if !name_ok {
             return Err(ParseError::SegmentName { segment });
         }
@@ -288,44 +293,35 @@ impl Parser<'_> {
             return Ok(Field::default());
         }
         let d = &self.delimiters;
-        let too_many = |limit: usize, kind: fn(usize, String, usize, usize) -> ParseError| {
-            kind(segment, name.to_owned(), field, limit)
-        };
         let mut repetitions = Vec::new();
         for rep_text in text.split(d.repetition) {
             if repetitions.len() == self.limits.max_repetitions {
-                return Err(too_many(self.limits.max_repetitions, |s, i, f, l| {
-                    ParseError::TooManyRepetitions {
-                        segment: s,
-                        segment_id: i,
-                        field: f,
-                        limit: l,
-                    }
-                }));
+                return Err(ParseError::TooManyRepetitions {
+                    segment,
+                    segment_id: name.to_owned(),
+                    field,
+                    limit: self.limits.max_repetitions,
+                });
             }
             let mut components = Vec::new();
             for comp_text in rep_text.split(d.component) {
                 if components.len() == self.limits.max_components {
-                    return Err(too_many(self.limits.max_components, |s, i, f, l| {
-                        ParseError::TooManyComponents {
-                            segment: s,
-                            segment_id: i,
-                            field: f,
-                            limit: l,
-                        }
-                    }));
+                    return Err(ParseError::TooManyComponents {
+                        segment,
+                        segment_id: name.to_owned(),
+                        field,
+                        limit: self.limits.max_components,
+                    });
                 }
                 let mut subcomponents = Vec::new();
                 for sub_text in comp_text.split(d.subcomponent) {
                     if subcomponents.len() == self.limits.max_subcomponents {
-                        return Err(too_many(self.limits.max_subcomponents, |s, i, f, l| {
-                            ParseError::TooManySubcomponents {
-                                segment: s,
-                                segment_id: i,
-                                field: f,
-                                limit: l,
-                            }
-                        }));
+                        return Err(ParseError::TooManySubcomponents {
+                            segment,
+                            segment_id: name.to_owned(),
+                            field,
+                            limit: self.limits.max_subcomponents,
+                        });
                     }
                     let value = unescape(sub_text, d, self.latin1).ok_or_else(|| {
                         ParseError::BadEscape {
@@ -381,7 +377,8 @@ pub(crate) fn unescape(text: &str, d: &Delimiters, latin1: bool) -> Option<Strin
 }
 
 fn decode_hex(hex: &str, latin1: bool) -> Option<String> {
-    if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return None;
     }
     let bytes: Vec<u8> = (0..hex.len())

@@ -7,7 +7,9 @@ fn parse_default(text: &str) -> Result<Message, ParseError> {
 }
 
 fn sample(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
     std::fs::read(path).expect("sample file")
 }
 
@@ -27,7 +29,10 @@ fn samples_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn assert_reencodes(name: &str, bytes: &[u8]) {
     let message = parse(bytes, &Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
     let encoded = encode(&message);
-    assert!(!encoded.contains(&b'\n'), "{name}: segments end with CR only");
+    assert!(
+        !encoded.contains(&b'\n'),
+        "{name}: segments end with CR only"
+    );
     let reparsed = parse(&encoded, &Limits::default()).expect("re-parses");
     assert_eq!(reparsed, message, "{name}");
 }
@@ -105,7 +110,13 @@ fn other_samples_identify_themselves() {
     assert_eq!(a40.message_type(), ("ADT", "A40", "ADT_A40"));
     assert_eq!(a40.control_id(), "8919-40");
     assert_eq!(
-        a40.segment("MRG").unwrap().field(1).unwrap().component(4).unwrap().value(),
+        a40.segment("MRG")
+            .unwrap()
+            .field(1)
+            .unwrap()
+            .component(4)
+            .unwrap()
+            .value(),
         "BCBS"
     );
     let oru = parse(&sample("ORU-R01-01.hl7"), &limits).unwrap();
@@ -192,7 +203,10 @@ fn trailing_empty_values_are_not_kept() {
     assert_eq!(pid.fields.len(), 3);
     assert_eq!(pid.field(2).unwrap().repetitions.len(), 1);
     assert_eq!(pid.field(2).unwrap().repetitions[0].components.len(), 1);
-    assert_eq!(pid.field(3).unwrap().component(1).unwrap().subcomponents, ["b"]);
+    assert_eq!(
+        pid.field(3).unwrap().component(1).unwrap().subcomponents,
+        ["b"]
+    );
     assert_eq!(message, message.normalized());
     assert_eq!(encode(&message), b"MSH|^~\\&|A\rPID|1|a|b");
 }
@@ -201,7 +215,14 @@ fn trailing_empty_values_are_not_kept() {
 fn z_segments_are_kept() {
     let message = parse_default("MSH|^~\\&|A\rZPI|custom^value").unwrap();
     assert_eq!(
-        message.segment("ZPI").unwrap().field(1).unwrap().component(2).unwrap().value(),
+        message
+            .segment("ZPI")
+            .unwrap()
+            .field(1)
+            .unwrap()
+            .component(2)
+            .unwrap()
+            .value(),
         "value"
     );
 }
@@ -238,7 +259,10 @@ fn charsets() {
 fn structural_errors() {
     assert_eq!(parse_default(""), Err(ParseError::Empty));
     assert_eq!(parse_default("\r\n\r"), Err(ParseError::Empty));
-    assert_eq!(parse_default("PID|1\rMSH|^~\\&"), Err(ParseError::MissingMsh));
+    assert_eq!(
+        parse_default("PID|1\rMSH|^~\\&"),
+        Err(ParseError::MissingMsh)
+    );
     assert!(matches!(
         parse_default("MSH|^~\\|A"),
         Err(ParseError::BadDelimiters { .. })
@@ -251,7 +275,10 @@ fn structural_errors() {
         parse_default("MSHa^~\\&aA"),
         Err(ParseError::BadDelimiters { .. })
     ));
-    assert!(matches!(parse_default("MSH"), Err(ParseError::BadDelimiters { .. })));
+    assert!(matches!(
+        parse_default("MSH"),
+        Err(ParseError::BadDelimiters { .. })
+    ));
     for bad_name in ["pid|1", "PI|1", "PIDX|1", "P D|1", "PIDé|"] {
         let text = format!("MSH|^~\\&|A\r{bad_name}");
         assert_eq!(

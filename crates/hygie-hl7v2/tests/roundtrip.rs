@@ -1,7 +1,9 @@
 //! `parse(encode(m)) == m` for generated messages whose values hold delimiters, escape
 //! characters, control characters and non-ASCII text.
 
-use hygie_hl7v2::{Component, Delimiters, Field, Limits, Message, Repetition, Segment, encode, parse};
+use hygie_hl7v2::{
+    Component, Delimiters, Field, Limits, Message, Repetition, Segment, encode, parse,
+};
 use proptest::prelude::*;
 
 const DELIMITER_SETS: [Delimiters; 3] = [
@@ -34,7 +36,9 @@ const DELIMITER_SETS: [Delimiters; 3] = [
 const CHARSETS: [&str; 3] = ["", "UNICODE UTF-8", "8859/1"];
 
 fn value(charset: &'static str) -> impl Strategy<Value = String> {
-    let mut pool: Vec<char> = "ab Z09|^~\\&#*!@$%\r\n\u{b}\u{1c}\u{e9}\u{ff}".chars().collect();
+    let mut pool: Vec<char> = "ab Z09|^~\\&#*!@$%\r\n\u{b}\u{1c}\u{e9}\u{ff}"
+        .chars()
+        .collect();
     if charset != "8859/1" {
         pool.extend(['\u{65e5}', '\u{1f600}']);
     }
