@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use crate::model::{Component, Delimiters, Field, Message, Repetition, Segment, trim_trailing};
+use crate::model::{Component, Delimiters, Field, Message, Repetition, Segment};
 
 /// Bounds on what [`parse`] accepts, so a hostile sender costs bounded memory and time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,13 +131,19 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError> {
             })?,
         )
     };
-    let parser = Parser {
-        delimiters,
-        limits,
-        latin1,
-    };
+    let parser = Parser::new(delimiters, limits, latin1);
     let mut segments = Vec::new();
-    for line in text.split(['\r', '\n']).filter(|l| !l.is_empty()) {
+    let mut rest: &str = &text;
+    while !rest.is_empty() {
+        let end = rest
+            .bytes()
+            .position(is_segment_separator)
+            .unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or("");
+        if line.is_empty() {
+            continue;
+        }
         if segments.len() == limits.max_segments {
             return Err(ParseError::TooManySegments {
                 limit: limits.max_segments,
@@ -234,112 +240,261 @@ fn read_charset(bytes: &[u8], delimiters: &Delimiters) -> Result<bool, ParseErro
     }
 }
 
+/// What a byte means in the current message, looked up once per byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Text,
+    Field,
+    Repetition,
+    Component,
+    Subcomponent,
+    Escape,
+}
+
 struct Parser<'a> {
     delimiters: Delimiters,
     limits: &'a Limits,
     latin1: bool,
+    classes: [Class; 256],
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
+    fn new(delimiters: Delimiters, limits: &'a Limits, latin1: bool) -> Self {
+        let mut classes = [Class::Text; 256];
+        // Delimiters are ASCII (checked in `read_delimiters`), so a byte stands for them.
+        classes[delimiters.field as usize] = Class::Field;
+        classes[delimiters.repetition as usize] = Class::Repetition;
+        classes[delimiters.component as usize] = Class::Component;
+        classes[delimiters.subcomponent as usize] = Class::Subcomponent;
+        classes[delimiters.escape as usize] = Class::Escape;
+        Parser {
+            delimiters,
+            limits,
+            latin1,
+            classes,
+        }
+    }
+
     fn segment(&self, line: &str, segment: usize) -> Result<Segment, ParseError> {
-        let name_ok = line.len() >= 3
-            && line.as_bytes()[..3]
+        let bytes = line.as_bytes();
+        let name_ok = bytes.len() >= 3
+            && bytes[..3]
                 .iter()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-            && line[3..]
-                .chars()
-                .next()
-                .is_none_or(|c| c == self.delimiters.field);
+            && bytes
+                .get(3)
+                .is_none_or(|b| self.classes[usize::from(*b)] == Class::Field);
         if !name_ok {
             return Err(ParseError::SegmentName { segment });
         }
         let name = &line[..3];
-        let mut fields = Vec::new();
-        let mut first_number = 1;
-        let mut rest = line.get(4..).map(|r| r.split(self.delimiters.field));
+        let mut builder = FieldsBuilder {
+            parser: self,
+            segment,
+            name,
+            field: 1,
+            fields: Vec::new(),
+            pending_fields: 0,
+            repetitions: Vec::new(),
+            pending_repetitions: 0,
+            repetition_count: 0,
+            components: Vec::new(),
+            pending_components: 0,
+            component_count: 0,
+            subcomponents: Vec::new(),
+            pending_subcomponents: 0,
+            subcomponent_count: 0,
+        };
+        // Index of the field separator that opens the first field to split.
+        let mut opening = 3;
         if segment == 1 {
             // MSH-1 is the separator itself and MSH-2 the encoding characters, kept verbatim.
-            fields.push(Field::from_value(self.delimiters.field.to_string()));
-            fields.push(Field::from_value(self.delimiters.encoding_characters()));
-            rest.as_mut().and_then(Iterator::next);
-            first_number = 3;
+            let encoding = self.delimiters.encoding_characters();
+            opening = 4 + encoding.len();
+            builder
+                .fields
+                .push(Field::from_value(self.delimiters.field.to_string()));
+            builder.fields.push(Field::from_value(encoding));
+            builder.field = 3;
         }
-        for (index, text) in rest.into_iter().flatten().enumerate() {
-            let number = first_number + index;
-            if number > self.limits.max_fields_per_segment {
-                return Err(ParseError::TooManyFields {
-                    segment,
-                    segment_id: name.to_owned(),
-                    limit: self.limits.max_fields_per_segment,
-                });
-            }
-            fields.push(self.field(text, segment, name, number)?);
+        if opening < bytes.len() {
+            builder.split(line, opening + 1)?;
         }
-        trim_trailing(&mut fields, Field::is_empty);
         Ok(Segment {
             name: name.to_owned(),
-            fields,
+            fields: builder.fields,
         })
     }
+}
 
-    fn field(
-        &self,
-        text: &str,
-        segment: usize,
-        name: &str,
-        field: usize,
-    ) -> Result<Field, ParseError> {
-        if text.is_empty() {
-            return Ok(Field::default());
+/// Splits the fields of one segment in a single pass over its bytes. Empty values are only
+/// counted until a non-empty one follows, so trailing empties are never stored (the result is
+/// normalized) and cost no allocation.
+struct FieldsBuilder<'p, 'a> {
+    parser: &'p Parser<'a>,
+    segment: usize,
+    name: &'p str,
+    /// HL7 number of the field being read.
+    field: usize,
+    fields: Vec<Field>,
+    pending_fields: usize,
+    repetitions: Vec<Repetition>,
+    pending_repetitions: usize,
+    repetition_count: usize,
+    components: Vec<Component>,
+    pending_components: usize,
+    component_count: usize,
+    subcomponents: Vec<String>,
+    pending_subcomponents: usize,
+    subcomponent_count: usize,
+}
+
+impl FieldsBuilder<'_, '_> {
+    fn split(&mut self, line: &str, from: usize) -> Result<(), ParseError> {
+        let limits = self.parser.limits;
+        if self.field > limits.max_fields_per_segment {
+            return Err(self.too_many_fields());
         }
-        let d = &self.delimiters;
-        let mut repetitions = Vec::new();
-        for rep_text in text.split(d.repetition) {
-            if repetitions.len() == self.limits.max_repetitions {
-                return Err(ParseError::TooManyRepetitions {
-                    segment,
-                    segment_id: name.to_owned(),
-                    field,
-                    limit: self.limits.max_repetitions,
-                });
+        let bytes = line.as_bytes();
+        let mut start = from;
+        let mut escaped = false;
+        for (index, byte) in bytes.iter().enumerate().skip(from) {
+            let class = self.parser.classes[usize::from(*byte)];
+            if class == Class::Text {
+                continue;
             }
-            let mut components = Vec::new();
-            for comp_text in rep_text.split(d.component) {
-                if components.len() == self.limits.max_components {
-                    return Err(ParseError::TooManyComponents {
-                        segment,
-                        segment_id: name.to_owned(),
-                        field,
-                        limit: self.limits.max_components,
-                    });
-                }
-                let mut subcomponents = Vec::new();
-                for sub_text in comp_text.split(d.subcomponent) {
-                    if subcomponents.len() == self.limits.max_subcomponents {
-                        return Err(ParseError::TooManySubcomponents {
-                            segment,
-                            segment_id: name.to_owned(),
-                            field,
-                            limit: self.limits.max_subcomponents,
-                        });
+            if class == Class::Escape {
+                escaped = true;
+                continue;
+            }
+            self.value(&line[start..index], escaped)?;
+            start = index + 1;
+            escaped = false;
+            match class {
+                Class::Subcomponent => {}
+                Class::Component => self.end_component()?,
+                Class::Repetition => self.end_repetition()?,
+                _ => {
+                    self.end_field()?;
+                    self.field += 1;
+                    if self.field > limits.max_fields_per_segment {
+                        return Err(self.too_many_fields());
                     }
-                    let value = unescape(sub_text, d, self.latin1).ok_or_else(|| {
-                        ParseError::BadEscape {
-                            segment,
-                            segment_id: name.to_owned(),
-                            field,
-                        }
-                    })?;
-                    subcomponents.push(value);
                 }
-                trim_trailing(&mut subcomponents, String::is_empty);
-                components.push(Component { subcomponents });
             }
-            trim_trailing(&mut components, Component::is_empty);
-            repetitions.push(Repetition { components });
         }
-        trim_trailing(&mut repetitions, Repetition::is_empty);
-        Ok(Field { repetitions })
+        self.value(&line[start..], escaped)?;
+        self.end_field()
+    }
+
+    fn value(&mut self, text: &str, escaped: bool) -> Result<(), ParseError> {
+        self.subcomponent_count += 1;
+        let limit = self.parser.limits.max_subcomponents;
+        if self.subcomponent_count > limit {
+            return Err(ParseError::TooManySubcomponents {
+                segment: self.segment,
+                segment_id: self.name.to_owned(),
+                field: self.field,
+                limit,
+            });
+        }
+        if text.is_empty() {
+            self.pending_subcomponents += 1;
+            return Ok(());
+        }
+        let value = if escaped {
+            let parser = self.parser;
+            unescape(text, &parser.delimiters, parser.latin1).ok_or_else(|| {
+                ParseError::BadEscape {
+                    segment: self.segment,
+                    segment_id: self.name.to_owned(),
+                    field: self.field,
+                }
+            })?
+        } else {
+            text.to_owned()
+        };
+        for _ in 0..std::mem::take(&mut self.pending_subcomponents) {
+            self.subcomponents.push(String::new());
+        }
+        // Every escape decodes to at least one character: `value` is not empty.
+        self.subcomponents.push(value);
+        Ok(())
+    }
+
+    fn end_component(&mut self) -> Result<(), ParseError> {
+        self.component_count += 1;
+        let limit = self.parser.limits.max_components;
+        if self.component_count > limit {
+            return Err(ParseError::TooManyComponents {
+                segment: self.segment,
+                segment_id: self.name.to_owned(),
+                field: self.field,
+                limit,
+            });
+        }
+        self.subcomponent_count = 0;
+        self.pending_subcomponents = 0;
+        if self.subcomponents.is_empty() {
+            self.pending_components += 1;
+            return Ok(());
+        }
+        for _ in 0..std::mem::take(&mut self.pending_components) {
+            self.components.push(Component::default());
+        }
+        let subcomponents = std::mem::take(&mut self.subcomponents);
+        self.components.push(Component { subcomponents });
+        Ok(())
+    }
+
+    fn end_repetition(&mut self) -> Result<(), ParseError> {
+        self.end_component()?;
+        self.repetition_count += 1;
+        let limit = self.parser.limits.max_repetitions;
+        if self.repetition_count > limit {
+            return Err(ParseError::TooManyRepetitions {
+                segment: self.segment,
+                segment_id: self.name.to_owned(),
+                field: self.field,
+                limit,
+            });
+        }
+        self.component_count = 0;
+        self.pending_components = 0;
+        if self.components.is_empty() {
+            self.pending_repetitions += 1;
+            return Ok(());
+        }
+        for _ in 0..std::mem::take(&mut self.pending_repetitions) {
+            self.repetitions.push(Repetition::default());
+        }
+        let components = std::mem::take(&mut self.components);
+        self.repetitions.push(Repetition { components });
+        Ok(())
+    }
+
+    fn end_field(&mut self) -> Result<(), ParseError> {
+        self.end_repetition()?;
+        self.repetition_count = 0;
+        self.pending_repetitions = 0;
+        if self.repetitions.is_empty() {
+            self.pending_fields += 1;
+            return Ok(());
+        }
+        for _ in 0..std::mem::take(&mut self.pending_fields) {
+            self.fields.push(Field::default());
+        }
+        let repetitions = std::mem::take(&mut self.repetitions);
+        self.fields.push(Field { repetitions });
+        Ok(())
+    }
+
+    fn too_many_fields(&self) -> ParseError {
+        ParseError::TooManyFields {
+            segment: self.segment,
+            segment_id: self.name.to_owned(),
+            limit: self.parser.limits.max_fields_per_segment,
+        }
     }
 }
 
