@@ -6,19 +6,17 @@ use std::path::Path;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hygie_hl7v2::{Limits, encode, parse};
 
-fn samples() -> Vec<u8> {
-    // One buffer per file would measure setup noise; parse them in turn instead.
+fn samples() -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .expect("tests/data")
         .map(|e| e.expect("entry").path())
         .collect();
     files.sort();
-    let mut all = Vec::new();
-    for file in files {
-        all.push(std::fs::read(file).expect("sample"));
-    }
-    all.join(&0u8)
+    files
+        .into_iter()
+        .map(|f| std::fs::read(f).expect("sample"))
+        .collect()
 }
 
 fn large_oru() -> Vec<u8> {
@@ -41,8 +39,7 @@ fn bench_parse(c: &mut Criterion) {
     let limits = Limits::default();
     let mut group = c.benchmark_group("parse");
 
-    let joined = samples();
-    let files: Vec<&[u8]> = joined.split(|b| *b == 0).collect();
+    let files = samples();
     group.throughput(Throughput::Bytes(
         files.iter().map(|f| f.len() as u64).sum(),
     ));

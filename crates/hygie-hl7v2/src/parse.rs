@@ -44,6 +44,7 @@ pub enum ParseError {
         "unsupported character set {charset:?} in MSH-18 (supported: ASCII, UNICODE UTF-8, 8859/1)"
     )]
     UnsupportedCharset { charset: String },
+    /// `byte_offset` counts from the first byte given to [`parse`].
     #[error("the bytes at offset {byte_offset} are not valid {charset}")]
     BadCharset {
         charset: &'static str,
@@ -110,7 +111,12 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError> {
             limit: limits.max_message_bytes,
         });
     }
-    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    let bom_len = if bytes.starts_with(UTF8_BOM) {
+        UTF8_BOM.len()
+    } else {
+        0
+    };
+    let bytes = &bytes[bom_len..];
     let start = bytes
         .iter()
         .position(|b| !is_segment_separator(*b))
@@ -127,7 +133,7 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError> {
         Cow::Borrowed(
             std::str::from_utf8(bytes).map_err(|e| ParseError::BadCharset {
                 charset: "UTF-8",
-                byte_offset: start + e.valid_up_to(),
+                byte_offset: bom_len + start + e.valid_up_to(),
             })?,
         )
     };

@@ -390,3 +390,15 @@ fn built_messages_encode_as_hl7() {
         b"MSH|^~\\&|HUB\rNTE|1||a\\F\\b^c\\S\\d".to_vec()
     );
 }
+
+#[test]
+fn bad_charset_offset_counts_the_byte_order_mark() {
+    let bytes = b"\xEF\xBB\xBF\r\nMSH|^~\\&|A\xff";
+    assert_eq!(
+        parse(bytes, &Limits::default()),
+        Err(ParseError::BadCharset {
+            charset: "UTF-8",
+            byte_offset: 15
+        })
+    );
+}
