@@ -77,15 +77,31 @@ def _facility_names() -> set[str]:
     return names
 
 
+# Base64 of random bytes (sealed AuditEvent queries, signatures and hashes in checkpoint
+# notes): random letters too.
+QUOTED_BASE64 = re.compile(r'"[A-Za-z0-9+/]{24,}={0,2}"')
+SPACED_BASE64 = re.compile(r"(?<=\s)[A-Za-z0-9+/]{40,}={0,2}(?=\s)")
+# A word in clear has text around it (JSON, an index row's other columns); a chance match
+# inside ciphertext has random bytes around it: one side must hold this many printable
+# characters. (A 4-letter name turns up by chance about once in 10 MB of random bytes.)
+CONTEXT = 5
+
+
+def _in_text(haystack: str, start: int, end: int) -> bool:
+    printable = lambda text: len(text) == CONTEXT and all(" " <= c <= "~" or c in "\t\r\n" for c in text)  # noqa: E731
+    return printable(haystack[max(0, start - CONTEXT):start]) or printable(haystack[end:end + CONTEXT])
+
+
 def _leaks(haystack: str) -> list[str]:
-    haystack = BLIND_TERM.sub(" ", haystack).lower()
+    haystack = BLIND_TERM.sub(" ", haystack)
+    haystack = SPACED_BASE64.sub(" ", QUOTED_BASE64.sub('" "', haystack)).lower()
     for name in sorted(_facility_names(), key=len, reverse=True):
         haystack = haystack.replace(name, " ")
     leaks = []
     for kind, values in _secrets().items():
         for value in values:
             for form in _forms(value):
-                if form in haystack:
+                if any(_in_text(haystack, m.start(), m.end()) for m in re.finditer(re.escape(form), haystack)):
                     leaks.append(f"{kind} {value!r} (as {form!r})")
     return leaks
 
