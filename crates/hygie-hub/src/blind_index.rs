@@ -437,15 +437,6 @@ pub(crate) fn sorts_blind(spec: &SearchSpec) -> bool {
     })
 }
 
-/// The keys of `sort` with `_id` appended, as the store sorts.
-fn full_sort(sort: &[SortBy]) -> Vec<SortBy> {
-    let mut keys = sort.to_vec();
-    if !keys.iter().any(|key| matches!(key, SortBy::Id { .. })) {
-        keys.push(SortBy::Id { descending: false });
-    }
-    keys
-}
-
 /// The sort values of one resource, as the store's SQL gives them: a parameter's lowest
 /// value ascending (highest descending), a sentinel that sorts last when it has none.
 fn sort_values(record: &VersionRecord, rows: &[IndexRow], sort: &[SortBy]) -> Vec<SortValue> {
@@ -517,7 +508,7 @@ pub(crate) fn sort_in_memory(
     spec: &SearchSpec,
     candidates: Vec<VersionRecord>,
 ) -> StoreResult<Vec<SearchHit>> {
-    let sort = full_sort(&spec.sort);
+    let sort = hygie_store::full_sort(&spec.sort);
     let backwards = spec.position.as_ref().is_some_and(|p| p.backwards);
     let direction = |index: usize| sort[index].descending() != backwards;
     let order = |a: &[SortValue], b: &[SortValue]| {

@@ -24,6 +24,7 @@ use hygie_store::{
 use hygie_vault::{DataKey, Keyring, VaultError, aead};
 
 use crate::blind_index;
+use crate::instant::now_us;
 
 /// How the vault keeps unwrapped data keys in memory.
 #[derive(Debug, Clone)]
@@ -225,11 +226,8 @@ impl Vault {
                     let Some(last) = records.last().map(|record| record.seq) else {
                         return Ok(None);
                     };
-                    let mut audit = hygie_audit::AuditRecord::new(
-                        "seal",
-                        "system:hygie-vault",
-                        crate::instant::now_us(),
-                    );
+                    let mut audit =
+                        hygie_audit::AuditRecord::new("seal", "system:hygie-vault", now_us());
                     let count = records.len() as u64;
                     let mut sealing = SealedTx {
                         inner: tx,
@@ -741,13 +739,6 @@ fn erase_scope(tx: &mut dyn Tx, patient: &str, by: &str, reason: &str) -> StoreR
         versions,
         resources: resources.len() as u64,
     })
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// A store whose units see a [`SealedTx`].

@@ -40,7 +40,7 @@ pub use audit_index::{AuditFacets, AuditHit, AuditQuery};
 pub use postgres_store::{PostgresOptions, PostgresStore, open_postgres};
 pub use search::{
     Filter, IndexCell, IndexRow, IndexTable, MAX_INDEXED_STRING, PagePosition, RangeOp, SearchHit,
-    SearchSpec, SortBy, SortValue, Test, truncate,
+    SearchSpec, SortBy, SortValue, Test, full_sort, truncate,
 };
 pub use sqlite_store::{SqliteOptions, SqliteStore, open_sqlite};
 

@@ -860,7 +860,7 @@ fn selectivity_rank(filter: &Filter) -> Option<u8> {
 }
 
 /// The sort keys with `_id` appended (ascending unless `_id` is already a key).
-pub(crate) fn full_sort(sort: &[SortBy]) -> Vec<SortBy> {
+pub fn full_sort(sort: &[SortBy]) -> Vec<SortBy> {
     let mut keys = sort.to_vec();
     if !keys.iter().any(|key| matches!(key, SortBy::Id { .. })) {
         keys.push(SortBy::Id { descending: false });
