@@ -35,6 +35,8 @@ pub enum ErrorCode {
     UnsupportedEventCode,
     UnsupportedProcessingId,
     UnsupportedVersionId,
+    UnknownKeyIdentifier,
+    ApplicationRecordLocked,
     ApplicationInternalError,
 }
 
@@ -49,6 +51,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedEventCode => 201,
             ErrorCode::UnsupportedProcessingId => 202,
             ErrorCode::UnsupportedVersionId => 203,
+            ErrorCode::UnknownKeyIdentifier => 204,
+            ErrorCode::ApplicationRecordLocked => 206,
             ErrorCode::ApplicationInternalError => 207,
         }
     }
@@ -64,6 +68,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedEventCode => "Unsupported event code",
             ErrorCode::UnsupportedProcessingId => "Unsupported processing id",
             ErrorCode::UnsupportedVersionId => "Unsupported version id",
+            ErrorCode::UnknownKeyIdentifier => "Unknown key identifier",
+            ErrorCode::ApplicationRecordLocked => "Application record locked",
             ErrorCode::ApplicationInternalError => "Application internal error",
         }
     }

@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 pub const START_BLOCK: u8 = 0x0B;
 pub const END_BLOCK: u8 = 0x1C;
 pub const CARRIAGE_RETURN: u8 = 0x0D;
+/// The most of a too-large frame kept to answer it (its MSH).
+pub const REFUSED_HEAD_BYTES: usize = 4096;
 
 /// Wraps an encoded message in an MLLP frame.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
@@ -52,6 +54,8 @@ pub struct MllpDecoder {
     current: Vec<u8>,
     ready: VecDeque<Vec<u8>>,
     error: Option<FrameError>,
+    /// The first segment of a frame refused as too large, to answer it with a NAK.
+    refused_head: Vec<u8>,
 }
 
 impl MllpDecoder {
@@ -63,6 +67,7 @@ impl MllpDecoder {
             current: Vec::new(),
             ready: VecDeque::new(),
             error: None,
+            refused_head: Vec::new(),
         }
     }
 
@@ -94,6 +99,12 @@ impl MllpDecoder {
                         .position(|b| *b == END_BLOCK || *b == START_BLOCK);
                     let payload_len = end.unwrap_or(bytes.len());
                     if self.current.len() + payload_len > self.max_frame_bytes {
+                        // What fits is kept, for the head of the refused frame.
+                        let room = self
+                            .max_frame_bytes
+                            .saturating_sub(self.current.len())
+                            .min(REFUSED_HEAD_BYTES.saturating_sub(self.current.len()));
+                        self.current.extend_from_slice(&bytes[..room.min(payload_len)]);
                         self.fail(FrameError::TooLarge {
                             limit: self.max_frame_bytes,
                         });
@@ -141,8 +152,24 @@ impl MllpDecoder {
         self.current.len()
     }
 
+    /// After [`FrameError::TooLarge`]: the start of the refused frame, up to the end of its
+    /// first segment (at most [`REFUSED_HEAD_BYTES`]), so that the listener can answer a
+    /// NAK naming the message; empty otherwise.
+    pub fn refused_frame_head(&self) -> &[u8] {
+        &self.refused_head
+    }
+
     fn fail(&mut self, error: FrameError) {
         self.state = State::Failed;
+        if matches!(error, FrameError::TooLarge { .. }) {
+            let end = self
+                .current
+                .iter()
+                .position(|b| *b == b'\r' || *b == b'\n')
+                .unwrap_or(self.current.len())
+                .min(REFUSED_HEAD_BYTES);
+            self.refused_head = self.current[..end].to_vec();
+        }
         self.current = Vec::new();
         self.error = Some(error);
     }
@@ -158,6 +185,17 @@ mod tests {
             frames.push(frame);
         }
         Ok(frames)
+    }
+
+    #[test]
+    fn a_frame_too_large_keeps_its_header_for_the_nak() {
+        let mut decoder = MllpDecoder::new(40);
+        decoder.push(b"\x0bMSH|^~\\&|A|B|C|D||x|ADT^A01|42|P|2.5\rPID|1|");
+        decoder.push(&[b'x'; 100]);
+        assert_eq!(decoder.next_frame(), Err(FrameError::TooLarge { limit: 40 }));
+        // The payload was cut at 40 bytes: what was held then, up to its first segment end.
+        assert!(decoder.refused_frame_head().starts_with(b"MSH|^~\\&|A|B"));
+        assert!(!decoder.refused_frame_head().contains(&b'\r'));
     }
 
     #[test]

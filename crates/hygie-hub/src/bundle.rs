@@ -80,15 +80,15 @@ enum Plan {
 }
 
 /// The outcome of one entry, for the response Bundle.
-enum EntryResult {
+pub(crate) enum EntryResult {
     Written(WriteOutcome),
     Deleted { version: i64 },
     Read(Stored),
     Searched(Vec<u8>),
 }
 
-struct TransactionOutcome {
-    results: Vec<EntryResult>,
+pub(crate) struct TransactionOutcome {
+    pub(crate) results: Vec<EntryResult>,
 }
 
 impl Audited for TransactionOutcome {
@@ -530,7 +530,7 @@ fn transaction_access(caller: &Caller) -> Access<'_> {
     }
 }
 
-fn transaction_response(
+pub(crate) fn transaction_response(
     base: &str,
     outcome: TransactionOutcome,
     preference: ReturnPreference,
@@ -755,7 +755,7 @@ impl PreparedTransaction {
 
     /// What each entry does, for the policy: a transaction is permitted only if every
     /// entry would be on its own (conditional criteria and references search their type).
-    fn reached(&self) -> Vec<(Action, Target, String)> {
+    pub(crate) fn reached(&self) -> Vec<(Action, Target, String)> {
         let mut reached = Vec::new();
         for entry in &self.planned {
             let at = format!("Bundle.entry[{}]", entry.index);
@@ -815,7 +815,7 @@ impl PreparedTransaction {
         reached
     }
 
-    fn execute(self, tx: &mut dyn Tx, mask: &Mask) -> OpResult<TransactionOutcome> {
+    pub(crate) fn execute(self, tx: &mut dyn Tx, mask: &Mask) -> OpResult<TransactionOutcome> {
         let count = self.planned.len();
         execute_transaction(
             tx,
