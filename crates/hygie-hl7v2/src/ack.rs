@@ -36,6 +36,7 @@ pub enum ErrorCode {
     UnsupportedProcessingId,
     UnsupportedVersionId,
     UnknownKeyIdentifier,
+    DuplicateKeyIdentifier,
     ApplicationRecordLocked,
     ApplicationInternalError,
 }
@@ -52,6 +53,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedProcessingId => 202,
             ErrorCode::UnsupportedVersionId => 203,
             ErrorCode::UnknownKeyIdentifier => 204,
+            ErrorCode::DuplicateKeyIdentifier => 205,
             ErrorCode::ApplicationRecordLocked => 206,
             ErrorCode::ApplicationInternalError => 207,
         }
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedProcessingId => "Unsupported processing id",
             ErrorCode::UnsupportedVersionId => "Unsupported version id",
             ErrorCode::UnknownKeyIdentifier => "Unknown key identifier",
+            ErrorCode::DuplicateKeyIdentifier => "Duplicate key identifier",
             ErrorCode::ApplicationRecordLocked => "Application record locked",
             ErrorCode::ApplicationInternalError => "Application internal error",
         }

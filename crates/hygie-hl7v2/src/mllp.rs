@@ -104,7 +104,8 @@ impl MllpDecoder {
                             .max_frame_bytes
                             .saturating_sub(self.current.len())
                             .min(REFUSED_HEAD_BYTES.saturating_sub(self.current.len()));
-                        self.current.extend_from_slice(&bytes[..room.min(payload_len)]);
+                        self.current
+                            .extend_from_slice(&bytes[..room.min(payload_len)]);
                         self.fail(FrameError::TooLarge {
                             limit: self.max_frame_bytes,
                         });
@@ -192,7 +193,10 @@ mod tests {
         let mut decoder = MllpDecoder::new(40);
         decoder.push(b"\x0bMSH|^~\\&|A|B|C|D||x|ADT^A01|42|P|2.5\rPID|1|");
         decoder.push(&[b'x'; 100]);
-        assert_eq!(decoder.next_frame(), Err(FrameError::TooLarge { limit: 40 }));
+        assert_eq!(
+            decoder.next_frame(),
+            Err(FrameError::TooLarge { limit: 40 })
+        );
         // The payload was cut at 40 bytes: what was held then, up to its first segment end.
         assert!(decoder.refused_frame_head().starts_with(b"MSH|^~\\&|A|B"));
         assert!(!decoder.refused_frame_head().contains(&b'\r'));

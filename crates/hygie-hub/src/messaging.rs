@@ -29,6 +29,9 @@ const MESSAGE_KEY_PREFIX: &str = "message/";
 pub struct InboundMessage {
     /// Who sent it and its control id: the same key twice is the same message.
     pub key: String,
+    /// A digest of the message's content: the same key with another content is a sender
+    /// reusing a control id, refused (409) rather than acknowledged without its data.
+    pub fingerprint: String,
     /// What the audit record says the message was (`ADT^A01 MSG00001`).
     pub description: String,
     pub transaction: PreparedTransaction,
@@ -89,6 +92,7 @@ impl Hub {
         let principal = caller.principal.clone();
         let InboundMessage {
             key,
+            fingerprint,
             transaction,
             merge_prior,
             acknowledgement,
@@ -98,8 +102,16 @@ impl Hub {
         self.perform(access(caller), move |tx, mask| {
             // Two hub nodes taking the same resend at once: one waits for the other.
             tx.lock(&meta_key)?;
-            if let Some(acknowledgement) = tx.meta_get(&meta_key)? {
-                return Ok(Ok(Ingested::Duplicate { acknowledgement }));
+            if let Some(remembered) = tx.meta_get(&meta_key)? {
+                let (first, acknowledgement) = remembered.split_once('\n').unwrap_or(("", &remembered));
+                if first != fingerprint {
+                    return Ok(Err(HubError::conflict(format!(
+                        "this sender already used the control id of this message ({key}) for another message; each message needs its own"
+                    ))));
+                }
+                return Ok(Ok(Ingested::Duplicate {
+                    acknowledgement: acknowledgement.to_owned(),
+                }));
             }
             let outcome = match transaction.execute(tx, mask)? {
                 Ok(outcome) => outcome,
@@ -129,7 +141,7 @@ impl Hub {
                     Err(refused) => return Ok(Err(refused)),
                 }
             }
-            tx.meta_set(&meta_key, &acknowledgement)?;
+            tx.meta_set(&meta_key, &format!("{fingerprint}\n{acknowledgement}"))?;
             Ok(Ok(Ingested::Committed { written }))
         })
         .await
@@ -219,13 +231,7 @@ fn merge_patients(
         .iter()
         .map(|(ty, params)| (ty.clone(), params.clone()))
         .collect();
-    let mut moved = tx.compartment(
-        "Patient",
-        &prior,
-        &members,
-        None,
-        MAX_MERGE_MEMBERS + 1,
-    )?;
+    let mut moved = tx.compartment("Patient", &prior, &members, None, MAX_MERGE_MEMBERS + 1)?;
     moved.retain(|(ty, id)| !(ty == "Patient" && (id == &prior || id == survivor)));
     if moved.len() > MAX_MERGE_MEMBERS {
         return Ok(Err(HubError::too_large(format!(
@@ -241,7 +247,8 @@ fn merge_patients(
             ),
         )));
     }
-    let map = std::collections::HashMap::from([(prior_reference.clone(), survivor_reference.clone())]);
+    let map =
+        std::collections::HashMap::from([(prior_reference.clone(), survivor_reference.clone())]);
     for (ty, id) in moved {
         let mut resource = match read_json(tx, mask, &ty, &id)? {
             Ok(resource) => resource,
@@ -291,10 +298,45 @@ fn read_json(tx: &mut dyn Tx, mask: &Mask, ty: &str, id: &str) -> OpResult<Value
         .map_err(|e| StoreError::Database(format!("stored {ty}/{id} is not JSON: {e}")))
 }
 
-fn update(tx: &mut dyn Tx, ty: &str, id: &str, resource: Value, now: i64) -> OpResult<WriteOutcome> {
+fn update(
+    tx: &mut dyn Tx,
+    ty: &str,
+    id: &str,
+    resource: Value,
+    now: i64,
+) -> OpResult<WriteOutcome> {
     let prepared = match Prepared::new(ty, resource) {
         Ok(prepared) => prepared.index_now(),
         Err(refused) => return Ok(Err(refused)),
     };
     exec_update(tx, prepared, id, None, now)
+}
+
+impl Hub {
+    /// Records a message refused before it reached the data (unknown sender, unsupported
+    /// type, content that does not map): the attempt is in the trail, with the reason.
+    pub async fn record_refused_message(
+        &self,
+        caller: &Caller,
+        description: &str,
+        reason: &str,
+    ) -> Result<(), HubError> {
+        let mut record = hygie_audit::AuditRecord::new(
+            Action::Bundle.interaction_code(),
+            &caller.principal.subject,
+            now_us(),
+        );
+        record.outcome = hygie_audit::AuditOutcome::MinorFailure;
+        record.outcome_description = Some(reason.to_owned());
+        record.query = Some(description.to_owned());
+        record.network_address = caller.network_address.clone();
+        record.request_id = Some(caller.request_id.clone());
+        record.roles = caller
+            .principal
+            .access
+            .as_ref()
+            .map(|access| access.roles.clone())
+            .unwrap_or_default();
+        self.append_record(record).await
+    }
 }

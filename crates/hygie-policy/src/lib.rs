@@ -290,6 +290,12 @@ pub const DEFAULT_LABEL_GRANTS: &[(&str, &[&str])] = &[
         "integration",
         &["R", "V", "PSY", "HIV", "ETH", "GDIS", "STD"],
     ),
+    // An HL7 v2 sender updates the records it feeds whatever their labels (a restricted
+    // patient is admitted like any other); it reads nothing back.
+    (
+        "hl7-interface",
+        &["R", "V", "PSY", "HIV", "ETH", "GDIS", "STD"],
+    ),
 ];
 
 /// The built-in minimization: elements a role's work does not need, removed from what it
@@ -560,6 +566,12 @@ pub const DEFAULT_ROLE_CEILINGS: &[(&str, &str)] = &[
     // The security officer investigates through the audit trail, not the clinical record.
     ("security", "user/AuditEvent.rs"),
     ("integration", "system/*.cruds"),
+    // HL7 v2 senders (admissions, labs): what the v2-to-FHIR mapping writes, nothing else.
+    (
+        "hl7-interface",
+        "system/Patient.crus system/Encounter.crus system/Practitioner.crus \
+         system/Location.crus system/Observation.crus system/DiagnosticReport.crus",
+    ),
     // A patient (or their app) reads their own record: with `patient/` scopes and the
     // token's `patient` context only (see `decide_patient_context`).
     ("patient", "patient/*.rs"),

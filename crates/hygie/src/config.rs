@@ -83,6 +83,8 @@ pub struct FileSettings {
     pub audit: FileAudit,
     #[serde(default)]
     pub vault: FileVault,
+    #[serde(default)]
+    pub hl7: crate::hl7::FileHl7,
 }
 
 /// `[vault]`: encryption at rest.

@@ -7,6 +7,7 @@ mod backup;
 mod btg;
 mod config;
 mod demo;
+mod hl7;
 mod import;
 mod keys;
 mod patient;
@@ -56,6 +57,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Online, consistent, encrypted backups: create, verify, restore.
     Backup(backup::BackupArgs),
+    /// HL7 v2 over MLLP: send messages to a listener (`hygie serve --mllp-listen`).
+    Hl7(hl7::Hl7Args),
 }
 
 fn init_logging(format: Option<&str>) -> anyhow::Result<()> {
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             Command::Patient(args) => patient::run(args).await,
             Command::Audit(args) => audit::run(args).await,
             Command::Backup(args) => backup::run(args).await,
+            Command::Hl7(args) => hl7::run(args).await,
         }
     });
     match result {

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Serve data without authentication, as a development principal. Loopback only.
     #[arg(long, env = "HYGIE_NO_AUTH")]
     pub no_auth: bool,
+    /// Also listen for HL7 v2 over MLLP on this address (settings in `[hl7]`).
+    #[arg(long, env = "HYGIE_MLLP_LISTEN", value_name = "ADDR")]
+    pub mllp_listen: Option<String>,
     /// Base URL clients use (for links and Location headers) when behind a proxy.
     #[arg(long, env = "HYGIE_PUBLIC_BASE_URL", value_name = "URL")]
     pub public_base_url: Option<String>,
@@ -165,6 +168,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener =
         hygie_server::bind(address).with_context(|| format!("cannot listen on {address}"))?;
     let bound = listener.local_addr()?;
+    let mllp = start_mllp(&hub, &args, &file).await?;
     let http = hygie_server::HttpConfig {
         max_body_bytes: limits.max_body_bytes,
         max_json_depth: limits.max_json_depth,
@@ -212,6 +216,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_signal(),
     )
     .await;
+    if let Some(mllp) = mllp {
+        // Each connection finishes (and acknowledges) the message it is on.
+        mllp.stop(limits.shutdown_grace).await;
+    }
     drop(key_refresh);
     audit_integrator.abort();
     if let Some(retention) = retention {
@@ -234,6 +242,44 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     result.context("the HTTP server failed")?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the MLLP listener when `--mllp-listen` or `hl7.listen` asks for one. Plain TCP
+/// carries patient data in clear: on a non-loopback address it needs TLS, or
+/// `hl7.insecure_plain_tcp` when a tunnel protects it.
+async fn start_mllp(
+    hub: &hygie_hub::Hub,
+    args: &ServeArgs,
+    file: &config::FileSettings,
+) -> anyhow::Result<Option<hygie_mllp::Listener>> {
+    let Some(text) = args.mllp_listen.clone().or_else(|| file.hl7.listen.clone()) else {
+        return Ok(None);
+    };
+    let address = config::parse_listen(&text)?;
+    let settings = crate::hl7::listener_settings(&file.hl7, format!("mllp://{address}"))?;
+    if settings.tls.is_none()
+        && !address.ip().is_loopback()
+        && !file.hl7.insecure_plain_tcp.unwrap_or(false)
+    {
+        bail!(
+            "plain MLLP on {address} would send patient data in clear: give hl7.tls_cert and hl7.tls_key, or hl7.insecure_plain_tcp = true if a TLS tunnel or VPN protects it"
+        );
+    }
+    if settings.senders.is_empty() {
+        tracing::warn!("no [[hl7.senders]] configured: every HL7 message will be refused (AR)");
+    }
+    let tls = settings.tls.is_some();
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for MLLP on {address}"))?;
+    let running = hygie_mllp::serve(hub.clone(), listener, settings)?;
+    tracing::info!(
+        address = %running.local_addr(),
+        tls,
+        "HL7 v2 (MLLP) listening on {}",
+        running.local_addr()
+    );
+    Ok(Some(running))
 }
 
 /// How long the exports get at shutdown to deliver the last leaves; what is left goes
