@@ -419,3 +419,130 @@ def test_plain_mllp_is_refused_on_a_public_address(hygie_bin, tmp_path):
                           "--listen", "127.0.0.1:0", "--no-auth", "--mllp-listen", "0.0.0.0:0"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "plain MLLP on 0.0.0.0" in run.stderr, run.stderr
+
+
+def _pki(tmp_path: Path):
+    """A CA, the listener's certificate for 127.0.0.1, and two client certificates."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hospital test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    fingerprints = {}
+
+    def issue(name: str, usage, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(hours=1))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / f"{name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        fingerprints[name] = cert.fingerprint(hashes.SHA256()).hex()
+
+    issue("listener", ExtendedKeyUsageOID.SERVER_AUTH, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    issue("adt-system", ExtendedKeyUsageOID.CLIENT_AUTH)
+    issue("other-system", ExtendedKeyUsageOID.CLIENT_AUTH)
+    return fingerprints
+
+
+def test_mllp_over_tls_binds_senders_to_their_certificates(start_hub, tmp_path, hygie_bin, http):
+    import ssl
+
+    pins = _pki(tmp_path)
+    config = hl7_config(extra=(f'tls_cert = "{tmp_path}/listener.pem"\ntls_key = "{tmp_path}/listener.key"\n'
+                               f'client_ca = "{tmp_path}/ca.pem"'))
+    # ADT is bound to its certificate; LAB to none (any certificate of the CA).
+    config = config.replace('application = "ADT"\nfacility = "HOSP"',
+                            f'application = "ADT"\nfacility = "HOSP"\ncertificate_sha256 = ["{pins["adt-system"]}"]')
+    server, (host, port) = start_mllp_hub(start_hub, "sqlite", tmp_path, config=config)
+    assert "tls=true" in server.log_text()
+
+    # An independent TLS client (Python's ssl) with the ADT system's certificate.
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    context.load_cert_chain(tmp_path / "adt-system.pem", tmp_path / "adt-system.key")
+    import socket
+    with socket.create_connection((host, port), timeout=15) as plain:
+        with context.wrap_socket(plain, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"\x0b" + adt("A01", "T1", Person("7001", "Tls", "Ok"), Visit("VT1")).encode() + b"\x1c\x0d")
+            answer = b""
+            while not answer.endswith(b"\x1c\x0d"):
+                answer += tls.recv(65536)
+    assert ack_code(hl7.parse(answer.strip(b"\x0b\x1c\x0d").decode())) == "AA"
+
+    def send(message: str, name: str | None):
+        path = tmp_path / "m.hl7"
+        path.write_text(message)
+        args = [str(hygie_bin), "hl7", "send", str(path), "--to", f"{host}:{port}", "--tls-ca", str(tmp_path / "ca.pem")]
+        if name:
+            args += ["--tls-cert", str(tmp_path / f"{name}.pem"), "--tls-key", str(tmp_path / f"{name}.key")]
+        return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+    # ADT's messages on another system's certificate: AR, nothing written.
+    run = send(adt("A01", "T2", Person("7002", "Tls", "Wrong"), Visit("VT2")), "other-system")
+    assert run.returncode == 1 and "T2\tAR" in run.stdout and "client certificate" in run.stdout, run.stdout
+    # LAB is not bound: any certificate the CA signed will do.
+    run = send(adt("A28", "T3", Person("7003", "Tls", "Lab"), sender=("LAB", "HOSP")), "other-system")
+    assert run.returncode == 0 and "T3\tAA" in run.stdout, run.stdout + run.stderr
+    # No client certificate at all: the handshake fails.
+    run = send(adt("A28", "T4", Person("7004", "Tls", "None"), sender=("LAB", "HOSP")), None)
+    assert run.returncode != 0 and "AA" not in run.stdout
+    # Plain MLLP on the TLS port gets nothing.
+    raw = RawMllp((host, port), timeout=5)
+    raw.send_bytes(b"\x0b" + adt("A28", "T5", Person("7005", "Plain", "X"), sender=("LAB", "HOSP")).encode() + b"\x1c\x0d")
+    received = b""
+    raw.sock.settimeout(5)
+    try:
+        while chunk := raw.sock.recv(65536):
+            received += chunk
+    except (ConnectionResetError, OSError):
+        pass
+    assert b"MSA" not in received, received  # at most a TLS alert, then the connection ends
+    found = {p["identifier"][0]["value"] for p in search(http, server, "Patient")}
+    assert found == {"7001", "7003"}
+
+
+def test_an_admission_opens_the_stay_to_its_attending_doctor(start_hub, tmp_path, hygie_bin):
+    """Need-to-know from HL7: the attending doctor PV1-7 of an A01 may read the stay; a
+    doctor the message did not name may not."""
+    from e2e_support import one_shot
+    from test_auth import bearer, token
+
+    server, address = start_mllp_hub(start_hub, "sqlite", tmp_path, no_auth=False)
+    [ack] = send_all(address, [adt("A01", "N1", Person("8001", "Care", "Ful"),
+                                   Visit("VN1", attending=("555", "Lambert", "Rose")))])
+    assert ack_code(ack) == "AA"
+    feed = token(hygie_bin, tmp_path, server, subject="Device/feed", roles=("integration",), scope="system/*.rs")
+
+    def read(url, credential):
+        return one_shot("GET", url, headers=bearer(credential))
+
+    doctors = read(f"{server.fhir_url}/Practitioner?identifier={LOCAL}:practitioner|555", feed).json()
+    rose = doctors["entry"][0]["resource"]["id"]
+    stays = read(f"{server.fhir_url}/Encounter?identifier={LOCAL}:visit|VN1", feed).json()
+    stay = stays["entry"][0]["resource"]["id"]
+    attending = token(hygie_bin, tmp_path, server, subject=f"Practitioner/{rose}", roles=("clinician",))
+    stranger = token(hygie_bin, tmp_path, server, subject="Practitioner/someone-else", roles=("clinician",))
+    assert read(f"{server.fhir_url}/Encounter/{stay}", attending).status_code == 200
+    assert read(f"{server.fhir_url}/Encounter/{stay}", stranger).status_code == 403

@@ -148,25 +148,6 @@ impl Hub {
     }
 }
 
-/// `identifier=system|value` as a query string: FHIR's escapes for token parts (`\`, `|`,
-/// `,`, `$`), then URL encoding. For conditional URLs built from message content.
-pub fn identifier_query(system: &str, value: &str) -> String {
-    fn escaped(part: &str) -> String {
-        let mut out = String::with_capacity(part.len());
-        for c in part.chars() {
-            if matches!(c, '\\' | '|' | ',' | '$') {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out
-    }
-    let token = format!("{}|{}", escaped(system), escaped(value));
-    form_urlencoded::Serializer::new(String::new())
-        .append_pair("identifier", &token)
-        .finish()
-}
-
 fn written_references(outcome: &TransactionOutcome) -> Vec<String> {
     outcome
         .results
@@ -198,7 +179,7 @@ fn merge_patients(
     survivor: &str,
     allowed: &dyn Fn(&str) -> bool,
 ) -> OpResult<Vec<String>> {
-    let query = identifier_query(system, value);
+    let query = hygie_fhir::search::identifier_query(system, value);
     let criteria = match crate::criteria::parse_conditional("Patient", &query) {
         Ok(criteria) => criteria,
         Err(refused) => return Ok(Err(refused)),

@@ -83,6 +83,12 @@ impl Connection {
         })
     }
 
+    /// Ends the connection cleanly (with TLS, its close_notify).
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.stream.shutdown().await?;
+        Ok(())
+    }
+
     /// Sends one message and returns the acknowledgement's bytes.
     pub async fn send(&mut self, message: &[u8]) -> Result<Vec<u8>, ClientError> {
         self.stream.write_all(&frame(message)).await?;

@@ -6,11 +6,16 @@
 //! sender, same MSH-10) gets the same acknowledgement and writes nothing.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "listener")]
 pub mod client;
+#[cfg(feature = "listener")]
 pub mod listener;
 pub mod mapping;
+#[cfg(feature = "listener")]
 pub mod settings;
 
+#[cfg(feature = "listener")]
 pub use listener::{Listener, serve};
 pub use mapping::{Mapped, MappingSettings, Refusal, map_message};
+#[cfg(feature = "listener")]
 pub use settings::{ListenerSettings, Sender};

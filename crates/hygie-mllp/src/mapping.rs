@@ -91,8 +91,9 @@ struct Seg<'m> {
 }
 
 impl<'m> Seg<'m> {
+    /// Field `number`, component 1, trimmed (FHIR values never start or end with spaces).
     fn value(&self, number: usize) -> &'m str {
-        self.segment.value(number)
+        self.segment.value(number).trim()
     }
 
     fn repetitions(&self, number: usize) -> impl Iterator<Item = &'m Repetition> + 'm {
@@ -120,7 +121,10 @@ impl<'m> Seg<'m> {
 
 /// Component `n` (1-based) of a repetition, sub-component 1.
 fn comp(repetition: &Repetition, n: usize) -> &str {
-    repetition.component(n).map(|c| c.value()).unwrap_or("")
+    repetition
+        .component(n)
+        .map(|c| c.value().trim())
+        .unwrap_or("")
 }
 
 /// Sub-component `s` of component `n`.
@@ -128,6 +132,7 @@ fn sub(repetition: &Repetition, n: usize, s: usize) -> &str {
     repetition
         .component(n)
         .and_then(|c| c.subcomponent(s))
+        .map(str::trim)
         .unwrap_or("")
 }
 
@@ -332,10 +337,16 @@ impl Context<'_> {
             );
             match self.authority_system(namespace, universal, kind) {
                 Some(system) => found.push((comp(repetition, 5) == "MR", system, value.to_owned())),
-                None => unknown.push(format!(
-                    "{namespace}{}{universal}",
-                    if universal.is_empty() { "" } else { "&" }
-                )),
+                None if namespace.is_empty() && universal.is_empty() => {
+                    unknown.push(format!("none (CX-4 is empty for {value:?})"));
+                }
+                None => unknown.push(
+                    [namespace, universal]
+                        .into_iter()
+                        .filter(|part| !part.is_empty())
+                        .collect::<Vec<_>>()
+                        .join("&"),
+                ),
             }
         }
         found.sort_by_key(|(mr, _, _)| !mr);
@@ -450,7 +461,7 @@ impl Context<'_> {
         } else if pid.value(30) == "Y" {
             patient.insert("deceasedBoolean".into(), json!(true));
         }
-        let query = hygie_hub::identifier_query(&system, &value);
+        let query = hygie_fhir::search::identifier_query(&system, &value);
         Ok(self.add(
             Value::Object(patient),
             Some((query, demographics == Demographics::Update)),
@@ -483,7 +494,7 @@ impl Context<'_> {
         if let Some(name) = name {
             practitioner["name"] = json!([name]);
         }
-        let query = hygie_hub::identifier_query(&system, id);
+        let query = hygie_fhir::search::identifier_query(&system, id);
         let url = self.add(practitioner, Some((query, false)));
         let mut reference = json!({"reference": url});
         if !display.is_empty() {
@@ -523,7 +534,7 @@ impl Context<'_> {
                     "display": "Ward",
                 }]},
             });
-            let query = hygie_hub::identifier_query(&system, ward);
+            let query = hygie_fhir::search::identifier_query(&system, ward);
             reference["reference"] = json!(self.add(location, Some((query, false))));
         }
         Some(json!({"location": reference, "status": status}))
@@ -663,7 +674,7 @@ impl Context<'_> {
         }
         let condition = visit_identifier
             .as_ref()
-            .map(|(system, value)| (hygie_hub::identifier_query(system, value), true));
+            .map(|(system, value)| (hygie_fhir::search::identifier_query(system, value), true));
         self.add(encounter, condition);
         Ok(())
     }
@@ -743,7 +754,7 @@ impl Context<'_> {
             }
             let condition = order.map(|order| {
                 let system = self.local_system("order");
-                (hygie_hub::identifier_query(&system, &order), true)
+                (hygie_fhir::search::identifier_query(&system, &order), true)
             });
             self.add(Value::Object(resource), condition);
         }
@@ -929,7 +940,7 @@ impl Context<'_> {
         }
         let condition = key.map(|key| {
             (
-                hygie_hub::identifier_query(&self.local_system("result"), &key),
+                hygie_fhir::search::identifier_query(&self.local_system("result"), &key),
                 true,
             )
         });
@@ -955,6 +966,8 @@ impl Context<'_> {
                 })
                 .collect::<Vec<_>>()
                 .join("\n")
+                .trim()
+                .to_owned()
         };
         Ok(Some(match kind {
             "NM" => {
@@ -1012,9 +1025,14 @@ impl Context<'_> {
                 })?;
                 ("valueDateTime", json!(when.date_time))
             }
-            "ST" | "TX" | "FT" | "SN" | "" => ("valueString", json!(text())),
-            // Embedded data and references are kept as text, not interpreted.
-            _ => ("valueString", json!(text())),
+            // Text; embedded data and references are kept as text too, not interpreted.
+            _ => {
+                let text = text();
+                if text.is_empty() {
+                    return Ok(None);
+                }
+                ("valueString", json!(text))
+            }
         }))
     }
 }

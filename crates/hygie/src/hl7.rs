@@ -286,6 +286,7 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
                     println!("{line}");
                 }
             }
+            connection.close().await?;
             anyhow::Ok((sent, failures))
         });
     }

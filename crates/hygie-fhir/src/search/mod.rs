@@ -38,3 +38,40 @@ pub mod number;
 pub mod params;
 pub mod query;
 pub mod text;
+
+/// `identifier=system|value` as a query string: FHIR's escapes for token parts (`\`, `|`,
+/// `,`, `$`), then URL encoding. For conditional URLs built from message content.
+pub fn identifier_query(system: &str, value: &str) -> String {
+    fn escaped(part: &str) -> String {
+        let mut out = String::with_capacity(part.len());
+        for c in part.chars() {
+            if matches!(c, '\\' | '|' | ',' | '$') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    }
+    let token = format!("{}|{}", escaped(system), escaped(value));
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("identifier", &token)
+        .finish()
+}
+
+#[cfg(test)]
+mod identifier_query_tests {
+    #[test]
+    fn identifier_queries_escape_what_search_syntax_means() {
+        let query = super::identifier_query("urn:x|y", "a,b$c\\d e&f=g");
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![(
+                "identifier".to_owned(),
+                "urn:x\\|y|a\\,b\\$c\\\\d e&f=g".to_owned()
+            )]
+        );
+    }
+}
