@@ -49,7 +49,7 @@ fn encode_segment(out: &mut String, segment: &Segment, d: &Delimiters, is_header
                 if c > 0 {
                     out.push(d.component);
                 }
-                let subcomponents = trimmed(&component.subcomponents, String::is_empty);
+                let subcomponents = trimmed(&component.subcomponents, |s: &String| s.is_empty());
                 for (s, value) in subcomponents.iter().enumerate() {
                     if s > 0 {
                         out.push(d.subcomponent);

@@ -25,5 +25,5 @@ mod parse;
 
 pub use ack::{AckCode, AckError, ErrorCode, ack};
 pub use encode::{encode, escape_into};
-pub use model::{Component, Delimiters, Field, Message, Repetition, Segment};
+pub use model::{Component, Delimiters, Field, Message, Parts, Repetition, Segment};
 pub use parse::{Limits, ParseError, parse};

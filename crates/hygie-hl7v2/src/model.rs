@@ -5,6 +5,8 @@
 //! encoder drops them. [`crate::parse`] always returns a normalized message; build messages by
 //! hand with the constructors below and call [`Message::normalized`] before comparing.
 
+use smallvec::SmallVec;
+
 /// The separators a message declares in MSH-1 and MSH-2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delimiters {
@@ -65,17 +67,153 @@ pub struct Segment {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Field {
-    pub repetitions: Vec<Repetition>,
+    pub repetitions: Parts<Repetition>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Repetition {
-    pub components: Vec<Component>,
+    pub components: Parts<Component>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Component {
-    pub subcomponents: Vec<String>,
+    pub subcomponents: Parts<String>,
+}
+
+/// The repetitions of a field, the components of a repetition or the sub-components of a
+/// component: a list that holds its first item inline, because nearly every field has one
+/// repetition, most components one sub-component, and a message has thousands of them (one
+/// heap allocation each would cost more than the parsing itself).
+///
+/// Read it as a slice (it derefs to `[T]`: `len`, indexing, `iter`, `first`, `for x in
+/// &parts`); build it from a `Vec`, an array or an iterator (`vec.into()`, `collect()`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Parts<T>(SmallVec<[T; 1]>);
+
+impl<T> Parts<T> {
+    pub fn new() -> Self {
+        Parts(SmallVec::new())
+    }
+
+    pub fn push(&mut self, item: T) {
+        self.0.push(item);
+    }
+
+    pub fn pop(&mut self) -> Option<T> {
+        self.0.pop()
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        &self.0
+    }
+
+    /// Drops the trailing items that `is_empty` says are empty.
+    pub(crate) fn trim_trailing(&mut self, is_empty: impl Fn(&T) -> bool) {
+        while self.0.last().is_some_and(&is_empty) {
+            self.0.pop();
+        }
+    }
+}
+
+impl<T> Default for Parts<T> {
+    fn default() -> Self {
+        Parts::new()
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Parts<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
+    }
+}
+
+impl<T> std::ops::Deref for Parts<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for Parts<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.0
+    }
+}
+
+impl<T> FromIterator<T> for Parts<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(items: I) -> Self {
+        Parts(items.into_iter().collect())
+    }
+}
+
+impl<T> Extend<T> for Parts<T> {
+    fn extend<I: IntoIterator<Item = T>>(&mut self, items: I) {
+        self.0.extend(items);
+    }
+}
+
+impl<T, U: Into<T>> From<Vec<U>> for Parts<T> {
+    fn from(items: Vec<U>) -> Self {
+        items.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<T, U: Into<T>, const N: usize> From<[U; N]> for Parts<T> {
+    fn from(items: [U; N]) -> Self {
+        items.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<T> IntoIterator for Parts<T> {
+    type Item = T;
+    type IntoIter = smallvec::IntoIter<[T; 1]>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Parts<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a mut Parts<T> {
+    type Item = &'a mut T;
+    type IntoIter = std::slice::IterMut<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter_mut()
+    }
+}
+
+impl<T: PartialEq<U>, U> PartialEq<[U]> for Parts<T> {
+    fn eq(&self, other: &[U]) -> bool {
+        self.0[..] == other[..]
+    }
+}
+
+impl<T: PartialEq<U>, U> PartialEq<&[U]> for Parts<T> {
+    fn eq(&self, other: &&[U]) -> bool {
+        self.0[..] == other[..]
+    }
+}
+
+impl<T: PartialEq<U>, U, const N: usize> PartialEq<[U; N]> for Parts<T> {
+    fn eq(&self, other: &[U; N]) -> bool {
+        self.0[..] == other[..]
+    }
+}
+
+impl<T: PartialEq<U>, U> PartialEq<Vec<U>> for Parts<T> {
+    fn eq(&self, other: &Vec<U>) -> bool {
+        self.0[..] == other[..]
+    }
 }
 
 impl Message {
@@ -181,14 +319,14 @@ impl Field {
     /// A field with one repetition made of these components.
     pub fn from_components<S: Into<String>>(components: impl IntoIterator<Item = S>) -> Field {
         Field {
-            repetitions: vec![Repetition {
+            repetitions: Parts::from([Repetition {
                 components: components
                     .into_iter()
                     .map(|c| Component {
-                        subcomponents: vec![c.into()],
+                        subcomponents: Parts::from([c]),
                     })
                     .collect(),
-            }],
+            }]),
         }
         .normalized()
     }
@@ -208,12 +346,12 @@ impl Field {
     }
 
     pub fn normalized(&self) -> Field {
-        let mut repetitions: Vec<Repetition> = self
+        let mut repetitions: Parts<Repetition> = self
             .repetitions
             .iter()
             .map(Repetition::normalized)
             .collect();
-        trim_trailing(&mut repetitions, Repetition::is_empty);
+        repetitions.trim_trailing(Repetition::is_empty);
         Field { repetitions }
     }
 }
@@ -233,9 +371,9 @@ impl Repetition {
     }
 
     pub fn normalized(&self) -> Repetition {
-        let mut components: Vec<Component> =
+        let mut components: Parts<Component> =
             self.components.iter().map(Component::normalized).collect();
-        trim_trailing(&mut components, Component::is_empty);
+        components.trim_trailing(Component::is_empty);
         Repetition { components }
     }
 }
@@ -259,12 +397,12 @@ impl Component {
 
     pub fn normalized(&self) -> Component {
         let mut subcomponents = self.subcomponents.clone();
-        trim_trailing(&mut subcomponents, String::is_empty);
+        subcomponents.trim_trailing(String::is_empty);
         Component { subcomponents }
     }
 }
 
-pub(crate) fn trim_trailing<T>(items: &mut Vec<T>, is_empty: impl Fn(&T) -> bool) {
+fn trim_trailing<T>(items: &mut Vec<T>, is_empty: impl Fn(&T) -> bool) {
     while items.last().is_some_and(&is_empty) {
         items.pop();
     }

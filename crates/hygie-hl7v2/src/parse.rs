@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use crate::model::{Component, Delimiters, Field, Message, Repetition, Segment};
+use crate::model::{Component, Delimiters, Field, Message, Parts, Repetition, Segment};
 
 /// Bounds on what [`parse`] accepts, so a hostile sender costs bounded memory and time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,13 +301,13 @@ impl<'a> Parser<'a> {
             field: 1,
             fields: Vec::new(),
             pending_fields: 0,
-            repetitions: Vec::new(),
+            repetitions: Parts::new(),
             pending_repetitions: 0,
             repetition_count: 0,
-            components: Vec::new(),
+            components: Parts::new(),
             pending_components: 0,
             component_count: 0,
-            subcomponents: Vec::new(),
+            subcomponents: Parts::new(),
             pending_subcomponents: 0,
             subcomponent_count: 0,
         };
@@ -344,13 +344,13 @@ struct FieldsBuilder<'p, 'a> {
     field: usize,
     fields: Vec<Field>,
     pending_fields: usize,
-    repetitions: Vec<Repetition>,
+    repetitions: Parts<Repetition>,
     pending_repetitions: usize,
     repetition_count: usize,
-    components: Vec<Component>,
+    components: Parts<Component>,
     pending_components: usize,
     component_count: usize,
-    subcomponents: Vec<String>,
+    subcomponents: Parts<String>,
     pending_subcomponents: usize,
     subcomponent_count: usize,
 }
