@@ -5,6 +5,7 @@
 //! encoder drops them. [`crate::parse`] always returns a normalized message; build messages by
 //! hand with the constructors below and call [`Message::normalized`] before comparing.
 
+use compact_str::CompactString;
 use smallvec::SmallVec;
 
 /// The separators a message declares in MSH-1 and MSH-2.
@@ -77,7 +78,8 @@ pub struct Repetition {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Component {
-    pub subcomponents: Parts<String>,
+    /// Values of up to 24 bytes are stored inline (no heap allocation); read them as `&str`.
+    pub subcomponents: Parts<CompactString>,
 }
 
 /// The repetitions of a field, the components of a repetition or the sub-components of a
@@ -323,7 +325,7 @@ impl Field {
                 components: components
                     .into_iter()
                     .map(|c| Component {
-                        subcomponents: Parts::from([c]),
+                        subcomponents: Parts::from([CompactString::from(c.into())]),
                     })
                     .collect(),
             }]),
@@ -381,23 +383,23 @@ impl Repetition {
 impl Component {
     /// The first sub-component, or `""`.
     pub fn value(&self) -> &str {
-        self.subcomponents.first().map_or("", String::as_str)
+        self.subcomponents.first().map_or("", CompactString::as_str)
     }
 
     /// Sub-component `number` (1-based).
     pub fn subcomponent(&self, number: usize) -> Option<&str> {
         self.subcomponents
             .get(number.checked_sub(1)?)
-            .map(String::as_str)
+            .map(CompactString::as_str)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.subcomponents.iter().all(String::is_empty)
+        self.subcomponents.iter().all(CompactString::is_empty)
     }
 
     pub fn normalized(&self) -> Component {
         let mut subcomponents = self.subcomponents.clone();
-        subcomponents.trim_trailing(String::is_empty);
+        subcomponents.trim_trailing(CompactString::is_empty);
         Component { subcomponents }
     }
 }

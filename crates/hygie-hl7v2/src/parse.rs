@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use compact_str::CompactString;
+
 use crate::model::{Component, Delimiters, Field, Message, Parts, Repetition, Segment};
 
 /// Bounds on what [`parse`] accepts, so a hostile sender costs bounded memory and time.
@@ -350,7 +352,7 @@ struct FieldsBuilder<'p, 'a> {
     components: Parts<Component>,
     pending_components: usize,
     component_count: usize,
-    subcomponents: Parts<String>,
+    subcomponents: Parts<CompactString>,
     pending_subcomponents: usize,
     subcomponent_count: usize,
 }
@@ -410,18 +412,18 @@ impl FieldsBuilder<'_, '_> {
         }
         let value = if escaped {
             let parser = self.parser;
-            unescape(text, &parser.delimiters, parser.latin1).ok_or_else(|| {
-                ParseError::BadEscape {
+            unescape(text, &parser.delimiters, parser.latin1)
+                .ok_or_else(|| ParseError::BadEscape {
                     segment: self.segment,
                     segment_id: self.name.to_owned(),
                     field: self.field,
-                }
-            })?
+                })?
+                .into()
         } else {
-            text.to_owned()
+            CompactString::new(text)
         };
         for _ in 0..std::mem::take(&mut self.pending_subcomponents) {
-            self.subcomponents.push(String::new());
+            self.subcomponents.push(CompactString::default());
         }
         // Every escape decodes to at least one character: `value` is not empty.
         self.subcomponents.push(value);
