@@ -97,6 +97,11 @@ impl<T> Parts<T> {
         Parts(SmallVec::new())
     }
 
+    /// A list of one item, without allocating.
+    pub fn one(item: T) -> Self {
+        Parts(SmallVec::from_buf([item]))
+    }
+
     pub fn push(&mut self, item: T) {
         self.0.push(item);
     }
