@@ -103,6 +103,11 @@ impl<T> Parts<T> {
     }
 
     pub fn push(&mut self, item: T) {
+        // Leaving the inline slot: go straight to 4 (one allocation) instead of 2 then 4, since
+        // a value with 2 components usually has 3 or more (code^text^system, XCN, XAD...).
+        if self.0.len() == 1 && !self.0.spilled() {
+            self.0.reserve(3);
+        }
         self.0.push(item);
     }
 

@@ -304,6 +304,7 @@ impl<'a> Parser<'a> {
             return Err(ParseError::SegmentName { segment });
         }
         let name = &line[..3];
+        let field_byte = self.field_byte;
         let mut builder = FieldsBuilder {
             parser: self,
             segment,
@@ -313,7 +314,7 @@ impl<'a> Parser<'a> {
             fields: Vec::with_capacity(
                 bytes
                     .iter()
-                    .filter(|b| **b == self.field_byte)
+                    .filter(|b| **b == field_byte)
                     .count()
                     .min(self.limits.max_fields_per_segment)
                     + 1,
