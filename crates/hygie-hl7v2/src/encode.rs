@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use compact_str::CompactString;
+
 use crate::model::{Component, Delimiters, Field, Message, Repetition, Segment};
 
 /// Encodes a message with `\r` between segments, values escaped, trailing empty values
@@ -49,7 +51,7 @@ fn encode_segment(out: &mut String, segment: &Segment, d: &Delimiters, is_header
                 if c > 0 {
                     out.push(d.component);
                 }
-                let subcomponents = trimmed(&component.subcomponents, String::is_empty);
+                let subcomponents = trimmed(&component.subcomponents, CompactString::is_empty);
                 for (s, value) in subcomponents.iter().enumerate() {
                     if s > 0 {
                         out.push(d.subcomponent);

@@ -23,7 +23,11 @@ pub mod mllp;
 mod model;
 mod parse;
 
+/// The type of stored values (sub-components), re-exported so that callers building a
+/// [`Component`] by hand need not depend on `compact_str` themselves.
+pub use compact_str::CompactString;
+
 pub use ack::{AckCode, AckError, ErrorCode, ack};
 pub use encode::{encode, escape_into};
-pub use model::{Component, Delimiters, Field, Message, Repetition, Segment};
+pub use model::{Component, Delimiters, Field, Message, Parts, Repetition, Segment};
 pub use parse::{Limits, ParseError, parse};

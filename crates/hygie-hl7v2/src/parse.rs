@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 
-use crate::model::{Component, Delimiters, Field, Message, Repetition, Segment};
+use compact_str::CompactString;
+
+use crate::model::{Component, Delimiters, Field, Message, Parts, Repetition, Segment};
 
 /// Bounds on what [`parse`] accepts, so a hostile sender costs bounded memory and time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,13 +140,13 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError> {
         )
     };
     let parser = Parser::new(delimiters, limits, latin1);
-    let mut segments = Vec::new();
+    // Sized once from the separators (an upper bound: empty lines are skipped), capped by the
+    // limit so that a hostile message cannot make us reserve more than the limit allows.
+    let separators = memchr::memchr2_iter(b'\r', b'\n', bytes).count();
+    let mut segments = Vec::with_capacity(separators.min(limits.max_segments) + 1);
     let mut rest: &str = &text;
     while !rest.is_empty() {
-        let end = rest
-            .bytes()
-            .position(is_segment_separator)
-            .unwrap_or(rest.len());
+        let end = memchr::memchr2(b'\r', b'\n', rest.as_bytes()).unwrap_or(rest.len());
         let line = &rest[..end];
         rest = rest.get(end + 1..).unwrap_or("");
         if line.is_empty() {
@@ -262,6 +264,10 @@ struct Parser<'a> {
     limits: &'a Limits,
     latin1: bool,
     classes: [Class; 256],
+    field_byte: u8,
+    /// Whether a field made of one value is within every per-field limit, so that the fast
+    /// path of [`FieldsBuilder::split`] may skip counting (always, unless a limit is 0).
+    one_value_fits: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -278,6 +284,10 @@ impl<'a> Parser<'a> {
             limits,
             latin1,
             classes,
+            field_byte: delimiters.field as u8,
+            one_value_fits: limits.max_repetitions > 0
+                && limits.max_components > 0
+                && limits.max_subcomponents > 0,
         }
     }
 
@@ -294,20 +304,29 @@ impl<'a> Parser<'a> {
             return Err(ParseError::SegmentName { segment });
         }
         let name = &line[..3];
+        let field_byte = self.field_byte;
         let mut builder = FieldsBuilder {
             parser: self,
             segment,
             name,
             field: 1,
-            fields: Vec::new(),
+            // One field per field separator (MSH-1 is one more), capped like `segments`.
+            fields: Vec::with_capacity(
+                bytes
+                    .iter()
+                    .filter(|b| **b == field_byte)
+                    .count()
+                    .min(self.limits.max_fields_per_segment)
+                    + 1,
+            ),
             pending_fields: 0,
-            repetitions: Vec::new(),
+            repetitions: Parts::new(),
             pending_repetitions: 0,
             repetition_count: 0,
-            components: Vec::new(),
+            components: Parts::new(),
             pending_components: 0,
             component_count: 0,
-            subcomponents: Vec::new(),
+            subcomponents: Parts::new(),
             pending_subcomponents: 0,
             subcomponent_count: 0,
         };
@@ -344,13 +363,13 @@ struct FieldsBuilder<'p, 'a> {
     field: usize,
     fields: Vec<Field>,
     pending_fields: usize,
-    repetitions: Vec<Repetition>,
+    repetitions: Parts<Repetition>,
     pending_repetitions: usize,
     repetition_count: usize,
-    components: Vec<Component>,
+    components: Parts<Component>,
     pending_components: usize,
     component_count: usize,
-    subcomponents: Vec<String>,
+    subcomponents: Parts<CompactString>,
     pending_subcomponents: usize,
     subcomponent_count: usize,
 }
@@ -358,39 +377,119 @@ struct FieldsBuilder<'p, 'a> {
 impl FieldsBuilder<'_, '_> {
     fn split(&mut self, line: &str, from: usize) -> Result<(), ParseError> {
         let limits = self.parser.limits;
-        if self.field > limits.max_fields_per_segment {
-            return Err(self.too_many_fields());
-        }
+        let classes = &self.parser.classes;
         let bytes = line.as_bytes();
         let mut start = from;
-        let mut escaped = false;
-        for (index, byte) in bytes.iter().enumerate().skip(from) {
-            let class = self.parser.classes[usize::from(*byte)];
-            if class == Class::Text {
-                continue;
+        loop {
+            // `start` is the first byte of field number `self.field`.
+            if self.field > limits.max_fields_per_segment {
+                return Err(self.too_many_fields());
             }
-            if class == Class::Escape {
-                escaped = true;
-                continue;
+            // Most fields hold a single value: find the first delimiter, and if it ends the
+            // field, store the value directly instead of going through the general splitter.
+            let mut index = start;
+            let mut escaped = false;
+            let mut class = Class::Field;
+            while let Some(byte) = bytes.get(index) {
+                match classes[usize::from(*byte)] {
+                    Class::Text => {}
+                    Class::Escape => escaped = true,
+                    other => {
+                        class = other;
+                        break;
+                    }
+                }
+                index += 1;
             }
-            self.value(&line[start..index], escaped)?;
-            start = index + 1;
-            escaped = false;
-            match class {
-                Class::Subcomponent => {}
-                Class::Component => self.end_component()?,
-                Class::Repetition => self.end_repetition()?,
-                _ => {
-                    self.end_field()?;
-                    self.field += 1;
-                    if self.field > limits.max_fields_per_segment {
-                        return Err(self.too_many_fields());
+            let end = if class == Class::Field && self.parser.one_value_fits {
+                self.single_value_field(&line[start..index], escaped)?;
+                index
+            } else {
+                // Bytes `start..index` are text: carry on from `index` with the same state.
+                self.general_field(line, start, index, escaped)?
+            };
+            if end >= bytes.len() {
+                return Ok(());
+            }
+            start = end + 1;
+            self.field += 1;
+        }
+    }
+
+    /// A field that holds one value (no repetition, component or sub-component separator):
+    /// the same result as the general splitter, without its bookkeeping.
+    fn single_value_field(&mut self, text: &str, escaped: bool) -> Result<(), ParseError> {
+        if text.is_empty() {
+            self.pending_fields += 1;
+            return Ok(());
+        }
+        let value = self.leaf(text, escaped)?;
+        for _ in 0..std::mem::take(&mut self.pending_fields) {
+            self.fields.push(Field::default());
+        }
+        self.fields.push(Field {
+            repetitions: Parts::one(Repetition {
+                components: Parts::one(Component {
+                    subcomponents: Parts::one(value),
+                }),
+            }),
+        });
+        Ok(())
+    }
+
+    /// Splits one field from `from` (its first byte), going on at `index` with the text in
+    /// `from..index` read and `escaped` telling whether it holds the escape character. Returns
+    /// the index of the separator that ends the field (the line's length at its end).
+    fn general_field(
+        &mut self,
+        line: &str,
+        from: usize,
+        mut index: usize,
+        mut escaped: bool,
+    ) -> Result<usize, ParseError> {
+        let classes = &self.parser.classes;
+        let bytes = line.as_bytes();
+        let mut start = from;
+        while let Some(byte) = bytes.get(index) {
+            match classes[usize::from(*byte)] {
+                Class::Text => {}
+                Class::Escape => escaped = true,
+                class => {
+                    self.value(&line[start..index], escaped)?;
+                    start = index + 1;
+                    escaped = false;
+                    match class {
+                        Class::Subcomponent => {}
+                        Class::Component => self.end_component()?,
+                        Class::Repetition => self.end_repetition()?,
+                        _ => {
+                            self.end_field()?;
+                            return Ok(index);
+                        }
                     }
                 }
             }
+            index += 1;
         }
         self.value(&line[start..], escaped)?;
-        self.end_field()
+        self.end_field()?;
+        Ok(bytes.len())
+    }
+
+    /// A non-empty value as stored: unescaped when it holds the escape character.
+    fn leaf(&self, text: &str, escaped: bool) -> Result<CompactString, ParseError> {
+        if !escaped {
+            return Ok(CompactString::new(text));
+        }
+        let parser = self.parser;
+        let value = unescape(text, &parser.delimiters, parser.latin1).ok_or_else(|| {
+            ParseError::BadEscape {
+                segment: self.segment,
+                segment_id: self.name.to_owned(),
+                field: self.field,
+            }
+        })?;
+        Ok(value.into())
     }
 
     fn value(&mut self, text: &str, escaped: bool) -> Result<(), ParseError> {
@@ -408,20 +507,9 @@ impl FieldsBuilder<'_, '_> {
             self.pending_subcomponents += 1;
             return Ok(());
         }
-        let value = if escaped {
-            let parser = self.parser;
-            unescape(text, &parser.delimiters, parser.latin1).ok_or_else(|| {
-                ParseError::BadEscape {
-                    segment: self.segment,
-                    segment_id: self.name.to_owned(),
-                    field: self.field,
-                }
-            })?
-        } else {
-            text.to_owned()
-        };
+        let value = self.leaf(text, escaped)?;
         for _ in 0..std::mem::take(&mut self.pending_subcomponents) {
-            self.subcomponents.push(String::new());
+            self.subcomponents.push(CompactString::default());
         }
         // Every escape decodes to at least one character: `value` is not empty.
         self.subcomponents.push(value);

@@ -290,6 +290,52 @@ fn structural_errors() {
 }
 
 #[test]
+fn zero_limits_refuse_even_single_value_fields() {
+    // Single-value fields take a fast path in the parser: it must refuse them as the general
+    // splitter does, empty ones included, with the same location.
+    let zero = |set: fn(&mut Limits)| {
+        let mut limits = Limits::default();
+        set(&mut limits);
+        limits
+    };
+    let at = |field| (1, "MSH".to_owned(), field, 0);
+    for text in ["MSH|^~\\&|A", "MSH|^~\\&||"] {
+        let field = 3;
+        let (segment, segment_id, field, limit) = at(field);
+        assert_eq!(
+            parse(text.as_bytes(), &zero(|l| l.max_subcomponents = 0)),
+            Err(ParseError::TooManySubcomponents {
+                segment,
+                segment_id: segment_id.clone(),
+                field,
+                limit
+            }),
+            "{text:?}"
+        );
+        assert_eq!(
+            parse(text.as_bytes(), &zero(|l| l.max_components = 0)),
+            Err(ParseError::TooManyComponents {
+                segment,
+                segment_id: segment_id.clone(),
+                field,
+                limit
+            }),
+            "{text:?}"
+        );
+        assert_eq!(
+            parse(text.as_bytes(), &zero(|l| l.max_repetitions = 0)),
+            Err(ParseError::TooManyRepetitions {
+                segment,
+                segment_id,
+                field,
+                limit
+            }),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
 fn limits_are_enforced_with_locations() {
     let tight = Limits {
         max_message_bytes: 200,

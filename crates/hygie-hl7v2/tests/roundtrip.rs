@@ -46,11 +46,16 @@ fn value(charset: &'static str) -> impl Strategy<Value = String> {
 }
 
 fn field(charset: &'static str) -> impl Strategy<Value = Field> {
-    let component = prop::collection::vec(value(charset), 0..3)
-        .prop_map(|subcomponents| Component { subcomponents });
-    let repetition =
-        prop::collection::vec(component, 0..4).prop_map(|components| Repetition { components });
-    prop::collection::vec(repetition, 0..3).prop_map(|repetitions| Field { repetitions })
+    let component =
+        prop::collection::vec(value(charset), 0..3).prop_map(|subcomponents| Component {
+            subcomponents: subcomponents.into(),
+        });
+    let repetition = prop::collection::vec(component, 0..4).prop_map(|components| Repetition {
+        components: components.into(),
+    });
+    prop::collection::vec(repetition, 0..3).prop_map(|repetitions| Field {
+        repetitions: repetitions.into(),
+    })
 }
 
 fn segment(charset: &'static str) -> impl Strategy<Value = Segment> {
