@@ -136,6 +136,13 @@ fn sub(repetition: &Repetition, n: usize, s: usize) -> &str {
         .unwrap_or("")
 }
 
+/// A DiagnosticReport while its OBX are read: the resource, its order number, its results.
+struct OpenReport {
+    resource: Map<String, Value>,
+    order: Option<String>,
+    results: Vec<Value>,
+}
+
 struct Context<'a> {
     settings: &'a MappingSettings,
     /// MSH-4-1, the sending facility: the namespace of its local codes and numbers.
@@ -682,7 +689,7 @@ impl Context<'_> {
     /// ORU^R01: PID, then OBR groups each followed by their OBX.
     fn results(&mut self, segments: &[Seg]) -> Result<(), Refusal> {
         let mut patient: Option<String> = None;
-        let mut report: Option<(Map<String, Value>, Option<String>, Vec<Value>)> = None;
+        let mut report: Option<OpenReport> = None;
         let mut observations = 0usize;
         for segment in segments {
             match segment.segment.name.as_str() {
@@ -703,8 +710,7 @@ impl Context<'_> {
                     report = Some(self.report(*segment, patient)?);
                 }
                 "OBX" => {
-                    let (Some(patient), Some((report, order, results))) = (&patient, &mut report)
-                    else {
+                    let (Some(patient), Some(open)) = (&patient, &mut report) else {
                         return Err(Refusal::new(
                             AckCode::Error,
                             ErrorCode::SegmentSequenceError,
@@ -712,9 +718,10 @@ impl Context<'_> {
                             "an OBX outside of an OBR group".to_owned(),
                         ));
                     };
-                    let effective = report.get("effectiveDateTime").cloned();
-                    let url = self.observation(*segment, patient, order.as_deref(), effective)?;
-                    results.push(json!({"reference": url}));
+                    let effective = open.resource.get("effectiveDateTime").cloned();
+                    let url =
+                        self.observation(*segment, patient, open.order.as_deref(), effective)?;
+                    open.results.push(json!({"reference": url}));
                     observations += 1;
                 }
                 _ => {}
@@ -747,8 +754,13 @@ impl Context<'_> {
         Ok(())
     }
 
-    fn finish_report(&mut self, report: Option<(Map<String, Value>, Option<String>, Vec<Value>)>) {
-        if let Some((mut resource, order, results)) = report {
+    fn finish_report(&mut self, report: Option<OpenReport>) {
+        if let Some(OpenReport {
+            mut resource,
+            order,
+            results,
+        }) = report
+        {
             if !results.is_empty() {
                 resource.insert("result".into(), Value::Array(results));
             }
@@ -761,12 +773,7 @@ impl Context<'_> {
     }
 
     /// The DiagnosticReport of an OBR (its results are added as the OBX follow).
-    #[allow(clippy::type_complexity)]
-    fn report(
-        &mut self,
-        obr: Seg,
-        patient: &str,
-    ) -> Result<(Map<String, Value>, Option<String>, Vec<Value>), Refusal> {
+    fn report(&mut self, obr: Seg, patient: &str) -> Result<OpenReport, Refusal> {
         let tz = &self.settings.time_zone;
         let order = [3, 2]
             .into_iter()
@@ -839,7 +846,11 @@ impl Context<'_> {
                 report.insert("issued".into(), json!(instant));
             }
         }
-        Ok((report, order, Vec::new()))
+        Ok(OpenReport {
+            resource: report,
+            order,
+            results: Vec::new(),
+        })
     }
 
     fn observation(
