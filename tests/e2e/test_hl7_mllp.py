@@ -91,6 +91,9 @@ def test_each_event_ends_in_the_fhir_a_clinician_expects(start_hub, backend, tmp
         assert str(ack.segment("MSH")[9][0][0]) == "ACK"
 
     patient = patient_by_mrn(http, server, "1001")
+    # Each ADT repeats the PID: only the A08 (new name) and the A31 (a phone) changed it.
+    patient_history = fhir_json(http.get(f"{server.fhir_url}/Patient/{patient['id']}/_history"))
+    assert len(patient_history["entry"]) == 3
     assert patient["name"][0]["family"] == "Martin-Durand"
     assert patient["birthDate"] == "1962-03-15" and patient["gender"] == "female"
     assert {"system": "phone", "value": "+33612345678", "use": "home"} in patient["telecom"]
@@ -113,7 +116,8 @@ def test_each_event_ends_in_the_fhir_a_clinician_expects(start_hub, backend, tmp
     # keeps every step: the transfer version has CARDIO completed and ICU active.
     history = fhir_json(http.get(f"{server.fhir_url}/Encounter/{stay['id']}/_history"))
     versions = {int(e["resource"]["meta"]["versionId"]): e["resource"] for e in history["entry"]}
-    assert len(versions) == 4, "A01, A02, A08, A03"
+    # A01, A02, A08 (it lists the current ward only, not the one the A02 left), A03.
+    assert len(versions) == 4, sorted(versions)
     transferred = versions[2]
     assert [(l["location"]["reference"], l["status"]) for l in transferred["location"]] == [
         (f"Location/{wards['CARDIO']}", "completed"), (f"Location/{wards['ICU']}", "active")]

@@ -550,6 +550,8 @@ pub struct PreparedTransaction {
     references: HashMap<String, String>,
     conditionals: Vec<(String, String, Criteria)>,
     now: i64,
+    /// A conditional update whose content equals the current version writes nothing.
+    skip_unchanged: bool,
 }
 
 impl PreparedTransaction {
@@ -750,7 +752,16 @@ impl PreparedTransaction {
             references,
             conditionals: parsed_conditionals,
             now: now_us(),
+            skip_unchanged: false,
         })
+    }
+
+    /// Conditional updates that would store what is already current write nothing (and
+    /// answer the current version): a feed that repeats a record with every event (HL7
+    /// v2 sends the patient's PID with each ADT) would otherwise add a version each time.
+    pub fn skipping_unchanged(mut self) -> PreparedTransaction {
+        self.skip_unchanged = true;
+        self
     }
 
     /// What each entry does, for the policy: a transaction is permitted only if every
@@ -823,7 +834,7 @@ impl PreparedTransaction {
             self.planned,
             self.references,
             self.conditionals,
-            self.now,
+            (self.now, self.skip_unchanged),
             count,
         )
     }
@@ -869,13 +880,42 @@ impl TxEntry {
     }
 }
 
+/// The current version of `type/id` when `check` and its content (but for `meta` and `id`)
+/// equals `prepared`'s.
+fn unchanged(
+    tx: &mut dyn Tx,
+    prepared: &Prepared,
+    id: &str,
+    check: bool,
+) -> Result<Option<Stored>, StoreError> {
+    if !check {
+        return Ok(None);
+    }
+    let Some(record) = tx.current(&prepared.resource_type, id)? else {
+        return Ok(None);
+    };
+    if record.deleted {
+        return Ok(None);
+    }
+    let mut stored: Value = serde_json::from_slice(&record.body)
+        .map_err(|e| StoreError::Database(format!("stored body is not JSON: {e}")))?;
+    let mut wanted = prepared.resource.clone();
+    for value in [&mut stored, &mut wanted] {
+        if let Some(object) = value.as_object_mut() {
+            object.remove("meta");
+            object.remove("id");
+        }
+    }
+    Ok((stored == wanted).then(|| Stored::from_record(record)))
+}
+
 fn execute_transaction(
     tx: &mut dyn Tx,
     mask: &Mask,
     mut planned: Vec<TxEntry>,
     mut references: HashMap<String, String>,
     conditionals: Vec<(String, String, Criteria)>,
-    now: i64,
+    (now, skip_unchanged): (i64, bool),
     count: usize,
 ) -> OpResult<TransactionOutcome> {
     // Conditional creates that find their match, and conditional updates, decide ids now.
@@ -1006,7 +1046,13 @@ fn execute_transaction(
                 ..
             } => {
                 let id = body_id.ok_or_else(|| StoreError::Database("unresolved id".into()))?;
-                exec_update(tx, prepared, &id, if_match, now)?.map(EntryResult::Written)
+                match unchanged(tx, &prepared, &id, skip_unchanged && if_match.is_none())? {
+                    Some(current) => Ok(EntryResult::Written(WriteOutcome {
+                        status: 200,
+                        stored: current,
+                    })),
+                    None => exec_update(tx, prepared, &id, if_match, now)?.map(EntryResult::Written),
+                }
             }
             TxPlan::Patch {
                 resource_type,

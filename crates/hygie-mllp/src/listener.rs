@@ -337,7 +337,9 @@ impl Door<'_> {
                     None,
                     diagnostics(&error),
                 )
-            })?;
+            })?
+            // A feed repeats the patient with every event: unchanged records get no version.
+            .skipping_unchanged();
         let answer = encode(&ack(
             message,
             AckCode::Accept,

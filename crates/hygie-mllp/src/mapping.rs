@@ -486,7 +486,7 @@ impl Context<'_> {
         );
         let display = name
             .as_ref()
-            .map(|n| n["text"].as_str().unwrap_or("").to_owned())
+            .map(|(_, text)| text.clone())
             .unwrap_or_default();
         if id.is_empty() {
             return (!display.is_empty()).then(|| json!({"display": display}));
@@ -498,7 +498,7 @@ impl Context<'_> {
             "resourceType": "Practitioner",
             "identifier": [{"system": system, "value": id}],
         });
-        if let Some(name) = name {
+        if let Some((name, _)) = name {
             practitioner["name"] = json!([name]);
         }
         let query = hygie_fhir::search::identifier_query(&system, id);
@@ -1137,7 +1137,8 @@ fn human_name(xpn: &Repetition) -> Option<Value> {
         &[comp(xpn, 2), comp(xpn, 3)],
         comp(xpn, 5),
         comp(xpn, 4),
-    )?;
+    )?
+    .0;
     let name_use = match comp(xpn, 7) {
         "L" => Some("official"),
         "D" => Some("usual"),
@@ -1153,7 +1154,13 @@ fn human_name(xpn: &Repetition) -> Option<Value> {
     Some(name)
 }
 
-fn person_name(family: &str, given: &[&str], prefix: &str, suffix: &str) -> Option<Value> {
+/// A HumanName from its parts, and the text a reference's display shows.
+fn person_name(
+    family: &str,
+    given: &[&str],
+    prefix: &str,
+    suffix: &str,
+) -> Option<(Value, String)> {
     let given: Vec<&str> = given.iter().copied().filter(|g| !g.is_empty()).collect();
     if family.is_empty() && given.is_empty() {
         return None;
@@ -1176,8 +1183,9 @@ fn person_name(family: &str, given: &[&str], prefix: &str, suffix: &str) -> Opti
         name["suffix"] = json!([suffix]);
         text.push(suffix);
     }
-    name["text"] = json!(text.join(" "));
-    Some(name)
+    // No HumanName.text: v2 sends the parts, and a text would only repeat them (and, with
+    // names searched through blind indexes, triple the rows of each name).
+    Some((name, text.join(" ")))
 }
 
 /// XAD to Address (street SAD-1 and XAD-2, city, state, postal code, country, use XAD-7).
