@@ -1051,7 +1051,9 @@ fn execute_transaction(
                         status: 200,
                         stored: current,
                     })),
-                    None => exec_update(tx, prepared, &id, if_match, now)?.map(EntryResult::Written),
+                    None => {
+                        exec_update(tx, prepared, &id, if_match, now)?.map(EntryResult::Written)
+                    }
                 }
             }
             TxPlan::Patch {
