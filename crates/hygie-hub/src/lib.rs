@@ -71,7 +71,7 @@ pub use hygie_store::BreakGlassGrant;
 pub use instant::{format_instant, parse_fhir_instant_us};
 pub use interactions::{DeleteOutcome, ReturnPreference, Stored, WriteOutcome};
 pub use keys::{RETIRED_KEYS_KEPT, ROTATION_GRACE_SECONDS, Retire, RetiredKey, TokenKeys};
-pub use messaging::{InboundMessage, Ingested, MAX_MERGE_MEMBERS};
+pub use messaging::{FORGET_BATCH_MESSAGES, InboundMessage, Ingested, MAX_MERGE_MEMBERS};
 pub use search::{MAX_INCLUDE_DEPTH, MAX_INCLUDED, SearchScope};
 
 /// `true` only in a binary built with the `bench-unaudited` feature, for benchmarks: the

@@ -9,7 +9,7 @@
 //!   one, and every resource of the prior patient's compartment is moved to the survivor.
 
 use hygie_policy::{Action, Decision, Mask, Target};
-use hygie_store::{StoreError, Tx};
+use hygie_store::{StoreError, StoreExt, Tx};
 use serde_json::{Value, json};
 
 use crate::bundle::{EntryResult, PreparedTransaction, TransactionOutcome};
@@ -22,8 +22,8 @@ use crate::{Caller, Hub, HubError};
 /// is refused (and nothing moved), to be merged by an operator in steps.
 pub const MAX_MERGE_MEMBERS: usize = 10_000;
 
-/// Prefix of the meta rows that remember processed messages.
-const MESSAGE_KEY_PREFIX: &str = "message/";
+/// Remembered messages forgotten per unit by [`Hub::forget_inbound_messages`].
+pub const FORGET_BATCH_MESSAGES: usize = 10_000;
 
 /// One inbound message, mapped and ready for the store.
 pub struct InboundMessage {
@@ -98,20 +98,16 @@ impl Hub {
             acknowledgement,
             ..
         } = message;
-        let meta_key = format!("{MESSAGE_KEY_PREFIX}{key}");
         self.perform(access(caller), move |tx, mask| {
             // Two hub nodes taking the same resend at once: one waits for the other.
-            tx.lock(&meta_key)?;
-            if let Some(remembered) = tx.meta_get(&meta_key)? {
-                let (first, acknowledgement) = remembered.split_once('\n').unwrap_or(("", &remembered));
+            tx.lock(&format!("inbound_message:{key}"))?;
+            if let Some((first, acknowledgement)) = tx.inbound_message(&key)? {
                 if first != fingerprint {
                     return Ok(Err(HubError::conflict(format!(
                         "this sender already used the control id of this message ({key}) for another message; each message needs its own"
                     ))));
                 }
-                return Ok(Ok(Ingested::Duplicate {
-                    acknowledgement: acknowledgement.to_owned(),
-                }));
+                return Ok(Ok(Ingested::Duplicate { acknowledgement }));
             }
             let outcome = match transaction.execute(tx, mask)? {
                 Ok(outcome) => outcome,
@@ -141,7 +137,7 @@ impl Hub {
                     Err(refused) => return Ok(Err(refused)),
                 }
             }
-            tx.meta_set(&meta_key, &format!("{fingerprint}\n{acknowledgement}"))?;
+            tx.put_inbound_message(&key, &fingerprint, now_us(), &acknowledgement)?;
             Ok(Ok(Ingested::Committed { written }))
         })
         .await
@@ -319,5 +315,30 @@ impl Hub {
             .map(|access| access.roles.clone())
             .unwrap_or_default();
         self.append_record(record).await
+    }
+}
+
+impl Hub {
+    /// Forgets the messages received more than `keep` ago, in units of
+    /// [`FORGET_BATCH_MESSAGES`]: a resend of one of them is then taken as a new message.
+    /// Returns how many were forgotten.
+    pub async fn forget_inbound_messages(
+        &self,
+        keep: std::time::Duration,
+    ) -> Result<usize, HubError> {
+        let before = now_us() - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+        let mut forgotten = 0;
+        loop {
+            let pruned = self
+                .inner
+                .store
+                .run(move |tx| tx.prune_inbound_messages(before, FORGET_BATCH_MESSAGES))
+                .await
+                .map_err(HubError::from_store)?;
+            forgotten += pruned;
+            if pruned < FORGET_BATCH_MESSAGES {
+                return Ok(forgotten);
+            }
+        }
     }
 }

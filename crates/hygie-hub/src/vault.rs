@@ -1113,6 +1113,15 @@ impl Tx for SealedTx<'_> {
     fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()> {
         self.inner.reseal_version(seq, key_id, body)
     }
+    fn inbound_message(&mut self, k: &str) -> StoreResult<Option<(String, String)>> {
+        self.inner.inbound_message(k)
+    }
+    fn put_inbound_message(&mut self, k: &str, f: &str, r: i64, a: &str) -> StoreResult<()> {
+        self.inner.put_inbound_message(k, f, r, a)
+    }
+    fn prune_inbound_messages(&mut self, b: i64, l: usize) -> StoreResult<usize> {
+        self.inner.prune_inbound_messages(b, l)
+    }
     fn meta_get(&mut self, k: &str) -> StoreResult<Option<String>> {
         self.inner.meta_get(k)
     }

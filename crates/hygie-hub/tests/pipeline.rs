@@ -316,6 +316,15 @@ impl Tx for FailingAuditTx<'_> {
     fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()> {
         self.0.reseal_version(seq, key_id, body)
     }
+    fn inbound_message(&mut self, k: &str) -> StoreResult<Option<(String, String)>> {
+        self.0.inbound_message(k)
+    }
+    fn put_inbound_message(&mut self, k: &str, f: &str, r: i64, a: &str) -> StoreResult<()> {
+        self.0.put_inbound_message(k, f, r, a)
+    }
+    fn prune_inbound_messages(&mut self, b: i64, l: usize) -> StoreResult<usize> {
+        self.0.prune_inbound_messages(b, l)
+    }
     fn meta_get(&mut self, k: &str) -> StoreResult<Option<String>> {
         self.0.meta_get(k)
     }

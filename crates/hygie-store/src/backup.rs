@@ -56,6 +56,7 @@ pub const TABLES: &[&str] = &[
     "search_uri",
     "revocations",
     "break_glass",
+    "inbound_message",
     "audit_log",
     "audit_facet",
     "audit_node",

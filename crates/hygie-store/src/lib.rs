@@ -343,6 +343,19 @@ pub trait Tx {
     /// Replaces a stored version's body and key (re-encryption; the version is unchanged).
     fn reseal_version(&mut self, seq: i64, key_id: i64, body: &[u8]) -> StoreResult<()>;
     /// The hub's own settings (index version, paging key), kept with its data.
+    /// A remembered inbound message: its fingerprint and the acknowledgement answered.
+    fn inbound_message(&mut self, key: &str) -> StoreResult<Option<(String, String)>>;
+    /// Remembers an inbound message (the key is new: the caller looked first, in the unit).
+    fn put_inbound_message(
+        &mut self,
+        key: &str,
+        fingerprint: &str,
+        received_us: i64,
+        acknowledgement: &str,
+    ) -> StoreResult<()>;
+    /// Forgets at most `limit` inbound messages received before `before_us`; returns how
+    /// many.
+    fn prune_inbound_messages(&mut self, before_us: i64, limit: usize) -> StoreResult<usize>;
     fn meta_get(&mut self, key: &str) -> StoreResult<Option<String>>;
     fn meta_set(&mut self, key: &str, value: &str) -> StoreResult<()>;
     /// Records a revocation: `kind` is `jti` (one token) or `subject` (every token of a

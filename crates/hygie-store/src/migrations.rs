@@ -170,6 +170,19 @@ pub const SQLITE: &[&str] = &[
     CREATE UNIQUE INDEX data_key_current ON data_key (scope) WHERE is_current = 1;
     CREATE INDEX data_key_scope ON data_key (scope, key_id);
     "#,
+    // 9: messages taken from other systems (HL7 v2 over MLLP), remembered so that a resend
+    // is answered with the same acknowledgement and writes nothing: the sender and control
+    // id as key, a digest of the content, when it was received (what retention prunes by)
+    // and the acknowledgement answered.
+    r#"
+    CREATE TABLE inbound_message (
+        message_key TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        received_us INTEGER NOT NULL,
+        acknowledgement TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX inbound_message_received ON inbound_message (received_us);
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -332,6 +345,16 @@ pub const POSTGRES: &[&str] = &[
     );
     CREATE UNIQUE INDEX data_key_current ON data_key (scope) WHERE is_current;
     CREATE INDEX data_key_scope ON data_key (scope, key_id);
+    "#,
+    // 9: remembered inbound messages, as on SQLite.
+    r#"
+    CREATE TABLE inbound_message (
+        message_key TEXT COLLATE "C" PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        received_us BIGINT NOT NULL,
+        acknowledgement TEXT NOT NULL
+    );
+    CREATE INDEX inbound_message_received ON inbound_message (received_us);
     "#,
 ];
 

@@ -1185,6 +1185,46 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    fn inbound_message(&mut self, key: &str) -> StoreResult<Option<(String, String)>> {
+        let statement = self.statement(
+            "SELECT fingerprint, acknowledgement FROM inbound_message WHERE message_key = $1",
+        )?;
+        Ok(self
+            .transaction
+            .query_opt(&statement, &[&key])?
+            .map(|row| (row.get(0), row.get(1))))
+    }
+
+    fn put_inbound_message(
+        &mut self,
+        key: &str,
+        fingerprint: &str,
+        received_us: i64,
+        acknowledgement: &str,
+    ) -> StoreResult<()> {
+        let statement = self.statement(
+            "INSERT INTO inbound_message (message_key, fingerprint, received_us, acknowledgement)
+             VALUES ($1, $2, $3, $4)",
+        )?;
+        self.transaction.execute(
+            &statement,
+            &[&key, &fingerprint, &received_us, &acknowledgement],
+        )?;
+        Ok(())
+    }
+
+    fn prune_inbound_messages(&mut self, before_us: i64, limit: usize) -> StoreResult<usize> {
+        let statement = self.statement(
+            "DELETE FROM inbound_message WHERE message_key IN (
+                 SELECT message_key FROM inbound_message WHERE received_us < $1
+                 ORDER BY received_us LIMIT $2)",
+        )?;
+        let deleted = self
+            .transaction
+            .execute(&statement, &[&before_us, &(limit as i64)])?;
+        Ok(deleted as usize)
+    }
+
     fn meta_get(&mut self, key: &str) -> StoreResult<Option<String>> {
         let statement = self.statement(META_GET_SQL)?;
         Ok(self

@@ -1426,6 +1426,43 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn inbound_message(&mut self, key: &str) -> StoreResult<Option<(String, String)>> {
+        Ok(self
+            .connection
+            .prepare_cached(
+                "SELECT fingerprint, acknowledgement FROM inbound_message WHERE message_key = ?1",
+            )?
+            .query_row(params![key], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?)
+    }
+
+    fn put_inbound_message(
+        &mut self,
+        key: &str,
+        fingerprint: &str,
+        received_us: i64,
+        acknowledgement: &str,
+    ) -> StoreResult<()> {
+        self.connection
+            .prepare_cached(
+                "INSERT INTO inbound_message (message_key, fingerprint, received_us, acknowledgement)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![key, fingerprint, received_us, acknowledgement])?;
+        Ok(())
+    }
+
+    fn prune_inbound_messages(&mut self, before_us: i64, limit: usize) -> StoreResult<usize> {
+        Ok(self
+            .connection
+            .prepare_cached(
+                "DELETE FROM inbound_message WHERE message_key IN (
+                     SELECT message_key FROM inbound_message WHERE received_us < ?1
+                     ORDER BY received_us LIMIT ?2)",
+            )?
+            .execute(params![before_us, limit as i64])?)
+    }
+
     fn meta_get(&mut self, key: &str) -> StoreResult<Option<String>> {
         Ok(self
             .connection

@@ -202,6 +202,7 @@ async fn fill_every_table(store: &SharedStore) {
             })?;
             tx.put_audit_cosignature(2, "witness", "cosigned note", 12)?;
             tx.close_break_glass(1, "dpo", "justified", 13)?;
+            tx.put_inbound_message("ADT|HOSP|42", "fingerprint", 14, "MSH|^~\\&|ACK")?;
             Ok(())
         })
         .await

@@ -28,6 +28,7 @@ hygie_store::on_both_backends!(
     break_glass_grants_open_expire_and_close,
     a_long_read_does_not_hold_up_writes,
     data_keys_are_kept_replaced_rewrapped_and_erased,
+    inbound_messages_are_remembered_once_and_forgotten_oldest_first,
 );
 
 fn version<'a>(
@@ -1161,4 +1162,93 @@ async fn data_keys_are_kept_replaced_rewrapped_and_erased(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(still.wrapped, None);
+}
+
+async fn inbound_messages_are_remembered_once_and_forgotten_oldest_first(backend: Backend) {
+    let store = backend.store;
+    store
+        .run(|tx| {
+            assert_eq!(tx.inbound_message("ADT|HOSP|1")?, None);
+            for (n, received) in [(1, 100), (2, 200), (3, 300)] {
+                tx.put_inbound_message(
+                    &format!("ADT|HOSP|{n}"),
+                    &format!("f{n}"),
+                    received,
+                    &format!("ack {n}"),
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let remembered = store
+        .read(|tx| tx.inbound_message("ADT|HOSP|2"))
+        .await
+        .unwrap();
+    assert_eq!(remembered, Some(("f2".to_owned(), "ack 2".to_owned())));
+    // A key is remembered once: a second insert fails (and its unit with it).
+    let again = store
+        .run(|tx| tx.put_inbound_message("ADT|HOSP|2", "other", 400, "other ack"))
+        .await;
+    assert!(again.is_err(), "a remembered key cannot be overwritten");
+    // A rolled-back unit remembers nothing.
+    let failed: StoreResult<()> = store
+        .run(|tx| {
+            tx.put_inbound_message("ADT|HOSP|9", "f9", 900, "ack 9")?;
+            Err(StoreError::Database(
+                "the message's transaction failed".to_owned(),
+            ))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(
+        store
+            .read(|tx| tx.inbound_message("ADT|HOSP|9"))
+            .await
+            .unwrap(),
+        None
+    );
+    // Forgotten: received before the cutoff, oldest first, at most `limit` per call.
+    assert_eq!(
+        store
+            .run(|tx| tx.prune_inbound_messages(301, 2))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .read(|tx| tx.inbound_message("ADT|HOSP|1"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .read(|tx| tx.inbound_message("ADT|HOSP|2"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .read(|tx| tx.inbound_message("ADT|HOSP|3"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        store
+            .run(|tx| tx.prune_inbound_messages(300, 10))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .run(|tx| tx.prune_inbound_messages(301, 10))
+            .await
+            .unwrap(),
+        1
+    );
 }

@@ -38,6 +38,9 @@ pub struct FileHl7 {
     pub max_connections: Option<usize>,
     /// The longest a message may take to be stored and acknowledged, seconds [default: 30].
     pub message_timeout_seconds: Option<u64>,
+    /// Days a message is remembered, so that its resend is answered without being stored
+    /// twice; older ones are forgotten hourly [default: 30].
+    pub remember_days: Option<u64>,
     /// MSH-11 processing ids taken [default: ["P"]].
     pub processing_ids: Option<Vec<String>>,
     /// IANA zone of times sent without an offset [default: the system's].
@@ -66,6 +69,18 @@ pub struct FileSender {
 pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// The most connections accepted in `max_connections`.
 pub const MAX_CONNECTIONS_LIMIT: usize = 10_000;
+
+/// `hl7.remember_days` when none is set.
+pub const DEFAULT_REMEMBER_DAYS: u64 = 30;
+
+/// How long messages are remembered (`hl7.remember_days`, 1 to 3650).
+pub fn remember(file: &FileHl7) -> anyhow::Result<Duration> {
+    let days = file.remember_days.unwrap_or(DEFAULT_REMEMBER_DAYS);
+    if !(1..=3_650).contains(&days) {
+        bail!("hl7.remember_days must be from 1 to 3650, not {days}");
+    }
+    Ok(Duration::from_secs(days * 86_400))
+}
 
 /// The listener's settings from `[hl7]`, checked.
 pub fn listener_settings(file: &FileHl7, base_url: String) -> anyhow::Result<ListenerSettings> {

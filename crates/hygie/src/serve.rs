@@ -269,10 +269,12 @@ async fn start_mllp(
         tracing::warn!("no [[hl7.senders]] configured: every HL7 message will be refused (AR)");
     }
     let tls = settings.tls.is_some();
+    let remember = crate::hl7::remember(&file.hl7)?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen for MLLP on {address}"))?;
     let running = hygie_mllp::serve(hub.clone(), listener, settings)?;
+    spawn_message_retention(hub.clone(), remember);
     tracing::info!(
         address = %running.local_addr(),
         tls,
@@ -280,6 +282,25 @@ async fn start_mllp(
         running.local_addr()
     );
     Ok(Some(running))
+}
+
+/// Forgets remembered HL7 messages older than `keep`, at start and every hour (for as
+/// long as the process runs: the task holds only a clone of the hub).
+fn spawn_message_retention(hub: hygie_hub::Hub, keep: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(RETENTION_EVERY);
+        loop {
+            every.tick().await;
+            match hub.forget_inbound_messages(keep).await {
+                Ok(0) => {}
+                Ok(forgotten) => tracing::info!(
+                    forgotten,
+                    "HL7 retention: messages older than hl7.remember_days forgotten"
+                ),
+                Err(error) => tracing::warn!(%error, "HL7 retention failed; will try again"),
+            }
+        }
+    });
 }
 
 /// How long the exports get at shutdown to deliver the last leaves; what is left goes
