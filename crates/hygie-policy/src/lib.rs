@@ -291,7 +291,7 @@ pub const DEFAULT_LABEL_GRANTS: &[(&str, &[&str])] = &[
         &["R", "V", "PSY", "HIV", "ETH", "GDIS", "STD"],
     ),
     // An HL7 v2 sender updates the records it feeds whatever their labels (a restricted
-    // patient is admitted like any other); it reads nothing back.
+    // patient is admitted like any other); the listener answers it only acknowledgements.
     (
         "hl7-interface",
         &["R", "V", "PSY", "HIV", "ETH", "GDIS", "STD"],
