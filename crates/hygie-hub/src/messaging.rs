@@ -117,11 +117,7 @@ impl Hub {
             if let Some((system, value)) = merge_prior {
                 let survivor = surviving_patient(&outcome).ok_or_else(|| {
                     StoreError::Database("a merge message wrote no Patient".to_owned())
-                });
-                let survivor = match survivor {
-                    Ok(survivor) => survivor,
-                    Err(error) => return Err(error),
-                };
+                })?;
                 let allowed = |resource_type: &str| {
                     matches!(
                         policy.decide(
@@ -298,22 +294,16 @@ impl Hub {
         description: &str,
         reason: &str,
     ) -> Result<(), HubError> {
-        let mut record = hygie_audit::AuditRecord::new(
-            Action::Bundle.interaction_code(),
-            &caller.principal.subject,
-            now_us(),
-        );
+        let access = Access {
+            caller,
+            action: Action::Bundle,
+            target: Target::system(),
+            query: Some(description.to_owned()),
+            patient_hint: None,
+        };
+        let mut record = access.record(now_us());
         record.outcome = hygie_audit::AuditOutcome::MinorFailure;
         record.outcome_description = Some(reason.to_owned());
-        record.query = Some(description.to_owned());
-        record.network_address = caller.network_address.clone();
-        record.request_id = Some(caller.request_id.clone());
-        record.roles = caller
-            .principal
-            .access
-            .as_ref()
-            .map(|access| access.roles.clone())
-            .unwrap_or_default();
         self.append_record(record).await
     }
 }

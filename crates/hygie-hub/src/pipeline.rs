@@ -35,7 +35,7 @@ pub struct Access<'a> {
 }
 
 impl Access<'_> {
-    fn record(&self, recorded_us: i64) -> AuditRecord {
+    pub(crate) fn record(&self, recorded_us: i64) -> AuditRecord {
         let mut record = AuditRecord::new(
             self.action.interaction_code(),
             &self.caller.principal.subject,
