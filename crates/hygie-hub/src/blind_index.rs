@@ -25,8 +25,8 @@
 use std::collections::BTreeSet;
 
 use hygie_store::{
-    Filter, IndexCell, IndexRow, IndexTable, RangeOp, SearchHit, SearchSpec, SortBy, SortValue,
-    StoreError, StoreResult, Test, VersionRecord,
+    BlindTerm, Filter, IndexCell, IndexRow, IndexTable, RangeOp, SearchHit, SearchSpec, SortBy,
+    SortValue, StoreError, StoreResult, Test, VersionRecord,
 };
 use hygie_vault::{Secret, blind};
 
@@ -81,6 +81,17 @@ fn term(key: &Secret, resource_type: &str, param: &str, kind: &str, value: &str)
     blind::term(key, &format!("{resource_type}.{param}/{kind}"), value)
 }
 
+/// A term of the inverted index (names and addresses): the MAC alone, the namespace being
+/// in it.
+fn term_mac(key: &Secret, resource_type: &str, param: &str, kind: &str, value: &str) -> BlindTerm {
+    blind::term_mac(key, &format!("{resource_type}.{param}/{kind}"), value)
+}
+
+/// The term every value of a blind string parameter has: what `:missing` looks for.
+fn presence_term(key: &Secret, resource_type: &str, param: &str) -> BlindTerm {
+    term_mac(key, resource_type, param, "m", "")
+}
+
 /// The first `max` characters of `text`.
 fn first_chars(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
@@ -105,29 +116,27 @@ pub(crate) fn blind_rows(key: &Secret, resource_type: &str, rows: &[IndexRow]) -
         };
         match (kind, &row.cell) {
             (Blind::Name | Blind::Address, IndexCell::String { normalized, exact }) => {
-                let exact = term(key, resource_type, param, "e", exact);
                 let mut terms = BTreeSet::new();
+                terms.insert(presence_term(key, resource_type, param));
+                terms.insert(term_mac(key, resource_type, param, "e", exact));
                 let value = first_chars(normalized, blind::MAX_BLIND_CHARS);
-                // The full value's term even when empty, so that `:missing` still sees it.
-                terms.insert(term(key, resource_type, param, "p", value));
                 for prefix in blind::prefixes(value) {
-                    terms.insert(term(key, resource_type, param, "p", prefix));
+                    terms.insert(term_mac(key, resource_type, param, "p", prefix));
                 }
                 if kind == Blind::Name {
                     // Substrings that are not prefixes: a `:contains` looks for both kinds.
                     let mut start = value.char_indices().skip(1).map(|(at, _)| at);
                     if let Some(second) = start.next() {
                         for part in blind::substrings(&value[second..], MIN_CONTAINS_CHARS) {
-                            terms.insert(term(key, resource_type, param, "s", part));
+                            terms.insert(term_mac(key, resource_type, param, "s", part));
                         }
                     }
                 }
-                out.extend(terms.into_iter().map(|normalized| {
-                    blind_row(IndexCell::String {
-                        normalized,
-                        exact: exact.clone(),
-                    })
-                }));
+                out.extend(
+                    terms
+                        .into_iter()
+                        .map(|term| blind_row(IndexCell::Term(term))),
+                );
             }
             (Blind::Token, IndexCell::Token { system, code }) => {
                 out.push(blind_row(IndexCell::Token {
@@ -187,13 +196,20 @@ fn blind_filter(key: &Secret, resource_type: &str, filter: &Filter) -> StoreResu
             param,
             table,
             missing,
-        } => Filter::Missing {
-            param: param.clone(),
-            table: match blind_kind(resource_type, param) {
-                Some(Blind::Date) => IndexTable::Token,
-                _ => *table,
+        } => match blind_kind(resource_type, param) {
+            Some(Blind::Name | Blind::Address) => Filter::Match {
+                param: param.clone(),
+                tests: vec![Test::Term(presence_term(key, resource_type, param))],
+                negate: *missing,
             },
-            missing: *missing,
+            kind => Filter::Missing {
+                param: param.clone(),
+                table: match kind {
+                    Some(Blind::Date) => IndexTable::Token,
+                    _ => *table,
+                },
+                missing: *missing,
+            },
         },
         Filter::Chain {
             param,
@@ -234,13 +250,13 @@ fn blind_test(
     let max = blind::MAX_BLIND_CHARS;
     Ok(match (kind, test) {
         (Blind::Name | Blind::Address, Test::StringStartsWith(prefix)) => {
-            vec![Test::StringStartsWith(term(
-                key,
-                resource_type,
-                param,
-                "p",
-                first_chars(prefix, max),
-            ))]
+            // The empty prefix: every value (as the clear index's `>= ''`).
+            let prefix = first_chars(prefix, max);
+            vec![Test::Term(if prefix.is_empty() {
+                presence_term(key, resource_type, param)
+            } else {
+                term_mac(key, resource_type, param, "p", prefix)
+            })]
         }
         (Blind::Address, Test::StringContains(_)) => {
             return Err(unsupported(format!(
@@ -255,17 +271,13 @@ fn blind_test(
                 )));
             }
             vec![
-                Test::StringStartsWith(term(key, resource_type, param, "p", part)),
-                Test::StringStartsWith(term(key, resource_type, param, "s", part)),
+                Test::Term(term_mac(key, resource_type, param, "p", part)),
+                Test::Term(term_mac(key, resource_type, param, "s", part)),
             ]
         }
-        (Blind::Name | Blind::Address, Test::StringExact(value)) => vec![Test::StringExact(term(
-            key,
-            resource_type,
-            param,
-            "e",
-            value,
-        ))],
+        (Blind::Name | Blind::Address, Test::StringExact(value)) => {
+            vec![Test::Term(term_mac(key, resource_type, param, "e", value))]
+        }
         (Blind::Token, Test::Token { system, code }) => vec![Test::Token {
             system: system.clone(),
             code: code
@@ -477,6 +489,8 @@ fn cell_sort_value(cell: &IndexCell, descending: bool) -> Option<SortValue> {
         }
         IndexCell::Reference { url, .. } => SortValue::Text(url.clone()),
         IndexCell::Uri { value } => SortValue::Text(value.clone()),
+        // Sorting reads the clear rows of the opened resource, which hold no terms.
+        IndexCell::Term(_) => return None,
     })
 }
 
@@ -671,13 +685,14 @@ mod tests {
                 },
             }],
         );
-        let stored: BTreeSet<String> = rows
+        let stored: BTreeSet<BlindTerm> = rows
             .iter()
             .filter_map(|row| match &row.cell {
-                IndexCell::String { normalized, .. } => Some(normalized.clone()),
+                IndexCell::Term(term) => Some(*term),
                 _ => None,
             })
             .collect();
+        assert_eq!(stored.len(), rows.len(), "only terms, each once");
         let finds = |part: &str| {
             blind_test(
                 &key,
@@ -688,7 +703,7 @@ mod tests {
             )
             .unwrap()
             .iter()
-            .any(|test| matches!(test, Test::StringStartsWith(t) if stored.contains(t)))
+            .any(|test| matches!(test, Test::Term(t) if stored.contains(t)))
         };
         for part in ["eve", "every", "woma", "man", "everywoman", "ywo"] {
             assert!(finds(part), "{part}");
@@ -696,8 +711,38 @@ mod tests {
         for part in ["womb", "mane", "xyz"] {
             assert!(!finds(part), "{part}");
         }
-        // Fewer rows than every substring twice: prefixes once, other substrings once.
-        assert_eq!(rows.len(), 10 + (1..=7).sum::<usize>());
+        // Fewer terms than every substring twice: prefixes once, other substrings once, the
+        // exact text and the presence term.
+        assert_eq!(rows.len(), 2 + 10 + (1..=7).sum::<usize>());
+        // `:exact` and `:missing` find it too; another case does not.
+        let exact = |text: &str| {
+            blind_test(
+                &key,
+                "Patient",
+                "family",
+                Blind::Name,
+                &Test::StringExact(text.into()),
+            )
+            .unwrap()
+            .iter()
+            .any(|test| matches!(test, Test::Term(t) if stored.contains(t)))
+        };
+        assert!(exact("Everywoman"));
+        assert!(!exact("everywoman"));
+        let missing = blind_filter(
+            &key,
+            "Patient",
+            &Filter::Missing {
+                param: "family".into(),
+                table: IndexTable::String,
+                missing: false,
+            },
+        )
+        .unwrap();
+        assert!(
+            matches!(&missing, Filter::Match { tests, negate: false, .. } if matches!(&tests[..], [Test::Term(t)] if stored.contains(t))),
+            "{missing:?}"
+        );
         let address = blind_test(
             &key,
             "Patient",

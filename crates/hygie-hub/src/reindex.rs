@@ -5,14 +5,13 @@
 //! rebuilds the rows of every current resource before it serves: searches never mix rows of
 //! two versions of the rules.
 
-use hygie_store::{StoreExt, StoreResult};
+use hygie_store::{INDEX_VERSION_KEY, StoreExt, StoreResult};
 
 use crate::resource::index_rows;
 use crate::{Hub, HubError};
 
 /// Bump when what `index_rows` produces for a resource changes.
-pub const INDEX_VERSION: &str = "r4-search-2-blind";
-const INDEX_VERSION_KEY: &str = "search.index_version";
+pub const INDEX_VERSION: &str = "r4-search-3-terms";
 /// Resources re-indexed per transaction.
 const REINDEX_BATCH: usize = 500;
 

@@ -64,6 +64,17 @@ pub const TABLES: &[&str] = &[
     "audit_cosignature",
 ];
 
+/// Whether a table is left out of backups because the hub rebuilds it: the term index
+/// (`search_term`, on SQLite an FTS5 table whose shadow tables are `search_term_*`). A
+/// restore forgets the index version ([`crate::search::INDEX_VERSION_KEY`]), so the first
+/// hub to open the restored store rebuilds the whole index, terms included.
+pub fn rebuilt_not_backed_up(table: &str) -> bool {
+    table == "search_term" || table.starts_with("search_term_")
+}
+
+const FORGET_INDEX_VERSION_SQLITE: &str = "DELETE FROM hub_meta WHERE key = ?1";
+const FORGET_INDEX_VERSION_POSTGRES: &str = "DELETE FROM hub_meta WHERE key = $1";
+
 /// Columns of one table, at most.
 pub const MAX_COLUMNS: usize = 64;
 /// Bytes of one value (a resource body, a leaf), at most: far above the request body
@@ -833,6 +844,10 @@ impl Restorer {
                 ..
             } => {
                 let open = connection.take().expect("open until commit");
+                open.execute(
+                    FORGET_INDEX_VERSION_SQLITE,
+                    [crate::search::INDEX_VERSION_KEY],
+                )?;
                 open.execute_batch("COMMIT")?;
                 open.close().map_err(|(_, error)| StoreError::from(error))?;
                 let restoring = data_dir.join(RESTORING_FILE);
@@ -848,7 +863,13 @@ impl Restorer {
                     .and_then(|dir| dir.sync_all())
                     .map_err(|e| io("fsync the directory of", e))?;
             }
-            Sink::Postgres { client, .. } => client.batch_execute("COMMIT")?,
+            Sink::Postgres { client, .. } => {
+                client.execute(
+                    FORGET_INDEX_VERSION_POSTGRES,
+                    &[&crate::search::INDEX_VERSION_KEY],
+                )?;
+                client.batch_execute("COMMIT")?
+            }
         }
         self.finished = true;
         Ok(())
@@ -1017,7 +1038,10 @@ fn sqlite_tables(connection: &Connection, count_rows: bool) -> StoreResult<Vec<T
         .query_map([], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     let mut found = Vec::with_capacity(names.len());
-    for name in names {
+    for name in names
+        .into_iter()
+        .filter(|name| !rebuilt_not_backed_up(name))
+    {
         let name = checked_name(&name)?.to_owned();
         let mut columns = Vec::new();
         let mut statement = connection.prepare(&format!("PRAGMA table_info({name})"))?;
@@ -1223,7 +1247,10 @@ fn pg_tables(client: &mut Client, count_rows: bool) -> StoreResult<Vec<TableInfo
         .map(|row| row.get(0))
         .collect();
     let mut found = Vec::with_capacity(names.len());
-    for name in names {
+    for name in names
+        .into_iter()
+        .filter(|name| !rebuilt_not_backed_up(name))
+    {
         let name = checked_name(&name)?.to_owned();
         let columns = pg_columns(client, &name)?
             .into_iter()

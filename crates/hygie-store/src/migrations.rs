@@ -183,6 +183,16 @@ pub const SQLITE: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX inbound_message_received ON inbound_message (received_us);
     "#,
+    // 10: the blind terms of names and addresses in an inverted index, one entry per
+    // resource keyed by the seq of the version it describes (a B-tree row per term made a
+    // new patient a hundred inserts in random places). Contentless: the terms are not
+    // stored twice; deletable, so an update replaces its entry. The rows these replace
+    // leave search_string when the hub rebuilds the index (its index version changed).
+    r#"
+    CREATE VIRTUAL TABLE search_term USING fts5(
+        terms, content='', contentless_delete=1, tokenize='ascii', detail=none
+    );
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -355,6 +365,17 @@ pub const POSTGRES: &[&str] = &[
         acknowledgement TEXT NOT NULL
     );
     CREATE INDEX inbound_message_received ON inbound_message (received_us);
+    "#,
+    // 10: the blind terms of names and addresses, an array per resource under a GIN index
+    // (whose pending list takes a new patient's hundred terms in one append).
+    r#"
+    CREATE TABLE search_term (
+        resource_type TEXT COLLATE "C" NOT NULL,
+        id TEXT COLLATE "C" NOT NULL,
+        terms TEXT[] COLLATE "C" NOT NULL,
+        PRIMARY KEY (resource_type, id)
+    );
+    CREATE INDEX search_term_terms ON search_term USING GIN (terms);
     "#,
 ];
 

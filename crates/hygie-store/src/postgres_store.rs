@@ -450,6 +450,10 @@ impl PgTx<'_> {
             self.transaction
                 .execute(&statement, &[&resource_type, &id])?;
         }
+        let statement =
+            self.statement("DELETE FROM search_term WHERE resource_type = $1 AND id = $2")?;
+        self.transaction
+            .execute(&statement, &[&resource_type, &id])?;
         Ok(())
     }
 
@@ -538,7 +542,16 @@ impl PgTx<'_> {
                     uris.1.push(group);
                     uris.2.push(pg_text(value));
                 }
+                IndexCell::Term(_) => {}
             }
+        }
+        let terms = search::term_entry(rows);
+        if !terms.is_empty() {
+            let statement = self.statement(
+                "INSERT INTO search_term (resource_type, id, terms) VALUES ($1, $2, $3)",
+            )?;
+            self.transaction
+                .execute(&statement, &[&resource_type, &id, &terms])?;
         }
         if !tokens.0.is_empty() {
             let statement = self.statement(INSERT_TOKENS_SQL)?;

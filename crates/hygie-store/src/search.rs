@@ -54,6 +54,32 @@ pub enum IndexCell {
     Uri {
         value: String,
     },
+    /// A keyed term of the blind index (names and addresses: an HMAC that the hub computes,
+    /// see `hygie-hub/src/blind_index.rs`), matched by equality only. All the terms of a
+    /// resource are kept together, one entry per resource, in an inverted index
+    /// ([`IndexTable::Term`]): a new patient's hundred terms are one insert, not a hundred
+    /// B-tree rows in random places.
+    Term(BlindTerm),
+}
+
+/// The `hub_meta` key of the rules the search index was built by: when it differs from
+/// the hub's, the hub rebuilds the index before serving (`hygie-hub/src/reindex.rs`).
+pub const INDEX_VERSION_KEY: &str = "search.index_version";
+
+/// The 128-bit MAC that stands for one searchable fact of a value (a prefix of a name, its
+/// exact text, that it exists).
+pub type BlindTerm = [u8; 16];
+
+/// How a [`BlindTerm`] is written in the term index: one character per byte, `U+0100 +
+/// byte` (Latin Extended-A and B). Never an ASCII letter, digit, space or quote: a whole
+/// term is one word for SQLite's `ascii` FTS5 tokenizer, needs no escaping in a MATCH
+/// phrase, and the index cannot spell a name or a number by chance.
+pub fn term_text(term: &BlindTerm) -> String {
+    term.iter()
+        .map(|&byte| {
+            char::from_u32(0x100 + u32::from(byte)).expect("U+0100..U+01FF are characters")
+        })
+        .collect()
 }
 
 /// Strings longer than this are indexed by their first bytes (a btree entry is bounded).
@@ -69,9 +95,12 @@ pub enum IndexTable {
     Quantity,
     Reference,
     Uri,
+    /// The inverted index of blind terms: one entry per resource, not per row.
+    Term,
 }
 
 impl IndexTable {
+    /// The tables of one row per value (all but [`IndexTable::Term`]).
     pub const ALL: [IndexTable; 7] = [
         IndexTable::Token,
         IndexTable::String,
@@ -91,6 +120,7 @@ impl IndexTable {
             IndexTable::Quantity => "search_quantity",
             IndexTable::Reference => "search_reference",
             IndexTable::Uri => "search_uri",
+            IndexTable::Term => "search_term",
         }
     }
 }
@@ -105,6 +135,7 @@ impl IndexCell {
             IndexCell::Quantity { .. } => IndexTable::Quantity,
             IndexCell::Reference { .. } => IndexTable::Reference,
             IndexCell::Uri { .. } => IndexTable::Uri,
+            IndexCell::Term(_) => IndexTable::Term,
         }
     }
 }
@@ -166,6 +197,8 @@ pub enum Test {
     ReferenceUrl(String),
     Uri(String),
     UriBelow(String),
+    /// The resource's blind terms include this one.
+    Term(BlindTerm),
 }
 
 impl Test {
@@ -180,6 +213,7 @@ impl Test {
             Test::Quantity { .. } => IndexTable::Quantity,
             Test::Reference { .. } | Test::ReferenceUrl(_) => IndexTable::Reference,
             Test::Uri(_) | Test::UriBelow(_) => IndexTable::Uri,
+            Test::Term(_) => IndexTable::Term,
         }
     }
 }
@@ -480,6 +514,9 @@ impl SqlBuilder {
                     return "FALSE".to_owned();
                 };
                 let table = first.table();
+                if table == IndexTable::Term {
+                    return self.term_match(tests, alias, *negate, drives);
+                }
                 let t = self.alias("t");
                 let ty = self.text(resource_type);
                 let param = self.text(param);
@@ -498,6 +535,14 @@ impl SqlBuilder {
                     table.name(),
                     alternatives.join(" OR ")
                 )
+            }
+            Filter::Missing {
+                table: IndexTable::Term,
+                ..
+            } => {
+                // Terms carry no parameter name: the hub asks for the term that says a
+                // parameter has a value instead (`Filter::Match`).
+                "FALSE".to_owned()
             }
             Filter::Missing {
                 param,
@@ -610,6 +655,50 @@ impl SqlBuilder {
             "{alias}.id IN (SELECT {first}.id FROM {from} WHERE {})",
             conditions.join(" AND ")
         )
+    }
+
+    /// A resource (`alias`) whose blind terms include one of `tests`' (`negate`: none).
+    /// SQLite: the FTS5 table's rowid is the `seq` of the version it indexes, the current
+    /// one; a driving filter walks from the matching versions to their resources. PostgreSQL:
+    /// a GIN index over each resource's array of terms.
+    fn term_match(&mut self, tests: &[Test], alias: &str, negate: bool, drives: bool) -> String {
+        let terms: Vec<String> = tests
+            .iter()
+            .filter_map(|test| match test {
+                Test::Term(term) => Some(term_text(term)),
+                _ => None,
+            })
+            .collect();
+        let not = if negate { "NOT " } else { "" };
+        match self.dialect {
+            Dialect::Sqlite => {
+                let phrases: Vec<String> = terms.iter().map(|term| format!("\"{term}\"")).collect();
+                let query = self.text(&phrases.join(" OR "));
+                let seqs = format!("SELECT rowid FROM search_term WHERE search_term MATCH {query}");
+                if drives && !negate {
+                    let v = self.alias("v");
+                    format!(
+                        "({alias}.resource_type, {alias}.id) IN (SELECT {v}.resource_type, {v}.id FROM resource_versions {v} WHERE {v}.seq IN ({seqs}))"
+                    )
+                } else {
+                    format!("{alias}.seq {not}IN ({seqs})")
+                }
+            }
+            Dialect::Postgres => {
+                let t = self.alias("t");
+                let list: Vec<String> = terms.iter().map(|term| self.text(term)).collect();
+                let array = format!("ARRAY[{}]::text[]", list.join(", "));
+                if drives && !negate {
+                    format!(
+                        "{alias}.id IN (SELECT {t}.id FROM search_term {t} WHERE {t}.resource_type = {alias}.resource_type AND {t}.terms && {array})"
+                    )
+                } else {
+                    format!(
+                        "{not}EXISTS (SELECT 1 FROM search_term {t} WHERE {t}.resource_type = {alias}.resource_type AND {t}.id = {alias}.id AND {t}.terms && {array})"
+                    )
+                }
+            }
+        }
     }
 
     /// The tests of one filter as SQL alternatives. Many codes without a system (a date
@@ -760,6 +849,8 @@ impl SqlBuilder {
                 let high = self.text(&format!("{prefix}{TEXT_MAX}"));
                 format!("{t}.value >= {low} AND {t}.value < {high}")
             }
+            // Terms are matched by `term_match` and never reach a row-table test.
+            Test::Term(_) => "FALSE".to_owned(),
         }
     }
 
@@ -787,6 +878,9 @@ impl SqlBuilder {
                     (SortKind::Text, false) => self.text(TEXT_MAX),
                     (SortKind::Text, true) => self.text(""),
                 };
+                if *table == IndexTable::Term {
+                    return sentinel;
+                }
                 format!(
                     "COALESCE((SELECT {aggregate}({s}.{column}) FROM {} WHERE {s}.resource_type = {ty} AND {s}.id = {alias}.id AND {s}.param = {param}), {sentinel})",
                     self.by_owner(*table, &s)
@@ -843,7 +937,7 @@ fn selectivity_rank(filter: &Filter) -> Option<u8> {
             ..
         } => Some(match tests.first()? {
             Test::Reference { .. } | Test::ReferenceUrl(_) => 1,
-            Test::StringExact(_) => 2,
+            Test::StringExact(_) | Test::Term(_) => 2,
             Test::Token { code: Some(_), .. } => 3,
             Test::StringStartsWith(_) | Test::Uri(_) => 4,
             Test::Quantity { .. } | Test::Number { .. } => 6,
@@ -885,6 +979,8 @@ pub(crate) fn sort_column(table: IndexTable, descending: bool) -> (&'static str,
         IndexTable::Number | IndexTable::Quantity => ("value", SortKind::Real),
         IndexTable::Reference => ("url", SortKind::Text),
         IndexTable::Uri => ("value", SortKind::Text),
+        // Terms say nothing of order: the hub sorts by blind elements in memory.
+        IndexTable::Term => ("NULL", SortKind::Text),
     }
 }
 
@@ -950,6 +1046,18 @@ pub fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// A resource's blind terms as the term index holds them: distinct, in [`term_text`] form.
+pub(crate) fn term_entry(rows: &[IndexRow]) -> Vec<String> {
+    let terms: std::collections::BTreeSet<&BlindTerm> = rows
+        .iter()
+        .filter_map(|row| match &row.cell {
+            IndexCell::Term(term) => Some(term),
+            _ => None,
+        })
+        .collect();
+    terms.into_iter().map(term_text).collect()
 }
 
 /// The DELETE statements that clear a resource's index rows.

@@ -1147,6 +1147,13 @@ impl Tx for SqliteTx<'_> {
             Err(error) => return Err(error.into()),
         }
         let seq = self.connection.last_insert_rowid();
+        // The term index is keyed by the indexed version's seq: the one replaced is
+        // read before the head moves on.
+        let replaced_seq = if new.version > 1 {
+            indexed_seq(self.connection, new.resource_type, new.id)?
+        } else {
+            None
+        };
         self.connection
             .prepare_cached(
                 "INSERT INTO resources (resource_type, id, version, deleted, last_updated_us, seq)
@@ -1164,10 +1171,10 @@ impl Tx for SqliteTx<'_> {
                 seq
             ])?;
         if new.version > 1 {
-            delete_index(self.connection, new.resource_type, new.id)?;
+            delete_index(self.connection, new.resource_type, new.id, replaced_seq)?;
         }
         if !new.deleted {
-            insert_index(self.connection, new.resource_type, new.id, new.index)?;
+            insert_index(self.connection, new.resource_type, new.id, seq, new.index)?;
         }
         Ok(())
     }
@@ -1418,8 +1425,13 @@ impl Tx for SqliteTx<'_> {
         id: &str,
         rows: &[IndexRow],
     ) -> StoreResult<()> {
-        delete_index(self.connection, resource_type, id)?;
-        insert_index(self.connection, resource_type, id, rows)
+        let Some(seq) = indexed_seq(self.connection, resource_type, id)? else {
+            return Err(StoreError::Database(format!(
+                "{resource_type}/{id} has no current version to index"
+            )));
+        };
+        delete_index(self.connection, resource_type, id, Some(seq))?;
+        insert_index(self.connection, resource_type, id, seq, rows)
     }
 
     fn refresh_statistics(&mut self) -> StoreResult<()> {
@@ -1871,21 +1883,50 @@ fn sqlite_value(param: &SqlParam) -> rusqlite::types::Value {
     }
 }
 
-fn delete_index(connection: &Connection, resource_type: &str, id: &str) -> StoreResult<()> {
+/// The seq of the version `resource_type/id`'s index rows describe: its current one.
+fn indexed_seq(connection: &Connection, resource_type: &str, id: &str) -> StoreResult<Option<i64>> {
+    Ok(connection
+        .prepare_cached("SELECT seq FROM resources WHERE resource_type = ?1 AND id = ?2")?
+        .query_row(params![resource_type, id], |row| row.get(0))
+        .optional()?)
+}
+
+/// Clears a resource's index rows; `indexed_seq`, the version they describe, finds its
+/// entry in the term index.
+fn delete_index(
+    connection: &Connection,
+    resource_type: &str,
+    id: &str,
+    indexed_seq: Option<i64>,
+) -> StoreResult<()> {
     for sql in search::delete_index_sql(Dialect::Sqlite) {
         connection
             .prepare_cached(&sql)?
             .execute(params![resource_type, id])?;
     }
+    if let Some(seq) = indexed_seq {
+        connection
+            .prepare_cached("DELETE FROM search_term WHERE rowid = ?1")?
+            .execute(params![seq])?;
+    }
     Ok(())
 }
 
+/// Writes a resource's index rows; its blind terms as one entry of the term index, under
+/// `seq`, the version they describe.
 fn insert_index(
     connection: &Connection,
     resource_type: &str,
     id: &str,
+    seq: i64,
     rows: &[IndexRow],
 ) -> StoreResult<()> {
+    let terms = search::term_entry(rows);
+    if !terms.is_empty() {
+        connection
+            .prepare_cached("INSERT INTO search_term (rowid, terms) VALUES (?1, ?2)")?
+            .execute(params![seq, terms.join(" ")])?;
+    }
     for row in rows {
         let (param, group) = (&row.param, row.group);
         match &row.cell {
@@ -1941,6 +1982,7 @@ fn insert_index(
                     "INSERT INTO search_uri (resource_type, id, param, grp, value) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
                 .execute(params![resource_type, id, param, group, value])?,
+            IndexCell::Term(_) => 0,
         };
     }
     Ok(())

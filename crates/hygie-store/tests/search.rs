@@ -19,6 +19,7 @@ hygie_store::on_both_backends!(
     hub_settings_are_kept,
     nul_characters_are_indexed_and_found,
     thousands_of_alternative_codes_are_one_list,
+    blind_terms_are_found_by_equality_and_follow_their_resource,
 );
 
 fn row(param: &str, cell: IndexCell) -> IndexRow {
@@ -827,4 +828,119 @@ async fn thousands_of_alternative_codes_are_one_list(backend: Backend) {
         negate: false,
     };
     assert_eq!(ids(&store, "Patient", vec![filter]).await, ["hit"]);
+}
+
+fn term(byte: u8) -> hygie_store::BlindTerm {
+    // Bytes that, written as the index writes them, would be quotes and spaces if they
+    // were ASCII: the encoding must keep a term one word.
+    [
+        byte, b'"', b' ', b'*', 0, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9, byte,
+    ]
+}
+
+fn terms(bytes: &[u8]) -> Vec<IndexRow> {
+    bytes
+        .iter()
+        .map(|&byte| row("family", IndexCell::Term(term(byte))))
+        .collect()
+}
+
+/// The inverted index of blind terms: a term finds the resources that have it, alone
+/// (driving), beside another filter (probing), negated, in a chain; an update replaces a
+/// resource's terms, a deletion removes them, a re-index replaces them in place.
+async fn blind_terms_are_found_by_equality_and_follow_their_resource(backend: Backend) {
+    let store = backend.store;
+    let mut a = terms(&[1, 2, 3]);
+    a.push(token("gender", "", "female"));
+    put(&store, "Patient", "a", a).await;
+    let mut b = terms(&[2, 4]);
+    b.push(token("gender", "", "male"));
+    put(&store, "Patient", "b", b).await;
+    put(&store, "Practitioner", "c", terms(&[2])).await;
+    put(
+        &store,
+        "Observation",
+        "o",
+        vec![reference("subject", "Patient", "a")],
+    )
+    .await;
+    let has = |bytes: &[u8]| {
+        matching(
+            "family",
+            bytes.iter().map(|&b| Test::Term(term(b))).collect(),
+        )
+    };
+    let not = |bytes: &[u8]| Filter::Match {
+        param: "family".into(),
+        tests: bytes.iter().map(|&b| Test::Term(term(b))).collect(),
+        negate: true,
+    };
+    let mut found = ids(&store, "Patient", vec![has(&[2])]).await;
+    found.sort();
+    assert_eq!(found, ["a", "b"], "the type is part of the match");
+    assert_eq!(ids(&store, "Patient", vec![has(&[1])]).await, ["a"]);
+    assert_eq!(
+        ids(&store, "Patient", vec![has(&[9, 4])]).await,
+        ["b"],
+        "any of several"
+    );
+    assert!(ids(&store, "Patient", vec![has(&[9])]).await.is_empty());
+    assert_eq!(ids(&store, "Patient", vec![not(&[1])]).await, ["b"]);
+    // Probing: another filter drives the query.
+    let female = matching(
+        "gender",
+        vec![Test::Token {
+            system: None,
+            code: Some("female".into()),
+        }],
+    );
+    assert_eq!(
+        ids(&store, "Patient", vec![female.clone(), has(&[2])]).await,
+        ["a"]
+    );
+    assert!(
+        ids(&store, "Patient", vec![female, has(&[4])])
+            .await
+            .is_empty()
+    );
+    let chain = |bytes: &[u8]| Filter::Chain {
+        param: "subject".into(),
+        target_type: "Patient".into(),
+        inner: vec![has(bytes)],
+    };
+    assert_eq!(ids(&store, "Observation", vec![chain(&[3])]).await, ["o"]);
+    assert!(
+        ids(&store, "Observation", vec![chain(&[4])])
+            .await
+            .is_empty()
+    );
+    // An update replaces the terms.
+    put(&store, "Patient", "a", terms(&[7])).await;
+    assert!(ids(&store, "Patient", vec![has(&[1])]).await.is_empty());
+    assert_eq!(ids(&store, "Patient", vec![has(&[7])]).await, ["a"]);
+    // A re-index too, in place.
+    store
+        .run(|tx| tx.replace_index("Patient", "a", &terms(&[8])))
+        .await
+        .unwrap();
+    assert!(ids(&store, "Patient", vec![has(&[7])]).await.is_empty());
+    assert_eq!(ids(&store, "Patient", vec![has(&[8])]).await, ["a"]);
+    // A deletion removes them.
+    store
+        .run(|tx| {
+            tx.put_version(&NewVersion {
+                resource_type: "Patient",
+                id: "a",
+                version: 3,
+                last_updated_us: 3,
+                deleted: true,
+                body: b"",
+                index: &[],
+                key_id: None,
+            })
+        })
+        .await
+        .unwrap();
+    assert!(ids(&store, "Patient", vec![has(&[8])]).await.is_empty());
+    assert_eq!(ids(&store, "Practitioner", vec![has(&[2])]).await, ["c"]);
 }

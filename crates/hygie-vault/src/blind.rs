@@ -22,13 +22,21 @@ use crate::secret::hmac_sha256;
 pub const MAX_BLIND_CHARS: usize = 32;
 
 /// The length of a term's MAC, in bytes: 128 bits make a chance collision negligible.
-const TERM_MAC_BYTES: usize = 16;
+pub const TERM_MAC_BYTES: usize = 16;
 
 /// The blind-index term of `value` in `namespace`.
 pub fn term(index_key: &Secret, namespace: &str, value: &str) -> String {
-    let mac = hmac_sha256(index_key, &[namespace.as_bytes(), &[0], value.as_bytes()]);
-    let encoded = URL_SAFE_NO_PAD.encode(&mac.as_bytes()[..TERM_MAC_BYTES]);
+    let encoded = URL_SAFE_NO_PAD.encode(term_mac(index_key, namespace, value));
     format!("{namespace}:{encoded}")
+}
+
+/// The MAC of a term alone (what [`term`] encodes after its namespace): for an index that
+/// keeps each term as 16 bytes.
+pub fn term_mac(index_key: &Secret, namespace: &str, value: &str) -> [u8; TERM_MAC_BYTES] {
+    let mac = hmac_sha256(index_key, &[namespace.as_bytes(), &[0], value.as_bytes()]);
+    let mut first = [0u8; TERM_MAC_BYTES];
+    first.copy_from_slice(&mac.as_bytes()[..TERM_MAC_BYTES]);
+    first
 }
 
 /// Every non-empty prefix of `value`, cut at character boundaries, of at most
