@@ -140,6 +140,7 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError> {
         )
     };
     let parser = Parser::new(delimiters, limits, latin1);
+    let mut scratch = Scratch::default();
     // Sized once from the separators (an upper bound: empty lines are skipped), capped by the
     // limit so that a hostile message cannot make us reserve more than the limit allows.
     let separators = memchr::memchr2_iter(b'\r', b'\n', bytes).count();
@@ -157,7 +158,7 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError> {
                 limit: limits.max_segments,
             });
         }
-        segments.push(parser.segment(line, segments.len() + 1)?);
+        segments.push(parser.segment(line, segments.len() + 1, &mut scratch)?);
     }
     Ok(Message {
         delimiters,
@@ -291,7 +292,12 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn segment(&self, line: &str, segment: usize) -> Result<Segment, ParseError> {
+    fn segment(
+        &self,
+        line: &str,
+        segment: usize,
+        scratch: &mut Scratch,
+    ) -> Result<Segment, ParseError> {
         let bytes = line.as_bytes();
         let name_ok = bytes.len() >= 3
             && bytes[..3]
@@ -304,30 +310,23 @@ impl<'a> Parser<'a> {
             return Err(ParseError::SegmentName { segment });
         }
         let name = &line[..3];
-        let field_byte = self.field_byte;
-        let mut builder = FieldsBuilder {
+        let mut splitter = Splitter {
             parser: self,
+            scratch,
+            line,
             segment,
             name,
             field: 1,
             // One field per field separator (MSH-1 is one more), capped like `segments`.
             fields: Vec::with_capacity(
-                bytes
-                    .iter()
-                    .filter(|b| **b == field_byte)
+                memchr::memchr_iter(self.field_byte, bytes)
                     .count()
                     .min(self.limits.max_fields_per_segment)
                     + 1,
             ),
             pending_fields: 0,
-            repetitions: Parts::new(),
-            pending_repetitions: 0,
             repetition_count: 0,
-            components: Parts::new(),
-            pending_components: 0,
             component_count: 0,
-            subcomponents: Parts::new(),
-            pending_subcomponents: 0,
             subcomponent_count: 0,
         };
         // Index of the field separator that opens the first field to split.
@@ -336,49 +335,76 @@ impl<'a> Parser<'a> {
             // MSH-1 is the separator itself and MSH-2 the encoding characters, kept verbatim.
             let encoding = self.delimiters.encoding_characters();
             opening = 4 + encoding.len();
-            builder
+            splitter
                 .fields
                 .push(Field::from_value(self.delimiters.field.to_string()));
-            builder.fields.push(Field::from_value(encoding));
-            builder.field = 3;
+            splitter.fields.push(Field::from_value(encoding));
+            splitter.field = 3;
         }
         if opening < bytes.len() {
-            builder.split(line, opening + 1)?;
+            splitter.split(opening + 1)?;
         }
         Ok(Segment {
             name: name.to_owned(),
-            fields: builder.fields,
+            fields: splitter.fields,
         })
     }
 }
 
-/// Splits the fields of one segment in a single pass over its bytes. Empty values are only
-/// counted until a non-empty one follows, so trailing empties are never stored (the result is
-/// normalized) and cost no allocation.
-struct FieldsBuilder<'p, 'a> {
+/// Buffers reused from field to field and segment to segment, so that splitting allocates
+/// only what the message keeps.
+#[derive(Default)]
+struct Scratch {
+    /// The values of the field being split, empty ones included.
+    values: Vec<Value>,
+    /// The text of values that held escapes, decoded.
+    decoded: String,
+    /// For each component of the field: the end of its values in `values`.
+    components: Vec<usize>,
+    /// For each repetition of the field: the end of its components in `components`.
+    repetitions: Vec<usize>,
+}
+
+/// A value as a byte range of the segment, or of [`Scratch::decoded`] when it held escapes.
+#[derive(Clone, Copy)]
+struct Value {
+    start: usize,
+    end: usize,
+    decoded: bool,
+}
+
+impl Value {
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// Splits the fields of one segment in a single pass over its bytes. A field is first read
+/// into [`Scratch`] (value ranges and where each component and repetition ends, trailing
+/// empty ones dropped, so the result is normalized), then built with every list at its exact
+/// size. Values are copied last, into their final place: a `CompactString` built then moved
+/// would be read back right after its bytes were written, which stalls the CPU.
+struct Splitter<'p, 'a> {
     parser: &'p Parser<'a>,
+    scratch: &'p mut Scratch,
+    line: &'p str,
     segment: usize,
     name: &'p str,
     /// HL7 number of the field being read.
     field: usize,
     fields: Vec<Field>,
+    /// Empty fields read and not stored yet: stored only if a non-empty one follows.
     pending_fields: usize,
-    repetitions: Parts<Repetition>,
-    pending_repetitions: usize,
     repetition_count: usize,
-    components: Parts<Component>,
-    pending_components: usize,
     component_count: usize,
-    subcomponents: Parts<CompactString>,
-    pending_subcomponents: usize,
     subcomponent_count: usize,
 }
 
-impl FieldsBuilder<'_, '_> {
-    fn split(&mut self, line: &str, from: usize) -> Result<(), ParseError> {
+impl Splitter<'_, '_> {
+    fn split(&mut self, from: usize) -> Result<(), ParseError> {
         let limits = self.parser.limits;
         let classes = &self.parser.classes;
-        let bytes = line.as_bytes();
+        let bytes = self.line.as_bytes();
         let mut start = from;
         loop {
             // `start` is the first byte of field number `self.field`.
@@ -402,11 +428,11 @@ impl FieldsBuilder<'_, '_> {
                 index += 1;
             }
             let end = if class == Class::Field && self.parser.one_value_fits {
-                self.single_value_field(&line[start..index], escaped)?;
+                self.single_value_field(start, index, escaped)?;
                 index
             } else {
                 // Bytes `start..index` are text: carry on from `index` with the same state.
-                self.general_field(line, start, index, escaped)?
+                self.general_field(start, index, escaped)?
             };
             if end >= bytes.len() {
                 return Ok(());
@@ -418,22 +444,42 @@ impl FieldsBuilder<'_, '_> {
 
     /// A field that holds one value (no repetition, component or sub-component separator):
     /// the same result as the general splitter, without its bookkeeping.
-    fn single_value_field(&mut self, text: &str, escaped: bool) -> Result<(), ParseError> {
-        if text.is_empty() {
+    fn single_value_field(
+        &mut self,
+        start: usize,
+        end: usize,
+        escaped: bool,
+    ) -> Result<(), ParseError> {
+        if start == end {
             self.pending_fields += 1;
             return Ok(());
         }
-        let value = self.leaf(text, escaped)?;
-        for _ in 0..std::mem::take(&mut self.pending_fields) {
-            self.fields.push(Field::default());
+        let mut value = Value {
+            start,
+            end,
+            decoded: false,
+        };
+        if escaped {
+            self.scratch.decoded.clear();
+            value = self.decode(value)?;
         }
+        self.flush_pending_fields();
         self.fields.push(Field {
             repetitions: Parts::one(Repetition {
                 components: Parts::one(Component {
-                    subcomponents: Parts::one(value),
+                    subcomponents: Parts::one(CompactString::default()),
                 }),
             }),
         });
+        // Copied into its final place: see `Splitter`.
+        let source = if escaped {
+            &self.scratch.decoded
+        } else {
+            self.line
+        };
+        if let Some(slot) = self.fields.last_mut().and_then(first_value_mut) {
+            slot.push_str(&source[value.start..value.end]);
+        }
         Ok(())
     }
 
@@ -442,57 +488,70 @@ impl FieldsBuilder<'_, '_> {
     /// the index of the separator that ends the field (the line's length at its end).
     fn general_field(
         &mut self,
-        line: &str,
         from: usize,
         mut index: usize,
         mut escaped: bool,
     ) -> Result<usize, ParseError> {
         let classes = &self.parser.classes;
-        let bytes = line.as_bytes();
+        let bytes = self.line.as_bytes();
+        let scratch = &mut *self.scratch;
+        scratch.values.clear();
+        scratch.decoded.clear();
+        scratch.components.clear();
+        scratch.repetitions.clear();
+        self.repetition_count = 0;
+        self.component_count = 0;
+        self.subcomponent_count = 0;
         let mut start = from;
-        while let Some(byte) = bytes.get(index) {
-            match classes[usize::from(*byte)] {
-                Class::Text => {}
-                Class::Escape => escaped = true,
-                class => {
-                    self.value(&line[start..index], escaped)?;
-                    start = index + 1;
-                    escaped = false;
-                    match class {
-                        Class::Subcomponent => {}
-                        Class::Component => self.end_component()?,
-                        Class::Repetition => self.end_repetition()?,
-                        _ => {
-                            self.end_field()?;
-                            return Ok(index);
-                        }
-                    }
+        loop {
+            while let Some(byte) = bytes.get(index) {
+                match classes[usize::from(*byte)] {
+                    Class::Text => {}
+                    Class::Escape => escaped = true,
+                    _ => break,
+                }
+                index += 1;
+            }
+            self.value(start, index, escaped)?;
+            match bytes.get(index).map(|b| classes[usize::from(*b)]) {
+                Some(Class::Subcomponent) => {}
+                Some(Class::Component) => self.end_component()?,
+                Some(Class::Repetition) => self.end_repetition()?,
+                _ => {
+                    self.end_field()?;
+                    return Ok(index);
                 }
             }
             index += 1;
+            start = index;
+            escaped = false;
         }
-        self.value(&line[start..], escaped)?;
-        self.end_field()?;
-        Ok(bytes.len())
     }
 
-    /// A non-empty value as stored: unescaped when it holds the escape character.
-    fn leaf(&self, text: &str, escaped: bool) -> Result<CompactString, ParseError> {
-        if !escaped {
-            return Ok(CompactString::new(text));
-        }
+    /// The text of `value` decoded into [`Scratch::decoded`].
+    fn decode(&mut self, value: Value) -> Result<Value, ParseError> {
         let parser = self.parser;
-        let value = unescape(text, &parser.delimiters, parser.latin1).ok_or_else(|| {
-            ParseError::BadEscape {
-                segment: self.segment,
-                segment_id: self.name.to_owned(),
-                field: self.field,
-            }
+        let decoded = &mut self.scratch.decoded;
+        let start = decoded.len();
+        unescape_into(
+            &self.line[value.start..value.end],
+            &parser.delimiters,
+            parser.latin1,
+            decoded,
+        )
+        .ok_or_else(|| ParseError::BadEscape {
+            segment: self.segment,
+            segment_id: self.name.to_owned(),
+            field: self.field,
         })?;
-        Ok(value.into())
+        Ok(Value {
+            start,
+            end: decoded.len(),
+            decoded: true,
+        })
     }
 
-    fn value(&mut self, text: &str, escaped: bool) -> Result<(), ParseError> {
+    fn value(&mut self, start: usize, end: usize, escaped: bool) -> Result<(), ParseError> {
         self.subcomponent_count += 1;
         let limit = self.parser.limits.max_subcomponents;
         if self.subcomponent_count > limit {
@@ -503,16 +562,16 @@ impl FieldsBuilder<'_, '_> {
                 limit,
             });
         }
-        if text.is_empty() {
-            self.pending_subcomponents += 1;
-            return Ok(());
+        let mut value = Value {
+            start,
+            end,
+            decoded: false,
+        };
+        if escaped {
+            // Every escape decodes to at least one character: `value` stays non-empty.
+            value = self.decode(value)?;
         }
-        let value = self.leaf(text, escaped)?;
-        for _ in 0..std::mem::take(&mut self.pending_subcomponents) {
-            self.subcomponents.push(CompactString::default());
-        }
-        // Every escape decodes to at least one character: `value` is not empty.
-        self.subcomponents.push(value);
+        self.scratch.values.push(value);
         Ok(())
     }
 
@@ -528,16 +587,12 @@ impl FieldsBuilder<'_, '_> {
             });
         }
         self.subcomponent_count = 0;
-        self.pending_subcomponents = 0;
-        if self.subcomponents.is_empty() {
-            self.pending_components += 1;
-            return Ok(());
+        let scratch = &mut *self.scratch;
+        let first = scratch.components.last().copied().unwrap_or(0);
+        while scratch.values.len() > first && scratch.values.last().is_some_and(Value::is_empty) {
+            scratch.values.pop();
         }
-        for _ in 0..std::mem::take(&mut self.pending_components) {
-            self.components.push(Component::default());
-        }
-        let subcomponents = std::mem::take(&mut self.subcomponents);
-        self.components.push(Component { subcomponents });
+        scratch.components.push(scratch.values.len());
         Ok(())
     }
 
@@ -554,33 +609,68 @@ impl FieldsBuilder<'_, '_> {
             });
         }
         self.component_count = 0;
-        self.pending_components = 0;
-        if self.components.is_empty() {
-            self.pending_repetitions += 1;
-            return Ok(());
-        }
-        for _ in 0..std::mem::take(&mut self.pending_repetitions) {
-            self.repetitions.push(Repetition::default());
-        }
-        let components = std::mem::take(&mut self.components);
-        self.repetitions.push(Repetition { components });
+        let scratch = &mut *self.scratch;
+        let first = scratch.repetitions.last().copied().unwrap_or(0);
+        pop_empty_ends(&mut scratch.components, first);
+        scratch.repetitions.push(scratch.components.len());
         Ok(())
     }
 
     fn end_field(&mut self) -> Result<(), ParseError> {
         self.end_repetition()?;
-        self.repetition_count = 0;
-        self.pending_repetitions = 0;
-        if self.repetitions.is_empty() {
+        let scratch = &mut *self.scratch;
+        pop_empty_ends(&mut scratch.repetitions, 0);
+        if scratch.repetitions.is_empty() {
             self.pending_fields += 1;
             return Ok(());
         }
+        let (mut component, mut value) = (0, 0);
+        let repetitions = scratch
+            .repetitions
+            .iter()
+            .map(|&components_end| {
+                let components = scratch.components[component..components_end]
+                    .iter()
+                    .map(|&values_end| {
+                        let subcomponents = (value..values_end)
+                            .map(|_| CompactString::default())
+                            .collect();
+                        value = values_end;
+                        Component { subcomponents }
+                    })
+                    .collect();
+                component = components_end;
+                Repetition { components }
+            })
+            .collect();
+        self.flush_pending_fields();
+        self.fields.push(Field { repetitions });
+        // Values are copied into their final place, after the moves above.
+        let (line, scratch) = (self.line, &*self.scratch);
+        let mut values = scratch.values.iter();
+        for repetition in self
+            .fields
+            .last_mut()
+            .map_or(&mut [][..], |f| &mut f.repetitions)
+        {
+            for component in &mut repetition.components {
+                for (slot, value) in component.subcomponents.iter_mut().zip(&mut values) {
+                    let source = if value.decoded {
+                        &scratch.decoded
+                    } else {
+                        line
+                    };
+                    slot.push_str(&source[value.start..value.end]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_pending_fields(&mut self) {
         for _ in 0..std::mem::take(&mut self.pending_fields) {
             self.fields.push(Field::default());
         }
-        let repetitions = std::mem::take(&mut self.repetitions);
-        self.fields.push(Field { repetitions });
-        Ok(())
     }
 
     fn too_many_fields(&self) -> ParseError {
@@ -592,28 +682,51 @@ impl FieldsBuilder<'_, '_> {
     }
 }
 
-/// Decodes escape sequences; `None` when one is malformed.
-pub(crate) fn unescape(text: &str, d: &Delimiters, latin1: bool) -> Option<String> {
-    if !text.contains(d.escape) {
-        return Some(text.to_owned());
+fn first_value_mut(field: &mut Field) -> Option<&mut CompactString> {
+    field
+        .repetitions
+        .first_mut()?
+        .components
+        .first_mut()?
+        .subcomponents
+        .first_mut()
+}
+
+/// Drops the trailing entries of `ends[first..]` that end where the one before them ends
+/// (they hold nothing), as normalization wants.
+fn pop_empty_ends(ends: &mut Vec<usize>, first: usize) {
+    while ends.len() > first {
+        let last = ends.len() - 1;
+        let previous = if last == 0 { 0 } else { ends[last - 1] };
+        if ends[last] != previous {
+            break;
+        }
+        ends.pop();
     }
-    let mut out = String::with_capacity(text.len());
+}
+
+/// Appends `text` to `out` with its escape sequences decoded; `None` when one is malformed.
+fn unescape_into(text: &str, d: &Delimiters, latin1: bool, out: &mut String) -> Option<()> {
+    // Delimiters are ASCII (checked in `read_delimiters`), so a byte search finds them.
+    let escape = d.escape as u8;
+    // Values are short: a plain loop beats memchr's setup.
+    let find = |text: &str| text.bytes().position(|b| b == escape);
     let mut rest = text;
-    while let Some(start) = rest.find(d.escape) {
+    while let Some(start) = find(rest) {
         out.push_str(&rest[..start]);
-        let after = &rest[start + d.escape.len_utf8()..];
-        let end = after.find(d.escape)?;
+        let after = &rest[start + 1..];
+        let end = find(after)?;
         let name = &after[..end];
-        rest = &after[end + d.escape.len_utf8()..];
-        match name {
-            "" => return None,
-            "F" => out.push(d.field),
-            "S" => out.push(d.component),
-            "T" => out.push(d.subcomponent),
-            "R" => out.push(d.repetition),
-            "E" => out.push(d.escape),
-            "P" if d.truncation.is_some() => out.extend(d.truncation),
-            _ if name.starts_with('X') => out.push_str(&decode_hex(&name[1..], latin1)?),
+        rest = &after[end + 1..];
+        match name.as_bytes() {
+            [] => return None,
+            [b'F'] => out.push(d.field),
+            [b'S'] => out.push(d.component),
+            [b'T'] => out.push(d.subcomponent),
+            [b'R'] => out.push(d.repetition),
+            [b'E'] => out.push(d.escape),
+            [b'P'] if d.truncation.is_some() => out.extend(d.truncation),
+            [b'X', ..] => out.push_str(&decode_hex(&name[1..], latin1)?),
             _ => {
                 out.push(d.escape);
                 out.push_str(name);
@@ -622,7 +735,7 @@ pub(crate) fn unescape(text: &str, d: &Delimiters, latin1: bool) -> Option<Strin
         }
     }
     out.push_str(rest);
-    Some(out)
+    Some(())
 }
 
 fn decode_hex(hex: &str, latin1: bool) -> Option<String> {
