@@ -6,6 +6,11 @@ use std::path::Path;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hygie_hl7v2::{Limits, encode, parse};
 
+/// The allocator of the `hygie` binary, where the MLLP listener parses: a parse allocates
+/// its tree, and glibc's malloc would measure something the hub does not run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn samples() -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let mut files: Vec<_> = std::fs::read_dir(dir)
