@@ -204,6 +204,55 @@ def test_a_resend_gets_the_same_ack_and_writes_nothing_twice(start_hub, backend,
     again.close()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_message_past_message_timeout_gets_ar_and_its_resend_the_outcome(start_hub, backend, tmp_path, http):
+    """The store is held by another session (a DBA's lock) past `message_timeout_seconds`:
+    the sender gets AR "resend" instead of waiting forever. The unit is still queued and
+    commits once the lock goes; the resend then finds it and gets AA, with no duplicate."""
+    server, address = start_mllp_hub(start_hub, backend, tmp_path,
+                                     config=hl7_config(extra="message_timeout_seconds = 1"))
+    person = Person("3101", "Lent", "Paul")
+    message = adt("A01", "T1", person, Visit("V41"))
+    hold_seconds = 5
+    if backend == "sqlite":
+        import sqlite3
+        blocker = sqlite3.connect(server.data_dir / "hygie.db", isolation_level=None, timeout=10,
+                                  check_same_thread=False)
+        blocker.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(hold_seconds, blocker.rollback)
+    else:
+        blocker = subprocess.Popen(
+            ["psql", server.database_url, "-q", "-c",
+             f"BEGIN; LOCK TABLE inbound_message IN ACCESS EXCLUSIVE MODE; "
+             f"SELECT pg_sleep({hold_seconds}); COMMIT;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while subprocess.run(
+                ["psql", server.database_url, "-tAq", "-c",
+                 "SELECT count(*) FROM pg_locks WHERE relation = 'inbound_message'::regclass "
+                 "AND mode = 'AccessExclusiveLock' AND granted"],
+                capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout.strip() != "1":
+            assert time.monotonic() < deadline and blocker.poll() is None, "the lock was never taken"
+            time.sleep(0.05)
+        release = threading.Timer(0, lambda: None)
+    release.start()
+    try:
+        started = time.monotonic()
+        nak = hl7.parse(RawMllp(address).send(message).decode())
+        assert ack_code(nak) == "AR", str(nak)
+        code, _, text = err_of(nak)
+        assert code == "207" and "message_timeout" in text and "resend" in text, str(nak)
+        assert time.monotonic() - started >= 1
+    finally:
+        release.join()
+        if backend == "postgres":
+            assert blocker.wait(timeout=30) == 0, blocker.stderr.read()
+    again = hl7.parse(RawMllp(address).send(message).decode())
+    assert ack_code(again) == "AA", str(again)
+    assert len(search(http, server, f"Patient?identifier={MRN_SYSTEM}|3101")) == 1
+    assert len(search(http, server, f"Encounter?identifier={LOCAL}:visit|V41")) == 1
+
+
 def test_bad_input_gets_the_right_nak_and_leaves_nothing(start_hub, tmp_path, http):
     config = hl7_config(extra="max_message_bytes = 4096")
     server, address = start_mllp_hub(start_hub, "sqlite", tmp_path, config=config)
