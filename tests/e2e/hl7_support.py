@@ -148,8 +148,9 @@ class Result:
 
 
 def oru(control_id: str, person: Person, order: str, panel: tuple[str, str], results: list[Result], *,
-        sender=("LAB", "HOSP"), status="F", observed="202611300930") -> str:
-    """An ORU^R01 built with hl7apy: one OBR and its OBX."""
+        sender=("LAB", "HOSP"), status="F", observed="202611300930", visit: Visit | None = None) -> str:
+    """An ORU^R01 built with hl7apy: one OBR and its OBX; with `visit`, the PV1 of the stay
+    the results were taken in (class and number)."""
     m = Message("ORU_R01", version="2.5")
     _msh(m, sender, "ORU^R01^ORU_R01", control_id, "2.5", "P")
     result_group = m.add_group("ORU_R01_PATIENT_RESULT")
@@ -159,6 +160,10 @@ def oru(control_id: str, person: Person, order: str, panel: tuple[str, str], res
     pid.pid_5 = f"{person.family}^{person.given}"
     pid.pid_7 = person.birth
     pid.pid_8 = person.sex
+    if visit is not None:
+        pv1 = patient.add_group("ORU_R01_VISIT").add_segment("PV1")
+        pv1.pv1_2 = visit.patient_class
+        pv1.pv1_19 = visit.number
     observation = result_group.add_group("ORU_R01_ORDER_OBSERVATION")
     obr = observation.add_segment("OBR")
     obr.obr_1 = "1"

@@ -205,6 +205,46 @@ def test_a_resend_gets_the_same_ack_and_writes_nothing_twice(start_hub, backend,
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_results_are_linked_to_the_stay_they_were_taken_in(start_hub, backend, tmp_path, http):
+    """An ORU's PV1 links its report and observations to the Encounter of that visit; a
+    result that comes before its admission creates the stay (status unknown), which the
+    admission then completes, the results still pointing at it."""
+    server, address = start_mllp_hub(start_hub, backend, tmp_path)
+    person = Person("3201", "Lien", "Marie")
+    glucose = [Result("2345-7", "Glucose", "5.4", "mmol/L")]
+    acks = send_all(address, [
+        adt("A01", "L1", person, Visit("V51")),
+        oru("L2", person, "ORD51", ("2345-7", "Glucose"), glucose, visit=Visit("V51")),
+        # The lab is faster than the admission office: its stay is not known yet.
+        oru("L3", person, "ORD52", ("2345-7", "Glucose"), glucose, visit=Visit("V52", patient_class="E")),
+    ])
+    assert [ack_code(a) for a in acks] == ["AA"] * 3, [str(a) for a in acks]
+    admitted = encounter_by_visit(http, server, "V51")
+    report = one(http, server, f"DiagnosticReport?identifier={LOCAL}:order|ORD51")
+    assert report["encounter"]["reference"] == f"Encounter/{admitted['id']}"
+    for reference in report["result"]:
+        observation = fhir_json(http.get(f"{server.fhir_url}/{reference['reference']}"))
+        assert observation["encounter"]["reference"] == f"Encounter/{admitted['id']}"
+    assert admitted["status"] == "in-progress", "a result does not overwrite the admission"
+    early = encounter_by_visit(http, server, "V52")
+    assert (early["status"], early["class"]["code"]) == ("unknown", "EMER")
+    assert early["subject"]["reference"] == admitted["subject"]["reference"]
+    late = one(http, server, f"DiagnosticReport?identifier={LOCAL}:order|ORD52")
+    assert late["encounter"]["reference"] == f"Encounter/{early['id']}"
+    # The admission arrives: the same Encounter, now complete.
+    assert ack_code(send_all(address, [adt("A01", "L4", person, Visit("V52", patient_class="E"))])[0]) == "AA"
+    completed = encounter_by_visit(http, server, "V52")
+    assert completed["id"] == early["id"] and completed["status"] == "in-progress"
+    assert completed["participant"], completed
+    # A PV1 whose class is not one of table 0004: AE at PV1-2, nothing written.
+    nak = send_all(address, [oru("L5", person, "ORD53", ("2345-7", "Glucose"), glucose,
+                                 visit=Visit("V53", patient_class="Z"))])[0]
+    assert ack_code(nak) == "AE" and err_of(nak)[0] == "103" and err_of(nak)[1] == "PV1^3^2", str(nak)
+    assert search(http, server, f"DiagnosticReport?identifier={LOCAL}:order|ORD53") == []
+    assert search(http, server, f"Encounter?identifier={LOCAL}:visit|V53") == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_message_past_message_timeout_gets_ar_and_its_resend_the_outcome(start_hub, backend, tmp_path, http):
     """The store is held by another session (a DBA's lock) past `message_timeout_seconds`:
     the sender gets AR "resend" instead of waiting forever. The unit is still queued and

@@ -548,18 +548,69 @@ impl Context<'_> {
     }
 
     /// The Encounter of PV1 for an ADT event.
-    fn encounter(&mut self, pv1: Seg, event: &str, patient: &str) -> Result<(), Refusal> {
-        let tz = &self.settings.time_zone;
+    /// PV1-19, the visit number, as (system, value): its assigning authority's system, or
+    /// the facility's local one.
+    fn visit_identifier(&self, pv1: Seg) -> Option<(String, String)> {
         let visit = pv1
             .repetitions(19)
             .next()
-            .filter(|r| !comp(r, 1).is_empty());
-        let visit_identifier = visit.map(|r| {
-            let system = self
-                .authority_system(sub(r, 4, 1), sub(r, 4, 2), sub(r, 4, 3))
-                .unwrap_or_else(|| self.local_system("visit"));
-            (system, comp(r, 1).to_owned())
+            .filter(|r| !comp(r, 1).is_empty())?;
+        let system = self
+            .authority_system(sub(visit, 4, 1), sub(visit, 4, 2), sub(visit, 4, 3))
+            .unwrap_or_else(|| self.local_system("visit"));
+        Some((system, comp(visit, 1).to_owned()))
+    }
+
+    /// PV1-2, the patient class (table 0004), as an `Encounter.class` coding.
+    fn patient_class(pv1: Seg) -> Result<Value, Refusal> {
+        let (code, display) = match pv1.value(2) {
+            "I" | "B" => ("IMP", "inpatient encounter"),
+            "O" | "R" | "C" | "N" => ("AMB", "ambulatory"),
+            "E" => ("EMER", "emergency"),
+            "P" => ("PRENC", "pre-admission"),
+            "" => {
+                return Err(pv1.error(
+                    2,
+                    ErrorCode::RequiredFieldMissing,
+                    "PV1-2 (patient class) is empty",
+                ));
+            }
+            other => {
+                return Err(pv1.error(
+                    2,
+                    ErrorCode::TableValueNotFound,
+                    format!("PV1-2: {other:?} is not a patient class of table 0004 (E, I, O, P, R, B, C, N)"),
+                ));
+            }
+        };
+        Ok(json!({
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "code": code,
+            "display": display,
+        }))
+    }
+
+    /// The visit results were taken in (ORU PV1): a reference to its Encounter, found by
+    /// its number, or created with what the PV1 says if the admission has not come yet
+    /// (status `unknown`; the ADT feed fills it in). `None` without a visit number.
+    fn result_visit(&mut self, pv1: Seg, patient: &str) -> Result<Option<String>, Refusal> {
+        let Some((system, value)) = self.visit_identifier(pv1) else {
+            return Ok(None);
+        };
+        let encounter = json!({
+            "resourceType": "Encounter",
+            "identifier": [{"use": "official", "system": system, "value": value}],
+            "status": "unknown",
+            "class": Context::patient_class(pv1)?,
+            "subject": {"reference": patient},
         });
+        let query = hygie_fhir::search::identifier_query(&system, &value);
+        Ok(Some(self.add(encounter, Some((query, false)))))
+    }
+
+    fn encounter(&mut self, pv1: Seg, event: &str, patient: &str) -> Result<(), Refusal> {
+        let tz = &self.settings.time_zone;
+        let visit_identifier = self.visit_identifier(pv1);
         if visit_identifier.is_none() && matches!(event, "A02" | "A03" | "A08" | "A11") {
             return Err(pv1.error(
                 19,
@@ -591,34 +642,10 @@ impl Context<'_> {
             "A04" => "arrived",
             _ => "in-progress",
         };
-        let class = match pv1.value(2) {
-            "I" | "B" => ("IMP", "inpatient encounter"),
-            "O" | "R" | "C" | "N" => ("AMB", "ambulatory"),
-            "E" => ("EMER", "emergency"),
-            "P" => ("PRENC", "pre-admission"),
-            "" => {
-                return Err(pv1.error(
-                    2,
-                    ErrorCode::RequiredFieldMissing,
-                    "PV1-2 (patient class) is empty",
-                ));
-            }
-            other => {
-                return Err(pv1.error(
-                    2,
-                    ErrorCode::TableValueNotFound,
-                    format!("PV1-2: {other:?} is not a patient class of table 0004 (E, I, O, P, R, B, C, N)"),
-                ));
-            }
-        };
         let mut encounter = json!({
             "resourceType": "Encounter",
             "status": status,
-            "class": {
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                "code": class.0,
-                "display": class.1,
-            },
+            "class": Context::patient_class(pv1)?,
             "subject": {"reference": patient},
         });
         if let Some((system, value)) = &visit_identifier {
@@ -689,6 +716,7 @@ impl Context<'_> {
     /// ORU^R01: PID, then OBR groups each followed by their OBX.
     fn results(&mut self, segments: &[Seg]) -> Result<(), Refusal> {
         let mut patient: Option<String> = None;
+        let mut visit: Option<String> = None;
         let mut report: Option<OpenReport> = None;
         let mut observations = 0usize;
         for segment in segments {
@@ -696,6 +724,12 @@ impl Context<'_> {
                 "PID" => {
                     self.finish_report(report.take());
                     patient = Some(self.patient(*segment, Demographics::CreateIfUnknown)?);
+                    visit = None;
+                }
+                "PV1" => {
+                    if let Some(patient) = &patient {
+                        visit = self.result_visit(*segment, patient)?;
+                    }
                 }
                 "OBR" => {
                     self.finish_report(report.take());
@@ -707,7 +741,7 @@ impl Context<'_> {
                             "an OBR before any PID".to_owned(),
                         ));
                     };
-                    report = Some(self.report(*segment, patient)?);
+                    report = Some(self.report(*segment, patient, visit.as_deref())?);
                 }
                 "OBX" => {
                     let (Some(patient), Some(open)) = (&patient, &mut report) else {
@@ -719,8 +753,12 @@ impl Context<'_> {
                         ));
                     };
                     let effective = open.resource.get("effectiveDateTime").cloned();
-                    let url =
-                        self.observation(*segment, patient, open.order.as_deref(), effective)?;
+                    let url = self.observation(
+                        *segment,
+                        (patient, visit.as_deref()),
+                        open.order.as_deref(),
+                        effective,
+                    )?;
                     open.results.push(json!({"reference": url}));
                     observations += 1;
                 }
@@ -773,7 +811,12 @@ impl Context<'_> {
     }
 
     /// The DiagnosticReport of an OBR (its results are added as the OBX follow).
-    fn report(&mut self, obr: Seg, patient: &str) -> Result<OpenReport, Refusal> {
+    fn report(
+        &mut self,
+        obr: Seg,
+        patient: &str,
+        visit: Option<&str>,
+    ) -> Result<OpenReport, Refusal> {
         let tz = &self.settings.time_zone;
         let order = [3, 2]
             .into_iter()
@@ -822,6 +865,9 @@ impl Context<'_> {
         );
         report.insert("code".into(), code);
         report.insert("subject".into(), json!({"reference": patient}));
+        if let Some(visit) = visit {
+            report.insert("encounter".into(), json!({"reference": visit}));
+        }
         let observed = obr.value(7);
         if !observed.is_empty() {
             let when = date_time(observed, tz).ok_or_else(|| {
@@ -853,10 +899,11 @@ impl Context<'_> {
         })
     }
 
+    /// An OBX of the patient and visit `(patient, visit)`.
     fn observation(
         &mut self,
         obx: Seg,
-        patient: &str,
+        (patient, visit): (&str, Option<&str>),
         order: Option<&str>,
         effective: Option<Value>,
     ) -> Result<String, Refusal> {
@@ -915,6 +962,9 @@ impl Context<'_> {
         );
         observation.insert("code".into(), code);
         observation.insert("subject".into(), json!({"reference": patient}));
+        if let Some(visit) = visit {
+            observation.insert("encounter".into(), json!({"reference": visit}));
+        }
         let observed = obx.value(14);
         if !observed.is_empty() {
             let when = date_time(observed, tz).ok_or_else(|| {

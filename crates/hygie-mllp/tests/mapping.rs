@@ -169,6 +169,66 @@ fn results_map_to_reports_and_observations() {
     assert_eq!(hemoglobin["effectiveDateTime"], "2011-01-03T14:34:28-08:00");
 }
 
+/// A PV1 in a result message: the report and its observations point at the visit's
+/// Encounter, created only if unknown (POST with `ifNoneExist`, never a PUT over the
+/// admission's data).
+#[test]
+fn results_with_a_visit_point_at_its_encounter() {
+    let text = String::from_utf8(sample("LAB-ORU-1.hl7")).unwrap();
+    let with_visit = text.replacen("\nOBR|", "\nPV1|1|O|||||||||||||||||V777\nOBR|", 1);
+    assert_ne!(with_visit, text, "the sample has an OBR after its PID");
+    let message = parse(with_visit.as_bytes(), &Limits::default()).unwrap();
+    let bundle = map_message(&message, &settings()).unwrap().bundle;
+    let requests = check_transaction(&bundle);
+    let entries = bundle["entry"].as_array().unwrap();
+    let visits: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Encounter")
+        .collect();
+    assert_eq!(visits.len(), 1, "one Encounter for the one visit");
+    let visit = visits[0];
+    assert_eq!(visit["request"]["method"], "POST");
+    assert!(
+        visit["request"]["ifNoneExist"]
+            .as_str()
+            .unwrap()
+            .ends_with("%7CV777"),
+        "{visit}"
+    );
+    assert_eq!(visit["resource"]["status"], "unknown");
+    assert_eq!(visit["resource"]["class"]["code"], "AMB");
+    let url = visit["fullUrl"].as_str().unwrap();
+    let results: Vec<&Value> = entries
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| {
+            matches!(
+                r["resourceType"].as_str(),
+                Some("DiagnosticReport" | "Observation")
+            )
+        })
+        .collect();
+    assert!(results.len() >= 3);
+    for result in results {
+        assert_eq!(result["encounter"]["reference"], url, "{result}");
+    }
+    assert!(
+        !requests
+            .iter()
+            .any(|(method, url)| method == "PUT" && url.starts_with("Encounter"))
+    );
+    // A class outside table 0004 is refused at PV1-2.
+    let bad = with_visit.replace("PV1|1|O|", "PV1|1|Z|");
+    let message = parse(bad.as_bytes(), &Limits::default()).unwrap();
+    let refused = map_message(&message, &settings()).unwrap_err();
+    assert_eq!(refused.error.code, ErrorCode::TableValueNotFound);
+    let location = refused.error.location.unwrap();
+    assert_eq!(
+        (location.segment_id.as_str(), location.field),
+        ("PV1", Some(2))
+    );
+}
+
 #[test]
 fn what_cannot_be_mapped_is_refused_precisely() {
     let refused = |name: &str| map(name).expect_err(name);
