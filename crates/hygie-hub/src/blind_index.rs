@@ -693,18 +693,14 @@ mod tests {
             })
             .collect();
         assert_eq!(stored.len(), rows.len(), "only terms, each once");
-        let finds = |part: &str| {
-            blind_test(
-                &key,
-                "Patient",
-                "family",
-                Blind::Name,
-                &Test::StringContains(part.into()),
-            )
-            .unwrap()
-            .iter()
-            .any(|test| matches!(test, Test::Term(t) if stored.contains(t)))
+        // Whether a search of `test` on `family` finds the stored terms.
+        let found = |test: Test| {
+            blind_test(&key, "Patient", "family", Blind::Name, &test)
+                .unwrap()
+                .iter()
+                .any(|test| matches!(test, Test::Term(t) if stored.contains(t)))
         };
+        let finds = |part: &str| found(Test::StringContains(part.into()));
         for part in ["eve", "every", "woma", "man", "everywoman", "ywo"] {
             assert!(finds(part), "{part}");
         }
@@ -715,18 +711,7 @@ mod tests {
         // exact text and the presence term.
         assert_eq!(rows.len(), 2 + 10 + (1..=7).sum::<usize>());
         // `:exact` and `:missing` find it too; another case does not.
-        let exact = |text: &str| {
-            blind_test(
-                &key,
-                "Patient",
-                "family",
-                Blind::Name,
-                &Test::StringExact(text.into()),
-            )
-            .unwrap()
-            .iter()
-            .any(|test| matches!(test, Test::Term(t) if stored.contains(t)))
-        };
+        let exact = |text: &str| found(Test::StringExact(text.into()));
         assert!(exact("Everywoman"));
         assert!(!exact("everywoman"));
         let missing = blind_filter(

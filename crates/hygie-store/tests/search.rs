@@ -86,6 +86,26 @@ async fn put(store: &hygie_store::SharedStore, ty: &str, id: &str, index: Vec<In
         .unwrap();
 }
 
+/// Writes `version` of `ty/id` as a deletion.
+async fn delete(store: &hygie_store::SharedStore, ty: &str, id: &str, version: i64) {
+    let (ty, id) = (ty.to_owned(), id.to_owned());
+    store
+        .run(move |tx| {
+            tx.put_version(&NewVersion {
+                resource_type: &ty,
+                id: &id,
+                version,
+                last_updated_us: version,
+                deleted: true,
+                body: b"",
+                index: &[],
+                key_id: None,
+            })
+        })
+        .await
+        .unwrap();
+}
+
 async fn ids(store: &hygie_store::SharedStore, ty: &str, filters: Vec<Filter>) -> Vec<String> {
     let spec = SearchSpec {
         resource_type: ty.into(),
@@ -683,21 +703,7 @@ async fn deleted_and_replaced_rows_are_not_found(backend: Backend) {
     };
     assert!(ids(&store, "Patient", family("old")).await.is_empty());
     assert_eq!(ids(&store, "Patient", family("new")).await, ["x"]);
-    store
-        .run(|tx| {
-            tx.put_version(&NewVersion {
-                resource_type: "Patient",
-                id: "x",
-                version: 3,
-                last_updated_us: 3,
-                deleted: true,
-                body: b"",
-                index: &[],
-                key_id: None,
-            })
-        })
-        .await
-        .unwrap();
+    delete(&store, "Patient", "x", 3).await;
     assert!(ids(&store, "Patient", family("new")).await.is_empty());
     assert!(ids(&store, "Patient", vec![]).await.is_empty());
     // A re-index replaces rows in place.
@@ -926,21 +932,7 @@ async fn blind_terms_are_found_by_equality_and_follow_their_resource(backend: Ba
     assert!(ids(&store, "Patient", vec![has(&[7])]).await.is_empty());
     assert_eq!(ids(&store, "Patient", vec![has(&[8])]).await, ["a"]);
     // A deletion removes them.
-    store
-        .run(|tx| {
-            tx.put_version(&NewVersion {
-                resource_type: "Patient",
-                id: "a",
-                version: 3,
-                last_updated_us: 3,
-                deleted: true,
-                body: b"",
-                index: &[],
-                key_id: None,
-            })
-        })
-        .await
-        .unwrap();
+    delete(&store, "Patient", "a", 3).await;
     assert!(ids(&store, "Patient", vec![has(&[8])]).await.is_empty());
     assert_eq!(ids(&store, "Practitioner", vec![has(&[2])]).await, ["c"]);
 }
