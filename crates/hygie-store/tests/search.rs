@@ -132,6 +132,17 @@ fn matching(param: &str, tests: Vec<Test>) -> Filter {
     }
 }
 
+/// `param` has a token of `code`, in any system.
+fn code_is(param: &str, code: &str) -> Filter {
+    matching(
+        param,
+        vec![Test::Token {
+            system: None,
+            code: Some(code.into()),
+        }],
+    )
+}
+
 async fn every_kind_of_test_finds_exactly_its_rows(backend: Backend) {
     let store = backend.store;
     put(
@@ -229,13 +240,7 @@ async fn every_kind_of_test_finds_exactly_its_rows(backend: Backend) {
         ids(&store, "Patient", vec![either.clone()]).await,
         ["b", "c"]
     );
-    let female = matching(
-        "gender",
-        vec![Test::Token {
-            system: None,
-            code: Some("female".into()),
-        }],
-    );
+    let female = code_is("gender", "female");
     assert_eq!(
         ids(&store, "Patient", vec![either, female.clone()]).await,
         ["b"]
@@ -893,13 +898,7 @@ async fn blind_terms_are_found_by_equality_and_follow_their_resource(backend: Ba
     assert!(ids(&store, "Patient", vec![has(&[9])]).await.is_empty());
     assert_eq!(ids(&store, "Patient", vec![not(&[1])]).await, ["b"]);
     // Probing: another filter drives the query.
-    let female = matching(
-        "gender",
-        vec![Test::Token {
-            system: None,
-            code: Some("female".into()),
-        }],
-    );
+    let female = code_is("gender", "female");
     assert_eq!(
         ids(&store, "Patient", vec![female.clone(), has(&[2])]).await,
         ["a"]
