@@ -249,7 +249,7 @@ fn read_charset(bytes: &[u8], delimiters: &Delimiters) -> Result<bool, ParseErro
     }
 }
 
-/// What a byte means in the current message, looked up once per byte.
+/// What a special byte means in the current message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     Text,
@@ -260,14 +260,21 @@ enum Class {
     Escape,
 }
 
+/// The high bit of each byte of a word.
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+/// The other bits.
+const LOW_BITS: u64 = !HIGH_BITS;
+
 struct Parser<'a> {
     delimiters: Delimiters,
     limits: &'a Limits,
     latin1: bool,
     classes: [Class; 256],
+    /// Each delimiter byte repeated over a word, for [`Parser::specials`].
+    splats: [u64; 5],
     field_byte: u8,
     /// Whether a field made of one value is within every per-field limit, so that the fast
-    /// path of [`FieldsBuilder::split`] may skip counting (always, unless a limit is 0).
+    /// path of [`Splitter::split`] may skip counting (always, unless a limit is 0).
     one_value_fits: bool,
 }
 
@@ -275,21 +282,65 @@ impl<'a> Parser<'a> {
     fn new(delimiters: Delimiters, limits: &'a Limits, latin1: bool) -> Self {
         let mut classes = [Class::Text; 256];
         // Delimiters are ASCII (checked in `read_delimiters`), so a byte stands for them.
-        classes[delimiters.field as usize] = Class::Field;
-        classes[delimiters.repetition as usize] = Class::Repetition;
-        classes[delimiters.component as usize] = Class::Component;
-        classes[delimiters.subcomponent as usize] = Class::Subcomponent;
-        classes[delimiters.escape as usize] = Class::Escape;
+        let bytes = [
+            (delimiters.field, Class::Field),
+            (delimiters.repetition, Class::Repetition),
+            (delimiters.component, Class::Component),
+            (delimiters.subcomponent, Class::Subcomponent),
+            (delimiters.escape, Class::Escape),
+        ]
+        .map(|(delimiter, class)| {
+            classes[delimiter as usize] = class;
+            delimiter as u8
+        });
         Parser {
             delimiters,
             limits,
             latin1,
             classes,
+            splats: bytes.map(|b| u64::from(b) * 0x0101_0101_0101_0101),
             field_byte: delimiters.field as u8,
             one_value_fits: limits.max_repetitions > 0
                 && limits.max_components > 0
                 && limits.max_subcomponents > 0,
         }
+    }
+
+    /// The high bit of each byte of `word` that is a delimiter, exactly (no false positive: the
+    /// splitter visits every bit set). Per delimiter, `(t & LOW) + LOW | t` has a byte's high
+    /// bit set when that byte of `t` is not zero, without carries from byte to byte.
+    #[inline(always)]
+    fn specials(&self, word: u64) -> u64 {
+        let differs = |splat: u64| {
+            let t = word ^ splat;
+            ((t & LOW_BITS) + LOW_BITS) | t
+        };
+        let [a, b, c, d, e] = self.splats;
+        !(differs(a) & differs(b) & differs(c) & differs(d) & differs(e)) & HIGH_BITS
+    }
+
+    /// [`Parser::specials`] of the 8 bytes of `bytes` from `base`, padded with zeros (never a
+    /// delimiter) past the end.
+    #[inline(always)]
+    fn specials_at(&self, bytes: &[u8], base: usize) -> u64 {
+        let word = match bytes.get(base..base + 8) {
+            Some(word) => u64::from_le_bytes(word.try_into().unwrap_or_default()),
+            None => {
+                let mut word = [0; 8];
+                let rest = bytes.get(base..).unwrap_or_default();
+                word[..rest.len()].copy_from_slice(rest);
+                u64::from_le_bytes(word)
+            }
+        };
+        self.specials(word)
+    }
+
+    /// The class of the byte at `index`, a field separator past the end.
+    #[inline(always)]
+    fn class_at(&self, bytes: &[u8], index: usize) -> Class {
+        bytes
+            .get(index)
+            .map_or(Class::Field, |b| self.classes[usize::from(*b)])
     }
 
     fn segment(
@@ -351,6 +402,60 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Where the splitter is in a line: the special bytes (delimiters) of the 8-byte word at
+/// `base` not visited yet, as the high bits of `specials`. Visiting special bytes only, a word
+/// at a time, skips plain text without a branch per byte.
+struct Cursor {
+    base: usize,
+    specials: u64,
+}
+
+impl Cursor {
+    /// A cursor on the special bytes from `from` on.
+    fn new(parser: &Parser, bytes: &[u8], from: usize) -> Cursor {
+        let base = from & !7;
+        let below = (from - base) * 8;
+        Cursor {
+            base,
+            specials: parser.specials_at(bytes, base) & (u64::MAX << below),
+        }
+    }
+
+    /// The index of the next special byte, the line's length when there is none left.
+    #[inline(always)]
+    fn next(&mut self, parser: &Parser, bytes: &[u8]) -> usize {
+        while self.specials == 0 {
+            self.base += 8;
+            if self.base >= bytes.len() {
+                return bytes.len();
+            }
+            self.specials = parser.specials_at(bytes, self.base);
+        }
+        let index = self.base + (self.specials.trailing_zeros() / 8) as usize;
+        self.specials &= self.specials - 1;
+        index
+    }
+
+    /// The next special byte that is not the escape character, and its class; `escaped` is set
+    /// when escape characters were passed.
+    #[inline(always)]
+    fn next_delimiter(
+        &mut self,
+        parser: &Parser,
+        bytes: &[u8],
+        escaped: &mut bool,
+    ) -> (usize, Class) {
+        loop {
+            let index = self.next(parser, bytes);
+            let class = parser.class_at(bytes, index);
+            if class != Class::Escape {
+                return (index, class);
+            }
+            *escaped = true;
+        }
+    }
+}
+
 /// Buffers reused from field to field and segment to segment, so that splitting allocates
 /// only what the message keeps.
 #[derive(Default)]
@@ -379,8 +484,8 @@ impl Value {
     }
 }
 
-/// Splits the fields of one segment in a single pass over its bytes. A field is first read
-/// into [`Scratch`] (value ranges and where each component and repetition ends, trailing
+/// Splits the fields of one segment in a single pass over its special bytes. A field is first
+/// read into [`Scratch`] (value ranges and where each component and repetition ends, trailing
 /// empty ones dropped, so the result is normalized), then built with every list at its exact
 /// size. Values are copied last, into their final place: a `CompactString` built then moved
 /// would be read back right after its bytes were written, which stalls the CPU.
@@ -402,9 +507,10 @@ struct Splitter<'p, 'a> {
 
 impl Splitter<'_, '_> {
     fn split(&mut self, from: usize) -> Result<(), ParseError> {
-        let limits = self.parser.limits;
-        let classes = &self.parser.classes;
+        let parser = self.parser;
+        let limits = parser.limits;
         let bytes = self.line.as_bytes();
+        let mut cursor = Cursor::new(parser, bytes, from);
         let mut start = from;
         loop {
             // `start` is the first byte of field number `self.field`.
@@ -413,26 +519,13 @@ impl Splitter<'_, '_> {
             }
             // Most fields hold a single value: find the first delimiter, and if it ends the
             // field, store the value directly instead of going through the general splitter.
-            let mut index = start;
             let mut escaped = false;
-            let mut class = Class::Field;
-            while let Some(byte) = bytes.get(index) {
-                match classes[usize::from(*byte)] {
-                    Class::Text => {}
-                    Class::Escape => escaped = true,
-                    other => {
-                        class = other;
-                        break;
-                    }
-                }
-                index += 1;
-            }
-            let end = if class == Class::Field && self.parser.one_value_fits {
+            let (index, class) = cursor.next_delimiter(parser, bytes, &mut escaped);
+            let end = if class == Class::Field && parser.one_value_fits {
                 self.single_value_field(start, index, escaped)?;
                 index
             } else {
-                // Bytes `start..index` are text: carry on from `index` with the same state.
-                self.general_field(start, index, escaped)?
+                self.general_field(&mut cursor, start, index, class, escaped)?
             };
             if end >= bytes.len() {
                 return Ok(());
@@ -483,16 +576,19 @@ impl Splitter<'_, '_> {
         Ok(())
     }
 
-    /// Splits one field from `from` (its first byte), going on at `index` with the text in
-    /// `from..index` read and `escaped` telling whether it holds the escape character. Returns
-    /// the index of the separator that ends the field (the line's length at its end).
+    /// Splits one field from `from` (its first byte), going on at `index`, the first delimiter
+    /// of the field other than the escape character (of class `class`), with `escaped` telling
+    /// whether `from..index` holds the escape character. Returns the index of the separator
+    /// that ends the field (the line's length at its end).
     fn general_field(
         &mut self,
+        cursor: &mut Cursor,
         from: usize,
         mut index: usize,
+        mut class: Class,
         mut escaped: bool,
     ) -> Result<usize, ParseError> {
-        let classes = &self.parser.classes;
+        let parser = self.parser;
         let bytes = self.line.as_bytes();
         let scratch = &mut *self.scratch;
         scratch.values.clear();
@@ -504,27 +600,19 @@ impl Splitter<'_, '_> {
         self.subcomponent_count = 0;
         let mut start = from;
         loop {
-            while let Some(byte) = bytes.get(index) {
-                match classes[usize::from(*byte)] {
-                    Class::Text => {}
-                    Class::Escape => escaped = true,
-                    _ => break,
-                }
-                index += 1;
-            }
             self.value(start, index, escaped)?;
-            match bytes.get(index).map(|b| classes[usize::from(*b)]) {
-                Some(Class::Subcomponent) => {}
-                Some(Class::Component) => self.end_component()?,
-                Some(Class::Repetition) => self.end_repetition()?,
+            match class {
+                Class::Subcomponent => {}
+                Class::Component => self.end_component()?,
+                Class::Repetition => self.end_repetition()?,
                 _ => {
                     self.end_field()?;
                     return Ok(index);
                 }
             }
-            index += 1;
-            start = index;
+            start = index + 1;
             escaped = false;
+            (index, class) = cursor.next_delimiter(parser, bytes, &mut escaped);
         }
     }
 
