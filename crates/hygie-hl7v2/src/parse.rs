@@ -487,8 +487,9 @@ impl Value {
 /// Splits the fields of one segment in a single pass over its special bytes. A field is first
 /// read into [`Scratch`] (value ranges and where each component and repetition ends, trailing
 /// empty ones dropped, so the result is normalized), then built with every list at its exact
-/// size. Values are copied last, into their final place: a `CompactString` built then moved
-/// would be read back right after its bytes were written, which stalls the CPU.
+/// size, directly (no iterator adapters for the usual lists of one item). A single-value field
+/// gets its value copied last, into its final place: a `CompactString` built then moved would be
+/// read back right after its bytes were written, which stalls the CPU.
 struct Splitter<'p, 'a> {
     parser: &'p Parser<'a>,
     scratch: &'p mut Scratch,
@@ -712,46 +713,43 @@ impl Splitter<'_, '_> {
             self.pending_fields += 1;
             return Ok(());
         }
-        let (mut component, mut value) = (0, 0);
-        let repetitions = scratch
-            .repetitions
-            .iter()
-            .map(|&components_end| {
-                let components = scratch.components[component..components_end]
-                    .iter()
-                    .map(|&values_end| {
-                        let subcomponents = (value..values_end)
-                            .map(|_| CompactString::default())
-                            .collect();
-                        value = values_end;
-                        Component { subcomponents }
-                    })
-                    .collect();
-                component = components_end;
-                Repetition { components }
-            })
-            .collect();
         self.flush_pending_fields();
-        self.fields.push(Field { repetitions });
-        // Values are copied into their final place, after the moves above.
         let (line, scratch) = (self.line, &*self.scratch);
-        let mut values = scratch.values.iter();
-        for repetition in self
-            .fields
-            .last_mut()
-            .map_or(&mut [][..], |f| &mut f.repetitions)
-        {
-            for component in &mut repetition.components {
-                for (slot, value) in component.subcomponents.iter_mut().zip(&mut values) {
-                    let source = if value.decoded {
-                        &scratch.decoded
-                    } else {
-                        line
-                    };
-                    slot.push_str(&source[value.start..value.end]);
-                }
+        let text = |value: &Value| {
+            let source = if value.decoded {
+                &scratch.decoded
+            } else {
+                line
+            };
+            CompactString::new(&source[value.start..value.end])
+        };
+        let component = |values: &[Value]| Component {
+            subcomponents: match values {
+                [] => Parts::new(),
+                [value] => Parts::one(text(value)),
+                _ => values.iter().map(text).collect(),
+            },
+        };
+        // Ends are increasing: `components[i]` ends the values of component i, which start
+        // where component i - 1 ends; the same for repetitions and components.
+        let repetition = |first: usize, end: usize| {
+            let start = |i: usize| if i == 0 { 0 } else { scratch.components[i - 1] };
+            let values = |i: usize| &scratch.values[start(i)..scratch.components[i]];
+            Repetition {
+                components: if end - first == 1 {
+                    Parts::one(component(values(first)))
+                } else {
+                    (first..end).map(|i| component(values(i))).collect()
+                },
             }
-        }
+        };
+        let repetitions = match scratch.repetitions[..] {
+            [end] => Parts::one(repetition(0, end)),
+            ref ends => (0..ends.len())
+                .map(|i| repetition(if i == 0 { 0 } else { ends[i - 1] }, ends[i]))
+                .collect(),
+        };
+        self.fields.push(Field { repetitions });
         Ok(())
     }
 
