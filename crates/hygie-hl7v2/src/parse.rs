@@ -488,8 +488,7 @@ impl Value {
 /// read into [`Scratch`] (value ranges and where each component and repetition ends, trailing
 /// empty ones dropped, so the result is normalized), then built with every list at its exact
 /// size, directly (no iterator adapters for the usual lists of one item). A single-value field
-/// gets its value copied last, into its final place: a `CompactString` built then moved would be
-/// read back right after its bytes were written, which stalls the CPU.
+/// skips [`Scratch`] altogether.
 struct Splitter<'p, 'a> {
     parser: &'p Parser<'a>,
     scratch: &'p mut Scratch,
@@ -558,22 +557,19 @@ impl Splitter<'_, '_> {
             value = self.decode(value)?;
         }
         self.flush_pending_fields();
-        self.fields.push(Field {
-            repetitions: Parts::one(Repetition {
-                components: Parts::one(Component {
-                    subcomponents: Parts::one(CompactString::default()),
-                }),
-            }),
-        });
-        // Copied into its final place: see `Splitter`.
         let source = if escaped {
             &self.scratch.decoded
         } else {
             self.line
         };
-        if let Some(slot) = self.fields.last_mut().and_then(first_value_mut) {
-            slot.push_str(&source[value.start..value.end]);
-        }
+        let value = CompactString::new(&source[value.start..value.end]);
+        self.fields.push(Field {
+            repetitions: Parts::one(Repetition {
+                components: Parts::one(Component {
+                    subcomponents: Parts::one(value),
+                }),
+            }),
+        });
         Ok(())
     }
 
@@ -766,16 +762,6 @@ impl Splitter<'_, '_> {
             limit: self.parser.limits.max_fields_per_segment,
         }
     }
-}
-
-fn first_value_mut(field: &mut Field) -> Option<&mut CompactString> {
-    field
-        .repetitions
-        .first_mut()?
-        .components
-        .first_mut()?
-        .subcomponents
-        .first_mut()
 }
 
 /// Drops the trailing entries of `ends[first..]` that end where the one before them ends
