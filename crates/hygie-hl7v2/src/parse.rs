@@ -272,7 +272,6 @@ struct Parser<'a> {
     classes: [Class; 256],
     /// Each delimiter byte repeated over a word, for [`Parser::specials`].
     splats: [u64; 5],
-    field_byte: u8,
     /// Whether a field made of one value is within every per-field limit, so that the fast
     /// path of [`Splitter::split`] may skip counting (always, unless a limit is 0).
     one_value_fits: bool,
@@ -299,7 +298,6 @@ impl<'a> Parser<'a> {
             latin1,
             classes,
             splats: bytes.map(|b| u64::from(b) * 0x0101_0101_0101_0101),
-            field_byte: delimiters.field as u8,
             one_value_fits: limits.max_repetitions > 0
                 && limits.max_components > 0
                 && limits.max_subcomponents > 0,
@@ -363,18 +361,12 @@ impl<'a> Parser<'a> {
         let name = &line[..3];
         let mut splitter = Splitter {
             parser: self,
+            fields: std::mem::take(&mut scratch.fields),
             scratch,
             line,
             segment,
             name,
             field: 1,
-            // One field per field separator (MSH-1 is one more), capped like `segments`.
-            fields: Vec::with_capacity(
-                memchr::memchr_iter(self.field_byte, bytes)
-                    .count()
-                    .min(self.limits.max_fields_per_segment)
-                    + 1,
-            ),
             pending_fields: 0,
             repetition_count: 0,
             component_count: 0,
@@ -395,9 +387,14 @@ impl<'a> Parser<'a> {
         if opening < bytes.len() {
             splitter.split(opening + 1)?;
         }
+        // The fields were read into a vector reused from segment to segment (so there is no
+        // need to count them first); the segment gets them in one exact-size allocation.
+        let mut fields = Vec::with_capacity(splitter.fields.len());
+        fields.append(&mut splitter.fields);
+        splitter.scratch.fields = splitter.fields;
         Ok(Segment {
             name: name.to_owned(),
-            fields: splitter.fields,
+            fields,
         })
     }
 }
@@ -460,6 +457,8 @@ impl Cursor {
 /// only what the message keeps.
 #[derive(Default)]
 struct Scratch {
+    /// The fields of the segment being split.
+    fields: Vec<Field>,
     /// The values of the field being split, empty ones included.
     values: Vec<Value>,
     /// The text of values that held escapes, decoded.
