@@ -453,6 +453,14 @@ impl Cursor {
     }
 }
 
+/// Which per-field limit a field went over.
+#[derive(Clone, Copy)]
+enum Over {
+    Repetitions,
+    Components,
+    Subcomponents,
+}
+
 /// Buffers reused from field to field and segment to segment, so that splitting allocates
 /// only what the message keeps.
 #[derive(Default)]
@@ -617,34 +625,30 @@ impl Splitter<'_, '_> {
         let parser = self.parser;
         let decoded = &mut self.scratch.decoded;
         let start = decoded.len();
-        unescape_into(
+        if unescape_into(
             &self.line[value.start..value.end],
             &parser.delimiters,
             parser.latin1,
             decoded,
         )
-        .ok_or_else(|| ParseError::BadEscape {
-            segment: self.segment,
-            segment_id: self.name.to_owned(),
-            field: self.field,
-        })?;
+        .is_none()
+        {
+            return Err(self.bad_escape());
+        }
+        let end = self.scratch.decoded.len();
         Ok(Value {
             start,
-            end: decoded.len(),
+            end,
             decoded: true,
         })
     }
 
+    #[inline]
     fn value(&mut self, start: usize, end: usize, escaped: bool) -> Result<(), ParseError> {
         self.subcomponent_count += 1;
         let limit = self.parser.limits.max_subcomponents;
         if self.subcomponent_count > limit {
-            return Err(ParseError::TooManySubcomponents {
-                segment: self.segment,
-                segment_id: self.name.to_owned(),
-                field: self.field,
-                limit,
-            });
+            return Err(self.too_many(Over::Subcomponents));
         }
         let mut value = Value {
             start,
@@ -659,16 +663,12 @@ impl Splitter<'_, '_> {
         Ok(())
     }
 
+    #[inline]
     fn end_component(&mut self) -> Result<(), ParseError> {
         self.component_count += 1;
         let limit = self.parser.limits.max_components;
         if self.component_count > limit {
-            return Err(ParseError::TooManyComponents {
-                segment: self.segment,
-                segment_id: self.name.to_owned(),
-                field: self.field,
-                limit,
-            });
+            return Err(self.too_many(Over::Components));
         }
         self.subcomponent_count = 0;
         let scratch = &mut *self.scratch;
@@ -680,17 +680,13 @@ impl Splitter<'_, '_> {
         Ok(())
     }
 
+    #[inline]
     fn end_repetition(&mut self) -> Result<(), ParseError> {
         self.end_component()?;
         self.repetition_count += 1;
         let limit = self.parser.limits.max_repetitions;
         if self.repetition_count > limit {
-            return Err(ParseError::TooManyRepetitions {
-                segment: self.segment,
-                segment_id: self.name.to_owned(),
-                field: self.field,
-                limit,
-            });
+            return Err(self.too_many(Over::Repetitions));
         }
         self.component_count = 0;
         let scratch = &mut *self.scratch;
@@ -754,6 +750,47 @@ impl Splitter<'_, '_> {
         }
     }
 
+    // Errors are built out of line, so that the checks inline into the splitting loop.
+
+    #[cold]
+    #[inline(never)]
+    fn too_many(&self, over: Over) -> ParseError {
+        let (segment, segment_id, field) = (self.segment, self.name.to_owned(), self.field);
+        let limits = self.parser.limits;
+        match over {
+            Over::Repetitions => ParseError::TooManyRepetitions {
+                segment,
+                segment_id,
+                field,
+                limit: limits.max_repetitions,
+            },
+            Over::Components => ParseError::TooManyComponents {
+                segment,
+                segment_id,
+                field,
+                limit: limits.max_components,
+            },
+            Over::Subcomponents => ParseError::TooManySubcomponents {
+                segment,
+                segment_id,
+                field,
+                limit: limits.max_subcomponents,
+            },
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bad_escape(&self) -> ParseError {
+        ParseError::BadEscape {
+            segment: self.segment,
+            segment_id: self.name.to_owned(),
+            field: self.field,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
     fn too_many_fields(&self) -> ParseError {
         ParseError::TooManyFields {
             segment: self.segment,
