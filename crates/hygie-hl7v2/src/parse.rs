@@ -376,12 +376,20 @@ impl<'a> Parser<'a> {
         let mut opening = 3;
         if segment == 1 {
             // MSH-1 is the separator itself and MSH-2 the encoding characters, kept verbatim.
+            // Both are non-empty, so these are `Field::from_value` without its normalizing copy.
             let encoding = self.delimiters.encoding_characters();
             opening = 4 + encoding.len();
-            splitter
-                .fields
-                .push(Field::from_value(self.delimiters.field.to_string()));
-            splitter.fields.push(Field::from_value(encoding));
+            let mut separator = [0; 4];
+            let separator = self.delimiters.field.encode_utf8(&mut separator);
+            for value in [&*separator, &encoding] {
+                splitter.fields.push(Field {
+                    repetitions: Parts::one(Repetition {
+                        components: Parts::one(Component {
+                            subcomponents: Parts::one(CompactString::new(value)),
+                        }),
+                    }),
+                });
+            }
             splitter.field = 3;
         }
         if opening < bytes.len() {
