@@ -289,3 +289,37 @@ fn sample_files_and_a_large_oru_match_the_reference() {
         assert_eq!(parsed, reference::parse(bytes, &limits));
     }
 }
+
+/// Set `HL7V2_SAMPLES_DIR` to compare on a whole corpus (e.g. /work/shared/data/hl7v2): every
+/// file, every 3rd prefix of it (truncated messages) and each file under tight limits.
+#[test]
+fn corpus_matches_the_reference_when_given() {
+    let Some(dir) = std::env::var_os("HL7V2_SAMPLES_DIR") else {
+        return;
+    };
+    let tight = Limits {
+        max_message_bytes: 4096,
+        max_segments: 8,
+        max_fields_per_segment: 12,
+        max_repetitions: 2,
+        max_components: 5,
+        max_subcomponents: 2,
+    };
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).expect("samples directory") {
+        let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+        files += 1;
+        for limits in [Limits::default(), tight] {
+            for end in (0..=bytes.len()).rev().step_by(3) {
+                let prefix = &bytes[..end];
+                assert_eq!(
+                    parse(prefix, &limits),
+                    reference::parse(prefix, &limits),
+                    "{} bytes of a sample",
+                    end
+                );
+            }
+        }
+    }
+    assert!(files > 0);
+}
