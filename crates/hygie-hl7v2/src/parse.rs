@@ -249,7 +249,7 @@ fn read_charset(bytes: &[u8], delimiters: &Delimiters) -> Result<bool, ParseErro
     }
 }
 
-/// What a byte means in the current message, looked up once per byte.
+/// What a special byte means in the current message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     Text,
@@ -260,14 +260,20 @@ enum Class {
     Escape,
 }
 
+/// The high bit of each byte of a word.
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+/// The other bits.
+const LOW_BITS: u64 = !HIGH_BITS;
+
 struct Parser<'a> {
     delimiters: Delimiters,
     limits: &'a Limits,
     latin1: bool,
     classes: [Class; 256],
-    field_byte: u8,
+    /// Each delimiter byte repeated over a word, for [`Parser::specials`].
+    splats: [u64; 5],
     /// Whether a field made of one value is within every per-field limit, so that the fast
-    /// path of [`FieldsBuilder::split`] may skip counting (always, unless a limit is 0).
+    /// path of [`Splitter::split`] may skip counting (always, unless a limit is 0).
     one_value_fits: bool,
 }
 
@@ -275,21 +281,64 @@ impl<'a> Parser<'a> {
     fn new(delimiters: Delimiters, limits: &'a Limits, latin1: bool) -> Self {
         let mut classes = [Class::Text; 256];
         // Delimiters are ASCII (checked in `read_delimiters`), so a byte stands for them.
-        classes[delimiters.field as usize] = Class::Field;
-        classes[delimiters.repetition as usize] = Class::Repetition;
-        classes[delimiters.component as usize] = Class::Component;
-        classes[delimiters.subcomponent as usize] = Class::Subcomponent;
-        classes[delimiters.escape as usize] = Class::Escape;
+        let bytes = [
+            (delimiters.field, Class::Field),
+            (delimiters.repetition, Class::Repetition),
+            (delimiters.component, Class::Component),
+            (delimiters.subcomponent, Class::Subcomponent),
+            (delimiters.escape, Class::Escape),
+        ]
+        .map(|(delimiter, class)| {
+            classes[delimiter as usize] = class;
+            delimiter as u8
+        });
         Parser {
             delimiters,
             limits,
             latin1,
             classes,
-            field_byte: delimiters.field as u8,
+            splats: bytes.map(|b| u64::from(b) * 0x0101_0101_0101_0101),
             one_value_fits: limits.max_repetitions > 0
                 && limits.max_components > 0
                 && limits.max_subcomponents > 0,
         }
+    }
+
+    /// The high bit of each byte of `word` that is a delimiter, exactly (no false positive: the
+    /// splitter visits every bit set). Per delimiter, `(t & LOW) + LOW | t` has a byte's high
+    /// bit set when that byte of `t` is not zero, without carries from byte to byte.
+    #[inline(always)]
+    fn specials(&self, word: u64) -> u64 {
+        let differs = |splat: u64| {
+            let t = word ^ splat;
+            ((t & LOW_BITS) + LOW_BITS) | t
+        };
+        let [a, b, c, d, e] = self.splats;
+        !(differs(a) & differs(b) & differs(c) & differs(d) & differs(e)) & HIGH_BITS
+    }
+
+    /// [`Parser::specials`] of the 8 bytes of `bytes` from `base`, padded with zeros (never a
+    /// delimiter) past the end.
+    #[inline(always)]
+    fn specials_at(&self, bytes: &[u8], base: usize) -> u64 {
+        let word = match bytes.get(base..base + 8) {
+            Some(word) => u64::from_le_bytes(word.try_into().unwrap_or_default()),
+            None => {
+                let mut word = [0; 8];
+                let rest = bytes.get(base..).unwrap_or_default();
+                word[..rest.len()].copy_from_slice(rest);
+                u64::from_le_bytes(word)
+            }
+        };
+        self.specials(word)
+    }
+
+    /// The class of the byte at `index`, a field separator past the end.
+    #[inline(always)]
+    fn class_at(&self, bytes: &[u8], index: usize) -> Class {
+        bytes
+            .get(index)
+            .map_or(Class::Field, |b| self.classes[usize::from(*b)])
     }
 
     fn segment(
@@ -312,18 +361,12 @@ impl<'a> Parser<'a> {
         let name = &line[..3];
         let mut splitter = Splitter {
             parser: self,
+            fields: std::mem::take(&mut scratch.fields),
             scratch,
             line,
             segment,
             name,
             field: 1,
-            // One field per field separator (MSH-1 is one more), capped like `segments`.
-            fields: Vec::with_capacity(
-                memchr::memchr_iter(self.field_byte, bytes)
-                    .count()
-                    .min(self.limits.max_fields_per_segment)
-                    + 1,
-            ),
             pending_fields: 0,
             repetition_count: 0,
             component_count: 0,
@@ -333,28 +376,105 @@ impl<'a> Parser<'a> {
         let mut opening = 3;
         if segment == 1 {
             // MSH-1 is the separator itself and MSH-2 the encoding characters, kept verbatim.
+            // Both are non-empty, so these are `Field::from_value` without its normalizing copy.
             let encoding = self.delimiters.encoding_characters();
             opening = 4 + encoding.len();
-            splitter
-                .fields
-                .push(Field::from_value(self.delimiters.field.to_string()));
-            splitter.fields.push(Field::from_value(encoding));
+            let mut separator = [0; 4];
+            let separator = self.delimiters.field.encode_utf8(&mut separator);
+            for value in [&*separator, &encoding] {
+                splitter.fields.push(Field {
+                    repetitions: Parts::one(Repetition {
+                        components: Parts::one(Component {
+                            subcomponents: Parts::one(CompactString::new(value)),
+                        }),
+                    }),
+                });
+            }
             splitter.field = 3;
         }
         if opening < bytes.len() {
             splitter.split(opening + 1)?;
         }
+        // The fields were read into a vector reused from segment to segment (so there is no
+        // need to count them first); the segment gets them in one exact-size allocation.
+        let mut fields = Vec::with_capacity(splitter.fields.len());
+        fields.append(&mut splitter.fields);
+        splitter.scratch.fields = splitter.fields;
         Ok(Segment {
             name: name.to_owned(),
-            fields: splitter.fields,
+            fields,
         })
     }
+}
+
+/// Where the splitter is in a line: the special bytes (delimiters) of the 8-byte word at
+/// `base` not visited yet, as the high bits of `specials`. Visiting special bytes only, a word
+/// at a time, skips plain text without a branch per byte.
+struct Cursor {
+    base: usize,
+    specials: u64,
+}
+
+impl Cursor {
+    /// A cursor on the special bytes from `from` on.
+    fn new(parser: &Parser, bytes: &[u8], from: usize) -> Cursor {
+        let base = from & !7;
+        let below = (from - base) * 8;
+        Cursor {
+            base,
+            specials: parser.specials_at(bytes, base) & (u64::MAX << below),
+        }
+    }
+
+    /// The index of the next special byte, the line's length when there is none left.
+    #[inline(always)]
+    fn next(&mut self, parser: &Parser, bytes: &[u8]) -> usize {
+        while self.specials == 0 {
+            self.base += 8;
+            if self.base >= bytes.len() {
+                return bytes.len();
+            }
+            self.specials = parser.specials_at(bytes, self.base);
+        }
+        let index = self.base + (self.specials.trailing_zeros() / 8) as usize;
+        self.specials &= self.specials - 1;
+        index
+    }
+
+    /// The next special byte that is not the escape character, and its class; `escaped` is set
+    /// when escape characters were passed.
+    #[inline(always)]
+    fn next_delimiter(
+        &mut self,
+        parser: &Parser,
+        bytes: &[u8],
+        escaped: &mut bool,
+    ) -> (usize, Class) {
+        loop {
+            let index = self.next(parser, bytes);
+            let class = parser.class_at(bytes, index);
+            if class != Class::Escape {
+                return (index, class);
+            }
+            *escaped = true;
+        }
+    }
+}
+
+/// Which per-field limit a field went over.
+#[derive(Clone, Copy)]
+enum Over {
+    Repetitions,
+    Components,
+    Subcomponents,
 }
 
 /// Buffers reused from field to field and segment to segment, so that splitting allocates
 /// only what the message keeps.
 #[derive(Default)]
 struct Scratch {
+    /// The fields of the segment being split.
+    fields: Vec<Field>,
     /// The values of the field being split, empty ones included.
     values: Vec<Value>,
     /// The text of values that held escapes, decoded.
@@ -379,11 +499,11 @@ impl Value {
     }
 }
 
-/// Splits the fields of one segment in a single pass over its bytes. A field is first read
-/// into [`Scratch`] (value ranges and where each component and repetition ends, trailing
+/// Splits the fields of one segment in a single pass over its special bytes. A field is first
+/// read into [`Scratch`] (value ranges and where each component and repetition ends, trailing
 /// empty ones dropped, so the result is normalized), then built with every list at its exact
-/// size. Values are copied last, into their final place: a `CompactString` built then moved
-/// would be read back right after its bytes were written, which stalls the CPU.
+/// size, directly (no iterator adapters for the usual lists of one item). A single-value field
+/// skips [`Scratch`] altogether.
 struct Splitter<'p, 'a> {
     parser: &'p Parser<'a>,
     scratch: &'p mut Scratch,
@@ -402,9 +522,10 @@ struct Splitter<'p, 'a> {
 
 impl Splitter<'_, '_> {
     fn split(&mut self, from: usize) -> Result<(), ParseError> {
-        let limits = self.parser.limits;
-        let classes = &self.parser.classes;
+        let parser = self.parser;
+        let limits = parser.limits;
         let bytes = self.line.as_bytes();
+        let mut cursor = Cursor::new(parser, bytes, from);
         let mut start = from;
         loop {
             // `start` is the first byte of field number `self.field`.
@@ -413,26 +534,13 @@ impl Splitter<'_, '_> {
             }
             // Most fields hold a single value: find the first delimiter, and if it ends the
             // field, store the value directly instead of going through the general splitter.
-            let mut index = start;
             let mut escaped = false;
-            let mut class = Class::Field;
-            while let Some(byte) = bytes.get(index) {
-                match classes[usize::from(*byte)] {
-                    Class::Text => {}
-                    Class::Escape => escaped = true,
-                    other => {
-                        class = other;
-                        break;
-                    }
-                }
-                index += 1;
-            }
-            let end = if class == Class::Field && self.parser.one_value_fits {
+            let (index, class) = cursor.next_delimiter(parser, bytes, &mut escaped);
+            let end = if class == Class::Field && parser.one_value_fits {
                 self.single_value_field(start, index, escaped)?;
                 index
             } else {
-                // Bytes `start..index` are text: carry on from `index` with the same state.
-                self.general_field(start, index, escaped)?
+                self.general_field(&mut cursor, start, index, class, escaped)?
             };
             if end >= bytes.len() {
                 return Ok(());
@@ -464,35 +572,35 @@ impl Splitter<'_, '_> {
             value = self.decode(value)?;
         }
         self.flush_pending_fields();
-        self.fields.push(Field {
-            repetitions: Parts::one(Repetition {
-                components: Parts::one(Component {
-                    subcomponents: Parts::one(CompactString::default()),
-                }),
-            }),
-        });
-        // Copied into its final place: see `Splitter`.
         let source = if escaped {
             &self.scratch.decoded
         } else {
             self.line
         };
-        if let Some(slot) = self.fields.last_mut().and_then(first_value_mut) {
-            slot.push_str(&source[value.start..value.end]);
-        }
+        let value = CompactString::new(&source[value.start..value.end]);
+        self.fields.push(Field {
+            repetitions: Parts::one(Repetition {
+                components: Parts::one(Component {
+                    subcomponents: Parts::one(value),
+                }),
+            }),
+        });
         Ok(())
     }
 
-    /// Splits one field from `from` (its first byte), going on at `index` with the text in
-    /// `from..index` read and `escaped` telling whether it holds the escape character. Returns
-    /// the index of the separator that ends the field (the line's length at its end).
+    /// Splits one field from `from` (its first byte), going on at `index`, the first delimiter
+    /// of the field other than the escape character (of class `class`), with `escaped` telling
+    /// whether `from..index` holds the escape character. Returns the index of the separator
+    /// that ends the field (the line's length at its end).
     fn general_field(
         &mut self,
+        cursor: &mut Cursor,
         from: usize,
         mut index: usize,
+        mut class: Class,
         mut escaped: bool,
     ) -> Result<usize, ParseError> {
-        let classes = &self.parser.classes;
+        let parser = self.parser;
         let bytes = self.line.as_bytes();
         let scratch = &mut *self.scratch;
         scratch.values.clear();
@@ -504,27 +612,19 @@ impl Splitter<'_, '_> {
         self.subcomponent_count = 0;
         let mut start = from;
         loop {
-            while let Some(byte) = bytes.get(index) {
-                match classes[usize::from(*byte)] {
-                    Class::Text => {}
-                    Class::Escape => escaped = true,
-                    _ => break,
-                }
-                index += 1;
-            }
             self.value(start, index, escaped)?;
-            match bytes.get(index).map(|b| classes[usize::from(*b)]) {
-                Some(Class::Subcomponent) => {}
-                Some(Class::Component) => self.end_component()?,
-                Some(Class::Repetition) => self.end_repetition()?,
+            match class {
+                Class::Subcomponent => {}
+                Class::Component => self.end_component()?,
+                Class::Repetition => self.end_repetition()?,
                 _ => {
                     self.end_field()?;
                     return Ok(index);
                 }
             }
-            index += 1;
-            start = index;
+            start = index + 1;
             escaped = false;
+            (index, class) = cursor.next_delimiter(parser, bytes, &mut escaped);
         }
     }
 
@@ -533,34 +633,30 @@ impl Splitter<'_, '_> {
         let parser = self.parser;
         let decoded = &mut self.scratch.decoded;
         let start = decoded.len();
-        unescape_into(
+        if unescape_into(
             &self.line[value.start..value.end],
             &parser.delimiters,
             parser.latin1,
             decoded,
         )
-        .ok_or_else(|| ParseError::BadEscape {
-            segment: self.segment,
-            segment_id: self.name.to_owned(),
-            field: self.field,
-        })?;
+        .is_none()
+        {
+            return Err(self.bad_escape());
+        }
+        let end = self.scratch.decoded.len();
         Ok(Value {
             start,
-            end: decoded.len(),
+            end,
             decoded: true,
         })
     }
 
+    #[inline]
     fn value(&mut self, start: usize, end: usize, escaped: bool) -> Result<(), ParseError> {
         self.subcomponent_count += 1;
         let limit = self.parser.limits.max_subcomponents;
         if self.subcomponent_count > limit {
-            return Err(ParseError::TooManySubcomponents {
-                segment: self.segment,
-                segment_id: self.name.to_owned(),
-                field: self.field,
-                limit,
-            });
+            return Err(self.too_many(Over::Subcomponents));
         }
         let mut value = Value {
             start,
@@ -575,16 +671,12 @@ impl Splitter<'_, '_> {
         Ok(())
     }
 
+    #[inline]
     fn end_component(&mut self) -> Result<(), ParseError> {
         self.component_count += 1;
         let limit = self.parser.limits.max_components;
         if self.component_count > limit {
-            return Err(ParseError::TooManyComponents {
-                segment: self.segment,
-                segment_id: self.name.to_owned(),
-                field: self.field,
-                limit,
-            });
+            return Err(self.too_many(Over::Components));
         }
         self.subcomponent_count = 0;
         let scratch = &mut *self.scratch;
@@ -596,17 +688,13 @@ impl Splitter<'_, '_> {
         Ok(())
     }
 
+    #[inline]
     fn end_repetition(&mut self) -> Result<(), ParseError> {
         self.end_component()?;
         self.repetition_count += 1;
         let limit = self.parser.limits.max_repetitions;
         if self.repetition_count > limit {
-            return Err(ParseError::TooManyRepetitions {
-                segment: self.segment,
-                segment_id: self.name.to_owned(),
-                field: self.field,
-                limit,
-            });
+            return Err(self.too_many(Over::Repetitions));
         }
         self.component_count = 0;
         let scratch = &mut *self.scratch;
@@ -624,46 +712,43 @@ impl Splitter<'_, '_> {
             self.pending_fields += 1;
             return Ok(());
         }
-        let (mut component, mut value) = (0, 0);
-        let repetitions = scratch
-            .repetitions
-            .iter()
-            .map(|&components_end| {
-                let components = scratch.components[component..components_end]
-                    .iter()
-                    .map(|&values_end| {
-                        let subcomponents = (value..values_end)
-                            .map(|_| CompactString::default())
-                            .collect();
-                        value = values_end;
-                        Component { subcomponents }
-                    })
-                    .collect();
-                component = components_end;
-                Repetition { components }
-            })
-            .collect();
         self.flush_pending_fields();
-        self.fields.push(Field { repetitions });
-        // Values are copied into their final place, after the moves above.
         let (line, scratch) = (self.line, &*self.scratch);
-        let mut values = scratch.values.iter();
-        for repetition in self
-            .fields
-            .last_mut()
-            .map_or(&mut [][..], |f| &mut f.repetitions)
-        {
-            for component in &mut repetition.components {
-                for (slot, value) in component.subcomponents.iter_mut().zip(&mut values) {
-                    let source = if value.decoded {
-                        &scratch.decoded
-                    } else {
-                        line
-                    };
-                    slot.push_str(&source[value.start..value.end]);
-                }
+        let text = |value: &Value| {
+            let source = if value.decoded {
+                &scratch.decoded
+            } else {
+                line
+            };
+            CompactString::new(&source[value.start..value.end])
+        };
+        let component = |values: &[Value]| Component {
+            subcomponents: match values {
+                [] => Parts::new(),
+                [value] => Parts::one(text(value)),
+                _ => values.iter().map(text).collect(),
+            },
+        };
+        // Ends are increasing: `components[i]` ends the values of component i, which start
+        // where component i - 1 ends; the same for repetitions and components.
+        let repetition = |first: usize, end: usize| {
+            let start = |i: usize| if i == 0 { 0 } else { scratch.components[i - 1] };
+            let values = |i: usize| &scratch.values[start(i)..scratch.components[i]];
+            Repetition {
+                components: if end - first == 1 {
+                    Parts::one(component(values(first)))
+                } else {
+                    (first..end).map(|i| component(values(i))).collect()
+                },
             }
-        }
+        };
+        let repetitions = match scratch.repetitions[..] {
+            [end] => Parts::one(repetition(0, end)),
+            ref ends => (0..ends.len())
+                .map(|i| repetition(if i == 0 { 0 } else { ends[i - 1] }, ends[i]))
+                .collect(),
+        };
+        self.fields.push(Field { repetitions });
         Ok(())
     }
 
@@ -673,6 +758,47 @@ impl Splitter<'_, '_> {
         }
     }
 
+    // Errors are built out of line, so that the checks inline into the splitting loop.
+
+    #[cold]
+    #[inline(never)]
+    fn too_many(&self, over: Over) -> ParseError {
+        let (segment, segment_id, field) = (self.segment, self.name.to_owned(), self.field);
+        let limits = self.parser.limits;
+        match over {
+            Over::Repetitions => ParseError::TooManyRepetitions {
+                segment,
+                segment_id,
+                field,
+                limit: limits.max_repetitions,
+            },
+            Over::Components => ParseError::TooManyComponents {
+                segment,
+                segment_id,
+                field,
+                limit: limits.max_components,
+            },
+            Over::Subcomponents => ParseError::TooManySubcomponents {
+                segment,
+                segment_id,
+                field,
+                limit: limits.max_subcomponents,
+            },
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bad_escape(&self) -> ParseError {
+        ParseError::BadEscape {
+            segment: self.segment,
+            segment_id: self.name.to_owned(),
+            field: self.field,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
     fn too_many_fields(&self) -> ParseError {
         ParseError::TooManyFields {
             segment: self.segment,
@@ -680,16 +806,6 @@ impl Splitter<'_, '_> {
             limit: self.parser.limits.max_fields_per_segment,
         }
     }
-}
-
-fn first_value_mut(field: &mut Field) -> Option<&mut CompactString> {
-    field
-        .repetitions
-        .first_mut()?
-        .components
-        .first_mut()?
-        .subcomponents
-        .first_mut()
 }
 
 /// Drops the trailing entries of `ends[first..]` that end where the one before them ends
@@ -754,3 +870,8 @@ fn decode_hex(hex: &str, latin1: bool) -> Option<String> {
         String::from_utf8(bytes).ok()
     }
 }
+
+#[cfg(test)]
+mod equivalence;
+#[cfg(test)]
+mod reference;

@@ -1,0 +1,673 @@
+//! The parser as it was before the throughput work (commit 2b77669), kept verbatim as the
+//! reference that `equivalence` compares the current parser with: same messages, same errors.
+
+use std::borrow::Cow;
+
+use compact_str::CompactString;
+
+use super::{Limits, ParseError};
+use crate::model::{Component, Delimiters, Field, Message, Parts, Repetition, Segment};
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Parses one HL7 v2 message.
+///
+/// - Segments may be separated by `\r` (the standard), `\n` or `\r\n` (files edited by
+///   hand); empty lines and a leading UTF-8 byte order mark are skipped.
+/// - MSH-18 picks the character set: empty, `ASCII` or `UNICODE UTF-8` mean UTF-8 (ASCII
+///   is a subset, and senders that declare ASCII send UTF-8 often enough), `8859/1` means
+///   Latin-1; anything else is refused rather than guessed.
+/// - Escapes `\F\ \S\ \T\ \R\ \E\` (and `\P\` when MSH-2 declares a truncation character)
+///   and `\Xhh..\` are decoded; `\H\`, `\N\`, `\.br\` and other formatting or local
+///   escapes are kept verbatim, since they describe presentation, not data. A malformed
+///   escape (no closing escape character, empty, bad hex or hex that is not valid text in
+///   the character set) is an error: silently keeping it would hide a sender's bug.
+/// - The result is normalized (see [`Message::normalized`]).
+pub(super) fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError> {
+    if bytes.len() > limits.max_message_bytes {
+        return Err(ParseError::MessageTooLarge {
+            bytes: bytes.len(),
+            limit: limits.max_message_bytes,
+        });
+    }
+    let bom_len = if bytes.starts_with(UTF8_BOM) {
+        UTF8_BOM.len()
+    } else {
+        0
+    };
+    let bytes = &bytes[bom_len..];
+    let start = bytes
+        .iter()
+        .position(|b| !is_segment_separator(*b))
+        .ok_or(ParseError::Empty)?;
+    let bytes = &bytes[start..];
+    if !bytes.starts_with(b"MSH") {
+        return Err(ParseError::MissingMsh);
+    }
+    let delimiters = read_delimiters(bytes)?;
+    let latin1 = read_charset(bytes, &delimiters)?;
+    let text: Cow<str> = if latin1 {
+        Cow::Owned(bytes.iter().map(|b| char::from(*b)).collect())
+    } else {
+        Cow::Borrowed(
+            std::str::from_utf8(bytes).map_err(|e| ParseError::BadCharset {
+                charset: "UTF-8",
+                byte_offset: bom_len + start + e.valid_up_to(),
+            })?,
+        )
+    };
+    let parser = Parser::new(delimiters, limits, latin1);
+    let mut scratch = Scratch::default();
+    // Sized once from the separators (an upper bound: empty lines are skipped), capped by the
+    // limit so that a hostile message cannot make us reserve more than the limit allows.
+    let separators = memchr::memchr2_iter(b'\r', b'\n', bytes).count();
+    let mut segments = Vec::with_capacity(separators.min(limits.max_segments) + 1);
+    let mut rest: &str = &text;
+    while !rest.is_empty() {
+        let end = memchr::memchr2(b'\r', b'\n', rest.as_bytes()).unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or("");
+        if line.is_empty() {
+            continue;
+        }
+        if segments.len() == limits.max_segments {
+            return Err(ParseError::TooManySegments {
+                limit: limits.max_segments,
+            });
+        }
+        segments.push(parser.segment(line, segments.len() + 1, &mut scratch)?);
+    }
+    Ok(Message {
+        delimiters,
+        segments,
+    })
+}
+
+fn is_segment_separator(byte: u8) -> bool {
+    byte == b'\r' || byte == b'\n'
+}
+
+fn is_delimiter_byte(byte: u8) -> bool {
+    byte.is_ascii_punctuation()
+}
+
+fn read_delimiters(bytes: &[u8]) -> Result<Delimiters, ParseError> {
+    let field = *bytes.get(3).ok_or(ParseError::BadDelimiters {
+        reason: "no field separator after MSH",
+    })?;
+    if !is_delimiter_byte(field) {
+        return Err(ParseError::BadDelimiters {
+            reason: "the field separator must be ASCII punctuation",
+        });
+    }
+    let rest = &bytes[4..];
+    let end = rest
+        .iter()
+        .position(|b| *b == field || is_segment_separator(*b))
+        .unwrap_or(rest.len());
+    let encoding = &rest[..end];
+    if !(4..=5).contains(&encoding.len()) {
+        return Err(ParseError::BadDelimiters {
+            reason: "MSH-2 must hold 4 or 5 encoding characters",
+        });
+    }
+    if !encoding.iter().all(|b| is_delimiter_byte(*b)) {
+        return Err(ParseError::BadDelimiters {
+            reason: "encoding characters must be ASCII punctuation",
+        });
+    }
+    let mut all = vec![field];
+    for b in encoding {
+        if all.contains(b) {
+            return Err(ParseError::BadDelimiters {
+                reason: "delimiters must be distinct",
+            });
+        }
+        all.push(*b);
+    }
+    Ok(Delimiters {
+        field: char::from(field),
+        component: char::from(encoding[0]),
+        repetition: char::from(encoding[1]),
+        escape: char::from(encoding[2]),
+        subcomponent: char::from(encoding[3]),
+        truncation: encoding.get(4).map(|b| char::from(*b)),
+    })
+}
+
+/// Whether the message is Latin-1 (otherwise UTF-8), from the raw MSH-18 first value.
+fn read_charset(bytes: &[u8], delimiters: &Delimiters) -> Result<bool, ParseError> {
+    let msh_end = bytes
+        .iter()
+        .position(|b| is_segment_separator(*b))
+        .unwrap_or(bytes.len());
+    // Split on the field separator: piece 0 is "MSH", piece n-1 is MSH-n.
+    let msh18 = bytes[..msh_end]
+        .split(|b| *b == delimiters.field as u8)
+        .nth(17)
+        .unwrap_or(b"");
+    // Cut at any delimiter so the name matches what `Message::charset` returns.
+    let cut = [
+        delimiters.component,
+        delimiters.repetition,
+        delimiters.subcomponent,
+        delimiters.escape,
+    ];
+    let end = msh18
+        .iter()
+        .position(|b| cut.contains(&char::from(*b)))
+        .unwrap_or(msh18.len());
+    match &msh18[..end] {
+        b"" | b"ASCII" | b"UNICODE UTF-8" => Ok(false),
+        b"8859/1" => Ok(true),
+        other => Err(ParseError::UnsupportedCharset {
+            charset: String::from_utf8_lossy(other).into_owned(),
+        }),
+    }
+}
+
+/// What a byte means in the current message, looked up once per byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Text,
+    Field,
+    Repetition,
+    Component,
+    Subcomponent,
+    Escape,
+}
+
+struct Parser<'a> {
+    delimiters: Delimiters,
+    limits: &'a Limits,
+    latin1: bool,
+    classes: [Class; 256],
+    field_byte: u8,
+    /// Whether a field made of one value is within every per-field limit, so that the fast
+    /// path of [`FieldsBuilder::split`] may skip counting (always, unless a limit is 0).
+    one_value_fits: bool,
+}
+
+impl<'a> Parser<'a> {
+    fn new(delimiters: Delimiters, limits: &'a Limits, latin1: bool) -> Self {
+        let mut classes = [Class::Text; 256];
+        // Delimiters are ASCII (checked in `read_delimiters`), so a byte stands for them.
+        classes[delimiters.field as usize] = Class::Field;
+        classes[delimiters.repetition as usize] = Class::Repetition;
+        classes[delimiters.component as usize] = Class::Component;
+        classes[delimiters.subcomponent as usize] = Class::Subcomponent;
+        classes[delimiters.escape as usize] = Class::Escape;
+        Parser {
+            delimiters,
+            limits,
+            latin1,
+            classes,
+            field_byte: delimiters.field as u8,
+            one_value_fits: limits.max_repetitions > 0
+                && limits.max_components > 0
+                && limits.max_subcomponents > 0,
+        }
+    }
+
+    fn segment(
+        &self,
+        line: &str,
+        segment: usize,
+        scratch: &mut Scratch,
+    ) -> Result<Segment, ParseError> {
+        let bytes = line.as_bytes();
+        let name_ok = bytes.len() >= 3
+            && bytes[..3]
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && bytes
+                .get(3)
+                .is_none_or(|b| self.classes[usize::from(*b)] == Class::Field);
+        if !name_ok {
+            return Err(ParseError::SegmentName { segment });
+        }
+        let name = &line[..3];
+        let mut splitter = Splitter {
+            parser: self,
+            scratch,
+            line,
+            segment,
+            name,
+            field: 1,
+            // One field per field separator (MSH-1 is one more), capped like `segments`.
+            fields: Vec::with_capacity(
+                memchr::memchr_iter(self.field_byte, bytes)
+                    .count()
+                    .min(self.limits.max_fields_per_segment)
+                    + 1,
+            ),
+            pending_fields: 0,
+            repetition_count: 0,
+            component_count: 0,
+            subcomponent_count: 0,
+        };
+        // Index of the field separator that opens the first field to split.
+        let mut opening = 3;
+        if segment == 1 {
+            // MSH-1 is the separator itself and MSH-2 the encoding characters, kept verbatim.
+            let encoding = self.delimiters.encoding_characters();
+            opening = 4 + encoding.len();
+            splitter
+                .fields
+                .push(Field::from_value(self.delimiters.field.to_string()));
+            splitter.fields.push(Field::from_value(encoding));
+            splitter.field = 3;
+        }
+        if opening < bytes.len() {
+            splitter.split(opening + 1)?;
+        }
+        Ok(Segment {
+            name: name.to_owned(),
+            fields: splitter.fields,
+        })
+    }
+}
+
+/// Buffers reused from field to field and segment to segment, so that splitting allocates
+/// only what the message keeps.
+#[derive(Default)]
+struct Scratch {
+    /// The values of the field being split, empty ones included.
+    values: Vec<Value>,
+    /// The text of values that held escapes, decoded.
+    decoded: String,
+    /// For each component of the field: the end of its values in `values`.
+    components: Vec<usize>,
+    /// For each repetition of the field: the end of its components in `components`.
+    repetitions: Vec<usize>,
+}
+
+/// A value as a byte range of the segment, or of [`Scratch::decoded`] when it held escapes.
+#[derive(Clone, Copy)]
+struct Value {
+    start: usize,
+    end: usize,
+    decoded: bool,
+}
+
+impl Value {
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// Splits the fields of one segment in a single pass over its bytes. A field is first read
+/// into [`Scratch`] (value ranges and where each component and repetition ends, trailing
+/// empty ones dropped, so the result is normalized), then built with every list at its exact
+/// size. Values are copied last, into their final place: a `CompactString` built then moved
+/// would be read back right after its bytes were written, which stalls the CPU.
+struct Splitter<'p, 'a> {
+    parser: &'p Parser<'a>,
+    scratch: &'p mut Scratch,
+    line: &'p str,
+    segment: usize,
+    name: &'p str,
+    /// HL7 number of the field being read.
+    field: usize,
+    fields: Vec<Field>,
+    /// Empty fields read and not stored yet: stored only if a non-empty one follows.
+    pending_fields: usize,
+    repetition_count: usize,
+    component_count: usize,
+    subcomponent_count: usize,
+}
+
+impl Splitter<'_, '_> {
+    fn split(&mut self, from: usize) -> Result<(), ParseError> {
+        let limits = self.parser.limits;
+        let classes = &self.parser.classes;
+        let bytes = self.line.as_bytes();
+        let mut start = from;
+        loop {
+            // `start` is the first byte of field number `self.field`.
+            if self.field > limits.max_fields_per_segment {
+                return Err(self.too_many_fields());
+            }
+            // Most fields hold a single value: find the first delimiter, and if it ends the
+            // field, store the value directly instead of going through the general splitter.
+            let mut index = start;
+            let mut escaped = false;
+            let mut class = Class::Field;
+            while let Some(byte) = bytes.get(index) {
+                match classes[usize::from(*byte)] {
+                    Class::Text => {}
+                    Class::Escape => escaped = true,
+                    other => {
+                        class = other;
+                        break;
+                    }
+                }
+                index += 1;
+            }
+            let end = if class == Class::Field && self.parser.one_value_fits {
+                self.single_value_field(start, index, escaped)?;
+                index
+            } else {
+                // Bytes `start..index` are text: carry on from `index` with the same state.
+                self.general_field(start, index, escaped)?
+            };
+            if end >= bytes.len() {
+                return Ok(());
+            }
+            start = end + 1;
+            self.field += 1;
+        }
+    }
+
+    /// A field that holds one value (no repetition, component or sub-component separator):
+    /// the same result as the general splitter, without its bookkeeping.
+    fn single_value_field(
+        &mut self,
+        start: usize,
+        end: usize,
+        escaped: bool,
+    ) -> Result<(), ParseError> {
+        if start == end {
+            self.pending_fields += 1;
+            return Ok(());
+        }
+        let mut value = Value {
+            start,
+            end,
+            decoded: false,
+        };
+        if escaped {
+            self.scratch.decoded.clear();
+            value = self.decode(value)?;
+        }
+        self.flush_pending_fields();
+        self.fields.push(Field {
+            repetitions: Parts::one(Repetition {
+                components: Parts::one(Component {
+                    subcomponents: Parts::one(CompactString::default()),
+                }),
+            }),
+        });
+        // Copied into its final place: see `Splitter`.
+        let source = if escaped {
+            &self.scratch.decoded
+        } else {
+            self.line
+        };
+        if let Some(slot) = self.fields.last_mut().and_then(first_value_mut) {
+            slot.push_str(&source[value.start..value.end]);
+        }
+        Ok(())
+    }
+
+    /// Splits one field from `from` (its first byte), going on at `index` with the text in
+    /// `from..index` read and `escaped` telling whether it holds the escape character. Returns
+    /// the index of the separator that ends the field (the line's length at its end).
+    fn general_field(
+        &mut self,
+        from: usize,
+        mut index: usize,
+        mut escaped: bool,
+    ) -> Result<usize, ParseError> {
+        let classes = &self.parser.classes;
+        let bytes = self.line.as_bytes();
+        let scratch = &mut *self.scratch;
+        scratch.values.clear();
+        scratch.decoded.clear();
+        scratch.components.clear();
+        scratch.repetitions.clear();
+        self.repetition_count = 0;
+        self.component_count = 0;
+        self.subcomponent_count = 0;
+        let mut start = from;
+        loop {
+            while let Some(byte) = bytes.get(index) {
+                match classes[usize::from(*byte)] {
+                    Class::Text => {}
+                    Class::Escape => escaped = true,
+                    _ => break,
+                }
+                index += 1;
+            }
+            self.value(start, index, escaped)?;
+            match bytes.get(index).map(|b| classes[usize::from(*b)]) {
+                Some(Class::Subcomponent) => {}
+                Some(Class::Component) => self.end_component()?,
+                Some(Class::Repetition) => self.end_repetition()?,
+                _ => {
+                    self.end_field()?;
+                    return Ok(index);
+                }
+            }
+            index += 1;
+            start = index;
+            escaped = false;
+        }
+    }
+
+    /// The text of `value` decoded into [`Scratch::decoded`].
+    fn decode(&mut self, value: Value) -> Result<Value, ParseError> {
+        let parser = self.parser;
+        let decoded = &mut self.scratch.decoded;
+        let start = decoded.len();
+        unescape_into(
+            &self.line[value.start..value.end],
+            &parser.delimiters,
+            parser.latin1,
+            decoded,
+        )
+        .ok_or_else(|| ParseError::BadEscape {
+            segment: self.segment,
+            segment_id: self.name.to_owned(),
+            field: self.field,
+        })?;
+        Ok(Value {
+            start,
+            end: decoded.len(),
+            decoded: true,
+        })
+    }
+
+    fn value(&mut self, start: usize, end: usize, escaped: bool) -> Result<(), ParseError> {
+        self.subcomponent_count += 1;
+        let limit = self.parser.limits.max_subcomponents;
+        if self.subcomponent_count > limit {
+            return Err(ParseError::TooManySubcomponents {
+                segment: self.segment,
+                segment_id: self.name.to_owned(),
+                field: self.field,
+                limit,
+            });
+        }
+        let mut value = Value {
+            start,
+            end,
+            decoded: false,
+        };
+        if escaped {
+            // Every escape decodes to at least one character: `value` stays non-empty.
+            value = self.decode(value)?;
+        }
+        self.scratch.values.push(value);
+        Ok(())
+    }
+
+    fn end_component(&mut self) -> Result<(), ParseError> {
+        self.component_count += 1;
+        let limit = self.parser.limits.max_components;
+        if self.component_count > limit {
+            return Err(ParseError::TooManyComponents {
+                segment: self.segment,
+                segment_id: self.name.to_owned(),
+                field: self.field,
+                limit,
+            });
+        }
+        self.subcomponent_count = 0;
+        let scratch = &mut *self.scratch;
+        let first = scratch.components.last().copied().unwrap_or(0);
+        while scratch.values.len() > first && scratch.values.last().is_some_and(Value::is_empty) {
+            scratch.values.pop();
+        }
+        scratch.components.push(scratch.values.len());
+        Ok(())
+    }
+
+    fn end_repetition(&mut self) -> Result<(), ParseError> {
+        self.end_component()?;
+        self.repetition_count += 1;
+        let limit = self.parser.limits.max_repetitions;
+        if self.repetition_count > limit {
+            return Err(ParseError::TooManyRepetitions {
+                segment: self.segment,
+                segment_id: self.name.to_owned(),
+                field: self.field,
+                limit,
+            });
+        }
+        self.component_count = 0;
+        let scratch = &mut *self.scratch;
+        let first = scratch.repetitions.last().copied().unwrap_or(0);
+        pop_empty_ends(&mut scratch.components, first);
+        scratch.repetitions.push(scratch.components.len());
+        Ok(())
+    }
+
+    fn end_field(&mut self) -> Result<(), ParseError> {
+        self.end_repetition()?;
+        let scratch = &mut *self.scratch;
+        pop_empty_ends(&mut scratch.repetitions, 0);
+        if scratch.repetitions.is_empty() {
+            self.pending_fields += 1;
+            return Ok(());
+        }
+        let (mut component, mut value) = (0, 0);
+        let repetitions = scratch
+            .repetitions
+            .iter()
+            .map(|&components_end| {
+                let components = scratch.components[component..components_end]
+                    .iter()
+                    .map(|&values_end| {
+                        let subcomponents = (value..values_end)
+                            .map(|_| CompactString::default())
+                            .collect();
+                        value = values_end;
+                        Component { subcomponents }
+                    })
+                    .collect();
+                component = components_end;
+                Repetition { components }
+            })
+            .collect();
+        self.flush_pending_fields();
+        self.fields.push(Field { repetitions });
+        // Values are copied into their final place, after the moves above.
+        let (line, scratch) = (self.line, &*self.scratch);
+        let mut values = scratch.values.iter();
+        for repetition in self
+            .fields
+            .last_mut()
+            .map_or(&mut [][..], |f| &mut f.repetitions)
+        {
+            for component in &mut repetition.components {
+                for (slot, value) in component.subcomponents.iter_mut().zip(&mut values) {
+                    let source = if value.decoded {
+                        &scratch.decoded
+                    } else {
+                        line
+                    };
+                    slot.push_str(&source[value.start..value.end]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_pending_fields(&mut self) {
+        for _ in 0..std::mem::take(&mut self.pending_fields) {
+            self.fields.push(Field::default());
+        }
+    }
+
+    fn too_many_fields(&self) -> ParseError {
+        ParseError::TooManyFields {
+            segment: self.segment,
+            segment_id: self.name.to_owned(),
+            limit: self.parser.limits.max_fields_per_segment,
+        }
+    }
+}
+
+fn first_value_mut(field: &mut Field) -> Option<&mut CompactString> {
+    field
+        .repetitions
+        .first_mut()?
+        .components
+        .first_mut()?
+        .subcomponents
+        .first_mut()
+}
+
+/// Drops the trailing entries of `ends[first..]` that end where the one before them ends
+/// (they hold nothing), as normalization wants.
+fn pop_empty_ends(ends: &mut Vec<usize>, first: usize) {
+    while ends.len() > first {
+        let last = ends.len() - 1;
+        let previous = if last == 0 { 0 } else { ends[last - 1] };
+        if ends[last] != previous {
+            break;
+        }
+        ends.pop();
+    }
+}
+
+/// Appends `text` to `out` with its escape sequences decoded; `None` when one is malformed.
+fn unescape_into(text: &str, d: &Delimiters, latin1: bool, out: &mut String) -> Option<()> {
+    // Delimiters are ASCII (checked in `read_delimiters`), so a byte search finds them.
+    let escape = d.escape as u8;
+    // Values are short: a plain loop beats memchr's setup.
+    let find = |text: &str| text.bytes().position(|b| b == escape);
+    let mut rest = text;
+    while let Some(start) = find(rest) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let end = find(after)?;
+        let name = &after[..end];
+        rest = &after[end + 1..];
+        match name.as_bytes() {
+            [] => return None,
+            [b'F'] => out.push(d.field),
+            [b'S'] => out.push(d.component),
+            [b'T'] => out.push(d.subcomponent),
+            [b'R'] => out.push(d.repetition),
+            [b'E'] => out.push(d.escape),
+            [b'P'] if d.truncation.is_some() => out.extend(d.truncation),
+            [b'X', ..] => out.push_str(&decode_hex(&name[1..], latin1)?),
+            _ => {
+                out.push(d.escape);
+                out.push_str(name);
+                out.push(d.escape);
+            }
+        }
+    }
+    out.push_str(rest);
+    Some(())
+}
+
+fn decode_hex(hex: &str, latin1: bool) -> Option<String> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if latin1 {
+        Some(bytes.iter().map(|b| char::from(*b)).collect())
+    } else {
+        String::from_utf8(bytes).ok()
+    }
+}
