@@ -870,8 +870,3 @@ fn decode_hex(hex: &str, latin1: bool) -> Option<String> {
         String::from_utf8(bytes).ok()
     }
 }
-
-#[cfg(test)]
-mod equivalence;
-#[cfg(test)]
-mod reference;
