@@ -87,6 +87,16 @@ fn term_mac(key: &Secret, resource_type: &str, param: &str, kind: &str, value: &
     blind::term_mac(key, &format!("{resource_type}.{param}/{kind}"), value)
 }
 
+/// [`term_mac`] for the many values of one parameter and kind (a name's prefixes).
+fn namespace_mac(
+    key: &Secret,
+    resource_type: &str,
+    param: &str,
+    kind: &str,
+) -> blind::NamespaceMac {
+    blind::NamespaceMac::new(key, &format!("{resource_type}.{param}/{kind}"))
+}
+
 /// The term every value of a blind string parameter has: what `:missing` looks for.
 fn presence_term(key: &Secret, resource_type: &str, param: &str) -> BlindTerm {
     term_mac(key, resource_type, param, "m", "")
@@ -120,15 +130,17 @@ pub(crate) fn blind_rows(key: &Secret, resource_type: &str, rows: &[IndexRow]) -
                 terms.insert(presence_term(key, resource_type, param));
                 terms.insert(term_mac(key, resource_type, param, "e", exact));
                 let value = first_chars(normalized, blind::MAX_BLIND_CHARS);
+                let prefix_mac = namespace_mac(key, resource_type, param, "p");
                 for prefix in blind::prefixes(value) {
-                    terms.insert(term_mac(key, resource_type, param, "p", prefix));
+                    terms.insert(prefix_mac.term_mac(prefix));
                 }
                 if kind == Blind::Name {
                     // Substrings that are not prefixes: a `:contains` looks for both kinds.
                     let mut start = value.char_indices().skip(1).map(|(at, _)| at);
                     if let Some(second) = start.next() {
+                        let substring_mac = namespace_mac(key, resource_type, param, "s");
                         for part in blind::substrings(&value[second..], MIN_CONTAINS_CHARS) {
-                            terms.insert(term_mac(key, resource_type, param, "s", part));
+                            terms.insert(substring_mac.term_mac(part));
                         }
                     }
                 }

@@ -65,6 +65,10 @@ fn term_benches(c: &mut Criterion) {
     c.bench_function("blind/term", |b| {
         b.iter(|| blind::term(&key, "Patient.family/p", "lefevre-dupont"))
     });
+    let family = blind::NamespaceMac::new(&key, "Patient.family/p");
+    c.bench_function("blind/term_mac_in_a_keyed_namespace", |b| {
+        b.iter(|| family.term_mac("lefevre-dupont"))
+    });
     c.bench_function("blind/substrings_32_chars", |b| {
         b.iter(|| blind::substrings("christophersen-de-la-fontaine-x", 3).len())
     });
