@@ -2046,7 +2046,7 @@ mod tests {
 
     /// A cached search is compiled once: binding another `LIMIT` (or any other value) does
     /// not expire it. Without the planner stability guarantee, SQLite recompiles it at
-    /// every run (the count below is then 1).
+    /// every new binding (the count below is then 3).
     #[test]
     fn a_cached_statement_is_not_compiled_again_for_new_bindings() {
         let dir = tempfile::tempdir().unwrap();

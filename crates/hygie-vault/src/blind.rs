@@ -15,7 +15,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::Secret;
-use crate::secret::hmac_sha256;
 
 /// The most characters of a value that prefixes and substrings are taken from: bounds a
 /// value's terms (32 prefixes, at most 528 substrings).
@@ -33,10 +32,7 @@ pub fn term(index_key: &Secret, namespace: &str, value: &str) -> String {
 /// The MAC of a term alone (what [`term`] encodes after its namespace): for an index that
 /// keeps each term as 16 bytes.
 pub fn term_mac(index_key: &Secret, namespace: &str, value: &str) -> [u8; TERM_MAC_BYTES] {
-    let mac = hmac_sha256(index_key, &[namespace.as_bytes(), &[0], value.as_bytes()]);
-    let mut first = [0u8; TERM_MAC_BYTES];
-    first.copy_from_slice(&mac.as_bytes()[..TERM_MAC_BYTES]);
-    first
+    NamespaceMac::new(index_key, namespace).term_mac(value)
 }
 
 /// [`term_mac`] for many values of one namespace: the HMAC is keyed and has absorbed the
@@ -56,7 +52,7 @@ impl NamespaceMac {
         NamespaceMac { keyed }
     }
 
-    /// The same bytes as `term_mac(index_key, namespace, value)`.
+    /// The first [`TERM_MAC_BYTES`] of `HMAC-SHA256(index key, namespace ‖ 0x00 ‖ value)`.
     pub fn term_mac(&self, value: &str) -> [u8; TERM_MAC_BYTES] {
         let mut context = self.keyed.clone();
         context.update(value.as_bytes());
@@ -107,6 +103,7 @@ fn char_ends(value: &str) -> impl Iterator<Item = usize> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::hmac_sha256;
     use std::collections::BTreeSet;
 
     fn key(byte: u8) -> Secret {
@@ -181,11 +178,17 @@ mod tests {
     }
 
     #[test]
-    fn a_namespace_mac_gives_the_terms_of_term_mac() {
+    fn a_namespace_mac_is_the_hmac_of_namespace_separator_and_value() {
         let key = Secret::from_bytes([7; Secret::LEN]);
         let other = Secret::from_bytes([8; Secret::LEN]);
         let family = NamespaceMac::new(&key, "Patient.family/p");
         for value in ["", "l", "lefevre", "éa", "東京"] {
+            let whole = hmac_sha256(&key, &[b"Patient.family/p", &[0], value.as_bytes()]);
+            assert_eq!(
+                family.term_mac(value).as_slice(),
+                &whole.as_bytes()[..TERM_MAC_BYTES]
+            );
+            // The same namespace state serves every value: no value leaks into the next.
             assert_eq!(
                 family.term_mac(value),
                 term_mac(&key, "Patient.family/p", value)
