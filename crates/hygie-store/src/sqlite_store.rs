@@ -301,10 +301,10 @@ fn run_caught(
     connection: &Connection,
     unit: BoxedUnit,
     query_time_limit: std::time::Duration,
-    pending: Option<&mut PendingAudit>,
+    pending: Option<&mut Deferred>,
 ) -> StoreResult<Box<dyn std::any::Any + Send>> {
-    // The leaves a failed unit appended go with the rest of its work.
-    let mark = pending.as_ref().map(|p| p.leaves.len());
+    // The leaves and term writes a failed unit queued go with the rest of its work.
+    let mark = pending.as_ref().map(|p| p.mark());
     let mut tx = SqliteTx {
         connection,
         savepoints: 0,
@@ -319,7 +319,7 @@ fn run_caught(
     if result.is_err()
         && let (Some(pending), Some(mark)) = (tx.pending, mark)
     {
-        pending.leaves.truncate(mark);
+        pending.roll_back_to(mark);
     }
     result
 }
@@ -613,7 +613,7 @@ fn run_batch(
     // opens no savepoint itself (a read), the copy of every page it changes into the
     // statement journal.
     let alone = jobs.len() == 1;
-    let mut pending = PendingAudit::default();
+    let mut pending = Deferred::default();
     let outcome = (|| -> StoreResult<()> {
         execute_cached(connection, "BEGIN IMMEDIATE")?;
         for (unit, sender) in jobs.by_ref() {
@@ -638,7 +638,8 @@ fn run_batch(
                 return Ok(());
             }
         }
-        flush_pending_audit(connection, &mut pending)?;
+        apply_term_writes(connection, &mut pending.terms)?;
+        flush_pending_audit(connection, &mut pending.audit)?;
         execute_cached(connection, "COMMIT")?;
         Ok(())
     })();
@@ -772,12 +773,84 @@ struct SqliteTx<'c> {
     connection: &'c Connection,
     savepoints: usize,
     query_time_limit: std::time::Duration,
-    /// The writer's: audit leaves of the batch, inserted just before its commit. `None`
-    /// on a reader, whose appends then fail as every write there does.
-    pending: Option<&'c mut PendingAudit>,
-    /// How many leaves were pending when each open savepoint began: rolling one back
-    /// drops the leaves appended since, as it undoes the rows written since.
-    savepoint_marks: Vec<usize>,
+    /// The writer's: audit leaves and term-index writes of the batch, written just
+    /// before its commit. `None` on a reader, whose writes then fail as every write there
+    /// does.
+    pending: Option<&'c mut Deferred>,
+    /// What was queued when each open savepoint began: rolling one back drops what was
+    /// queued since, as it undoes the rows written since.
+    savepoint_marks: Vec<DeferredMark>,
+}
+
+/// Writes of one batch deferred to its end: the audit leaves ([`PendingAudit`]) and the
+/// term-index entries ([`PendingTerms`]).
+#[derive(Default)]
+struct Deferred {
+    audit: PendingAudit,
+    terms: PendingTerms,
+}
+
+/// How much of a [`Deferred`] existed when a unit or a savepoint began.
+#[derive(Clone, Copy)]
+struct DeferredMark {
+    leaves: usize,
+    term_writes: usize,
+    terms_applied: usize,
+}
+
+impl Deferred {
+    fn mark(&self) -> DeferredMark {
+        DeferredMark {
+            leaves: self.audit.leaves.len(),
+            term_writes: self.terms.writes.len(),
+            terms_applied: self.terms.applied,
+        }
+    }
+
+    /// Forgets what was queued since `mark`, after the rows written since were rolled
+    /// back. Term writes queued before `mark` but applied after it were undone by that
+    /// rollback too: they are applied again later.
+    fn roll_back_to(&mut self, mark: DeferredMark) {
+        self.audit.leaves.truncate(mark.leaves);
+        self.terms.writes.truncate(mark.term_writes);
+        self.terms.applied = self.terms.applied.min(mark.terms_applied);
+    }
+}
+
+/// Term-index writes of one batch, applied in order before its commit, or earlier when a
+/// query of the batch reads the term index (`SqliteTx::terms_current`). The term index is
+/// an FTS5 table, and FTS5 writes the entries it holds in memory to a new segment of its
+/// index at every savepoint, which every unit of a batch runs in: written unit by unit, a
+/// batch made one small segment per unit, segments FTS5 then spent time merging (a tenth
+/// of the writer's time in an HL7 ingestion). Deferred, a batch makes one.
+#[derive(Default)]
+struct PendingTerms {
+    writes: Vec<TermWrite>,
+    /// How many of `writes`, from the first, are already in the table.
+    applied: usize,
+}
+
+enum TermWrite {
+    /// A version's blind terms, keyed by its seq.
+    Insert { seq: i64, terms: String },
+    /// The entry of a version no longer current.
+    Delete { seq: i64 },
+}
+
+/// Applies the term writes not yet in the table, in the order they were queued.
+fn apply_term_writes(connection: &Connection, terms: &mut PendingTerms) -> StoreResult<()> {
+    for write in &terms.writes[terms.applied..] {
+        match write {
+            TermWrite::Insert { seq, terms } => connection
+                .prepare_cached("INSERT INTO search_term (rowid, terms) VALUES (?1, ?2)")?
+                .execute(params![seq, terms])?,
+            TermWrite::Delete { seq } => connection
+                .prepare_cached("DELETE FROM search_term WHERE rowid = ?1")?
+                .execute(params![seq])?,
+        };
+    }
+    terms.applied = terms.writes.len();
+    Ok(())
 }
 
 /// Audit leaves appended by the units of one batch, inserted together after the last
@@ -888,7 +961,9 @@ impl SqliteTx<'_> {
         indexed: Option<(&[u8; 32], &AuditFacets)>,
     ) -> StoreResult<i64> {
         match self.pending.as_deref_mut() {
-            Some(pending) => pending.append(self.connection, recorded_us, leaf, indexed),
+            Some(pending) => pending
+                .audit
+                .append(self.connection, recorded_us, leaf, indexed),
             None => Ok(self
                 .connection
                 .prepare_cached(
@@ -897,6 +972,48 @@ impl SqliteTx<'_> {
                      RETURNING leaf_index",
                 )?
                 .query_row(params![recorded_us, leaf], |row| row.get(0))?),
+        }
+    }
+
+    /// Writes a version's blind terms as one entry of the term index, under `seq`, the
+    /// version they describe.
+    fn insert_terms(&mut self, seq: i64, rows: &[IndexRow]) -> StoreResult<()> {
+        let terms = search::term_entry(rows);
+        if terms.is_empty() {
+            return Ok(());
+        }
+        self.write_terms(TermWrite::Insert {
+            seq,
+            terms: terms.join(" "),
+        })
+    }
+
+    /// Queues a term-index write on the writer (see [`PendingTerms`]); applies it at once
+    /// on a reader (where it fails: readers cannot write).
+    fn write_terms(&mut self, write: TermWrite) -> StoreResult<()> {
+        match self.pending.as_deref_mut() {
+            Some(pending) => {
+                pending.terms.writes.push(write);
+                Ok(())
+            }
+            None => {
+                let mut once = PendingTerms {
+                    writes: vec![write],
+                    applied: 0,
+                };
+                apply_term_writes(self.connection, &mut once)
+            }
+        }
+    }
+
+    /// Makes the term index current before a query that reads it: the batch's queued
+    /// term writes are applied.
+    fn terms_current(&mut self, sql: &str) -> StoreResult<()> {
+        match self.pending.as_deref_mut() {
+            Some(pending) if sql.contains("search_term") => {
+                apply_term_writes(self.connection, &mut pending.terms)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -1187,10 +1304,14 @@ impl Tx for SqliteTx<'_> {
                 seq
             ])?;
         if new.version > 1 {
-            delete_index(self.connection, new.resource_type, new.id, replaced_seq)?;
+            delete_index(self.connection, new.resource_type, new.id)?;
+            if let Some(replaced_seq) = replaced_seq {
+                self.write_terms(TermWrite::Delete { seq: replaced_seq })?;
+            }
         }
         if !new.deleted {
-            insert_index(self.connection, new.resource_type, new.id, seq, new.index)?;
+            insert_index(self.connection, new.resource_type, new.id, new.index)?;
+            self.insert_terms(seq, new.index)?;
         }
         Ok(())
     }
@@ -1249,6 +1370,7 @@ impl Tx for SqliteTx<'_> {
     fn search(&mut self, spec: &SearchSpec) -> StoreResult<Vec<SearchHit>> {
         let mut builder = SqlBuilder::new(Dialect::Sqlite);
         let sql = builder.page_query(spec);
+        self.terms_current(&sql)?;
         let kinds = search::sort_kinds(&spec.sort);
         let connection = self.connection;
         self.bounded(|| {
@@ -1278,6 +1400,7 @@ impl Tx for SqliteTx<'_> {
     fn count(&mut self, resource_type: &str, filters: &[Filter]) -> StoreResult<u64> {
         let mut builder = SqlBuilder::new(Dialect::Sqlite);
         let sql = builder.count_query(resource_type, filters);
+        self.terms_current(&sql)?;
         let connection = self.connection;
         let count: i64 = self.bounded(|| {
             connection.prepare_cached(&sql)?.query_row(
@@ -1446,8 +1569,10 @@ impl Tx for SqliteTx<'_> {
                 "{resource_type}/{id} has no current version to index"
             )));
         };
-        delete_index(self.connection, resource_type, id, Some(seq))?;
-        insert_index(self.connection, resource_type, id, seq, rows)
+        delete_index(self.connection, resource_type, id)?;
+        self.write_terms(TermWrite::Delete { seq })?;
+        insert_index(self.connection, resource_type, id, rows)?;
+        self.insert_terms(seq, rows)
     }
 
     fn refresh_statistics(&mut self) -> StoreResult<()> {
@@ -1860,8 +1985,9 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn savepoint(&mut self) -> StoreResult<()> {
-        self.savepoint_marks
-            .push(self.pending.as_ref().map_or(0, |p| p.leaves.len()));
+        if let Some(pending) = self.pending.as_deref() {
+            self.savepoint_marks.push(pending.mark());
+        }
         self.savepoints += 1;
         execute_cached(
             self.connection,
@@ -1871,9 +1997,9 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
-        let mark = self.savepoint_marks.pop().unwrap_or(0);
-        if let Some(pending) = self.pending.as_deref_mut() {
-            pending.leaves.truncate(mark);
+        let mark = self.savepoint_marks.pop();
+        if let (Some(pending), Some(mark)) = (self.pending.as_deref_mut(), mark) {
+            pending.roll_back_to(mark);
         }
         let name = self.savepoints;
         self.savepoints = self.savepoints.saturating_sub(1);
@@ -1907,42 +2033,23 @@ fn indexed_seq(connection: &Connection, resource_type: &str, id: &str) -> StoreR
         .optional()?)
 }
 
-/// Clears a resource's index rows; `indexed_seq`, the version they describe, finds its
-/// entry in the term index.
-fn delete_index(
-    connection: &Connection,
-    resource_type: &str,
-    id: &str,
-    indexed_seq: Option<i64>,
-) -> StoreResult<()> {
+/// Clears a resource's index rows but its term-index entry (`TermWrite::Delete`).
+fn delete_index(connection: &Connection, resource_type: &str, id: &str) -> StoreResult<()> {
     for sql in search::delete_index_sql(Dialect::Sqlite) {
         connection
             .prepare_cached(&sql)?
             .execute(params![resource_type, id])?;
     }
-    if let Some(seq) = indexed_seq {
-        connection
-            .prepare_cached("DELETE FROM search_term WHERE rowid = ?1")?
-            .execute(params![seq])?;
-    }
     Ok(())
 }
 
-/// Writes a resource's index rows; its blind terms as one entry of the term index, under
-/// `seq`, the version they describe.
+/// Writes a resource's index rows but its blind terms (`SqliteTx::insert_terms`).
 fn insert_index(
     connection: &Connection,
     resource_type: &str,
     id: &str,
-    seq: i64,
     rows: &[IndexRow],
 ) -> StoreResult<()> {
-    let terms = search::term_entry(rows);
-    if !terms.is_empty() {
-        connection
-            .prepare_cached("INSERT INTO search_term (rowid, terms) VALUES (?1, ?2)")?
-            .execute(params![seq, terms.join(" ")])?;
-    }
     for row in rows {
         let (param, group) = (&row.param, row.group);
         match &row.cell {

@@ -3,7 +3,7 @@
 use hygie_store::testing::TestBackend;
 use hygie_store::{
     Filter, IndexCell, IndexRow, IndexTable, NewVersion, PagePosition, RangeOp, SearchSpec, SortBy,
-    StoreExt, Test,
+    StoreError, StoreExt, Test,
 };
 
 type Backend = TestBackend;
@@ -20,6 +20,7 @@ hygie_store::on_both_backends!(
     nul_characters_are_indexed_and_found,
     thousands_of_alternative_codes_are_one_list,
     blind_terms_are_found_by_equality_and_follow_their_resource,
+    blind_terms_share_the_fate_of_their_unit_in_a_batch,
 );
 
 fn row(param: &str, cell: IndexCell) -> IndexRow {
@@ -934,4 +935,103 @@ async fn blind_terms_are_found_by_equality_and_follow_their_resource(backend: Ba
     delete(&store, "Patient", "a", 3).await;
     assert!(ids(&store, "Patient", vec![has(&[8])]).await.is_empty());
     assert_eq!(ids(&store, "Practitioner", vec![has(&[2])]).await, ["c"]);
+}
+
+/// Many units at once (SQLite groups them in batches and writes their terms to the index
+/// together, before the commit): a unit finds the terms it wrote; a unit whose search
+/// needs the batch's terms written, and which then fails, takes only its own terms with
+/// it, not those of the units before it; a version replaced or a savepoint rolled back
+/// inside a unit leaves no term behind.
+async fn blind_terms_share_the_fate_of_their_unit_in_a_batch(backend: Backend) {
+    let store = backend.store;
+    const SHARED: u8 = 250;
+    const REPLACED: u8 = 251;
+    const UNDONE: u8 = 252;
+    let has = |byte: u8| matching("family", vec![Test::Term(term(byte))]);
+    let spec = move |byte: u8| SearchSpec {
+        resource_type: "Patient".into(),
+        filters: vec![has(byte)],
+        sort: vec![],
+        position: None,
+        limit: 1000,
+    };
+    let mut units = Vec::new();
+    for i in 1..=120u8 {
+        let store = store.clone();
+        units.push(tokio::spawn(async move {
+            let outcome = store
+                .run(move |tx| {
+                    let id = format!("p{i}");
+                    let put =
+                        |tx: &mut dyn hygie_store::Tx, id: &str, version, index: &[IndexRow]| {
+                            tx.put_version(&NewVersion {
+                                resource_type: "Patient",
+                                id,
+                                version,
+                                last_updated_us: version,
+                                deleted: false,
+                                body: b"{}",
+                                index,
+                                key_id: None,
+                            })
+                        };
+                    if i % 4 == 2 {
+                        put(tx, &id, 1, &terms(&[i, SHARED, REPLACED]))?;
+                        put(tx, &id, 2, &terms(&[i, SHARED]))?;
+                    } else {
+                        put(tx, &id, 1, &terms(&[i, SHARED]))?;
+                    }
+                    if i % 5 == 1 {
+                        tx.savepoint()?;
+                        put(tx, &format!("q{i}"), 1, &terms(&[i, UNDONE]))?;
+                        tx.rollback_to_savepoint()?;
+                    }
+                    // Some units read their own terms (and so write the batch's so far);
+                    // the others leave theirs queued for a later unit to write.
+                    if i % 7 == 1 {
+                        let own: Vec<String> =
+                            tx.search(&spec(i))?.into_iter().map(|h| h.id).collect();
+                        if own != [id.clone()] {
+                            return Err(StoreError::Database(format!("unit {i} found {own:?}")));
+                        }
+                    }
+                    if i % 3 == 0 {
+                        // Needs every term of the batch so far, then gives up.
+                        tx.search(&spec(SHARED))?;
+                        return Err(StoreError::Database("the unit gives up".into()));
+                    }
+                    Ok(())
+                })
+                .await;
+            (i, outcome)
+        }));
+    }
+    let mut kept = Vec::new();
+    for unit in units {
+        let (i, outcome) = unit.await.unwrap();
+        match outcome {
+            Ok(()) => kept.push(format!("p{i}")),
+            Err(StoreError::Database(message)) if i % 3 == 0 && message == "the unit gives up" => {}
+            Err(error) => panic!("unit {i}: {error:?}"),
+        }
+    }
+    assert_eq!(kept.len(), 80);
+    let mut shared = ids(&store, "Patient", vec![has(SHARED)]).await;
+    shared.sort();
+    kept.sort();
+    assert_eq!(shared, kept, "exactly the kept units' terms");
+    for i in 1..=120u8 {
+        let expected: Vec<String> = if i % 3 == 0 {
+            vec![]
+        } else {
+            vec![format!("p{i}")]
+        };
+        assert_eq!(
+            ids(&store, "Patient", vec![has(i)]).await,
+            expected,
+            "unit {i}"
+        );
+    }
+    assert!(ids(&store, "Patient", vec![has(REPLACED)]).await.is_empty());
+    assert!(ids(&store, "Patient", vec![has(UNDONE)]).await.is_empty());
 }

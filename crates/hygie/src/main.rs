@@ -20,7 +20,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// mimalloc: frees from another thread without locking (the writer thread and the HTTP
-/// workers hand each other every request's buffers).
+/// workers hand each other every request's buffers). Its `override` feature makes it the
+/// C `malloc` of the process too, and so SQLite's, whose allocations were about a twentieth
+/// of the writer thread's time under glibc's allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
