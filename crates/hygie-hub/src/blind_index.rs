@@ -22,13 +22,15 @@
 //! Sorting by one of these elements cannot use the index: such a search is sorted in
 //! memory, over at most [`MAX_SORTED_IN_MEMORY`] matches.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use hygie_store::{
     BlindTerm, Filter, IndexCell, IndexRow, IndexTable, RangeOp, SearchHit, SearchSpec, SortBy,
     SortValue, StoreError, StoreResult, Test, VersionRecord,
 };
-use hygie_vault::{Secret, blind};
+use hygie_vault::{Keyring, Secret, blind};
 
 /// `:contains` on a blind string needs at least this many characters (shorter ones
 /// would match nearly everything, and would need more terms per value).
@@ -110,66 +112,180 @@ fn first_chars(text: &str, max: usize) -> &str {
     }
 }
 
-/// The rows to store for a resource's `rows`: blind where [`blind_kind`] says so.
+/// The rows to store for a resource's `rows`: blind where [`blind_kind`] says so. The
+/// blind cells of a row [`prepare`]d for the unit of work running on this thread are
+/// taken from there rather than computed.
 pub(crate) fn blind_rows(key: &Secret, resource_type: &str, rows: &[IndexRow]) -> Vec<IndexRow> {
-    let mut out = Vec::with_capacity(rows.len());
+    let mut out = Vec::with_capacity(rows.len() * 8);
     for row in rows {
         let Some(kind) = blind_kind(resource_type, &row.param) else {
             out.push(row.clone());
             continue;
         };
-        let param = row.param.as_str();
-        let blind_row = |cell| IndexRow {
+        let cells = PREPARED
+            .with(|prepared| {
+                prepared
+                    .borrow_mut()
+                    .as_mut()
+                    .and_then(|prepared| prepared.take(key, resource_type, row))
+            })
+            .unwrap_or_else(|| blind_cells(key, resource_type, kind, row));
+        out.extend(cells.into_iter().map(|cell| IndexRow {
             param: row.param.clone(),
             group: row.group,
             cell,
-        };
-        match (kind, &row.cell) {
-            (Blind::Name | Blind::Address, IndexCell::String { normalized, exact }) => {
-                let mut terms = BTreeSet::new();
-                terms.insert(presence_term(key, resource_type, param));
-                terms.insert(term_mac(key, resource_type, param, "e", exact));
-                let value = first_chars(normalized, blind::MAX_BLIND_CHARS);
-                let prefix_mac = namespace_mac(key, resource_type, param, "p");
-                for prefix in blind::prefixes(value) {
-                    terms.insert(prefix_mac.term_mac(prefix));
-                }
-                if kind == Blind::Name {
-                    // Substrings that are not prefixes: a `:contains` looks for both kinds.
-                    let mut start = value.char_indices().skip(1).map(|(at, _)| at);
-                    if let Some(second) = start.next() {
-                        let substring_mac = namespace_mac(key, resource_type, param, "s");
-                        for part in blind::substrings(&value[second..], MIN_CONTAINS_CHARS) {
-                            terms.insert(substring_mac.term_mac(part));
-                        }
-                    }
-                }
-                out.extend(
-                    terms
-                        .into_iter()
-                        .map(|term| blind_row(IndexCell::Term(term))),
-                );
-            }
-            (Blind::Token, IndexCell::Token { system, code }) => {
-                out.push(blind_row(IndexCell::Token {
-                    system: system.clone(),
-                    code: term(key, resource_type, param, "t", code),
-                }));
-            }
-            (Blind::Date, IndexCell::Date { low, high }) => {
-                for bucket in stored_date_buckets(*low, *high) {
-                    out.push(blind_row(IndexCell::Token {
-                        system: String::new(),
-                        code: term(key, resource_type, param, "d", &bucket),
-                    }));
-                }
-            }
-            // A value of another shape than the parameter's kind: kept out of the index
-            // rather than stored in clear.
-            _ => {}
-        }
+        }));
     }
     out
+}
+
+/// What a row of a blind parameter (`kind`) is stored as.
+fn blind_cells(key: &Secret, resource_type: &str, kind: Blind, row: &IndexRow) -> Vec<IndexCell> {
+    let param = row.param.as_str();
+    match (kind, &row.cell) {
+        (Blind::Name | Blind::Address, IndexCell::String { normalized, exact }) => {
+            let mut terms = BTreeSet::new();
+            terms.insert(presence_term(key, resource_type, param));
+            terms.insert(term_mac(key, resource_type, param, "e", exact));
+            let value = first_chars(normalized, blind::MAX_BLIND_CHARS);
+            let prefix_mac = namespace_mac(key, resource_type, param, "p");
+            for prefix in blind::prefixes(value) {
+                terms.insert(prefix_mac.term_mac(prefix));
+            }
+            if kind == Blind::Name {
+                // Substrings that are not prefixes: a `:contains` looks for both kinds.
+                let mut start = value.char_indices().skip(1).map(|(at, _)| at);
+                if let Some(second) = start.next() {
+                    let substring_mac = namespace_mac(key, resource_type, param, "s");
+                    for part in blind::substrings(&value[second..], MIN_CONTAINS_CHARS) {
+                        terms.insert(substring_mac.term_mac(part));
+                    }
+                }
+            }
+            terms.into_iter().map(IndexCell::Term).collect()
+        }
+        (Blind::Token, IndexCell::Token { system, code }) => vec![IndexCell::Token {
+            system: system.clone(),
+            code: term(key, resource_type, param, "t", code),
+        }],
+        (Blind::Date, IndexCell::Date { low, high }) => stored_date_buckets(*low, *high)
+            .into_iter()
+            .map(|bucket| IndexCell::Token {
+                system: String::new(),
+                code: term(key, resource_type, param, "d", &bucket),
+            })
+            .collect(),
+        // A value of another shape than the parameter's kind: kept out of the index
+        // rather than stored in clear.
+        _ => Vec::new(),
+    }
+}
+
+/// Blind cells computed before a unit of work, off the store's writer thread, for the
+/// unit to take instead of computing them there: a new patient's names are a few hundred
+/// HMACs (every prefix and substring), about a tenth of the writer's time in an HL7
+/// ingestion. Held only while the unit runs ([`Self::during`]), each taken once; made
+/// under one keyring, used under that same keyring only.
+pub(crate) struct PreparedBlinding {
+    keyring: Arc<Keyring>,
+    cells: HashMap<BlindSource, Vec<IndexCell>>,
+}
+
+/// A row of a blind parameter, as the key of its prepared cells.
+#[derive(PartialEq, Eq, Hash)]
+struct BlindSource {
+    resource_type: String,
+    param: String,
+    value: SourceValue,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+enum SourceValue {
+    String { normalized: String, exact: String },
+    Token { system: String, code: String },
+    Date { low: i64, high: i64 },
+}
+
+impl BlindSource {
+    fn of(resource_type: &str, row: &IndexRow) -> Option<BlindSource> {
+        let value = match &row.cell {
+            IndexCell::String { normalized, exact } => SourceValue::String {
+                normalized: normalized.clone(),
+                exact: exact.clone(),
+            },
+            IndexCell::Token { system, code } => SourceValue::Token {
+                system: system.clone(),
+                code: code.clone(),
+            },
+            IndexCell::Date { low, high } => SourceValue::Date {
+                low: *low,
+                high: *high,
+            },
+            _ => return None,
+        };
+        Some(BlindSource {
+            resource_type: resource_type.to_owned(),
+            param: row.param.clone(),
+            value,
+        })
+    }
+}
+
+thread_local! {
+    /// The blinding prepared for the unit of work running on this thread, if any.
+    static PREPARED: RefCell<Option<PreparedBlinding>> = const { RefCell::new(None) };
+}
+
+impl PreparedBlinding {
+    /// Computes the blind cells of the rows of blind parameters among `resources`' rows
+    /// (each a resource type and its index rows), under `keyring`.
+    pub(crate) fn prepare<'r>(
+        keyring: Arc<Keyring>,
+        resources: impl IntoIterator<Item = (&'r str, &'r [IndexRow])>,
+    ) -> PreparedBlinding {
+        let mut cells = HashMap::new();
+        for (resource_type, rows) in resources {
+            for row in rows {
+                let Some(kind) = blind_kind(resource_type, &row.param) else {
+                    continue;
+                };
+                if let Some(source) = BlindSource::of(resource_type, row) {
+                    cells.entry(source).or_insert_with(|| {
+                        blind_cells(keyring.index_key(), resource_type, kind, row)
+                    });
+                }
+            }
+        }
+        PreparedBlinding { keyring, cells }
+    }
+
+    /// Runs `unit` with these cells at hand for [`blind_rows`] on this thread; they are
+    /// dropped when it returns or unwinds.
+    pub(crate) fn during<T>(self, unit: impl FnOnce() -> T) -> T {
+        struct Clear;
+        impl Drop for Clear {
+            fn drop(&mut self) {
+                PREPARED.with(|prepared| prepared.borrow_mut().take());
+            }
+        }
+        PREPARED.with(|prepared| *prepared.borrow_mut() = Some(self));
+        let _clear = Clear;
+        unit()
+    }
+
+    /// The prepared cells of `row`, if they were made under `key`.
+    fn take(
+        &mut self,
+        key: &Secret,
+        resource_type: &str,
+        row: &IndexRow,
+    ) -> Option<Vec<IndexCell>> {
+        // The very key prepared with: a keyring reloaded since is another.
+        if !std::ptr::eq(self.keyring.index_key(), key) {
+            return None;
+        }
+        self.cells.remove(&BlindSource::of(resource_type, row)?)
+    }
 }
 
 /// The filters to run for `filters` on `resource_type`, blind where the index is.
@@ -678,6 +794,74 @@ mod tests {
         // An instant: the day it falls on.
         let noon = us("1987-02-20") + DAY_US / 2;
         assert_eq!(stored_date_buckets(noon, noon), day_buckets(1987, 2, 20));
+    }
+
+    /// Cells prepared before a unit are what the unit would have computed, are used only
+    /// under the very key they were made with, once each, and only while the unit runs.
+    #[test]
+    fn prepared_cells_stand_in_for_computed_ones_under_their_own_key_only() {
+        let rows = vec![
+            IndexRow {
+                param: "family".into(),
+                group: 0,
+                cell: IndexCell::String {
+                    normalized: "everywoman".into(),
+                    exact: "Everywoman".into(),
+                },
+            },
+            IndexRow {
+                param: "identifier".into(),
+                group: 1,
+                cell: IndexCell::Token {
+                    system: "urn:oid:1.2.3".into(),
+                    code: "12345".into(),
+                },
+            },
+            IndexRow {
+                param: "gender".into(),
+                group: 0,
+                cell: IndexCell::Token {
+                    system: String::new(),
+                    code: "female".into(),
+                },
+            },
+        ];
+        let keyring = Arc::new(Keyring::generate("test", 0));
+        let key = keyring.index_key();
+        let computed = blind_rows(key, "Patient", &rows);
+        assert!(
+            computed.len() > 10,
+            "a name is many terms: {}",
+            computed.len()
+        );
+        let prepared = PreparedBlinding::prepare(keyring.clone(), [("Patient", rows.as_slice())]);
+        assert_eq!(prepared.cells.len(), 2, "the blind rows only, not gender");
+        let (first, second) = prepared.during(|| {
+            (
+                blind_rows(key, "Patient", &rows),
+                PREPARED.with(|p| p.borrow().as_ref().map(|p| p.cells.len())),
+            )
+        });
+        assert_eq!(first, computed);
+        assert_eq!(second, Some(0), "each prepared cell is taken once");
+        assert!(
+            PREPARED.with(|p| p.borrow().is_none()),
+            "nothing is left once the unit returned"
+        );
+        // Prepared under another keyring (a key file reloaded, another installation):
+        // ignored, the cells are computed under the key in use.
+        let other = Arc::new(Keyring::generate("other", 0));
+        let foreign = PreparedBlinding::prepare(other.clone(), [("Patient", rows.as_slice())]);
+        let under_ours = foreign.during(|| blind_rows(key, "Patient", &rows));
+        assert_eq!(under_ours, computed);
+        assert_ne!(blind_rows(other.index_key(), "Patient", &rows), computed);
+        // Gone after a panic too.
+        let prepared = PreparedBlinding::prepare(keyring.clone(), [("Patient", rows.as_slice())]);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            prepared.during(|| panic!("the unit fails"))
+        }));
+        assert!(unwound.is_err());
+        assert!(PREPARED.with(|p| p.borrow().is_none()));
     }
 
     /// `:contains` finds a part anywhere in a name (its start included), and is refused

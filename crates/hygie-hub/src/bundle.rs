@@ -6,13 +6,15 @@
 //! each entry as its own interaction; one failing entry fails alone.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use base64::Engine;
 use hygie_fhir::IssueType;
 use hygie_policy::{Action, Mask, Target};
-use hygie_store::{StoreError, Tx};
+use hygie_store::{IndexRow, StoreError, Tx};
 use serde_json::Value;
 
+use crate::blind_index::PreparedBlinding;
 use crate::criteria::{self, Criteria};
 use crate::history::{BundleOut, EntryOut, ResponseOut, raw, raw_value};
 use crate::instant::{format_instant, now_us};
@@ -446,9 +448,10 @@ impl Hub {
         entries: &[Value],
         preference: ReturnPreference,
     ) -> Result<Vec<u8>, HubError> {
-        let prepared = PreparedTransaction::new(&caller.base_url, entries)?;
+        let mut prepared = PreparedTransaction::new(&caller.base_url, entries)?;
         self.authorize_reach(transaction_access(caller), &prepared.reached())
             .await?;
+        self.prepare_blinding(&mut prepared);
         let outcome = self
             .perform(transaction_access(caller), move |tx, mask| {
                 prepared.execute(tx, mask)
@@ -466,7 +469,9 @@ impl Hub {
     ) -> Result<PreparedTransaction, HubError> {
         match self.bundle_entries(bundle)? {
             (BundleKind::Transaction, entries) => {
-                PreparedTransaction::new(&caller.base_url, entries)
+                let mut prepared = PreparedTransaction::new(&caller.base_url, entries)?;
+                self.prepare_blinding(&mut prepared);
+                Ok(prepared)
             }
             (BundleKind::Batch, _) => Err(HubError::bad_request(
                 "a bulk load takes transaction Bundles; this is a batch",
@@ -520,6 +525,16 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Lets `prepared` compute the blind index cells of what it writes before it reaches
+    /// the store, when the store is sealed by a vault.
+    fn prepare_blinding(&self, prepared: &mut PreparedTransaction) {
+        if let Some(vault) = self.inner.vault.get() {
+            prepared.prepare_blinding(vault.keyring());
+        }
+    }
+}
+
 fn transaction_access(caller: &Caller) -> Access<'_> {
     Access {
         caller,
@@ -552,6 +567,8 @@ pub struct PreparedTransaction {
     now: i64,
     /// A conditional update whose content equals the current version writes nothing.
     skip_unchanged: bool,
+    /// The blind index cells of what the entries write, computed before the store.
+    blinding: Option<PreparedBlinding>,
 }
 
 impl PreparedTransaction {
@@ -753,7 +770,41 @@ impl PreparedTransaction {
             conditionals: parsed_conditionals,
             now: now_us(),
             skip_unchanged: false,
+            blinding: None,
         })
+    }
+
+    /// Computes, here rather than on the store's writer, the blind index cells of what the
+    /// entries write (see [`PreparedBlinding`]).
+    fn prepare_blinding(&mut self, keyring: Arc<hygie_vault::Keyring>) {
+        let computed: Vec<Option<Vec<IndexRow>>> = self
+            .planned
+            .iter()
+            .map(|entry| match &entry.plan {
+                TxPlan::Create { prepared, .. }
+                | TxPlan::Update { prepared, .. }
+                | TxPlan::ConditionalUpdate { prepared, .. }
+                    if prepared.index.is_none() =>
+                {
+                    Some(index_rows(&prepared.resource))
+                }
+                _ => None,
+            })
+            .collect();
+        let resources = self
+            .planned
+            .iter()
+            .zip(&computed)
+            .filter_map(|(entry, computed)| match &entry.plan {
+                TxPlan::Create { prepared, .. }
+                | TxPlan::Update { prepared, .. }
+                | TxPlan::ConditionalUpdate { prepared, .. } => {
+                    let rows = prepared.index.as_ref().or(computed.as_ref())?;
+                    Some((prepared.resource_type.as_str(), rows.as_slice()))
+                }
+                _ => None,
+            });
+        self.blinding = Some(PreparedBlinding::prepare(keyring, resources));
     }
 
     /// Conditional updates that would store what is already current write nothing (and
@@ -828,15 +879,21 @@ impl PreparedTransaction {
 
     pub(crate) fn execute(self, tx: &mut dyn Tx, mask: &Mask) -> OpResult<TransactionOutcome> {
         let count = self.planned.len();
-        execute_transaction(
-            tx,
-            mask,
-            self.planned,
-            self.references,
-            self.conditionals,
-            (self.now, self.skip_unchanged),
-            count,
-        )
+        let run = move || {
+            execute_transaction(
+                tx,
+                mask,
+                self.planned,
+                self.references,
+                self.conditionals,
+                (self.now, self.skip_unchanged),
+                count,
+            )
+        };
+        match self.blinding {
+            Some(blinding) => blinding.during(run),
+            None => run(),
+        }
     }
 }
 
