@@ -387,7 +387,8 @@ pub struct FileSqlite {
     pub queue_capacity: Option<usize>,
     /// WAL size (MiB) past which the writer pauses to fold it into the database.
     pub wal_limit_mib: Option<u64>,
-    /// Page cache of the writer's connection (MiB): index pages that stay in memory.
+    /// Page cache of the writer's connection (MiB): index pages that stay in memory. At
+    /// most 32 MiB while the database is under 1 GiB (see the store's `WriterCache`).
     pub cache_mib: Option<u64>,
     /// Threads reading (searches, history) beside the writer, each with a connection.
     pub readers: Option<usize>,
