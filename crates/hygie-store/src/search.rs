@@ -86,7 +86,7 @@ pub fn term_text(term: &BlindTerm) -> String {
 pub const MAX_INDEXED_STRING: usize = 256;
 
 /// The index tables, one per kind of value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IndexTable {
     Token,
     String,

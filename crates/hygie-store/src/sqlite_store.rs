@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit_index::{self, AuditFacets, AuditHit, AuditQuery};
 use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
-use crate::search::{self, Dialect, SqlBuilder, SqlParam};
+use crate::search::{self, Dialect, IndexTable, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, BreakGlassGrant, Filter, Head, HistoryQuery, HistoryScope, IndexCell,
     IndexRow, LeafToIntegrate, NewBreakGlass, NewVersion, SearchHit, SearchSpec, SortValue, Store,
@@ -1378,16 +1378,16 @@ impl Tx for SqliteTx<'_> {
                 new.last_updated_us,
                 seq
             ])?;
+        let rows = if new.deleted { &[][..] } else { new.index };
         if new.version > 1 {
-            delete_index(self.connection, new.resource_type, new.id)?;
+            replace_index_rows(self.connection, new.resource_type, new.id, rows)?;
             if let Some(replaced_seq) = replaced_seq {
                 self.write_terms(TermWrite::Delete { seq: replaced_seq })?;
             }
+        } else {
+            insert_index(self.connection, new.resource_type, new.id, rows.iter())?;
         }
-        if !new.deleted {
-            insert_index(self.connection, new.resource_type, new.id, new.index)?;
-            self.insert_terms(seq, new.index)?;
-        }
+        self.insert_terms(seq, rows)?;
         Ok(())
     }
 
@@ -1644,9 +1644,8 @@ impl Tx for SqliteTx<'_> {
                 "{resource_type}/{id} has no current version to index"
             )));
         };
-        delete_index(self.connection, resource_type, id)?;
+        replace_index_rows(self.connection, resource_type, id, rows)?;
         self.write_terms(TermWrite::Delete { seq })?;
-        insert_index(self.connection, resource_type, id, rows)?;
         self.insert_terms(seq, rows)
     }
 
@@ -2108,22 +2107,166 @@ fn indexed_seq(connection: &Connection, resource_type: &str, id: &str) -> StoreR
         .optional()?)
 }
 
-/// Clears a resource's index rows but its term-index entry (`TermWrite::Delete`).
-fn delete_index(connection: &Connection, resource_type: &str, id: &str) -> StoreResult<()> {
-    for sql in search::delete_index_sql(Dialect::Sqlite) {
-        connection
-            .prepare_cached(&sql)?
-            .execute(params![resource_type, id])?;
-    }
-    Ok(())
+/// An index row as stored, to compare what a resource has with what it is to have.
+#[derive(PartialEq, Eq, Hash)]
+struct StoredRow {
+    table: IndexTable,
+    param: String,
+    group: i64,
+    values: Vec<StoredValue>,
 }
 
-/// Writes a resource's index rows but its blind terms (`SqliteTx::insert_terms`).
-fn insert_index(
+#[derive(PartialEq, Eq, Hash)]
+enum StoredValue {
+    Text(String),
+    Int(i64),
+    /// The bits of the float: equal exactly when SQLite gives back what was written.
+    Real(u64),
+}
+
+/// The value columns of each index table, in the order [`StoredRow::of`] lists them.
+fn value_columns(table: IndexTable) -> &'static str {
+    match table {
+        IndexTable::Token => "system, code",
+        IndexTable::String => "normalized, exact",
+        IndexTable::Date => "low, high",
+        IndexTable::Number => "value, low, high",
+        IndexTable::Quantity => "system, code, value, low, high",
+        IndexTable::Reference => "target_type, target_id, url",
+        IndexTable::Uri => "value",
+        IndexTable::Term => "",
+    }
+}
+
+impl StoredRow {
+    /// What `row` is stored as (`None`: a blind term, which has its own index).
+    fn of(row: &IndexRow) -> Option<StoredRow> {
+        use StoredValue::{Int, Real, Text};
+        let values = match &row.cell {
+            IndexCell::Token { system, code } => vec![Text(system.clone()), Text(code.clone())],
+            IndexCell::String { normalized, exact } => vec![
+                Text(search::truncate(normalized, search::MAX_INDEXED_STRING).to_owned()),
+                Text(exact.clone()),
+            ],
+            IndexCell::Date { low, high } => vec![Int(*low), Int(*high)],
+            IndexCell::Number { value, low, high } => {
+                vec![
+                    Real(value.to_bits()),
+                    Real(low.to_bits()),
+                    Real(high.to_bits()),
+                ]
+            }
+            IndexCell::Quantity {
+                system,
+                code,
+                value,
+                low,
+                high,
+            } => vec![
+                Text(system.clone()),
+                Text(code.clone()),
+                Real(value.to_bits()),
+                Real(low.to_bits()),
+                Real(high.to_bits()),
+            ],
+            IndexCell::Reference {
+                target_type,
+                target_id,
+                url,
+            } => vec![
+                Text(target_type.clone()),
+                Text(target_id.clone()),
+                Text(url.clone()),
+            ],
+            IndexCell::Uri { value } => vec![Text(value.clone())],
+            IndexCell::Term(_) => return None,
+        };
+        Some(StoredRow {
+            table: row.cell.table(),
+            param: row.param.clone(),
+            group: i64::from(row.group),
+            values,
+        })
+    }
+}
+
+/// Brings a resource's index rows (but its blind terms) from what they are to `rows`,
+/// touching only the rows that differ: an update usually changes few of them (a
+/// discharge changes an Encounter's status and period, not its subject, participants or
+/// locations), and each row rewritten is an entry in two or three B-trees, in pages the
+/// commit writes again. Rows are compared as a multiset: a row listed twice is kept twice.
+fn replace_index_rows(
     connection: &Connection,
     resource_type: &str,
     id: &str,
     rows: &[IndexRow],
+) -> StoreResult<()> {
+    let mut wanted: std::collections::HashMap<StoredRow, usize> =
+        std::collections::HashMap::with_capacity(rows.len());
+    for stored in rows.iter().filter_map(StoredRow::of) {
+        *wanted.entry(stored).or_default() += 1;
+    }
+    for table in IndexTable::ALL {
+        let mut select = connection.prepare_cached(&format!(
+            "SELECT rowid, param, grp, {} FROM {} WHERE resource_type = ?1 AND id = ?2",
+            value_columns(table),
+            table.name()
+        ))?;
+        let mut found = select.query(params![resource_type, id])?;
+        let mut stale = Vec::new();
+        while let Some(row) = found.next()? {
+            let rowid: i64 = row.get(0)?;
+            let mut values = Vec::new();
+            for column in 3..row.as_ref().column_count() {
+                values.push(match row.get_ref(column)? {
+                    rusqlite::types::ValueRef::Text(text) => {
+                        StoredValue::Text(String::from_utf8_lossy(text).into_owned())
+                    }
+                    rusqlite::types::ValueRef::Integer(value) => StoredValue::Int(value),
+                    rusqlite::types::ValueRef::Real(value) => StoredValue::Real(value.to_bits()),
+                    // Not a value the index writes: the row goes.
+                    _ => StoredValue::Text(String::from("\0unexpected")),
+                });
+            }
+            let stored = StoredRow {
+                table,
+                param: row.get(1)?,
+                group: row.get(2)?,
+                values,
+            };
+            match wanted.get_mut(&stored) {
+                Some(count) if *count > 0 => *count -= 1,
+                _ => stale.push(rowid),
+            }
+        }
+        drop(found);
+        if !stale.is_empty() {
+            let mut delete = connection
+                .prepare_cached(&format!("DELETE FROM {} WHERE rowid = ?1", table.name()))?;
+            for rowid in stale {
+                delete.execute(params![rowid])?;
+            }
+        }
+    }
+    // What is still wanted is new.
+    let missing = rows.iter().filter(|row| {
+        StoredRow::of(row)
+            .and_then(|stored| wanted.get_mut(&stored))
+            .is_some_and(|count| {
+                let new = *count > 0;
+                *count = count.saturating_sub(1);
+                new
+            })
+    });
+    insert_index(connection, resource_type, id, missing)
+}
+
+/// Writes index rows of a resource but its blind terms (`SqliteTx::insert_terms`).
+fn insert_index<'r>(
+    connection: &Connection,
+    resource_type: &str,
+    id: &str,
+    rows: impl Iterator<Item = &'r IndexRow>,
 ) -> StoreResult<()> {
     for row in rows {
         let (param, group) = (&row.param, row.group);

@@ -21,6 +21,7 @@ hygie_store::on_both_backends!(
     thousands_of_alternative_codes_are_one_list,
     blind_terms_are_found_by_equality_and_follow_their_resource,
     blind_terms_share_the_fate_of_their_unit_in_a_batch,
+    an_update_rewrites_only_the_rows_that_changed,
 );
 
 fn row(param: &str, cell: IndexCell) -> IndexRow {
@@ -1034,4 +1035,170 @@ async fn blind_terms_share_the_fate_of_their_unit_in_a_batch(backend: Backend) {
     }
     assert!(ids(&store, "Patient", vec![has(REPLACED)]).await.is_empty());
     assert!(ids(&store, "Patient", vec![has(UNDONE)]).await.is_empty());
+}
+
+/// The stored rows of `Patient/id` in `table` (SQLite only): rowid and text of its values.
+fn sqlite_rows(backend: &Backend, table: &str, id: &str) -> Option<Vec<(i64, String)>> {
+    let hygie_store::backup::Target::Sqlite(dir) = backend.target() else {
+        return None;
+    };
+    let connection = rusqlite::Connection::open(dir.join("hygie.db")).unwrap();
+    let mut statement = connection
+        .prepare(&format!(
+            "SELECT rowid, param || '|' || grp || '|' || quote({}) FROM {table}
+             WHERE resource_type = 'Patient' AND id = ?1 ORDER BY rowid",
+            if table == "search_token" {
+                "code"
+            } else {
+                "value"
+            }
+        ))
+        .unwrap();
+    let rows = statement
+        .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    Some(rows)
+}
+
+/// An update keeps the index rows it shares with the version before (on SQLite, the very
+/// same rows: a discharge rewrites an Encounter's status and period, not its subject or
+/// participants), removes the ones it no longer has, adds the new ones, and a row listed
+/// twice is stored twice.
+async fn an_update_rewrites_only_the_rows_that_changed(backend: Backend) {
+    let store = backend.store.clone();
+    let number = |param: &str, value: f64| {
+        row(
+            param,
+            IndexCell::Number {
+                value,
+                low: value - 0.05,
+                high: value + 0.05,
+            },
+        )
+    };
+    let long = "x".repeat(400);
+    put(
+        &store,
+        "Patient",
+        "d",
+        vec![
+            token("gender", "", "female"),
+            token("identifier", "urn:a", "1"),
+            token("identifier", "urn:a", "1"),
+            token("identifier", "urn:a", "2"),
+            string("family", "Alpha"),
+            string("given", &long),
+            date("birthdate", 10, 20),
+            number("weight", 0.1 + 0.2),
+            reference("general-practitioner", "Practitioner", "p1"),
+        ],
+    )
+    .await;
+    // Written after, so that rows deleted and written again would get new rowids.
+    put(
+        &store,
+        "Patient",
+        "later",
+        vec![token("gender", "", "male")],
+    )
+    .await;
+    let tokens_before = sqlite_rows(&backend, "search_token", "d");
+    let numbers_before = sqlite_rows(&backend, "search_number", "d");
+    put(
+        &store,
+        "Patient",
+        "d",
+        vec![
+            token("identifier", "urn:a", "1"),
+            token("gender", "", "female"),
+            token("identifier", "urn:a", "3"),
+            token("identifier", "urn:a", "3"),
+            string("family", "Beta"),
+            string("given", &long),
+            date("birthdate", 10, 20),
+            number("weight", 0.1 + 0.2),
+            reference("general-practitioner", "Practitioner", "p2"),
+        ],
+    )
+    .await;
+    let identifier = |code: &str| {
+        matching(
+            "identifier",
+            vec![Test::Token {
+                system: Some("urn:a".into()),
+                code: Some(code.into()),
+            }],
+        )
+    };
+    assert_eq!(ids(&store, "Patient", vec![identifier("1")]).await, ["d"]);
+    assert!(
+        ids(&store, "Patient", vec![identifier("2")])
+            .await
+            .is_empty()
+    );
+    assert_eq!(ids(&store, "Patient", vec![identifier("3")]).await, ["d"]);
+    assert_eq!(
+        ids(&store, "Patient", vec![code_is("gender", "female")]).await,
+        ["d"]
+    );
+    let family = |text: &str| matching("family", vec![Test::StringExact(text.into())]);
+    assert!(
+        ids(&store, "Patient", vec![family("Alpha")])
+            .await
+            .is_empty()
+    );
+    assert_eq!(ids(&store, "Patient", vec![family("Beta")]).await, ["d"]);
+    let given = matching("given", vec![Test::StringStartsWith("xxxx".into())]);
+    assert_eq!(ids(&store, "Patient", vec![given]).await, ["d"]);
+    let gp = |id: &str| {
+        matching(
+            "general-practitioner",
+            vec![Test::Reference {
+                target_type: Some("Practitioner".into()),
+                target_id: id.into(),
+            }],
+        )
+    };
+    assert!(ids(&store, "Patient", vec![gp("p1")]).await.is_empty());
+    assert_eq!(ids(&store, "Patient", vec![gp("p2")]).await, ["d"]);
+    let weight = matching(
+        "weight",
+        vec![Test::Number {
+            op: RangeOp::Gt,
+            low: 0.1,
+            high: 0.1,
+        }],
+    );
+    assert_eq!(ids(&store, "Patient", vec![weight]).await, ["d"]);
+    // On SQLite, the rows: the kept ones untouched, one of the two "1" gone, "2" gone,
+    // "3" twice.
+    if let (Some(before), Some(after)) = (tokens_before, sqlite_rows(&backend, "search_token", "d"))
+    {
+        let kept_rowid = |text: &str| before.iter().find(|(_, t)| t == text).map(|(r, _)| *r);
+        for text in ["gender|0|'female'", "identifier|0|'1'"] {
+            let rowid = kept_rowid(text).unwrap();
+            assert!(
+                after.contains(&(rowid, text.to_owned())),
+                "{text} was rewritten: {before:?} -> {after:?}"
+            );
+        }
+        let mut texts: Vec<&str> = after.iter().map(|(_, t)| t.as_str()).collect();
+        texts.sort();
+        assert_eq!(
+            texts,
+            [
+                "gender|0|'female'",
+                "identifier|0|'1'",
+                "identifier|0|'3'",
+                "identifier|0|'3'"
+            ]
+        );
+        assert_eq!(
+            sqlite_rows(&backend, "search_number", "d").unwrap(),
+            numbers_before.unwrap(),
+            "a float read back equals the one written"
+        );
+    }
 }
