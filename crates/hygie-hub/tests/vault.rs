@@ -21,6 +21,7 @@ hygie_store::on_both_backends!(
     a_foreign_keyring_is_refused,
     racing_units_share_one_patient_key,
     versions_stored_in_clear_before_are_sealed,
+    audit_queries_are_sealed_whatever_the_leafs_layout,
 );
 
 async fn sealed(backend: &TestBackend, keyring: Keyring) -> (Hub, Arc<Vault>) {
@@ -298,4 +299,75 @@ async fn versions_stored_in_clear_before_are_sealed(backend: TestBackend) {
         .unwrap()
         .body;
     assert_eq!(after, before);
+}
+
+/// The query of an AuditEvent leaf is sealed at rest, in a compact leaf (sealed in place)
+/// as in any other JSON layout, the rest of the leaf unchanged; auditors reading through
+/// the hub get it opened.
+async fn audit_queries_are_sealed_whatever_the_leafs_layout(backend: TestBackend) {
+    let (_, vault) = sealed(&backend, Keyring::generate("test-installation", 1)).await;
+    let store = vault.seal(backend.store.clone());
+    let query = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        "family=Dupontel",
+    );
+    let compact = format!(
+        r#"{{"resourceType":"AuditEvent","entity":[{{"what":{{"reference":"Patient/1"}}}},{{"query":"{query}"}},{{"query":"{query}"}}]}}"#
+    );
+    let spaced =
+        format!(r#"{{"resourceType": "AuditEvent", "entity": [{{"query" : "{query}"}}]}}"#);
+    let facets = hygie_store::AuditFacets {
+        event_type: "rest".into(),
+        subtype: "search-type".into(),
+        outcome: "0".into(),
+        purpose: None,
+        agents: vec!["someone".into()],
+        patients: vec![],
+    };
+    for (n, leaf) in [compact.clone(), spaced.clone()].into_iter().enumerate() {
+        let facets = facets.clone();
+        let number = store
+            .run(move |tx| {
+                let hash = hygie_audit::merkle::leaf_hash(leaf.as_bytes());
+                tx.append_audit_indexed(n as i64, leaf.as_bytes(), &hash, &facets)
+            })
+            .await
+            .unwrap();
+        assert_eq!(number, n as i64);
+    }
+    let raw = backend
+        .store
+        .run(|tx| tx.audit_leaves(0, 10))
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 2);
+    for ((_, stored), original) in raw.iter().zip([&compact, &spaced]) {
+        let text = String::from_utf8(stored.clone()).unwrap();
+        assert!(!text.contains(&query), "a query in clear at rest: {text}");
+        let event: Value = serde_json::from_str(&text).unwrap();
+        let original: Value = serde_json::from_str(original).unwrap();
+        let entities = event["entity"].as_array().unwrap();
+        assert_eq!(entities.len(), original["entity"].as_array().unwrap().len());
+        for (entity, before) in entities.iter().zip(original["entity"].as_array().unwrap()) {
+            match entity.get("query").and_then(Value::as_str) {
+                Some(sealed) => {
+                    let bytes =
+                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sealed)
+                            .unwrap();
+                    assert!(aead::is_sealed(&bytes));
+                }
+                None => assert_eq!(entity, before, "what is not a query is left as it was"),
+            }
+        }
+    }
+    // Read through the vault, for an auditor: opened.
+    for number in [0, 1] {
+        let hit = store
+            .run(move |tx| tx.audit_event(number))
+            .await
+            .unwrap()
+            .expect("the event is found");
+        let text = String::from_utf8(hit.leaf).unwrap();
+        assert!(text.contains(&query), "opened for the auditor: {text}");
+    }
 }
