@@ -523,9 +523,7 @@ impl Hub {
             })
             .collect()
     }
-}
 
-impl Hub {
     /// Lets `prepared` compute the blind index cells of what it writes before it reaches
     /// the store, when the store is sealed by a vault.
     fn prepare_blinding(&self, prepared: &mut PreparedTransaction) {
