@@ -113,8 +113,8 @@ fn first_chars(text: &str, max: usize) -> &str {
 }
 
 /// The rows to store for a resource's `rows`: blind where [`blind_kind`] says so. The
-/// blind cells of a row [`prepare`]d for the unit of work running on this thread are
-/// taken from there rather than computed.
+/// blind cells of a row prepared for the unit of work running on this thread
+/// ([`PreparedBlinding`]) are taken from there rather than computed.
 pub(crate) fn blind_rows(key: &Secret, resource_type: &str, rows: &[IndexRow]) -> Vec<IndexRow> {
     let mut out = Vec::with_capacity(rows.len() * 8);
     for row in rows {

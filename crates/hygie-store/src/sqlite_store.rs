@@ -2216,27 +2216,40 @@ fn replace_index_rows(
         let mut stale = Vec::new();
         while let Some(row) = found.next()? {
             let rowid: i64 = row.get(0)?;
-            let mut values = Vec::new();
-            for column in 3..row.as_ref().column_count() {
-                values.push(match row.get_ref(column)? {
-                    rusqlite::types::ValueRef::Text(text) => {
-                        StoredValue::Text(String::from_utf8_lossy(text).into_owned())
-                    }
-                    rusqlite::types::ValueRef::Integer(value) => StoredValue::Int(value),
-                    rusqlite::types::ValueRef::Real(value) => StoredValue::Real(value.to_bits()),
-                    // Not a value the index writes: the row goes.
-                    _ => StoredValue::Text(String::from("\0unexpected")),
-                });
-            }
-            let stored = StoredRow {
-                table,
-                param: row.get(1)?,
-                group: row.get(2)?,
-                values,
+            // A value the index never writes (NULL, a blob, text that is not UTF-8)
+            // matches nothing wanted: the row goes.
+            let values = (3..row.as_ref().column_count())
+                .map(|column| {
+                    Ok(match row.get_ref(column)? {
+                        rusqlite::types::ValueRef::Text(text) => std::str::from_utf8(text)
+                            .ok()
+                            .map(|text| StoredValue::Text(text.to_owned())),
+                        rusqlite::types::ValueRef::Integer(value) => Some(StoredValue::Int(value)),
+                        rusqlite::types::ValueRef::Real(value) => {
+                            Some(StoredValue::Real(value.to_bits()))
+                        }
+                        _ => None,
+                    })
+                })
+                .collect::<rusqlite::Result<Option<Vec<_>>>>()?;
+            let kept = match values {
+                Some(values) => {
+                    let stored = StoredRow {
+                        table,
+                        param: row.get(1)?,
+                        group: row.get(2)?,
+                        values,
+                    };
+                    wanted.get_mut(&stored).is_some_and(|count| {
+                        let keep = *count > 0;
+                        *count = count.saturating_sub(1);
+                        keep
+                    })
+                }
+                None => false,
             };
-            match wanted.get_mut(&stored) {
-                Some(count) if *count > 0 => *count -= 1,
-                _ => stale.push(rowid),
+            if !kept {
+                stale.push(rowid);
             }
         }
         drop(found);
