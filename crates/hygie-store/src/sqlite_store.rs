@@ -1551,13 +1551,7 @@ impl Tx for SqliteTx<'_> {
         targets: &[String],
         limit: usize,
     ) -> StoreResult<Vec<String>> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT DISTINCT x.id FROM search_reference x
-             JOIN resources r ON r.resource_type = x.resource_type AND r.id = x.id
-             WHERE x.target_type = ?1 AND x.target_id = ?2 AND x.resource_type = ?3
-               AND (?4 IS NULL OR x.param = ?4) AND NOT r.deleted
-             ORDER BY x.id LIMIT ?5",
-        )?;
+        let mut statement = self.connection.prepare_cached(REFERENCES_TO_SQL)?;
         let mut sources = std::collections::BTreeSet::new();
         for target in targets {
             let rows = statement.query_map(
@@ -2190,6 +2184,16 @@ impl StoredRow {
     }
 }
 
+/// The resources of a type that hold a reference to a target (through one parameter or
+/// any). Through the target index: without statistics SQLite would take the owner index,
+/// for its order by id, and walk every reference of the source type for each target.
+const REFERENCES_TO_SQL: &str =
+    "SELECT DISTINCT x.id FROM search_reference x INDEXED BY search_reference_to
+     JOIN resources r ON r.resource_type = x.resource_type AND r.id = x.id
+     WHERE x.target_type = ?1 AND x.target_id = ?2 AND x.resource_type = ?3
+       AND (?4 IS NULL OR x.param = ?4) AND NOT r.deleted
+     ORDER BY x.id LIMIT ?5";
+
 /// Brings a resource's index rows (but its blind terms) from what they are to `rows`,
 /// touching only the rows that differ: an update usually changes few of them (a
 /// discharge changes an Encounter's status and period, not its subject, participants or
@@ -2381,6 +2385,95 @@ fn leaf_bytes(value: rusqlite::types::ValueRef<'_>) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How SQLite answers `sql`: the details of `EXPLAIN QUERY PLAN`, one per line.
+    fn plan(connection: &Connection, sql: &str) -> String {
+        let mut statement = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let unbound = vec![rusqlite::types::Null; statement.parameter_count()];
+        let details = statement
+            .query_map(rusqlite::params_from_iter(unbound), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        details.join("\n")
+    }
+
+    /// A database made before migration 11 keeps its references, and every question about
+    /// them is answered through the one target index that replaced the two.
+    #[test]
+    fn references_are_found_through_the_target_index_after_migration_11() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        connection.execute(CREATE_MIGRATIONS_TABLE, []).unwrap();
+        for (index, sql) in migrations::SQLITE.iter().enumerate().take(10) {
+            connection.execute_batch(sql).unwrap();
+            connection
+                .execute(
+                    "INSERT INTO schema_migrations (version, applied_at_us) VALUES (?1, 0)",
+                    params![index as i64 + 1],
+                )
+                .unwrap();
+        }
+        for (id, target) in [("e1", "p1"), ("e2", "p1"), ("e3", "p2")] {
+            connection
+                .execute(
+                    "INSERT INTO resources (resource_type, id, version, deleted, last_updated_us, seq)
+                     VALUES ('Encounter', ?1, 1, 0, 0, 0)",
+                    params![id],
+                )
+                .unwrap();
+            connection
+                .execute(
+                    "INSERT INTO search_reference (resource_type, id, param, grp, target_type, target_id, url)
+                     VALUES ('Encounter', ?1, 'subject', 0, 'Patient', ?2, 'Patient/' || ?2)",
+                    params![id, target],
+                )
+                .unwrap();
+        }
+        migrate(&mut connection).unwrap();
+
+        let indexes: Vec<String> = connection
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'search_reference' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(indexes, ["search_reference_owner", "search_reference_to"]);
+        let sources: Vec<String> = connection
+            .prepare(REFERENCES_TO_SQL)
+            .unwrap()
+            .query_map(
+                params!["Patient", "p1", "Encounter", Option::<String>::None, 10],
+                |row| row.get(0),
+            )
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(sources, ["e1", "e2"]);
+
+        // Which references a target, and a search by reference: both by the target index,
+        // never by walking the owner index over every reference of the type.
+        let reverse = plan(&connection, REFERENCES_TO_SQL);
+        assert!(
+            reverse.contains("USING INDEX search_reference_to (target_id=? AND resource_type=?"),
+            "{reverse}"
+        );
+        let search = plan(
+            &connection,
+            "SELECT x.id FROM search_reference x WHERE x.resource_type = 'Encounter'
+             AND x.param = 'subject' AND (x.target_id = 'p1' AND x.target_type = 'Patient')",
+        );
+        assert!(
+            search.contains(
+                "USING INDEX search_reference_to (target_id=? AND resource_type=? AND param=? AND target_type=?)"
+            ),
+            "{search}"
+        );
+    }
 
     /// The writer's cache is held small while the database is under 1 GiB, then given its
     /// configured size; a configured size smaller than the hold is kept.
