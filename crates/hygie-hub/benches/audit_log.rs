@@ -13,7 +13,8 @@
 //!   the SQLite writer grouping them in one transaction (group commit, one fsync) or
 //!   PostgreSQL committing them concurrently; and one unit of many leaves (a bulk load's).
 //! - `audit_integrate/*`: `Hub::integrate_audit` over the leaves appended since the last
-//!   integration (20,000, the default batch), checkpoint signing included.
+//!   integration (20,000, in one unit: the hub's units are smaller, `integrate_batch_leaves`),
+//!   checkpoint signing included.
 //! - `audit_verify/*`: `Hub::verify_audit` over a stored log of `HYGIE_BENCH_VERIFY_LEAVES`
 //!   (1,000,000) realistic leaves.
 //! - `audit_proof/*`: `Hub::audit_inclusion_proof` at random indices, in that log and in
@@ -39,7 +40,7 @@ use tokio::runtime::Runtime;
 const IN_FLIGHT: usize = 512;
 /// Leaves of the one-unit benchmark.
 const UNIT_LEAVES: usize = 1_000;
-/// Leaves integrated per iteration (the default `integrate_batch_leaves`).
+/// Leaves integrated per iteration, in one unit (the hub's default units hold 2,000).
 const INTEGRATE_LEAVES: usize = 20_000;
 /// Leaves appended per unit while a large log is built.
 const BUILD_UNIT_LEAVES: usize = 50_000;

@@ -113,6 +113,9 @@ pub struct FileAudit {
     pub checkpoint_every_leaves: Option<u64>,
     /// How often new leaves are put into the tree, milliseconds.
     pub integrate_every_ms: Option<u64>,
+    /// Leaves put into the tree by one unit of work, at most: the writer serves no other
+    /// request while a unit runs, so this bounds the delay integration adds to one.
+    pub integrate_batch_leaves: Option<usize>,
     /// The witnesses whose cosignatures `POST /audit/cosignatures` accepts: their verifier
     /// key lines (`name+keyid+base64`, type `cosignature/v1`, as `hygie audit witness`
     /// prints them).
@@ -197,6 +200,12 @@ pub fn audit_settings(
     if !(10..=60_000).contains(&integrate_ms) {
         bail!("audit.integrate_every_ms must be from 10 to 60000, not {integrate_ms}");
     }
+    let batch_leaves = audit
+        .integrate_batch_leaves
+        .unwrap_or(defaults.integrate_batch_leaves);
+    if !(100..=1_000_000).contains(&batch_leaves) {
+        bail!("audit.integrate_batch_leaves must be from 100 to 1000000, not {batch_leaves}");
+    }
     if let Some(origin) = &audit.origin
         && (origin.trim().is_empty() || origin.len() > 255 || origin.chars().any(char::is_control))
     {
@@ -209,7 +218,7 @@ pub fn audit_settings(
             witnesses,
             checkpoint_every_leaves: every_leaves,
             checkpoint_every: Duration::from_secs(every_seconds),
-            ..defaults
+            integrate_batch_leaves: batch_leaves,
         },
         Duration::from_millis(integrate_ms),
     ))
@@ -837,6 +846,22 @@ mod audit_tests {
             let error = audit_settings(&file(&bad)).unwrap_err().to_string();
             assert!(error.contains(why), "{error}");
             assert!(error.contains("audit.witnesses["), "{error}");
+        }
+    }
+
+    #[test]
+    fn integration_units_are_bounded_both_ways() {
+        let (settings, _) = audit_settings(&file("")).unwrap();
+        assert_eq!(
+            settings.integrate_batch_leaves,
+            hygie_hub::AuditLogSettings::default().integrate_batch_leaves
+        );
+        let (settings, _) = audit_settings(&file("[audit]\nintegrate_batch_leaves = 500")).unwrap();
+        assert_eq!(settings.integrate_batch_leaves, 500);
+        for bad in [0, 99, 1_000_001] {
+            let text = format!("[audit]\nintegrate_batch_leaves = {bad}");
+            let error = audit_settings(&file(&text)).unwrap_err().to_string();
+            assert!(error.contains("audit.integrate_batch_leaves"), "{error}");
         }
     }
 
