@@ -194,7 +194,14 @@ pub enum Test {
         target_type: Option<String>,
         target_id: String,
     },
-    ReferenceUrl(String),
+    /// A reference spelled `url` that names no local resource (an absolute URL of another
+    /// server, a canonical); `target_id` is the target id the index stores with that
+    /// spelling (`hygie_fhir::search::index::indexed_target_id`), so that the search goes
+    /// through the target index.
+    ReferenceUrl {
+        url: String,
+        target_id: String,
+    },
     Uri(String),
     UriBelow(String),
     /// The resource's blind terms include this one.
@@ -211,7 +218,7 @@ impl Test {
             Test::Date { .. } => IndexTable::Date,
             Test::Number { .. } => IndexTable::Number,
             Test::Quantity { .. } => IndexTable::Quantity,
-            Test::Reference { .. } | Test::ReferenceUrl(_) => IndexTable::Reference,
+            Test::Reference { .. } | Test::ReferenceUrl { .. } => IndexTable::Reference,
             Test::Uri(_) | Test::UriBelow(_) => IndexTable::Uri,
             Test::Term(_) => IndexTable::Term,
         }
@@ -836,9 +843,10 @@ impl SqlBuilder {
                     None => format!("{t}.target_id = {id}"),
                 }
             }
-            Test::ReferenceUrl(url) => {
+            Test::ReferenceUrl { url, target_id } => {
+                let id = self.text(target_id);
                 let url = self.text(url);
-                format!("{t}.url = {url}")
+                format!("({t}.target_id = {id} AND {t}.url = {url})")
             }
             Test::Uri(value) => {
                 let value = self.text(value);
@@ -936,7 +944,7 @@ fn selectivity_rank(filter: &Filter) -> Option<u8> {
             tests,
             ..
         } => Some(match tests.first()? {
-            Test::Reference { .. } | Test::ReferenceUrl(_) => 1,
+            Test::Reference { .. } | Test::ReferenceUrl { .. } => 1,
             Test::StringExact(_) | Test::Term(_) => 2,
             Test::Token { code: Some(_), .. } => 3,
             Test::StringStartsWith(_) | Test::Uri(_) => 4,

@@ -22,6 +22,7 @@ hygie_store::on_both_backends!(
     blind_terms_are_found_by_equality_and_follow_their_resource,
     blind_terms_share_the_fate_of_their_unit_in_a_batch,
     an_update_rewrites_only_the_rows_that_changed,
+    references_elsewhere_are_found_by_their_spelling,
 );
 
 fn row(param: &str, cell: IndexCell) -> IndexRow {
@@ -1201,4 +1202,87 @@ async fn an_update_rewrites_only_the_rows_that_changed(backend: Backend) {
             "a float read back equals the one written"
         );
     }
+}
+
+/// A reference to another server (or with no resource id) is found by the URL it was
+/// written with, and only by it: the same target id spelled otherwise is another reference.
+async fn references_elsewhere_are_found_by_their_spelling(backend: Backend) {
+    let store = backend.store;
+    let elsewhere = |url: &str, target_id: &str| {
+        row(
+            "subject",
+            IndexCell::Reference {
+                target_type: if target_id.is_empty() { "" } else { "Patient" }.into(),
+                target_id: target_id.into(),
+                url: url.into(),
+            },
+        )
+    };
+    put(
+        &store,
+        "Observation",
+        "local",
+        vec![reference("subject", "Patient", "p1")],
+    )
+    .await;
+    put(
+        &store,
+        "Observation",
+        "other-server",
+        vec![elsewhere("http://other.example/fhir/Patient/p1", "p1")],
+    )
+    .await;
+    put(
+        &store,
+        "Observation",
+        "third-server",
+        vec![elsewhere("https://third.example/Patient/p1", "p1")],
+    )
+    .await;
+    put(
+        &store,
+        "Observation",
+        "no-id",
+        vec![elsewhere(
+            "urn:uuid:3b2c1a00-0000-4000-8000-000000000001",
+            "",
+        )],
+    )
+    .await;
+    let by_url = |url: &str, target_id: &str| {
+        vec![matching(
+            "subject",
+            vec![Test::ReferenceUrl {
+                url: url.into(),
+                target_id: target_id.into(),
+            }],
+        )]
+    };
+    assert_eq!(
+        ids(
+            &store,
+            "Observation",
+            by_url("http://other.example/fhir/Patient/p1", "p1")
+        )
+        .await,
+        ["other-server"]
+    );
+    assert_eq!(
+        ids(
+            &store,
+            "Observation",
+            by_url("urn:uuid:3b2c1a00-0000-4000-8000-000000000001", "")
+        )
+        .await,
+        ["no-id"]
+    );
+    assert!(
+        ids(
+            &store,
+            "Observation",
+            by_url("http://nowhere.example/Patient/p1", "p1")
+        )
+        .await
+        .is_empty()
+    );
 }

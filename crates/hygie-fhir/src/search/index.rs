@@ -562,6 +562,12 @@ fn quantity(node: &Typed<'_>, out: &mut Vec<IndexValue>) {
     }
 }
 
+/// The target id the index stores with a reference spelled `reference` (empty when it
+/// names no resource by type and id): a search for that spelling looks it up by this id.
+pub fn indexed_target_id(reference: &str) -> &str {
+    split_reference(reference).map_or("", |(_, id)| id)
+}
+
 /// The entry of a literal reference, or `None` for a contained one.
 pub(crate) fn reference_value(reference: &str) -> Option<IndexValue> {
     if reference.is_empty() || reference.starts_with('#') {
@@ -611,6 +617,39 @@ fn reference(node: &Typed<'_>, out: &mut Vec<IndexValue>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A search by a reference's spelling looks up the target id that indexing that
+    /// spelling stores: the two must agree for every spelling.
+    #[test]
+    fn a_references_search_key_is_what_its_index_entry_holds() {
+        for spelling in [
+            "Patient/1",
+            "Patient/1/_history/2",
+            "http://other.example/fhir/Patient/1",
+            "https://x/Patient/1/_history/2",
+            "urn:uuid:3b2c1a00-0000-4000-8000-000000000001",
+            "http://hl7.org/fhir/ValueSet/x?version=1",
+            "Nope/1",
+            "a/Patient/1",
+        ] {
+            let Some(IndexValue::Reference { target_id, .. }) = reference_value(spelling) else {
+                panic!("{spelling} is indexed as a reference");
+            };
+            assert_eq!(
+                indexed_target_id(spelling),
+                target_id.as_deref().unwrap_or(""),
+                "{spelling}"
+            );
+        }
+        assert_eq!(
+            indexed_target_id("http://other.example/fhir/Patient/1"),
+            "1"
+        );
+        assert_eq!(
+            indexed_target_id("urn:uuid:3b2c1a00-0000-4000-8000-000000000001"),
+            ""
+        );
+    }
 
     fn values(resource: &Value, param: &str) -> Vec<IndexValue> {
         extract(resource)
