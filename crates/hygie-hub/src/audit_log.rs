@@ -40,10 +40,10 @@ pub struct AuditLogSettings {
     pub checkpoint_every_leaves: u64,
     /// A checkpoint at least this often while the log grows.
     pub checkpoint_every: Duration,
-    /// Leaves integrated in one unit of work, at most. The writer serves nothing else
-    /// while the unit runs: 20,000 leaves held it for 40–60 ms, the p99 of audited reads
-    /// under load (bench/audit §5); 2,000 brought that p99 to 10–17 ms, at the same
-    /// throughput. A backlog is integrated in as many units as it takes.
+    /// Leaves integrated in one unit of work, at most. The SQLite writer serves nothing
+    /// else while the unit runs: with 20,000, the p99 of audited reads under load was
+    /// 47–67 ms (bench/audit §5); with 2,000 it was 10–18 ms, at the same throughput. A
+    /// backlog is integrated in as many units as it takes.
     pub integrate_batch_leaves: usize,
     /// The witnesses whose cosignatures are accepted (`cosignature/v1` keys).
     pub witnesses: Vec<VerifierKey>,

@@ -2462,17 +2462,41 @@ mod tests {
             reverse.contains("USING INDEX search_reference_to (target_id=? AND resource_type=?"),
             "{reverse}"
         );
-        let search = plan(
-            &connection,
-            "SELECT x.id FROM search_reference x WHERE x.resource_type = 'Encounter'
-             AND x.param = 'subject' AND (x.target_id = 'p1' AND x.target_type = 'Patient')",
-        );
-        assert!(
-            search.contains(
-                "USING INDEX search_reference_to (target_id=? AND resource_type=? AND param=? AND target_type=?)"
+        // The searches as the query builder writes them: by a local reference, and by one
+        // spelled as another server's URL.
+        for (test, keys) in [
+            (
+                search::Test::Reference {
+                    target_type: Some("Patient".into()),
+                    target_id: "p1".into(),
+                },
+                "target_id=? AND resource_type=? AND param=? AND target_type=?",
             ),
-            "{search}"
-        );
+            (
+                search::Test::ReferenceUrl {
+                    url: "http://other.example/fhir/Patient/p1".into(),
+                    target_id: "p1".into(),
+                },
+                "target_id=? AND resource_type=? AND param=?",
+            ),
+        ] {
+            let sql = SqlBuilder::new(Dialect::Sqlite).page_query(&SearchSpec {
+                resource_type: "Encounter".into(),
+                filters: vec![Filter::Match {
+                    param: "subject".into(),
+                    tests: vec![test],
+                    negate: false,
+                }],
+                sort: Vec::new(),
+                position: None,
+                limit: 10,
+            });
+            let search = plan(&connection, &sql);
+            assert!(
+                search.contains(&format!("USING INDEX search_reference_to ({keys})")),
+                "{search}"
+            );
+        }
     }
 
     /// The writer's cache is held small while the database is under 1 GiB, then given its

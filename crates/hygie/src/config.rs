@@ -113,8 +113,8 @@ pub struct FileAudit {
     pub checkpoint_every_leaves: Option<u64>,
     /// How often new leaves are put into the tree, milliseconds.
     pub integrate_every_ms: Option<u64>,
-    /// Leaves put into the tree by one unit of work, at most: the writer serves no other
-    /// request while a unit runs, so this bounds the delay integration adds to one.
+    /// Leaves put into the tree by one unit of work, at most: the SQLite writer serves no
+    /// other request while a unit runs, so this bounds the delay integration adds to one.
     pub integrate_batch_leaves: Option<usize>,
     /// The witnesses whose cosignatures `POST /audit/cosignatures` accepts: their verifier
     /// key lines (`name+keyid+base64`, type `cosignature/v1`, as `hygie audit witness`
