@@ -24,8 +24,8 @@ use crate::interactions::{
 };
 use crate::pipeline::{Access, Audited, OpResult};
 use crate::resource::{
-    check_id, check_resource_type, collect_references, index_rows, new_id, parse_version_tag,
-    rewrite_references,
+    check_id, check_resource_type, collect_references, index_rows, local_spelling, new_id,
+    parse_version_tag, rewrite_references,
 };
 use crate::{Caller, Hub, HubError};
 
@@ -567,6 +567,8 @@ pub struct PreparedTransaction {
     skip_unchanged: bool,
     /// The blind index cells of what the entries write, computed before the store.
     blinding: Option<PreparedBlinding>,
+    /// This server's base as the caller reached it: references under it are made relative.
+    base_url: String,
 }
 
 impl PreparedTransaction {
@@ -576,10 +578,12 @@ impl PreparedTransaction {
         let mut references: HashMap<String, String> = HashMap::new();
         let mut touched: HashSet<String> = HashSet::new();
         for (index, entry) in entries.iter().enumerate() {
+            // Keyed as the entries' references will be spelled once made relative, so that
+            // `{base}/Patient/x` as fullUrl and as a reference stay one resource.
             let full_url = entry
                 .get("fullUrl")
                 .and_then(Value::as_str)
-                .map(str::to_owned);
+                .map(|url| local_spelling(url, base).unwrap_or(url).to_owned());
             let located = |error: HubError, what: &str| {
                 error.located_in(&format!("Bundle.entry[{index}]{what}"))
             };
@@ -609,7 +613,7 @@ impl PreparedTransaction {
                     resource,
                     if_none_exist,
                 } => {
-                    let prepared = Prepared::new(&resource_type, resource)
+                    let prepared = Prepared::new(&resource_type, resource, base)
                         .map_err(|e| located(e, ".resource"))?;
                     let id = new_id();
                     if let Some(full_url) = &full_url {
@@ -638,7 +642,7 @@ impl PreparedTransaction {
                             format!("the resource's id must equal the id in request.url ({id})"),
                         ));
                     }
-                    let prepared = Prepared::new(&resource_type, resource)
+                    let prepared = Prepared::new(&resource_type, resource, base)
                         .map_err(|e| located(e, ".resource"))?;
                     if let Some(full_url) = &full_url {
                         references.insert(full_url.clone(), format!("{resource_type}/{id}"));
@@ -664,7 +668,7 @@ impl PreparedTransaction {
                         .and_then(Value::as_str)
                         .map(str::to_owned);
                     TxPlan::ConditionalUpdate {
-                        prepared: Prepared::new(&resource_type, resource)
+                        prepared: Prepared::new(&resource_type, resource, base)
                             .map_err(|e| located(e, ".resource"))?,
                         criteria: criteria::parse_conditional(&resource_type, &query)
                             .map_err(|e| located(e, ".request.url"))?,
@@ -769,6 +773,7 @@ impl PreparedTransaction {
             now: now_us(),
             skip_unchanged: false,
             blinding: None,
+            base_url: base.to_owned(),
         })
     }
 
@@ -884,7 +889,7 @@ impl PreparedTransaction {
                 self.planned,
                 self.references,
                 self.conditionals,
-                (self.now, self.skip_unchanged),
+                (self.now, self.skip_unchanged, &self.base_url),
                 count,
             )
         };
@@ -970,7 +975,7 @@ fn execute_transaction(
     mut planned: Vec<TxEntry>,
     mut references: HashMap<String, String>,
     conditionals: Vec<(String, String, Criteria)>,
-    (now, skip_unchanged): (i64, bool),
+    (now, skip_unchanged, base_url): (i64, bool, &str),
     count: usize,
 ) -> OpResult<TransactionOutcome> {
     // Conditional creates that find their match, and conditional updates, decide ids now.
@@ -1116,7 +1121,7 @@ fn execute_transaction(
                 id,
                 patch,
                 if_match,
-            } => exec_patch(tx, &resource_type, &id, &patch, if_match, now)?
+            } => exec_patch(tx, (&resource_type, &id), &patch, if_match, base_url, now)?
                 .map(EntryResult::Written),
             TxPlan::Delete { resource_type, id } => exec_delete(tx, &resource_type, &id, now)?
                 .map(|d| EntryResult::Deleted { version: d.version }),

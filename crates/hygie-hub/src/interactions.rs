@@ -12,8 +12,8 @@ use crate::criteria::{self, Criteria};
 use crate::instant::{http_date, now_us};
 use crate::pipeline::{Access, Audited, OpResult};
 use crate::resource::{
-    check_body_type, check_id, check_resource_type, index_rows, new_id, parse_version_tag,
-    set_server_metadata, validate,
+    check_body_type, check_id, check_resource_type, index_rows, localize_references, new_id,
+    parse_version_tag, set_server_metadata, validate,
 };
 use crate::shape::Shape;
 use crate::{Caller, Hub, HubError};
@@ -271,11 +271,18 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    /// Checks type, validates: everything that can be done before the transaction.
-    pub(crate) fn new(resource_type: &str, mut resource: Value) -> Result<Prepared, HubError> {
+    /// Checks type, validates, makes references under `base_url` (this server's base, as the
+    /// caller reached it; empty when there is none) relative: everything that can be done
+    /// before the transaction.
+    pub(crate) fn new(
+        resource_type: &str,
+        mut resource: Value,
+        base_url: &str,
+    ) -> Result<Prepared, HubError> {
         check_resource_type(resource_type)?;
         check_body_type(&resource, resource_type)?;
         validate(&resource)?;
+        localize_references(&mut resource, base_url);
         strip_redacted_tag(&mut resource);
         Ok(Prepared {
             resource_type: resource_type.to_owned(),
@@ -525,12 +532,13 @@ pub(crate) fn exec_update(
 
 pub(crate) fn exec_patch(
     tx: &mut dyn Tx,
-    resource_type: &str,
-    id: &str,
+    target: (&str, &str),
     patch: &json_patch::Patch,
     if_match: Option<i64>,
+    base_url: &str,
     now: i64,
 ) -> OpResult<WriteOutcome> {
+    let (resource_type, id) = target;
     let current = match exec_read(tx, &Mask::default(), resource_type, id)? {
         Ok(current) => current,
         Err(error) => return Ok(Err(error)),
@@ -564,6 +572,7 @@ pub(crate) fn exec_patch(
     if let Err(error) = validate(&resource) {
         return Ok(Err(error));
     }
+    localize_references(&mut resource, base_url);
     let stored = write_version(
         tx,
         resource_type,
@@ -718,7 +727,7 @@ impl Hub {
         resource: Value,
         if_none_exist: Option<&str>,
     ) -> Result<WriteOutcome, HubError> {
-        let prepared = Prepared::new(resource_type, resource)?.index_now();
+        let prepared = Prepared::new(resource_type, resource, &caller.base_url)?.index_now();
         let criteria = if_none_exist
             .map(|query| criteria::parse_conditional(resource_type, query))
             .transpose()?;
@@ -764,7 +773,7 @@ impl Hub {
                 ));
             }
         }
-        let prepared = Prepared::new(resource_type, resource)?.index_now();
+        let prepared = Prepared::new(resource_type, resource, &caller.base_url)?.index_now();
         let if_match = if_match.map(parse_version_tag).transpose()?;
         let id_owned = id.to_owned();
         let now = now_us();
@@ -801,7 +810,7 @@ impl Hub {
         if let Some(body_id) = &body_id {
             check_id(body_id)?;
         }
-        let prepared = Prepared::new(resource_type, resource)?.index_now();
+        let prepared = Prepared::new(resource_type, resource, &caller.base_url)?.index_now();
         let if_match = if_match.map(parse_version_tag).transpose()?;
         let now = now_us();
         let new_id = body_id.clone().unwrap_or_else(new_id);
@@ -861,6 +870,7 @@ impl Hub {
         })?;
         let if_match = if_match.map(parse_version_tag).transpose()?;
         let (ty, id_owned) = (resource_type.to_owned(), id.to_owned());
+        let base_url = caller.base_url.clone();
         let now = now_us();
         self.perform(
             Access {
@@ -877,7 +887,7 @@ impl Hub {
                 } else {
                     None
                 };
-                let outcome = exec_patch(tx, &ty, &id_owned, &patch, if_match, now)?;
+                let outcome = exec_patch(tx, (&ty, &id_owned), &patch, if_match, &base_url, now)?;
                 if guarded
                     && let Ok(written) = &outcome
                     && let Err(refusal) =

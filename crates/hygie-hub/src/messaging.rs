@@ -278,7 +278,8 @@ fn update(
     resource: Value,
     now: i64,
 ) -> OpResult<WriteOutcome> {
-    let prepared = match Prepared::new(ty, resource) {
+    // Mapped from HL7 v2: every reference is already relative.
+    let prepared = match Prepared::new(ty, resource, "") {
         Ok(prepared) => prepared.index_now(),
         Err(refused) => return Ok(Err(refused)),
     };

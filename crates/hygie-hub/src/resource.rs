@@ -180,7 +180,9 @@ pub fn index_rows(resource: &Value) -> Vec<IndexRow> {
                     entry.param,
                     IndexCell::Reference {
                         target_type: target_type.unwrap_or_default(),
-                        target_id: target_id.unwrap_or_default(),
+                        target_id: target_id.unwrap_or_else(|| {
+                            hygie_fhir::search::index::indexed_target_id(&url).to_owned()
+                        }),
                         url,
                     },
                 ),
@@ -210,6 +212,53 @@ pub fn rewrite_references(value: &mut Value, map: &HashMap<String, String>) {
         Value::Array(items) => {
             for item in items {
                 rewrite_references(item, map);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The relative reference that `url` stands for when it is an absolute URL under this
+/// server's base (`{base_url}/Type/id`, or `…/_history/v`); `None` for anything else, other
+/// servers' URLs included.
+pub fn local_spelling<'a>(url: &'a str, base_url: &str) -> Option<&'a str> {
+    if base_url.is_empty() {
+        return None;
+    }
+    let rest = url.strip_prefix(base_url)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let names_a_resource = match parts[..] {
+        [ty, id] => hygie_fhir::schema::is_resource_type(ty) && is_valid_id(id),
+        [ty, id, "_history", version] => {
+            hygie_fhir::schema::is_resource_type(ty) && is_valid_id(id) && is_valid_id(version)
+        }
+        _ => false,
+    };
+    names_a_resource.then_some(rest)
+}
+
+/// Rewrites every absolute `reference` under this server's base to the relative reference it
+/// stands for, as it is stored: only a relative reference names a resource here (the search
+/// index gives an absolute URL no target), so that `{base}/Patient/1` and `Patient/1` are
+/// one patient, and another server's `Patient/1` is never ours.
+pub fn localize_references(value: &mut Value, base_url: &str) {
+    match value {
+        Value::Object(object) => {
+            for (key, child) in object.iter_mut() {
+                if key == "reference" {
+                    if let Value::String(reference) = child
+                        && let Some(local) = local_spelling(reference, base_url)
+                    {
+                        *reference = local.to_owned();
+                    }
+                } else {
+                    localize_references(child, base_url);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                localize_references(item, base_url);
             }
         }
         _ => {}
@@ -291,6 +340,55 @@ mod tests {
         assert_eq!(
             tokens,
             [("urn:mrn".into(), "1".into()), (String::new(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn only_references_under_our_base_are_made_relative() {
+        let base = "https://hub.example/fhir";
+        let mut resource = json!({
+            "resourceType": "Observation",
+            "subject": {"reference": "https://hub.example/fhir/Patient/p1"},
+            "performer": [
+                {"reference": "https://hub.example/fhir/Practitioner/d1/_history/3"},
+                {"reference": "https://other.example/fhir/Practitioner/d1"},
+                {"reference": "https://hub.example/fhirx/Practitioner/d2"},
+                {"reference": "https://hub.example/fhir/Nope/d3"},
+                {"reference": "https://hub.example/fhir/Patient/p1/extra"},
+                {"reference": "Practitioner/d4"}
+            ],
+            "hasMember": [{"reference": "https://hub.example/fhir/Observation/o 1"}]
+        });
+        localize_references(&mut resource, base);
+        assert_eq!(resource["subject"]["reference"], "Patient/p1");
+        let performers: Vec<&str> = resource["performer"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["reference"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            performers,
+            [
+                "Practitioner/d1/_history/3",
+                "https://other.example/fhir/Practitioner/d1",
+                "https://hub.example/fhirx/Practitioner/d2",
+                "https://hub.example/fhir/Nope/d3",
+                "https://hub.example/fhir/Patient/p1/extra",
+                "Practitioner/d4"
+            ]
+        );
+        assert_eq!(
+            resource["hasMember"][0]["reference"],
+            "https://hub.example/fhir/Observation/o 1"
+        );
+        // No base known (a message from an HL7 v2 listener): nothing changes.
+        let mut unchanged =
+            json!({"subject": {"reference": "https://hub.example/fhir/Patient/p1"}});
+        localize_references(&mut unchanged, "");
+        assert_eq!(
+            unchanged["subject"]["reference"],
+            "https://hub.example/fhir/Patient/p1"
         );
     }
 

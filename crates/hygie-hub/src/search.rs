@@ -950,14 +950,10 @@ fn value_test(
             target_id: id.clone(),
         },
         Value::ReferenceUrl(url) => {
-            let local = url
-                .strip_prefix(base_url)
-                .filter(|_| !base_url.is_empty())
-                .and_then(|rest| rest.strip_prefix('/'))
+            // Stored references under our base are relative (`localize_references`).
+            let local = crate::resource::local_spelling(url, base_url)
                 .and_then(|rest| rest.split_once('/'))
-                .filter(|(ty, id)| {
-                    hygie_fhir::schema::is_resource_type(ty) && crate::resource::is_valid_id(id)
-                });
+                .filter(|(_, id)| crate::resource::is_valid_id(id));
             match local {
                 Some((ty, id)) => Test::Reference {
                     target_type: Some(ty.to_owned()),

@@ -710,7 +710,7 @@ const INSERT_REFERENCES_SQL: &str =
 const INSERT_URIS_SQL: &str = "INSERT INTO search_uri (resource_type, id, param, grp, value)
     SELECT $1, $2, * FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[])";
 const REFERENCES_FROM_SQL: &str = "SELECT DISTINCT target_type, target_id FROM search_reference
-    WHERE resource_type = $1 AND id = ANY($2) AND ($3::TEXT IS NULL OR param = $3) AND target_id <> ''
+    WHERE resource_type = $1 AND id = ANY($2) AND ($3::TEXT IS NULL OR param = $3) AND target_type <> ''
     ORDER BY target_type, target_id LIMIT $4";
 const REFERENCES_TO_SQL: &str = "SELECT DISTINCT x.id FROM search_reference x
     JOIN resources r ON r.resource_type = x.resource_type AND r.id = x.id
@@ -963,7 +963,7 @@ impl Tx for PgTx<'_> {
     ) -> StoreResult<Vec<String>> {
         let statement = self.statement(
             "SELECT DISTINCT target_id FROM search_reference
-             WHERE resource_type = $1 AND id = $2 AND target_type = $3 AND target_id <> ''
+             WHERE resource_type = $1 AND id = $2 AND target_type = $3 AND target_type <> ''
                AND param = ANY($4) ORDER BY target_id",
         )?;
         let rows = self

@@ -45,7 +45,9 @@ pub enum IndexCell {
         low: f64,
         high: f64,
     },
-    /// `target_type`/`target_id` are empty when the reference is not to a local resource.
+    /// `target_type` is empty when the reference is not to a local resource (an absolute URL,
+    /// a URN); `target_id` then holds the whole spelling, a lookup key that no local id can
+    /// equal. Whatever means "this resource" tests `target_type`.
     Reference {
         target_type: String,
         target_id: String,
@@ -189,15 +191,15 @@ pub enum Test {
         system: Option<String>,
         code: Option<String>,
     },
-    /// A local reference; `target_type` `None` means any type.
+    /// A local reference; `target_type` `None` means any (local) type.
     Reference {
         target_type: Option<String>,
         target_id: String,
     },
     /// A reference spelled `url` that names no local resource (an absolute URL of another
-    /// server, a canonical); `target_id` is the target id the index stores with that
-    /// spelling (`hygie_fhir::search::index::indexed_target_id`), so that the search goes
-    /// through the target index.
+    /// server, a canonical, a URN); `target_id` is the target id the index stores with that
+    /// spelling (`hygie_fhir::search::index::indexed_target_id`: the spelling itself), so
+    /// that the search goes through the target index.
     ReferenceUrl {
         url: String,
         target_id: String,
@@ -840,7 +842,8 @@ impl SqlBuilder {
                         let target_type = self.text(target_type);
                         format!("({t}.target_id = {id} AND {t}.target_type = {target_type})")
                     }
-                    None => format!("{t}.target_id = {id}"),
+                    // A reference elsewhere has no type: its target id is its spelling.
+                    None => format!("({t}.target_id = {id} AND {t}.target_type <> '')"),
                 }
             }
             Test::ReferenceUrl { url, target_id } => {

@@ -1495,7 +1495,7 @@ impl Tx for SqliteTx<'_> {
     ) -> StoreResult<Vec<(String, String)>> {
         let mut statement = self.connection.prepare_cached(
             "SELECT DISTINCT target_type, target_id FROM search_reference
-             WHERE resource_type = ?1 AND id = ?2 AND (?3 IS NULL OR param = ?3) AND target_id <> ''
+             WHERE resource_type = ?1 AND id = ?2 AND (?3 IS NULL OR param = ?3) AND target_type <> ''
              ORDER BY target_type, target_id",
         )?;
         let mut targets = std::collections::BTreeSet::new();
@@ -2475,7 +2475,7 @@ mod tests {
             (
                 search::Test::ReferenceUrl {
                     url: "http://other.example/fhir/Patient/p1".into(),
-                    target_id: "p1".into(),
+                    target_id: "http://other.example/fhir/Patient/p1".into(),
                 },
                 "target_id=? AND resource_type=? AND param=?",
             ),

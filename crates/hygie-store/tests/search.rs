@@ -1204,16 +1204,17 @@ async fn an_update_rewrites_only_the_rows_that_changed(backend: Backend) {
     }
 }
 
-/// A reference to another server (or with no resource id) is found by the URL it was
-/// written with, and only by it: the same target id spelled otherwise is another reference.
+/// A reference to another server (or a URN) is found by the URL it was written with, and only
+/// by it: another server's `Patient/p1` is not ours, for a search by type and id, by bare id,
+/// or for the compartment. Such a row holds no target type, and its spelling as target id.
 async fn references_elsewhere_are_found_by_their_spelling(backend: Backend) {
     let store = backend.store;
-    let elsewhere = |url: &str, target_id: &str| {
+    let elsewhere = |url: &str| {
         row(
             "subject",
             IndexCell::Reference {
-                target_type: if target_id.is_empty() { "" } else { "Patient" }.into(),
-                target_id: target_id.into(),
+                target_type: String::new(),
+                target_id: url.into(),
                 url: url.into(),
             },
         )
@@ -1229,32 +1230,45 @@ async fn references_elsewhere_are_found_by_their_spelling(backend: Backend) {
         &store,
         "Observation",
         "other-server",
-        vec![elsewhere("http://other.example/fhir/Patient/p1", "p1")],
+        vec![elsewhere("http://other.example/fhir/Patient/p1")],
     )
     .await;
     put(
         &store,
         "Observation",
         "third-server",
-        vec![elsewhere("https://third.example/Patient/p1", "p1")],
+        vec![elsewhere("https://third.example/Patient/p1")],
     )
     .await;
     put(
         &store,
         "Observation",
         "no-id",
-        vec![elsewhere(
-            "urn:uuid:3b2c1a00-0000-4000-8000-000000000001",
-            "",
+        vec![elsewhere("urn:uuid:3b2c1a00-0000-4000-8000-000000000001")],
+    )
+    .await;
+    // A row with no target type but a bare id as key (not what the hub writes): still not a
+    // reference to our p1, whichever way it is searched.
+    put(
+        &store,
+        "Observation",
+        "untyped",
+        vec![row(
+            "subject",
+            IndexCell::Reference {
+                target_type: String::new(),
+                target_id: "p1".into(),
+                url: "p1".into(),
+            },
         )],
     )
     .await;
-    let by_url = |url: &str, target_id: &str| {
+    let by_url = |url: &str| {
         vec![matching(
             "subject",
             vec![Test::ReferenceUrl {
                 url: url.into(),
-                target_id: target_id.into(),
+                target_id: url.into(),
             }],
         )]
     };
@@ -1262,7 +1276,7 @@ async fn references_elsewhere_are_found_by_their_spelling(backend: Backend) {
         ids(
             &store,
             "Observation",
-            by_url("http://other.example/fhir/Patient/p1", "p1")
+            by_url("http://other.example/fhir/Patient/p1")
         )
         .await,
         ["other-server"]
@@ -1271,7 +1285,7 @@ async fn references_elsewhere_are_found_by_their_spelling(backend: Backend) {
         ids(
             &store,
             "Observation",
-            by_url("urn:uuid:3b2c1a00-0000-4000-8000-000000000001", "")
+            by_url("urn:uuid:3b2c1a00-0000-4000-8000-000000000001")
         )
         .await,
         ["no-id"]
@@ -1280,9 +1294,32 @@ async fn references_elsewhere_are_found_by_their_spelling(backend: Backend) {
         ids(
             &store,
             "Observation",
-            by_url("http://nowhere.example/Patient/p1", "p1")
+            by_url("http://nowhere.example/Patient/p1")
         )
         .await
         .is_empty()
+    );
+    for target_type in [Some("Patient".to_owned()), None] {
+        let local = vec![matching(
+            "subject",
+            vec![Test::Reference {
+                target_type: target_type.clone(),
+                target_id: "p1".into(),
+            }],
+        )];
+        assert_eq!(
+            ids(&store, "Observation", local).await,
+            ["local"],
+            "{target_type:?}"
+        );
+    }
+    let compartment = Filter::Compartment {
+        params: vec!["subject".into()],
+        target_type: "Patient".into(),
+        target_ids: vec!["p1".into()],
+    };
+    assert_eq!(
+        ids(&store, "Observation", vec![compartment]).await,
+        ["local"]
     );
 }

@@ -859,6 +859,17 @@ pub(crate) fn reference_type(reference: &str) -> Option<&str> {
     split_reference(reference).map(|(t, _)| t)
 }
 
+/// (type, id) of a relative reference (`Type/id`, `Type/id/_history/v`): the only spelling
+/// that names a resource of this server. An absolute URL names a resource elsewhere, even
+/// when it ends in `Type/id` (the hub rewrites URLs under its own base to relative ones
+/// before it stores them).
+pub(crate) fn split_local_reference(reference: &str) -> Option<(&str, &str)> {
+    if reference.contains("://") {
+        return None;
+    }
+    split_reference(reference)
+}
+
 /// (type, id) of a literal reference, relative or absolute, versioned or not.
 pub(crate) fn split_reference(reference: &str) -> Option<(&str, &str)> {
     if reference.starts_with('#') || reference.starts_with("urn:") || reference.contains('?') {
@@ -1042,5 +1053,12 @@ mod tests {
         assert_eq!(split_reference("urn:uuid:x"), None);
         assert_eq!(split_reference("#x"), None);
         assert_eq!(split_reference("Patient"), None);
+        assert_eq!(split_local_reference("Patient/1"), Some(("Patient", "1")));
+        assert_eq!(
+            split_local_reference("Patient/1/_history/2"),
+            Some(("Patient", "1"))
+        );
+        assert_eq!(split_local_reference("http://x/fhir/Patient/1"), None);
+        assert_eq!(split_local_reference("urn:uuid:x"), None);
     }
 }

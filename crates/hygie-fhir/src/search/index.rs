@@ -26,9 +26,10 @@
 //! | uri | `uri`, `url`, `canonical`, `oid`, `uuid` | `Uri` |
 //!
 //! References: `Patient/123` (or `…/_history/2`) is (`Patient`, `123`, `Patient/123`); an
-//! absolute `http://x/fhir/Patient/123` is (`Patient`, `123`, the URL); `urn:uuid:…`, `urn:oid:…`
-//! and other forms are the URL only; `#contained` is skipped (a contained resource is not
-//! searchable on its own).
+//! absolute URL (`http://x/fhir/Patient/123`, a canonical), a `urn:uuid:…` or `urn:oid:…` and
+//! other forms are the URL only, with no target: they name no resource of this server (the
+//! hub stores a URL under its own base as a relative reference); `#contained` is skipped (a
+//! contained resource is not searchable on its own).
 //!
 //! Other node types are ignored (`SampledData` for `value-quantity`, a `Reference` reached by a
 //! token expression, …), as are empty strings and values that do not parse (a malformed date
@@ -53,7 +54,7 @@ use std::hash::{Hash, Hasher};
 use serde_json::{Map, Value};
 
 use super::date::{self, ZoneRule};
-use super::fhirpath::{self, Typed, split_reference};
+use super::fhirpath::{self, Typed, split_local_reference};
 use super::number::{self, Decimal};
 use super::params::{ParamType, SearchParam, search_params};
 use super::text::normalize;
@@ -562,18 +563,21 @@ fn quantity(node: &Typed<'_>, out: &mut Vec<IndexValue>) {
     }
 }
 
-/// The target id the index stores with a reference spelled `reference` (empty when it
-/// names no resource by type and id): a search for that spelling looks it up by this id.
+/// What the index stores as the target id of a reference spelled `reference`, and so what
+/// a search for that spelling looks it up by: the id of a local (relative) reference, else
+/// the whole spelling. No local id can equal a spelling that is not local (ids have neither
+/// `:` nor `/`), so a reference to another server's `Patient/X` never stands for ours.
 pub fn indexed_target_id(reference: &str) -> &str {
-    split_reference(reference).map_or("", |(_, id)| id)
+    split_local_reference(reference).map_or(reference, |(_, id)| id)
 }
 
-/// The entry of a literal reference, or `None` for a contained one.
+/// The entry of a literal reference, or `None` for a contained one. Only a relative
+/// reference has a target type and id: an absolute URL or a URN names nothing here.
 pub(crate) fn reference_value(reference: &str) -> Option<IndexValue> {
     if reference.is_empty() || reference.starts_with('#') {
         return None;
     }
-    let (target_type, target_id) = match split_reference(reference) {
+    let (target_type, target_id) = match split_local_reference(reference) {
         Some((t, id)) => (Some(t.to_string()), Some(id.to_string())),
         None => (None, None),
     };
@@ -619,7 +623,8 @@ mod tests {
     use serde_json::json;
 
     /// A search by a reference's spelling looks up the target id that indexing that
-    /// spelling stores: the two must agree for every spelling.
+    /// spelling stores: the two must agree for every spelling, and only a relative
+    /// reference stores a bare id.
     #[test]
     fn a_references_search_key_is_what_its_index_entry_holds() {
         for spelling in [
@@ -632,23 +637,23 @@ mod tests {
             "Nope/1",
             "a/Patient/1",
         ] {
-            let Some(IndexValue::Reference { target_id, .. }) = reference_value(spelling) else {
+            let Some(IndexValue::Reference { target_id, url, .. }) = reference_value(spelling)
+            else {
                 panic!("{spelling} is indexed as a reference");
             };
             assert_eq!(
                 indexed_target_id(spelling),
-                target_id.as_deref().unwrap_or(""),
+                target_id.as_deref().unwrap_or(&url),
                 "{spelling}"
             );
         }
-        assert_eq!(
-            indexed_target_id("http://other.example/fhir/Patient/1"),
-            "1"
-        );
-        assert_eq!(
-            indexed_target_id("urn:uuid:3b2c1a00-0000-4000-8000-000000000001"),
-            ""
-        );
+        assert_eq!(indexed_target_id("Patient/1/_history/2"), "1");
+        for elsewhere in [
+            "http://other.example/fhir/Patient/1",
+            "urn:uuid:3b2c1a00-0000-4000-8000-000000000001",
+        ] {
+            assert_eq!(indexed_target_id(elsewhere), elsewhere);
+        }
     }
 
     fn values(resource: &Value, param: &str) -> Vec<IndexValue> {
@@ -780,10 +785,19 @@ mod tests {
     fn references_and_canonicals() {
         assert_eq!(reference_value("#x"), None);
         assert_eq!(
-            reference_value("http://x/fhir/Patient/1"),
+            reference_value("Patient/1/_history/3"),
             Some(IndexValue::Reference {
                 target_type: Some("Patient".into()),
                 target_id: Some("1".into()),
+                url: "Patient/1/_history/3".into()
+            })
+        );
+        // Another server's Patient/1 is not ours: no target type or id.
+        assert_eq!(
+            reference_value("http://x/fhir/Patient/1"),
+            Some(IndexValue::Reference {
+                target_type: None,
+                target_id: None,
                 url: "http://x/fhir/Patient/1".into()
             })
         );
@@ -802,8 +816,8 @@ mod tests {
             v,
             [
                 IndexValue::Reference {
-                    target_type: Some("Questionnaire".into()),
-                    target_id: Some("q1".into()),
+                    target_type: None,
+                    target_id: None,
                     url: "http://x/Questionnaire/q1".into()
                 },
                 IndexValue::Uri("http://x/Questionnaire/q1|2.0".into())
