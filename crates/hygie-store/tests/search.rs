@@ -21,6 +21,7 @@ hygie_store::on_both_backends!(
     thousands_of_alternative_codes_are_one_list,
     blind_terms_are_found_by_equality_and_follow_their_resource,
     blind_terms_share_the_fate_of_their_unit_in_a_batch,
+    queued_terms_are_written_before_a_search_they_could_change,
     an_update_rewrites_only_the_rows_that_changed,
     references_elsewhere_are_found_by_their_spelling,
 );
@@ -857,6 +858,61 @@ fn terms(bytes: &[u8]) -> Vec<IndexRow> {
         .iter()
         .map(|&byte| row("family", IndexCell::Term(term(byte))))
         .collect()
+}
+
+/// Within a unit of work, a search sees the term writes before it that could change its
+/// answer: a new entry holding a searched term, and a replaced version's entry, which must
+/// no longer answer for its resource (on SQLite, term writes are queued until a search
+/// reads the term index: this fails if such a search skipped a removal or an entry it
+/// looks for).
+async fn queued_terms_are_written_before_a_search_they_could_change(backend: Backend) {
+    let store = backend.store;
+    let found = store
+        .run(|tx| {
+            let put = |tx: &mut dyn hygie_store::Tx, id: &str, version, bytes: &[u8]| {
+                tx.put_version(&NewVersion {
+                    resource_type: "Patient",
+                    id,
+                    version,
+                    last_updated_us: version,
+                    deleted: false,
+                    body: b"{}",
+                    index: &terms(bytes),
+                    key_id: None,
+                })
+            };
+            let search =
+                |tx: &mut dyn hygie_store::Tx, byte: u8| -> Result<Vec<String>, StoreError> {
+                    let spec = SearchSpec {
+                        resource_type: "Patient".into(),
+                        filters: vec![matching("family", vec![Test::Term(term(byte))])],
+                        sort: vec![],
+                        position: None,
+                        limit: 10,
+                    };
+                    Ok(tx.search(&spec)?.into_iter().map(|hit| hit.id).collect())
+                };
+            let mut found = Vec::new();
+            put(tx, "a", 1, &[41, 42])?;
+            found.push(search(tx, 41)?); // a's queued entry holds 41
+            put(tx, "a", 2, &[41])?;
+            found.push(search(tx, 42)?); // only a's replaced version held 42
+            found.push(search(tx, 41)?);
+            put(tx, "b", 1, &[43])?;
+            found.push(search(tx, 44)?); // nothing queued holds 44
+            found.push(search(tx, 43)?);
+            Ok(found)
+        })
+        .await
+        .unwrap();
+    let expected: Vec<Vec<String>> = vec![
+        vec!["a".into()],
+        vec![],
+        vec!["a".into()],
+        vec![],
+        vec!["b".into()],
+    ];
+    assert_eq!(found, expected);
 }
 
 /// The inverted index of blind terms: a term finds the resources that have it, alone
