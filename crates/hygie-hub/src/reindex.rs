@@ -11,7 +11,7 @@ use crate::resource::index_rows;
 use crate::{Hub, HubError};
 
 /// Bump when what `index_rows` produces for a resource changes.
-pub const INDEX_VERSION: &str = "r4-search-4-local-references";
+pub const INDEX_VERSION: &str = "r4-search-5-blind-terms";
 /// Resources re-indexed per transaction.
 const REINDEX_BATCH: usize = 500;
 
