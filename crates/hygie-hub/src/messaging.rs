@@ -278,7 +278,7 @@ fn update(
     resource: Value,
     now: i64,
 ) -> OpResult<WriteOutcome> {
-    // Mapped from HL7 v2: every reference is already relative.
+    // A stored resource a merge rewrites: its references were made relative when written.
     let prepared = match Prepared::new(ty, resource, "") {
         Ok(prepared) => prepared.index_now(),
         Err(refused) => return Ok(Err(refused)),
