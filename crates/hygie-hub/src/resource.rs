@@ -195,23 +195,28 @@ pub fn index_rows(resource: &Value) -> Vec<IndexRow> {
 
 /// Replaces every `reference` string found in `map` (e.g. `urn:uuid:…` → `Patient/123`).
 pub fn rewrite_references(value: &mut Value, map: &HashMap<String, String>) {
+    replace_references(value, &|reference| map.get(reference).cloned());
+}
+
+/// Replaces every `reference` string, at any depth, by what `replacement` gives for it.
+fn replace_references(value: &mut Value, replacement: &dyn Fn(&str) -> Option<String>) {
     match value {
         Value::Object(object) => {
             for (key, child) in object.iter_mut() {
                 if key == "reference" {
                     if let Value::String(reference) = child
-                        && let Some(replacement) = map.get(reference.as_str())
+                        && let Some(new) = replacement(reference)
                     {
-                        *reference = replacement.clone();
+                        *reference = new;
                     }
                 } else {
-                    rewrite_references(child, map);
+                    replace_references(child, replacement);
                 }
             }
         }
         Value::Array(items) => {
             for item in items {
-                rewrite_references(item, map);
+                replace_references(item, replacement);
             }
         }
         _ => {}
@@ -242,27 +247,9 @@ pub fn local_spelling<'a>(url: &'a str, base_url: &str) -> Option<&'a str> {
 /// index gives an absolute URL no target), so that `{base}/Patient/1` and `Patient/1` are
 /// one patient, and another server's `Patient/1` is never ours.
 pub fn localize_references(value: &mut Value, base_url: &str) {
-    match value {
-        Value::Object(object) => {
-            for (key, child) in object.iter_mut() {
-                if key == "reference" {
-                    if let Value::String(reference) = child
-                        && let Some(local) = local_spelling(reference, base_url)
-                    {
-                        *reference = local.to_owned();
-                    }
-                } else {
-                    localize_references(child, base_url);
-                }
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                localize_references(item, base_url);
-            }
-        }
-        _ => {}
-    }
+    replace_references(value, &|reference| {
+        local_spelling(reference, base_url).map(str::to_owned)
+    });
 }
 
 /// Every `reference` string in a resource.

@@ -853,6 +853,25 @@ fn term(byte: u8) -> hygie_store::BlindTerm {
     ]
 }
 
+/// Writes version `version` of `Patient/{id}` with `index`, inside a unit of work.
+fn put_patient(
+    tx: &mut dyn hygie_store::Tx,
+    id: &str,
+    version: i64,
+    index: &[IndexRow],
+) -> Result<(), StoreError> {
+    tx.put_version(&NewVersion {
+        resource_type: "Patient",
+        id,
+        version,
+        last_updated_us: version,
+        deleted: false,
+        body: b"{}",
+        index,
+        key_id: None,
+    })
+}
+
 fn terms(bytes: &[u8]) -> Vec<IndexRow> {
     bytes
         .iter()
@@ -870,16 +889,7 @@ async fn queued_terms_are_written_before_a_search_they_could_change(backend: Bac
     let found = store
         .run(|tx| {
             let put = |tx: &mut dyn hygie_store::Tx, id: &str, version, bytes: &[u8]| {
-                tx.put_version(&NewVersion {
-                    resource_type: "Patient",
-                    id,
-                    version,
-                    last_updated_us: version,
-                    deleted: false,
-                    body: b"{}",
-                    index: &terms(bytes),
-                    key_id: None,
-                })
+                put_patient(tx, id, version, &terms(bytes))
             };
             let search =
                 |tx: &mut dyn hygie_store::Tx, byte: u8| -> Result<Vec<String>, StoreError> {
@@ -1020,19 +1030,7 @@ async fn blind_terms_share_the_fate_of_their_unit_in_a_batch(backend: Backend) {
             let outcome = store
                 .run(move |tx| {
                     let id = format!("p{i}");
-                    let put =
-                        |tx: &mut dyn hygie_store::Tx, id: &str, version, index: &[IndexRow]| {
-                            tx.put_version(&NewVersion {
-                                resource_type: "Patient",
-                                id,
-                                version,
-                                last_updated_us: version,
-                                deleted: false,
-                                body: b"{}",
-                                index,
-                                key_id: None,
-                            })
-                        };
+                    let put = put_patient;
                     if i % 4 == 2 {
                         put(tx, &id, 1, &terms(&[i, SHARED, REPLACED]))?;
                         put(tx, &id, 2, &terms(&[i, SHARED]))?;
