@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// Also listen for HL7 v2 over MLLP on this address (settings in `[hl7]`).
     #[arg(long, env = "HYGIE_MLLP_LISTEN", value_name = "ADDR")]
     pub mllp_listen: Option<String>,
-    /// Base URL clients use (for links and Location headers) when behind a proxy.
+    /// Base URL clients use (for links and Location headers) when behind a proxy; references
+    /// written under it are stored as relative ones.
     #[arg(long, env = "HYGIE_PUBLIC_BASE_URL", value_name = "URL")]
     pub public_base_url: Option<String>,
 }
