@@ -912,8 +912,6 @@ mod tests {
         assert!(PREPARED.with(|p| p.borrow().is_none()));
     }
 
-    /// `:contains` finds a part anywhere in a name (its start included), and is refused
-    /// on addresses, which index only their beginnings.
     /// The terms among `rows`.
     fn stored_terms(rows: &[IndexRow]) -> BTreeSet<BlindTerm> {
         rows.iter()
@@ -1035,6 +1033,8 @@ mod tests {
         }
     }
 
+    /// `:contains` finds a part anywhere in a name (its start included), and is refused
+    /// on addresses, which index only their beginnings.
     #[test]
     fn contains_finds_a_name_part_anywhere() {
         let key = Secret::from_bytes([9; 32]);

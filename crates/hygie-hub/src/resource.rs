@@ -180,9 +180,9 @@ pub fn index_rows(resource: &Value) -> Vec<IndexRow> {
                     entry.param,
                     IndexCell::Reference {
                         target_type: target_type.unwrap_or_default(),
-                        target_id: target_id.unwrap_or_else(|| {
-                            hygie_fhir::search::index::indexed_target_id(&url).to_owned()
-                        }),
+                        // Not a local resource: keyed by its spelling, which no local
+                        // id can equal (see `IndexCell::Reference`).
+                        target_id: target_id.unwrap_or_else(|| url.clone()),
                         url,
                     },
                 ),

@@ -959,10 +959,7 @@ fn value_test(
                     target_type: Some(ty.to_owned()),
                     target_id: id.to_owned(),
                 },
-                None => Test::ReferenceUrl {
-                    url: url.clone(),
-                    target_id: hygie_fhir::search::index::indexed_target_id(url).to_owned(),
-                },
+                None => Test::ReferenceUrl(url.clone()),
             }
         }
         Value::Uri(uri) => match modifier {

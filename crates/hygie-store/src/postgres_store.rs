@@ -963,7 +963,7 @@ impl Tx for PgTx<'_> {
     ) -> StoreResult<Vec<String>> {
         let statement = self.statement(
             "SELECT DISTINCT target_id FROM search_reference
-             WHERE resource_type = $1 AND id = $2 AND target_type = $3 AND target_type <> ''
+             WHERE resource_type = $1 AND id = $2 AND target_type = $3
                AND param = ANY($4) ORDER BY target_id",
         )?;
         let rows = self

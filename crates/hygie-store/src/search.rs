@@ -196,14 +196,10 @@ pub enum Test {
         target_type: Option<String>,
         target_id: String,
     },
-    /// A reference spelled `url` that names no local resource (an absolute URL of another
-    /// server, a canonical, a URN); `target_id` is the target id the index stores with that
-    /// spelling (`hygie_fhir::search::index::indexed_target_id`: the spelling itself), so
-    /// that the search goes through the target index.
-    ReferenceUrl {
-        url: String,
-        target_id: String,
-    },
+    /// A reference spelled so that it names no local resource (an absolute URL of another
+    /// server, a canonical, a URN): found by that spelling, the target id such a row holds
+    /// (see [`IndexCell::Reference`]), so that the search goes through the target index.
+    ReferenceUrl(String),
     Uri(String),
     UriBelow(String),
     /// The resource's blind terms include this one.
@@ -220,7 +216,7 @@ impl Test {
             Test::Date { .. } => IndexTable::Date,
             Test::Number { .. } => IndexTable::Number,
             Test::Quantity { .. } => IndexTable::Quantity,
-            Test::Reference { .. } | Test::ReferenceUrl { .. } => IndexTable::Reference,
+            Test::Reference { .. } | Test::ReferenceUrl(_) => IndexTable::Reference,
             Test::Uri(_) | Test::UriBelow(_) => IndexTable::Uri,
             Test::Term(_) => IndexTable::Term,
         }
@@ -846,10 +842,9 @@ impl SqlBuilder {
                     None => format!("({t}.target_id = {id} AND {t}.target_type <> '')"),
                 }
             }
-            Test::ReferenceUrl { url, target_id } => {
-                let id = self.text(target_id);
+            Test::ReferenceUrl(url) => {
                 let url = self.text(url);
-                format!("({t}.target_id = {id} AND {t}.url = {url})")
+                format!("({t}.target_id = {url} AND {t}.target_type = '')")
             }
             Test::Uri(value) => {
                 let value = self.text(value);
@@ -947,7 +942,7 @@ fn selectivity_rank(filter: &Filter) -> Option<u8> {
             tests,
             ..
         } => Some(match tests.first()? {
-            Test::Reference { .. } | Test::ReferenceUrl { .. } => 1,
+            Test::Reference { .. } | Test::ReferenceUrl(_) => 1,
             Test::StringExact(_) | Test::Term(_) => 2,
             Test::Token { code: Some(_), .. } => 3,
             Test::StringStartsWith(_) | Test::Uri(_) => 4,

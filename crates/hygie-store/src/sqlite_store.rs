@@ -2473,11 +2473,8 @@ mod tests {
                 "target_id=? AND resource_type=? AND param=? AND target_type=?",
             ),
             (
-                search::Test::ReferenceUrl {
-                    url: "http://other.example/fhir/Patient/p1".into(),
-                    target_id: "http://other.example/fhir/Patient/p1".into(),
-                },
-                "target_id=? AND resource_type=? AND param=?",
+                search::Test::ReferenceUrl("http://other.example/fhir/Patient/p1".into()),
+                "target_id=? AND resource_type=? AND param=? AND target_type=?",
             ),
         ] {
             let sql = SqlBuilder::new(Dialect::Sqlite).page_query(&SearchSpec {

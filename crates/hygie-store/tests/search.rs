@@ -1317,15 +1317,7 @@ async fn references_elsewhere_are_found_by_their_spelling(backend: Backend) {
         )],
     )
     .await;
-    let by_url = |url: &str| {
-        vec![matching(
-            "subject",
-            vec![Test::ReferenceUrl {
-                url: url.into(),
-                target_id: url.into(),
-            }],
-        )]
-    };
+    let by_url = |url: &str| vec![matching("subject", vec![Test::ReferenceUrl(url.into())])];
     assert_eq!(
         ids(
             &store,

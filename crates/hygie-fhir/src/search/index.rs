@@ -563,14 +563,6 @@ fn quantity(node: &Typed<'_>, out: &mut Vec<IndexValue>) {
     }
 }
 
-/// What the index stores as the target id of a reference spelled `reference`, and so what
-/// a search for that spelling looks it up by: the id of a local (relative) reference, else
-/// the whole spelling. No local id can equal a spelling that is not local (ids have neither
-/// `:` nor `/`), so a reference to another server's `Patient/X` never stands for ours.
-pub fn indexed_target_id(reference: &str) -> &str {
-    split_local_reference(reference).map_or(reference, |(_, id)| id)
-}
-
 /// The entry of a literal reference, or `None` for a contained one. Only a relative
 /// reference has a target type and id: an absolute URL or a URN names nothing here.
 pub(crate) fn reference_value(reference: &str) -> Option<IndexValue> {
@@ -622,37 +614,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// A search by a reference's spelling looks up the target id that indexing that
-    /// spelling stores: the two must agree for every spelling, and only a relative
-    /// reference stores a bare id.
+    /// Only a relative reference names a target: another server's `Patient/1`, a canonical
+    /// or a URN has none (the store keys it by its spelling).
     #[test]
-    fn a_references_search_key_is_what_its_index_entry_holds() {
-        for spelling in [
-            "Patient/1",
-            "Patient/1/_history/2",
-            "http://other.example/fhir/Patient/1",
-            "https://x/Patient/1/_history/2",
-            "urn:uuid:3b2c1a00-0000-4000-8000-000000000001",
-            "http://hl7.org/fhir/ValueSet/x?version=1",
-            "Nope/1",
-            "a/Patient/1",
+    fn only_a_relative_reference_has_a_target() {
+        for (spelling, local) in [
+            ("Patient/1", true),
+            ("Patient/1/_history/2", true),
+            ("http://other.example/fhir/Patient/1", false),
+            ("https://x/Patient/1/_history/2", false),
+            ("urn:uuid:3b2c1a00-0000-4000-8000-000000000001", false),
+            ("http://hl7.org/fhir/ValueSet/x?version=1", false),
+            ("Nope/1", false),
+            ("a/Patient/1", false),
         ] {
-            let Some(IndexValue::Reference { target_id, url, .. }) = reference_value(spelling)
+            let Some(IndexValue::Reference {
+                target_type,
+                target_id,
+                url,
+            }) = reference_value(spelling)
             else {
                 panic!("{spelling} is indexed as a reference");
             };
-            assert_eq!(
-                indexed_target_id(spelling),
-                target_id.as_deref().unwrap_or(&url),
-                "{spelling}"
-            );
-        }
-        assert_eq!(indexed_target_id("Patient/1/_history/2"), "1");
-        for elsewhere in [
-            "http://other.example/fhir/Patient/1",
-            "urn:uuid:3b2c1a00-0000-4000-8000-000000000001",
-        ] {
-            assert_eq!(indexed_target_id(elsewhere), elsewhere);
+            assert_eq!(url, spelling);
+            assert_eq!(target_type.is_some(), local, "{spelling}");
+            assert_eq!(target_id.as_deref(), local.then_some("1"), "{spelling}");
         }
     }
 
