@@ -60,6 +60,35 @@ fn unwrap_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// A new patient's key is wrapped under the next slot: the kept path of the slot before
+/// makes it one or two HMACs of the GGM tree instead of 32. Scattered slots show the cost
+/// without it.
+fn wrap_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wrap");
+    let keyring = Keyring::generate("bench", 1);
+    let key = DataKey::generate();
+    let mut next = 1_000u64;
+    group.bench_function("data_key_next_slot", |b| {
+        b.iter(|| {
+            next += 1;
+            keyring
+                .wrap(1, next, &key, b"patient/0193f2a4")
+                .expect("wraps")
+        })
+    });
+    let mut scattered = 1u64;
+    group.bench_function("data_key_scattered_slot", |b| {
+        b.iter(|| {
+            // A multiplicative walk over the slots: consecutive calls share no path.
+            scattered = scattered.wrapping_mul(0x9E37_79B9) % (1 << 31) + 1;
+            keyring
+                .wrap(1, scattered, &key, b"patient/0193f2a4")
+                .expect("wraps")
+        })
+    });
+    group.finish();
+}
+
 fn term_benches(c: &mut Criterion) {
     let key = Secret::from_bytes([7; 32]);
     c.bench_function("blind/term", |b| {
@@ -74,5 +103,11 @@ fn term_benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, aead_benches, unwrap_benches, term_benches);
+criterion_group!(
+    benches,
+    aead_benches,
+    unwrap_benches,
+    wrap_benches,
+    term_benches
+);
 criterion_main!(benches);

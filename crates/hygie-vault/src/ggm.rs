@@ -11,9 +11,12 @@
 //! backwards from a child to its parent or sibling.
 //!
 //! Cost: deriving runs at most 32 HMACs; a puncture adds at most 31 nodes (32 new minus the
-//! one removed), so the cover set holds at most `32 × punctures + 1` nodes.
+//! one removed), so the cover set holds at most `32 × punctures + 1` nodes. The path of the
+//! last slot derived is kept ([`LastPath`]): slots are handed out in order, so the next one
+//! shares all but its last few nodes and costs one or two HMACs.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use crate::secret::hmac_sha256;
 use crate::{Secret, VaultError};
@@ -35,11 +38,42 @@ pub const BACKUP_SLOT: u64 = SLOT_COUNT - 2;
 const CHILD_LABEL: &[u8] = b"hygie-ggm-v1";
 
 /// A GGM tree's cover set: the nodes from which every non-punctured slot derives.
-#[derive(Clone)]
 pub struct PuncturableKey {
     /// `(depth, index)`: the node covers slots `[index << (32 - depth), (index + 1) << (32 - depth))`.
     /// The nodes' ranges never overlap.
     nodes: BTreeMap<(u8, u64), Secret>,
+    /// The path of the slot derived last. Emptied by every puncture, so that it never holds
+    /// a node above a punctured slot.
+    last_path: Mutex<Option<LastPath>>,
+}
+
+/// The nodes on the path of one slot, from its covering node down to the slot's key:
+/// `nodes[i]` is at depth `from_depth + i`. Wiped when dropped, as every [`Secret`] is.
+struct LastPath {
+    slot: u64,
+    from_depth: u8,
+    nodes: Vec<Secret>,
+}
+
+impl LastPath {
+    /// The depth of the deepest kept node that is also on `slot`'s path, if any. Every
+    /// node is derived from its parent alone, so a node of this path is the same node of
+    /// `slot`'s path at every depth where the two paths have taken the same turns.
+    fn shared_depth(&self, slot: u64) -> Option<u8> {
+        let same_turns = ((self.slot ^ slot) << (64 - u32::from(SLOT_BITS)))
+            .leading_zeros()
+            .min(u32::from(SLOT_BITS)) as u8;
+        (same_turns >= self.from_depth).then_some(same_turns)
+    }
+}
+
+impl Clone for PuncturableKey {
+    fn clone(&self) -> PuncturableKey {
+        PuncturableKey {
+            nodes: self.nodes.clone(),
+            last_path: Mutex::new(None),
+        }
+    }
 }
 
 impl PuncturableKey {
@@ -47,20 +81,45 @@ impl PuncturableKey {
     pub fn random() -> PuncturableKey {
         PuncturableKey {
             nodes: BTreeMap::from([((0, 0), Secret::random())]),
+            last_path: Mutex::new(None),
         }
     }
 
     /// The key of `slot`, or `None` once it was punctured.
     pub fn derive(&self, slot: u64) -> Result<Option<Secret>, VaultError> {
         check_in_range(slot)?;
-        let Some((depth, index)) = self.covering_node(slot) else {
+        let Some((covering_depth, index)) = self.covering_node(slot) else {
             return Ok(None);
         };
-        let mut current = self.nodes[&(depth, index)].clone();
-        for depth in depth..SLOT_BITS {
-            current = child(&current, path_bit(slot, depth));
+        // Taken out while deriving, so that other threads never wait on the HMACs (one
+        // that comes meanwhile derives from the cover set).
+        let taken = self
+            .last_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let reused = taken.and_then(|mut path| {
+            let depth = path.shared_depth(slot)?;
+            path.nodes
+                .truncate(usize::from(depth - path.from_depth) + 1);
+            Some(path)
+        });
+        let mut path = reused.unwrap_or_else(|| LastPath {
+            slot,
+            from_depth: covering_depth,
+            nodes: vec![self.nodes[&(covering_depth, index)].clone()],
+        });
+        path.slot = slot;
+        for depth in path.from_depth + path.nodes.len() as u8 - 1..SLOT_BITS {
+            let next = child(
+                path.nodes.last().expect("never empty"),
+                path_bit(slot, depth),
+            );
+            path.nodes.push(next);
         }
-        Ok(Some(current))
+        let key = path.nodes.last().expect("never empty").clone();
+        *self.last_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+        Ok(Some(key))
     }
 
     /// Makes `slot` underivable while every other slot keeps its key. Returns whether the
@@ -71,6 +130,8 @@ impl PuncturableKey {
         if slot == CHECK_SLOT || slot == BACKUP_SLOT {
             return Err(VaultError::ReservedSlot(slot));
         }
+        // Its nodes may lie above `slot`: gone before anything else changes.
+        *self.last_path.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         let Some(covering) = self.covering_node(slot) else {
             return Ok(false);
         };
@@ -142,7 +203,10 @@ impl PuncturableKey {
                 ));
             }
         }
-        Ok(PuncturableKey { nodes: map })
+        Ok(PuncturableKey {
+            nodes: map,
+            last_path: Mutex::new(None),
+        })
     }
 
     /// The node that covers `slot`, if any: at most one, since ranges do not overlap.
@@ -192,6 +256,31 @@ mod tests {
 
     fn derived(key: &PuncturableKey, slot: u64) -> Option<[u8; 32]> {
         key.derive(slot).unwrap().map(|secret| *secret.as_bytes())
+    }
+
+    /// A slot's key derived from its covering node, without the kept path.
+    fn from_cover_set(key: &PuncturableKey, slot: u64) -> Option<[u8; 32]> {
+        let (depth, index) = key.covering_node(slot)?;
+        let mut current = key.nodes[&(depth, index)].clone();
+        for depth in depth..SLOT_BITS {
+            current = child(&current, path_bit(slot, depth));
+        }
+        Some(*current.as_bytes())
+    }
+
+    /// A puncture leaves no node of the path it cut in memory: the kept path would
+    /// otherwise still derive the erased slot's key.
+    #[test]
+    fn a_puncture_forgets_the_kept_path() {
+        let mut key = PuncturableKey::random();
+        assert!(derived(&key, 41).is_some());
+        assert!(key.last_path.lock().unwrap().is_some());
+        key.puncture(41).unwrap();
+        assert!(key.last_path.lock().unwrap().is_none());
+        assert_eq!(derived(&key, 41), None);
+        // A clone starts without one, so that two keys never share secrets they derived.
+        assert!(derived(&key, 42).is_some());
+        assert!(key.clone().last_path.lock().unwrap().is_none());
     }
 
     /// Pins the derivation (label, bit order, bit encoding) to values computed outside
@@ -388,6 +477,30 @@ mod tests {
                 } else {
                     prop_assert!(!key.is_punctured(slot).unwrap());
                     prop_assert_eq!(derived(&key, slot), derived(&untouched, slot));
+                }
+            }
+        }
+
+        /// The kept path never changes a slot's key: slots derived in runs (as keys are
+        /// handed out), at random and across punctures give what a derivation from the
+        /// cover set alone gives.
+        #[test]
+        fn the_kept_path_derives_what_the_cover_set_derives(
+            steps in proptest::collection::vec(
+                prop_oneof![
+                    (0..BACKUP_SLOT, 1..40u64).prop_map(|(first, count)| (first, count, false)),
+                    (0..BACKUP_SLOT).prop_map(|slot| (slot, 1, true)),
+                ],
+                1..12,
+            ),
+        ) {
+            let mut key = PuncturableKey::random();
+            for (first, count, puncture) in steps {
+                if puncture {
+                    key.puncture(first).unwrap();
+                }
+                for slot in first..(first + count).min(BACKUP_SLOT) {
+                    prop_assert_eq!(derived(&key, slot), from_cover_set(&key, slot));
                 }
             }
         }
