@@ -577,6 +577,8 @@ impl PreparedTransaction {
         let mut planned = Vec::with_capacity(entries.len());
         let mut references: HashMap<String, String> = HashMap::new();
         let mut touched: HashSet<String> = HashSet::new();
+        // Every entry's fullUrl: a reference to one may be rewritten in the store.
+        let mut full_urls: HashSet<String> = HashSet::new();
         for (index, entry) in entries.iter().enumerate() {
             // Keyed as the entries' references will be spelled once made relative, so that
             // `{base}/Patient/x` as fullUrl and as a reference stay one resource.
@@ -584,6 +586,7 @@ impl PreparedTransaction {
                 .get("fullUrl")
                 .and_then(Value::as_str)
                 .map(|url| local_spelling(url, base).unwrap_or(url).to_owned());
+            full_urls.extend(full_url.clone());
             let located = |error: HubError, what: &str| {
                 error.located_in(&format!("Bundle.entry[{index}]{what}"))
             };
@@ -765,6 +768,16 @@ impl PreparedTransaction {
                 entry.resolve_now(&references);
             }
             references.clear();
+        } else {
+            // What references no other entry and no conditional reference is written as
+            // sent (an HL7 admission's Patient, doctors and ward): indexed here all the same.
+            let rewritable = |reference: &str| {
+                full_urls.contains(reference)
+                    || parsed_conditionals.iter().any(|(r, _, _)| r == reference)
+            };
+            for entry in &mut planned {
+                entry.index_unless_rewritable(&rewritable);
+            }
         }
         Ok(PreparedTransaction {
             planned,
@@ -909,6 +922,21 @@ impl TxEntry {
         {
             rewrite_references(&mut prepared.resource, references);
             prepared.index = Some(index_rows(&prepared.resource));
+        }
+    }
+
+    /// Indexes the entry now when none of its references is one the store may rewrite.
+    fn index_unless_rewritable(&mut self, rewritable: &dyn Fn(&str) -> bool) {
+        if let TxPlan::Create { prepared, .. }
+        | TxPlan::Update { prepared, .. }
+        | TxPlan::ConditionalUpdate { prepared, .. } = &mut self.plan
+            && prepared.index.is_none()
+        {
+            let mut found = Vec::new();
+            collect_references(&prepared.resource, &mut found);
+            if !found.into_iter().any(rewritable) {
+                prepared.index = Some(index_rows(&prepared.resource));
+            }
         }
     }
 

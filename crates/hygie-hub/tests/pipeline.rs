@@ -24,6 +24,7 @@ hygie_store::on_both_backends!(
     a_failing_transaction_writes_nothing_but_its_audit,
     a_history_page_audits_exactly_what_it_returned,
     a_reindex_is_audited_and_makes_old_data_findable,
+    a_transaction_indexes_each_entry_as_it_is_written,
 );
 
 fn developer() -> Caller {
@@ -736,5 +737,97 @@ async fn a_reindex_is_audited_and_makes_old_data_findable(backend: Backend) {
         hub.bring_index_up_to_date().await.unwrap(),
         0,
         "once is enough"
+    );
+}
+
+/// How many resources a search by `query` on `resource_type` matches.
+async fn matched(hub: &Hub, resource_type: &str, query: &str) -> usize {
+    let bundle: Value = serde_json::from_slice(
+        &hub.search(
+            &developer(),
+            hygie_hub::SearchScope {
+                resource_type: resource_type.into(),
+                compartment: None,
+            },
+            query,
+            false,
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    bundle["entry"].as_array().map_or(0, |entries| {
+        entries
+            .iter()
+            .filter(|e| e["search"]["mode"] == "match")
+            .count()
+    })
+}
+
+/// A transaction whose ids are decided in the store (a conditional update, a conditional
+/// reference) indexes the entries that reference no other entry before the store, and the
+/// others after their references are rewritten: each is found by what it was written with.
+async fn a_transaction_indexes_each_entry_as_it_is_written(backend: Backend) {
+    let hub = Hub::new(backend.store.clone(), HubConfig::default());
+    let caller = developer();
+    hub.update(
+        &caller,
+        "Patient",
+        "known",
+        json!({"resourceType": "Patient", "id": "known", "identifier": [{"system": "urn:t", "value": "p0"}]}),
+        None,
+    )
+    .await
+    .unwrap();
+    let patient = "urn:uuid:6f1c1d2e-8a55-4c39-9a4e-1f0d3c2b1a01";
+    let doctor = "urn:uuid:6f1c1d2e-8a55-4c39-9a4e-1f0d3c2b1a02";
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": patient,
+             "resource": {"resourceType": "Patient", "name": [{"family": "Quintero"}],
+                          "identifier": [{"system": "urn:t", "value": "p1"}]},
+             "request": {"method": "PUT", "url": "Patient?identifier=urn:t|p1"}},
+            {"fullUrl": doctor,
+             "resource": {"resourceType": "Practitioner", "name": [{"family": "Okafor"}]},
+             "request": {"method": "POST", "url": "Practitioner"}},
+            {"resource": {"resourceType": "Encounter", "status": "finished",
+                          "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                          "subject": {"reference": patient},
+                          "participant": [{"individual": {"reference": doctor}}]},
+             "request": {"method": "POST", "url": "Encounter"}},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                          "subject": {"reference": "Patient?identifier=urn:t|p0"}},
+             "request": {"method": "POST", "url": "Observation"}},
+        ],
+    });
+    let response: Value = serde_json::from_slice(
+        &hub.bundle(&caller, bundle, ReturnPreference::Representation)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let patient_id = response["entry"][0]["resource"]["id"].as_str().unwrap();
+    let doctor_id = response["entry"][1]["resource"]["id"].as_str().unwrap();
+    assert_eq!(matched(&hub, "Patient", "name=Quintero").await, 1);
+    assert_eq!(matched(&hub, "Practitioner", "name=Okafor").await, 1);
+    // Indexed with the references the store rewrote, not with those sent.
+    assert_eq!(
+        matched(&hub, "Encounter", &format!("subject=Patient/{patient_id}")).await,
+        1
+    );
+    assert_eq!(
+        matched(
+            &hub,
+            "Encounter",
+            &format!("participant=Practitioner/{doctor_id}")
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        matched(&hub, "Observation", "subject=Patient/known").await,
+        1
     );
 }
