@@ -1053,7 +1053,8 @@ impl Tx for PgTx<'_> {
         self.transaction.batch_execute(
             "ANALYZE resources; ANALYZE resource_versions; ANALYZE search_token;
              ANALYZE search_string; ANALYZE search_date; ANALYZE search_number;
-             ANALYZE search_quantity; ANALYZE search_reference; ANALYZE search_uri;",
+             ANALYZE search_quantity; ANALYZE search_reference; ANALYZE search_uri;
+             ANALYZE search_term;",
         )?;
         Ok(())
     }

@@ -2,9 +2,11 @@
 //! each current version, and a small query language compiled to SQL for either backend.
 //!
 //! The store knows nothing of FHIR: the hub turns a FHIR search into a [`SearchSpec`] of
-//! index tests on named parameters. Every filter becomes `r.id IN (SELECT … FROM index …)`,
-//! so that each database can drive the query from the most selective index instead of
-//! probing every resource of the type.
+//! index tests on named parameters. The most selective filter becomes
+//! `r.id IN (SELECT … FROM index …)`, so that each database can drive the query from its
+//! index instead of probing every resource of the type; the others probe each candidate.
+//! A page in `_id` order whose filters most resources match is the exception: walking the
+//! type in key order and probing stops at the page's end ([`id_order_driver`]).
 
 /// One index row of a resource's current version.
 #[derive(Debug, Clone, PartialEq)]
@@ -355,6 +357,9 @@ pub(crate) struct SqlBuilder {
     dialect: Dialect,
     pub(crate) params: Vec<SqlParam>,
     aliases: usize,
+    /// `false`: no filter drives, every one is a probe of each resource taken in the
+    /// order of the primary key (see [`id_order_driver`]).
+    drive_by_index: bool,
 }
 
 impl SqlBuilder {
@@ -363,6 +368,17 @@ impl SqlBuilder {
             dialect,
             params: Vec::new(),
             aliases: 0,
+            drive_by_index: true,
+        }
+    }
+
+    /// A builder whose page query walks the resources in `_id` order and probes each one
+    /// with every filter, stopping at the page's end, instead of collecting every match of
+    /// the most selective filter first (see [`id_order_driver`]).
+    pub(crate) fn in_id_order(dialect: Dialect) -> SqlBuilder {
+        SqlBuilder {
+            drive_by_index: false,
+            ..SqlBuilder::new(dialect)
         }
     }
 
@@ -457,6 +473,47 @@ impl SqlBuilder {
         )
     }
 
+    /// `SELECT COUNT(*)` of the rows of `filter`'s index that match it, stopping at `cap`:
+    /// how many resources it would collect if it drove the query (an estimate for the
+    /// blind terms, whose index holds every type). `None` for a filter of another kind.
+    pub(crate) fn driver_rows_query(
+        &mut self,
+        resource_type: &str,
+        filter: &Filter,
+        cap: usize,
+    ) -> Option<String> {
+        let Filter::Match {
+            param,
+            tests,
+            negate: false,
+        } = filter
+        else {
+            return None;
+        };
+        let table = tests.first()?.table();
+        let rows = if table == IndexTable::Term {
+            match self.dialect {
+                Dialect::Sqlite => {
+                    let query = self.text(&term_phrases(tests));
+                    format!("SELECT 1 FROM search_term WHERE search_term MATCH {query}")
+                }
+                Dialect::Postgres => return None,
+            }
+        } else {
+            let t = self.alias("t");
+            let ty = self.text(resource_type);
+            let param = self.text(param);
+            let alternatives = self.alternatives(tests, &t);
+            format!(
+                "SELECT 1 FROM {} {t} WHERE {t}.resource_type = {ty} AND {t}.param = {param} AND ({})",
+                table.name(),
+                alternatives.join(" OR ")
+            )
+        };
+        let cap = self.int(cap as i64);
+        Some(format!("SELECT COUNT(*) FROM ({rows} LIMIT {cap})"))
+    }
+
     /// One filter, the most selective by a simple ranking, drives the query as
     /// `id IN (SELECT …)` (an index range the database walks first); the others are
     /// correlated `EXISTS` probes on each candidate through the owner index. Every
@@ -468,12 +525,11 @@ impl SqlBuilder {
             format!("{alias}.resource_type = {ty}"),
             format!("NOT {alias}.deleted"),
         ];
-        let driver = filters
-            .iter()
-            .enumerate()
-            .filter_map(|(index, filter)| selectivity_rank(filter).map(|rank| (rank, index)))
-            .min()
-            .map(|(_, index)| index);
+        let driver = if self.drive_by_index {
+            driving_filter(filters)
+        } else {
+            None
+        };
         for (index, filter) in filters.iter().enumerate() {
             let drives = Some(index) == driver;
             parts.push(self.filter(resource_type, filter, alias, drives));
@@ -677,8 +733,7 @@ impl SqlBuilder {
         let not = if negate { "NOT " } else { "" };
         match self.dialect {
             Dialect::Sqlite => {
-                let phrases: Vec<String> = terms.iter().map(|term| format!("\"{term}\"")).collect();
-                let query = self.text(&phrases.join(" OR "));
+                let query = self.text(&term_phrases(tests));
                 let seqs = format!("SELECT rowid FROM search_term WHERE search_term MATCH {query}");
                 if drives && !negate {
                     let v = self.alias("v");
@@ -927,6 +982,54 @@ impl SqlBuilder {
             SortValue::Text(v) => self.text(v),
         }
     }
+}
+
+/// The FTS5 query for blind terms: any of `tests`' terms, each a phrase.
+fn term_phrases(tests: &[Test]) -> String {
+    let phrases: Vec<String> = tests
+        .iter()
+        .filter_map(|test| match test {
+            Test::Term(term) => Some(format!("\"{}\"", term_text(term))),
+            _ => None,
+        })
+        .collect();
+    phrases.join(" OR ")
+}
+
+/// The filter that drives a query: the most selective by [`selectivity_rank`].
+fn driving_filter(filters: &[Filter]) -> Option<usize> {
+    filters
+        .iter()
+        .enumerate()
+        .filter_map(|(index, filter)| selectivity_rank(filter).map(|rank| (rank, index)))
+        .min()
+        .map(|(_, index)| index)
+}
+
+/// The filter that would drive `spec`, when walking the resources in `_id` order instead
+/// may be far cheaper: the page is in `_id` order (the default), and every filter can be
+/// probed on one resource at a time (matches on index tables, absences, `_lastUpdated`;
+/// not chains, `_has`, compartments, composites or `_id` lists, which are written as
+/// subqueries). A driving filter collects every match before the first page is cut, so
+/// `Observation?category=vital-signs&_count=10` read 20,000 index rows for ten answers;
+/// walking the type in key order stops after the page's ten, when matches are dense. When
+/// they are sparse the walk is long: the store decides with a bounded count of the
+/// driver's rows and a step budget on the walk ([`crate::sqlite_store`]).
+pub(crate) fn id_order_driver(spec: &SearchSpec) -> Option<&Filter> {
+    if !spec.sort.iter().all(|key| matches!(key, SortBy::Id { .. })) {
+        return None;
+    }
+    let probed_one_by_one = spec.filters.iter().all(|filter| {
+        matches!(
+            filter,
+            Filter::Match { .. } | Filter::Missing { .. } | Filter::LastUpdated(_)
+        )
+    });
+    if !probed_one_by_one {
+        return None;
+    }
+    let driver = &spec.filters[driving_filter(&spec.filters)?];
+    matches!(driver, Filter::Match { negate: false, .. }).then_some(driver)
 }
 
 /// How selective a filter is likely to be, lower first; `None` for filters that cannot
@@ -1191,6 +1294,98 @@ mod tests {
         let sql = postgres.page_query(&spec);
         assert!(sql.contains(&format!("${}", postgres.params.len())));
         assert!(!sql.contains('?'));
+    }
+
+    fn category(code: &str) -> Filter {
+        Filter::Match {
+            param: "category".into(),
+            tests: vec![Test::Token {
+                system: None,
+                code: Some(code.into()),
+            }],
+            negate: false,
+        }
+    }
+
+    fn observations(filters: Vec<Filter>, sort: Vec<SortBy>) -> SearchSpec {
+        SearchSpec {
+            resource_type: "Observation".into(),
+            filters,
+            sort,
+            position: None,
+            limit: 11,
+        }
+    }
+
+    #[test]
+    fn a_walk_in_id_order_probes_every_filter_and_collects_none() {
+        let spec = observations(
+            vec![category("vital-signs"), category("laboratory")],
+            vec![],
+        );
+        let driven = SqlBuilder::new(Dialect::Sqlite).page_query(&spec);
+        assert!(driven.contains("r.id IN (SELECT"), "{driven}");
+        let walked = SqlBuilder::in_id_order(Dialect::Sqlite).page_query(&spec);
+        assert!(!walked.contains(" IN (SELECT"), "{walked}");
+        assert_eq!(
+            walked.matches("EXISTS (SELECT 1 FROM").count(),
+            2,
+            "{walked}"
+        );
+        assert!(walked.ends_with("ORDER BY r.id LIMIT ?8"), "{walked}");
+    }
+
+    #[test]
+    fn only_pages_in_id_order_of_filters_probed_one_by_one_are_walked() {
+        let dense = category("vital-signs");
+        let by_id = observations(vec![dense.clone()], vec![]);
+        assert_eq!(id_order_driver(&by_id), Some(&dense));
+        let by_id_descending =
+            observations(vec![dense.clone()], vec![SortBy::Id { descending: true }]);
+        assert_eq!(id_order_driver(&by_id_descending), Some(&dense));
+        // Sorted by a parameter: every match is needed for the order.
+        let by_date = observations(
+            vec![dense.clone()],
+            vec![SortBy::Param {
+                param: "date".into(),
+                table: IndexTable::Date,
+                descending: true,
+            }],
+        );
+        assert_eq!(id_order_driver(&by_date), None);
+        // A chain is a subquery whatever drives.
+        let chained = observations(
+            vec![
+                dense.clone(),
+                Filter::Chain {
+                    param: "subject".into(),
+                    target_type: "Patient".into(),
+                    inner: vec![],
+                },
+            ],
+            vec![],
+        );
+        assert_eq!(id_order_driver(&chained), None);
+        // Nothing that could drive: the query already walks the type.
+        let absent = observations(
+            vec![Filter::Missing {
+                param: "code".into(),
+                table: IndexTable::Token,
+                missing: true,
+            }],
+            vec![],
+        );
+        assert_eq!(id_order_driver(&absent), None);
+        let mut probe = SqlBuilder::new(Dialect::Sqlite);
+        let sql = probe
+            .driver_rows_query("Observation", &dense, 1_000)
+            .expect("a match on an index table can be counted");
+        assert!(
+            sql.starts_with("SELECT COUNT(*) FROM (SELECT 1 FROM search_token t1"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("LIMIT ?4)"), "{sql}");
+        assert_eq!(probe.params.last(), Some(&SqlParam::Int(1_000)));
     }
 
     #[test]

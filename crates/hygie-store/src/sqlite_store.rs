@@ -1094,25 +1094,131 @@ impl SqliteTx<'_> {
 
     /// Runs `query` with an interrupt armed at the query time limit.
     fn bounded<T>(&self, query: impl FnOnce() -> rusqlite::Result<T>) -> StoreResult<T> {
+        Ok(self
+            .bounded_within(None, query)?
+            .expect("without a step budget, a query is never cut short by one"))
+    }
+
+    /// Like [`SqliteTx::bounded`], and gives up (`None`) once the query has run
+    /// `step_budget` virtual-machine steps, if given.
+    fn bounded_within<T>(
+        &self,
+        step_budget: Option<u64>,
+        query: impl FnOnce() -> rusqlite::Result<T>,
+    ) -> StoreResult<Option<T>> {
         let limit = self.query_time_limit;
         let deadline = std::time::Instant::now() + limit;
+        let over_budget = Arc::new(AtomicBool::new(false));
+        let mut checks_left = step_budget.map(|steps| steps / PROGRESS_CHECK_STEPS as u64);
+        let flag = over_budget.clone();
         // Checked every ~10k virtual-machine steps: a few hundred microseconds.
-        self.connection
-            .progress_handler(10_000, Some(move || std::time::Instant::now() > deadline));
+        self.connection.progress_handler(
+            PROGRESS_CHECK_STEPS,
+            Some(move || {
+                if let Some(left) = checks_left.as_mut() {
+                    if *left == 0 {
+                        flag.store(true, Ordering::Relaxed);
+                        return true;
+                    }
+                    *left -= 1;
+                }
+                std::time::Instant::now() > deadline
+            }),
+        );
         let result = query();
         self.connection.progress_handler(0, None::<fn() -> bool>);
         match result {
             Err(rusqlite::Error::SqliteFailure(error, _))
                 if error.code == rusqlite::ErrorCode::OperationInterrupted =>
             {
+                if over_budget.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
                 Err(StoreError::TooCostly {
                     limit_ms: limit.as_millis() as u64,
                 })
             }
-            other => Ok(other?),
+            other => Ok(Some(other?)),
         }
     }
+
+    /// One page of `spec` by `builder`'s query; `None` when `step_budget` ran out first.
+    fn page(
+        &mut self,
+        spec: &SearchSpec,
+        mut builder: SqlBuilder,
+        step_budget: Option<u64>,
+    ) -> StoreResult<Option<Vec<SearchHit>>> {
+        let sql = builder.page_query(spec);
+        self.terms_current(&sql)?;
+        let kinds = search::sort_kinds(&spec.sort);
+        let connection = self.connection;
+        self.bounded_within(step_budget, || {
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query(rusqlite::params_from_iter(
+                builder.params.iter().map(sqlite_value),
+            ))?;
+            let mut hits = Vec::new();
+            while let Some(row) = rows.next()? {
+                let mut sort_values = Vec::with_capacity(kinds.len());
+                for (index, kind) in kinds.iter().enumerate() {
+                    sort_values.push(match kind {
+                        search::SortKind::Int => SortValue::Int(row.get(index + 1)?),
+                        search::SortKind::Real => SortValue::Real(row.get(index + 1)?),
+                        search::SortKind::Text => SortValue::Text(row.get(index + 1)?),
+                    });
+                }
+                hits.push(SearchHit {
+                    id: row.get(0)?,
+                    sort_values,
+                });
+            }
+            Ok(hits)
+        })
+    }
+
+    /// The page of `spec` walked in `_id` order ([`search::id_order_driver`]), when its
+    /// driving filter matches at least [`ID_ORDER_DENSE_ROWS`] rows and the walk ends
+    /// within [`ID_ORDER_STEP_BUDGET`]; `None` otherwise (the driven query then runs, so
+    /// an unlucky walk costs at most that budget more).
+    fn page_in_id_order(&mut self, spec: &SearchSpec) -> StoreResult<Option<Vec<SearchHit>>> {
+        let Some(driver) = search::id_order_driver(spec) else {
+            return Ok(None);
+        };
+        let mut probe = SqlBuilder::new(Dialect::Sqlite);
+        let Some(sql) = probe.driver_rows_query(&spec.resource_type, driver, ID_ORDER_DENSE_ROWS)
+        else {
+            return Ok(None);
+        };
+        self.terms_current(&sql)?;
+        let connection = self.connection;
+        let rows: i64 = self.bounded(|| {
+            connection.prepare_cached(&sql)?.query_row(
+                rusqlite::params_from_iter(probe.params.iter().map(sqlite_value)),
+                |row| row.get(0),
+            )
+        })?;
+        if (rows as usize) < ID_ORDER_DENSE_ROWS {
+            return Ok(None);
+        }
+        self.page(
+            spec,
+            SqlBuilder::in_id_order(Dialect::Sqlite),
+            Some(ID_ORDER_STEP_BUDGET),
+        )
+    }
 }
+
+/// How often (in virtual-machine steps) a running query checks its time limit and budget.
+const PROGRESS_CHECK_STEPS: std::os::raw::c_int = 10_000;
+
+/// A driving filter with at least this many matching rows makes a page in `_id` order
+/// walk the resources rather than collect them all (`SqliteTx::page_in_id_order`).
+pub const ID_ORDER_DENSE_ROWS: usize = 1_000;
+
+/// The most virtual-machine steps that walk may take before the driven query is run
+/// instead: about 4,000 resources probed, a few milliseconds.
+pub const ID_ORDER_STEP_BUDGET: u64 = 200_000;
 
 const SELECT_VERSION: &str =
     "SELECT seq, resource_type, id, version, last_updated_us, deleted, body FROM resource_versions";
@@ -1443,33 +1549,12 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn search(&mut self, spec: &SearchSpec) -> StoreResult<Vec<SearchHit>> {
-        let mut builder = SqlBuilder::new(Dialect::Sqlite);
-        let sql = builder.page_query(spec);
-        self.terms_current(&sql)?;
-        let kinds = search::sort_kinds(&spec.sort);
-        let connection = self.connection;
-        self.bounded(|| {
-            let mut statement = connection.prepare_cached(&sql)?;
-            let mut rows = statement.query(rusqlite::params_from_iter(
-                builder.params.iter().map(sqlite_value),
-            ))?;
-            let mut hits = Vec::new();
-            while let Some(row) = rows.next()? {
-                let mut sort_values = Vec::with_capacity(kinds.len());
-                for (index, kind) in kinds.iter().enumerate() {
-                    sort_values.push(match kind {
-                        search::SortKind::Int => SortValue::Int(row.get(index + 1)?),
-                        search::SortKind::Real => SortValue::Real(row.get(index + 1)?),
-                        search::SortKind::Text => SortValue::Text(row.get(index + 1)?),
-                    });
-                }
-                hits.push(SearchHit {
-                    id: row.get(0)?,
-                    sort_values,
-                });
-            }
-            Ok(hits)
-        })
+        if let Some(hits) = self.page_in_id_order(spec)? {
+            return Ok(hits);
+        }
+        Ok(self
+            .page(spec, SqlBuilder::new(Dialect::Sqlite), None)?
+            .expect("a page without a step budget is never cut short by one"))
     }
 
     fn count(&mut self, resource_type: &str, filters: &[Filter]) -> StoreResult<u64> {

@@ -24,6 +24,7 @@ hygie_store::on_both_backends!(
     queued_terms_are_written_before_a_search_they_could_change,
     an_update_rewrites_only_the_rows_that_changed,
     references_elsewhere_are_found_by_their_spelling,
+    dense_filters_page_in_id_order_exactly_as_the_driven_query,
 );
 
 fn row(param: &str, cell: IndexCell) -> IndexRow {
@@ -1368,4 +1369,158 @@ async fn references_elsewhere_are_found_by_their_spelling(backend: Backend) {
         ids(&store, "Observation", vec![compartment]).await,
         ["local"]
     );
+}
+
+/// A filter that most resources match (a common category, a city's blind term) pages in
+/// `_id` order by walking the resources, and one that few match (or a walk that finds too
+/// few within its budget) by the driven query: the answers must be the same either way,
+/// page after page, whatever the store chose. 5,000 resources: past the walk's budget, so
+/// that a dense filter combined with a rare one falls back to the driven query.
+async fn dense_filters_page_in_id_order_exactly_as_the_driven_query(backend: Backend) {
+    const COUNT: usize = 5_000;
+    let store = backend.store;
+    let category = |i: usize| if i.is_multiple_of(100) { "lab" } else { "vital" };
+    let status = |i: usize| if i.is_multiple_of(3) { "amended" } else { "final" };
+    let rare = |i: usize| i == 7 || i == COUNT - 7;
+    let city = |i: usize| if i.is_multiple_of(2) { 1 } else { 2 };
+    store
+        .run(move |tx| {
+            for i in 0..COUNT {
+                let mut index = vec![
+                    token("category", "", category(i)),
+                    token("status", "", status(i)),
+                    row("address-city", IndexCell::Term(term(city(i)))),
+                ];
+                if rare(i) {
+                    index.push(token("code", "", "rare"));
+                }
+                tx.put_version(&NewVersion {
+                    resource_type: "Observation",
+                    id: &format!("o{i:05}"),
+                    version: 1,
+                    last_updated_us: 1,
+                    deleted: false,
+                    body: b"{}",
+                    index: &index,
+                    key_id: None,
+                })?;
+            }
+            // As an import does: PostgreSQL plans from statistics (SQLite does nothing).
+            tx.refresh_statistics()
+        })
+        .await
+        .unwrap();
+    let city_is = |byte: u8| matching("address-city", vec![Test::Term(term(byte))]);
+    let not_final = Filter::Match {
+        param: "status".into(),
+        tests: vec![Test::Token {
+            system: None,
+            code: Some("final".into()),
+        }],
+        negate: true,
+    };
+    let no_code = Filter::Missing {
+        param: "code".into(),
+        table: IndexTable::Token,
+        missing: true,
+    };
+    type Rule = Box<dyn Fn(usize) -> bool>;
+    let cases: Vec<(&str, Vec<Filter>, Rule)> = vec![
+        (
+            "dense",
+            vec![code_is("category", "vital")],
+            Box::new(move |i| category(i) == "vital"),
+        ),
+        (
+            "sparse",
+            vec![code_is("category", "lab")],
+            Box::new(move |i| category(i) == "lab"),
+        ),
+        (
+            "two dense",
+            vec![code_is("category", "vital"), code_is("status", "final")],
+            Box::new(move |i| category(i) == "vital" && status(i) == "final"),
+        ),
+        (
+            "dense and rare",
+            vec![code_is("category", "vital"), code_is("code", "rare")],
+            Box::new(move |i| category(i) == "vital" && rare(i)),
+        ),
+        (
+            "dense, negated, missing",
+            vec![code_is("category", "vital"), not_final, no_code],
+            Box::new(move |i| category(i) == "vital" && status(i) != "final" && !rare(i)),
+        ),
+        (
+            "dense blind term",
+            vec![city_is(2), code_is("status", "final")],
+            Box::new(move |i| city(i) == 2 && status(i) == "final"),
+        ),
+    ];
+    for (name, filters, rule) in cases {
+        for descending in [false, true] {
+            let mut expected: Vec<String> = (0..COUNT)
+                .filter(|&i| rule(i))
+                .map(|i| format!("o{i:05}"))
+                .collect();
+            if descending {
+                expected.reverse();
+            }
+            let page_size = 11;
+            // The first three pages, then the last ones from a cursor near the end.
+            let mut seen = Vec::new();
+            let mut position = None;
+            for _ in 0..3 {
+                let page =
+                    observation_page(&store, &filters, descending, position, page_size).await;
+                let Some(last) = page.last() else { break };
+                position = Some(PagePosition {
+                    values: last.sort_values.clone(),
+                    backwards: false,
+                });
+                seen.extend(page.into_iter().map(|hit| hit.id));
+            }
+            let head = expected.len().min(3 * page_size);
+            assert_eq!(
+                seen,
+                expected[..head],
+                "{name}, descending {descending}: first pages"
+            );
+            if expected.len() > 2 {
+                let from = expected.len() - 2;
+                let cursor = Some(PagePosition {
+                    values: vec![hygie_store::SortValue::Text(expected[from - 1].clone())],
+                    backwards: false,
+                });
+                let tail = observation_page(&store, &filters, descending, cursor, page_size).await;
+                let tail: Vec<String> = tail.into_iter().map(|hit| hit.id).collect();
+                assert_eq!(
+                    tail,
+                    expected[from..],
+                    "{name}, descending {descending}: last page"
+                );
+            }
+        }
+    }
+}
+
+async fn observation_page(
+    store: &hygie_store::SharedStore,
+    filters: &[Filter],
+    descending: bool,
+    position: Option<PagePosition>,
+    limit: usize,
+) -> Vec<hygie_store::SearchHit> {
+    let spec = SearchSpec {
+        resource_type: "Observation".into(),
+        filters: filters.to_vec(),
+        sort: if descending {
+            vec![SortBy::Id { descending: true }]
+        } else {
+            vec![]
+        },
+        position,
+        limit,
+    };
+    store.run(move |tx| tx.search(&spec)).await.unwrap()
 }
