@@ -23,6 +23,10 @@ use crate::{
     StoreError, StoreResult, StoredCheckpoint, StoredDataKey, Tx, VersionRecord, panic_message,
 };
 
+/// The most resources a page's walk in `_id` order probes before the driven query is run
+/// instead (`PostgresTx::page_in_id_order`); a few milliseconds.
+pub const ID_ORDER_WINDOW: usize = 4_000;
+
 /// Settings of the PostgreSQL store.
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
@@ -425,6 +429,30 @@ impl PgTx<'_> {
             }
             other => other,
         }
+    }
+
+    /// The rows of `spec`'s page walked in `_id` order, as on SQLite
+    /// (`SqliteTx::page_in_id_order`): when the driving filter has at least
+    /// `ID_ORDER_DENSE_ROWS` rows, the first [`ID_ORDER_WINDOW`] resources from the cursor
+    /// are probed; `None` (the driven query then runs) when the page did not fill within
+    /// them.
+    fn page_in_id_order(&mut self, spec: &SearchSpec) -> StoreResult<Option<Vec<postgres::Row>>> {
+        let Some(driver) = search::id_order_driver(spec) else {
+            return Ok(None);
+        };
+        let dense_rows = crate::sqlite_store::ID_ORDER_DENSE_ROWS;
+        let mut probe = SqlBuilder::new(Dialect::Postgres);
+        let Some(sql) = probe.driver_rows_query(&spec.resource_type, driver, dense_rows) else {
+            return Ok(None);
+        };
+        let rows = self.query_bounded(&sql, &probe.params)?;
+        if (rows.first().map_or(0, |row| row.get::<_, i64>(0)) as usize) < dense_rows {
+            return Ok(None);
+        }
+        let mut walk = SqlBuilder::in_id_order_window(Dialect::Postgres, ID_ORDER_WINDOW);
+        let sql = walk.page_query(spec);
+        let rows = self.query_bounded(&sql, &walk.params)?;
+        Ok((rows.len() >= spec.limit).then_some(rows))
     }
 
     fn query_built(&mut self, sql: &str, params: &[SqlParam]) -> StoreResult<Vec<postgres::Row>> {
@@ -912,10 +940,15 @@ impl Tx for PgTx<'_> {
     }
 
     fn search(&mut self, spec: &SearchSpec) -> StoreResult<Vec<SearchHit>> {
-        let mut builder = SqlBuilder::new(Dialect::Postgres);
-        let sql = builder.page_query(spec);
         let kinds = search::sort_kinds(&spec.sort);
-        let rows = self.query_bounded(&sql, &builder.params)?;
+        let rows = match self.page_in_id_order(spec)? {
+            Some(rows) => rows,
+            None => {
+                let mut builder = SqlBuilder::new(Dialect::Postgres);
+                let sql = builder.page_query(spec);
+                self.query_bounded(&sql, &builder.params)?
+            }
+        };
         Ok(rows
             .iter()
             .map(|row| SearchHit {

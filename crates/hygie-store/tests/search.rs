@@ -1374,13 +1374,26 @@ async fn references_elsewhere_are_found_by_their_spelling(backend: Backend) {
 /// A filter that most resources match (a common category, a city's blind term) pages in
 /// `_id` order by walking the resources, and one that few match (or a walk that finds too
 /// few within its budget) by the driven query: the answers must be the same either way,
-/// page after page, whatever the store chose. 5,000 resources: past the walk's budget, so
-/// that a dense filter combined with a rare one falls back to the driven query.
+/// page after page, whatever the store chose. 5,000 resources: past the walk's budget (on
+/// SQLite its steps, on PostgreSQL its window of rows), so that a dense filter combined with a rare
+/// one falls back to the driven query.
 async fn dense_filters_page_in_id_order_exactly_as_the_driven_query(backend: Backend) {
     const COUNT: usize = 5_000;
     let store = backend.store;
-    let category = |i: usize| if i.is_multiple_of(100) { "lab" } else { "vital" };
-    let status = |i: usize| if i.is_multiple_of(3) { "amended" } else { "final" };
+    let category = |i: usize| {
+        if i.is_multiple_of(100) {
+            "lab"
+        } else {
+            "vital"
+        }
+    };
+    let status = |i: usize| {
+        if i.is_multiple_of(3) {
+            "amended"
+        } else {
+            "final"
+        }
+    };
     let rare = |i: usize| i == 7 || i == COUNT - 7;
     let city = |i: usize| if i.is_multiple_of(2) { 1 } else { 2 };
     store
