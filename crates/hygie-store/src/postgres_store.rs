@@ -440,7 +440,7 @@ impl PgTx<'_> {
         let Some(driver) = search::id_order_driver(spec) else {
             return Ok(None);
         };
-        let dense_rows = crate::sqlite_store::ID_ORDER_DENSE_ROWS;
+        let dense_rows = search::ID_ORDER_DENSE_ROWS;
         let mut probe = SqlBuilder::new(Dialect::Postgres);
         let Some(sql) = probe.driver_rows_query(&spec.resource_type, driver, dense_rows) else {
             return Ok(None);

@@ -1063,6 +1063,10 @@ fn driving_filter(filters: &[Filter]) -> Option<usize> {
         .map(|(_, index)| index)
 }
 
+/// A driving filter with at least this many matching rows makes a page in `_id` order
+/// walk the resources rather than collect them all (each backend's `page_in_id_order`).
+pub(crate) const ID_ORDER_DENSE_ROWS: usize = 1_000;
+
 /// The filter that would drive `spec`, when walking the resources in `_id` order instead
 /// may be far cheaper: the page is in `_id` order (the default), and every filter can be
 /// probed on one resource at a time (matches on index tables, absences, `_lastUpdated`;

@@ -1178,7 +1178,7 @@ impl SqliteTx<'_> {
     }
 
     /// The page of `spec` walked in `_id` order ([`search::id_order_driver`]), when its
-    /// driving filter matches at least [`ID_ORDER_DENSE_ROWS`] rows and the walk ends
+    /// driving filter matches at least [`search::ID_ORDER_DENSE_ROWS`] rows and the walk ends
     /// within [`ID_ORDER_STEP_BUDGET`]; `None` otherwise (the driven query then runs, so
     /// an unlucky walk costs at most that budget more).
     fn page_in_id_order(&mut self, spec: &SearchSpec) -> StoreResult<Option<Vec<SearchHit>>> {
@@ -1186,7 +1186,8 @@ impl SqliteTx<'_> {
             return Ok(None);
         };
         let mut probe = SqlBuilder::new(Dialect::Sqlite);
-        let Some(sql) = probe.driver_rows_query(&spec.resource_type, driver, ID_ORDER_DENSE_ROWS)
+        let Some(sql) =
+            probe.driver_rows_query(&spec.resource_type, driver, search::ID_ORDER_DENSE_ROWS)
         else {
             return Ok(None);
         };
@@ -1198,7 +1199,7 @@ impl SqliteTx<'_> {
                 |row| row.get(0),
             )
         })?;
-        if (rows as usize) < ID_ORDER_DENSE_ROWS {
+        if (rows as usize) < search::ID_ORDER_DENSE_ROWS {
             return Ok(None);
         }
         self.page(
@@ -1211,10 +1212,6 @@ impl SqliteTx<'_> {
 
 /// How often (in virtual-machine steps) a running query checks its time limit and budget.
 const PROGRESS_CHECK_STEPS: std::os::raw::c_int = 10_000;
-
-/// A driving filter with at least this many matching rows makes a page in `_id` order
-/// walk the resources rather than collect them all (`SqliteTx::page_in_id_order`).
-pub const ID_ORDER_DENSE_ROWS: usize = 1_000;
 
 /// The most virtual-machine steps that walk may take before the driven query is run
 /// instead: about 4,000 resources probed, a few milliseconds.
