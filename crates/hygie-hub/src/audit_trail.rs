@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 
 use hygie_audit::AuditRecord;
+use hygie_policy::CheckedRead;
 use hygie_store::{AuditFacets, StoreError, Tx};
 
 /// The most resources of one access looked up for their patients; past that (a very large
@@ -36,10 +37,13 @@ pub(crate) fn facets(record: &AuditRecord) -> AuditFacets {
     }
 }
 
-/// Adds to `record.patients` the patients of the resources in `record.entities`.
+/// Adds to `record.patients` the patients of the resources in `record.entities`. The
+/// resource of a read by id whose patients the need-to-know check already found in this
+/// unit (`known`, from the mask) is not looked up again: a clinician's read asked twice.
 pub(crate) fn add_patients_of_entities(
     tx: &mut dyn Tx,
     record: &mut AuditRecord,
+    known: Option<&CheckedRead>,
 ) -> Result<(), StoreError> {
     let mut patients: BTreeSet<String> = record.patients.drain(..).collect();
     let mut looked_up = BTreeSet::new();
@@ -54,6 +58,13 @@ pub(crate) fn add_patients_of_entities(
         }
         // The audit trail is not in the reference index: its patients are its own facets.
         if resource_type == hygie_policy::AUDIT_EVENT {
+            continue;
+        }
+        if let Some(known) = known
+            && known.resource_type == resource_type
+            && known.id == id
+        {
+            patients.extend(known.patients.iter().cloned());
             continue;
         }
         if looked_up.len() >= MAX_PATIENT_LOOKUPS || !looked_up.insert((resource_type, id)) {

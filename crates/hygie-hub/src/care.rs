@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 
 use hygie_fhir::IssueType;
-use hygie_policy::{CareOf, Mask};
+use hygie_policy::{CareOf, CheckedRead, Mask};
 use hygie_store::{Filter, RangeOp, SearchSpec, StoreError, Test, Tx};
 
 use crate::HubError;
@@ -169,14 +169,19 @@ pub(crate) fn resolve(
             let patients = patients_of(tx, resource_type, id)?;
             let mut open = patients.is_empty();
             let mut in_care = Vec::new();
-            for patient in patients {
-                if cache.pair(tx, &care.subject, care.window_days, now_us, &patient)? {
+            for patient in &patients {
+                if cache.pair(tx, &care.subject, care.window_days, now_us, patient)? {
                     open = true;
-                    in_care.push(patient);
+                    in_care.push(patient.clone());
                 }
             }
             care.patients = Some(in_care);
-            care.checked = Some((resource_type.to_owned(), id.to_owned(), open));
+            care.checked = Some(CheckedRead {
+                resource_type: resource_type.to_owned(),
+                id: id.to_owned(),
+                in_care: open,
+                patients,
+            });
         }
     }
     Ok(())
@@ -641,9 +646,10 @@ pub(crate) fn check_care(
     if limit_for(mask, resource_type).is_none() {
         return Ok(Ok(()));
     }
-    if let Some((ty, checked_id, true)) = &care.checked
-        && ty == resource_type
-        && checked_id == id
+    if let Some(checked) = &care.checked
+        && checked.in_care
+        && checked.resource_type == resource_type
+        && checked.id == id
     {
         return Ok(Ok(()));
     }

@@ -1,6 +1,8 @@
 //! Breaking the glass in the audit trail, on both backends: the grant and every access it
 //! opens are recorded as emergency treatment (`ETREAT`) with the clinician's reason, and an
-//! access refused for want of a care relationship is recorded as refused.
+//! access refused for want of a care relationship is recorded as refused. And a clinician's
+//! read, whose need-to-know check finds the patients of what it reads, names every one of
+//! them in its record, in care or not.
 
 use hygie_hub::{Caller, Hub, HubConfig};
 use hygie_policy::{Principal, ScopeSet, TokenAccess};
@@ -10,7 +12,10 @@ use serde_json::{Value, json};
 
 type Backend = TestBackend;
 
-hygie_store::on_both_backends!(a_broken_glass_is_audited_as_emergency_treatment);
+hygie_store::on_both_backends!(
+    a_broken_glass_is_audited_as_emergency_treatment,
+    a_clinicians_read_names_every_patient_of_what_it_read
+);
 
 fn clinician(reason: Option<&str>) -> Caller {
     let mut caller = Caller::new(
@@ -102,4 +107,95 @@ async fn a_broken_glass_is_audited_as_emergency_treatment(backend: Backend) {
     let last = audit_events(&backend.store).await.pop().unwrap();
     assert!(last.get("purposeOfEvent").is_none());
     assert_eq!(last["outcome"], "0");
+}
+
+/// The patients a read's record names come from the need-to-know check's own lookup (one
+/// look, not two): all of them, not only the ones in care that let the read through.
+async fn a_clinicians_read_names_every_patient_of_what_it_read(backend: Backend) {
+    let hub = Hub::new(backend.store.clone(), HubConfig::default());
+    let operator = Caller::new(Principal::development(), "load");
+    let mut patients = Vec::new();
+    for _ in 0..2 {
+        let created = hub
+            .create(
+                &operator,
+                "Patient",
+                json!({"resourceType": "Patient"}),
+                None,
+            )
+            .await
+            .unwrap();
+        patients.push(created.stored.id);
+    }
+    let (in_care, other) = (&patients[0], &patients[1]);
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    hub.create(
+        &operator,
+        "Encounter",
+        json!({
+            "resourceType": "Encounter", "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": format!("Patient/{in_care}")},
+            "participant": [{"individual": {"reference": "Practitioner/doc1"}}],
+            "period": {"start": today}
+        }),
+        None,
+    )
+    .await
+    .unwrap();
+    // Measured on the patient in care; performed by the other one (a patient may perform
+    // an observation on another, a parent of a child for instance).
+    let observation = hub
+        .create(
+            &operator,
+            "Observation",
+            json!({
+                "resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "subject": {"reference": format!("Patient/{in_care}")},
+                "performer": [{"reference": format!("Patient/{other}")}]
+            }),
+            None,
+        )
+        .await
+        .unwrap()
+        .stored
+        .id;
+    hub.read(&clinician(None), "Observation", &observation)
+        .await
+        .unwrap();
+    let read = audit_events(&backend.store).await.pop().unwrap();
+    assert_eq!(read["subtype"][0]["code"], "read");
+    assert_eq!(read["outcome"], "0");
+    let named: Vec<&str> = read["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entity| entity["role"]["code"] == "1")
+        .map(|entity| entity["what"]["reference"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![format!("Patient/{in_care}"), format!("Patient/{other}")];
+    expected.sort();
+    assert_eq!(named, expected, "{read:#}");
+    // The other patient is out of care: their own data is refused.
+    let theirs = hub
+        .create(
+            &operator,
+            "Observation",
+            json!({
+                "resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "subject": {"reference": format!("Patient/{other}")}
+            }),
+            None,
+        )
+        .await
+        .unwrap()
+        .stored
+        .id;
+    let refused = hub
+        .read(&clinician(None), "Observation", &theirs)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status, 403);
 }

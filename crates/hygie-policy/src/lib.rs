@@ -472,9 +472,21 @@ pub struct CareOf {
     pub open_types: Vec<String>,
     /// The patients found, filled in by the hub inside the unit; `None` until then.
     pub patients: Option<Vec<String>>,
-    /// For a read by id, filled in by the hub: `(type, id, in care)` of that resource, so
-    /// that the read's check needs no second look.
-    pub checked: Option<(String, String, bool)>,
+    /// For a read by id, filled in by the hub: that resource, whether it is in care, and
+    /// its patients, so that neither the read's check nor its audit record looks again.
+    pub checked: Option<CheckedRead>,
+}
+
+/// The resource of a read by id, as the hub found it inside the read's unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRead {
+    pub resource_type: String,
+    pub id: String,
+    /// Whether one of its patients is in care (or it is no patient's data).
+    pub in_care: bool,
+    /// Every patient whose compartment it is in, in care or not: the audit record of the
+    /// read names them all.
+    pub patients: Vec<String>,
 }
 
 impl Mask {
