@@ -34,6 +34,29 @@ fn clinician(reason: Option<&str>) -> Caller {
     caller
 }
 
+/// Creates `body` as the operator; its id.
+async fn create(hub: &Hub, resource_type: &str, body: Value) -> String {
+    let operator = Caller::new(Principal::development(), "load");
+    hub.create(&operator, resource_type, body, None)
+        .await
+        .unwrap()
+        .stored
+        .id
+}
+
+/// A heart rate of `Patient/{patient}`, with the extra elements given.
+fn heart_rate(patient: &str, extra: Value) -> Value {
+    let mut observation = json!({
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")}
+    });
+    if let (Some(fields), Some(more)) = (observation.as_object_mut(), extra.as_object()) {
+        fields.extend(more.clone());
+    }
+    observation
+}
+
 async fn audit_events(store: &SharedStore) -> Vec<Value> {
     store
         .run(|tx| tx.audit_leaves(0, 10_000))
@@ -46,29 +69,8 @@ async fn audit_events(store: &SharedStore) -> Vec<Value> {
 
 async fn a_broken_glass_is_audited_as_emergency_treatment(backend: Backend) {
     let hub = Hub::new(backend.store.clone(), HubConfig::default());
-    let operator = Caller::new(Principal::development(), "load");
-    let patient = hub
-        .create(
-            &operator,
-            "Patient",
-            json!({"resourceType": "Patient"}),
-            None,
-        )
-        .await
-        .unwrap()
-        .stored
-        .id;
-    let observation = json!({
-        "resourceType": "Observation", "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-        "subject": {"reference": format!("Patient/{patient}")}
-    });
-    let observation = hub
-        .create(&operator, "Observation", observation, None)
-        .await
-        .unwrap()
-        .stored
-        .id;
+    let patient = create(&hub, "Patient", json!({"resourceType": "Patient"})).await;
+    let observation = create(&hub, "Observation", heart_rate(&patient, json!({}))).await;
     let refused = hub
         .read(&clinician(None), "Observation", &observation)
         .await
@@ -113,24 +115,14 @@ async fn a_broken_glass_is_audited_as_emergency_treatment(backend: Backend) {
 /// look, not two): all of them, not only the ones in care that let the read through.
 async fn a_clinicians_read_names_every_patient_of_what_it_read(backend: Backend) {
     let hub = Hub::new(backend.store.clone(), HubConfig::default());
-    let operator = Caller::new(Principal::development(), "load");
     let mut patients = Vec::new();
     for _ in 0..2 {
-        let created = hub
-            .create(
-                &operator,
-                "Patient",
-                json!({"resourceType": "Patient"}),
-                None,
-            )
-            .await
-            .unwrap();
-        patients.push(created.stored.id);
+        patients.push(create(&hub, "Patient", json!({"resourceType": "Patient"})).await);
     }
     let (in_care, other) = (&patients[0], &patients[1]);
     let today = time::OffsetDateTime::now_utc().date().to_string();
-    hub.create(
-        &operator,
+    create(
+        &hub,
         "Encounter",
         json!({
             "resourceType": "Encounter", "status": "in-progress",
@@ -139,28 +131,12 @@ async fn a_clinicians_read_names_every_patient_of_what_it_read(backend: Backend)
             "participant": [{"individual": {"reference": "Practitioner/doc1"}}],
             "period": {"start": today}
         }),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     // Measured on the patient in care; performed by the other one (a patient may perform
     // an observation on another, a parent of a child for instance).
-    let observation = hub
-        .create(
-            &operator,
-            "Observation",
-            json!({
-                "resourceType": "Observation", "status": "final",
-                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                "subject": {"reference": format!("Patient/{in_care}")},
-                "performer": [{"reference": format!("Patient/{other}")}]
-            }),
-            None,
-        )
-        .await
-        .unwrap()
-        .stored
-        .id;
+    let performed = json!({"performer": [{"reference": format!("Patient/{other}")}]});
+    let observation = create(&hub, "Observation", heart_rate(in_care, performed)).await;
     hub.read(&clinician(None), "Observation", &observation)
         .await
         .unwrap();
@@ -178,21 +154,7 @@ async fn a_clinicians_read_names_every_patient_of_what_it_read(backend: Backend)
     expected.sort();
     assert_eq!(named, expected, "{read:#}");
     // The other patient is out of care: their own data is refused.
-    let theirs = hub
-        .create(
-            &operator,
-            "Observation",
-            json!({
-                "resourceType": "Observation", "status": "final",
-                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                "subject": {"reference": format!("Patient/{other}")}
-            }),
-            None,
-        )
-        .await
-        .unwrap()
-        .stored
-        .id;
+    let theirs = create(&hub, "Observation", heart_rate(other, json!({}))).await;
     let refused = hub
         .read(&clinician(None), "Observation", &theirs)
         .await
