@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use hygie_audit::AuditRecord;
-use hygie_policy::CheckedRead;
+use hygie_policy::Mask;
 use hygie_store::{AuditFacets, StoreError, Tx};
 
 /// The most resources of one access looked up for their patients; past that (a very large
@@ -39,12 +39,13 @@ pub(crate) fn facets(record: &AuditRecord) -> AuditFacets {
 
 /// Adds to `record.patients` the patients of the resources in `record.entities`. The
 /// resource of a read by id whose patients the need-to-know check already found in this
-/// unit (`known`, from the mask) is not looked up again: a clinician's read asked twice.
+/// unit (`CareOf::checked` in `mask`) is not looked up again: a clinician's read asked twice.
 pub(crate) fn add_patients_of_entities(
     tx: &mut dyn Tx,
     record: &mut AuditRecord,
-    known: Option<&CheckedRead>,
+    mask: &Mask,
 ) -> Result<(), StoreError> {
+    let known = mask.care_of.as_ref().and_then(|care| care.checked.as_ref());
     let mut patients: BTreeSet<String> = record.patients.drain(..).collect();
     let mut looked_up = BTreeSet::new();
     for entity in &record.entities {

@@ -170,8 +170,7 @@ impl Hub {
                     && !crate::UNAUDITED_BENCH_BUILD
                 {
                     record.entities = value.audit_entities();
-                    let known = mask.care_of.as_ref().and_then(|c| c.checked.as_ref());
-                    crate::audit_trail::add_patients_of_entities(tx, &mut record, known)?;
+                    crate::audit_trail::add_patients_of_entities(tx, &mut record, &mask)?;
                 }
                 Ok((result, record))
             };
@@ -479,10 +478,7 @@ where
         return Ok(result); // benchmarks only (the `bench-unaudited` feature)
     }
     match (&result, &target.resource_type, &target.id) {
-        (Ok(_), _, _) => {
-            let known = mask.care_of.as_ref().and_then(|c| c.checked.as_ref());
-            crate::audit_trail::add_patients_of_entities(tx, &mut record, known)?
-        }
+        (Ok(_), _, _) => crate::audit_trail::add_patients_of_entities(tx, &mut record, &mask)?,
         // A refused read names the patient it aimed at (writes looked theirs up before):
         // "someone tried to open my record" belongs in the patient's access report.
         (Err(_), Some(resource_type), Some(id)) if !writes => {

@@ -51,9 +51,14 @@ fn heart_rate(patient: &str, extra: Value) -> Value {
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
         "subject": {"reference": format!("Patient/{patient}")}
     });
-    if let (Some(fields), Some(more)) = (observation.as_object_mut(), extra.as_object()) {
-        fields.extend(more.clone());
-    }
+    let extra = extra
+        .as_object()
+        .expect("extra elements are an object")
+        .clone();
+    observation
+        .as_object_mut()
+        .expect("an Observation is an object")
+        .extend(extra);
     observation
 }
 
@@ -111,8 +116,8 @@ async fn a_broken_glass_is_audited_as_emergency_treatment(backend: Backend) {
     assert_eq!(last["outcome"], "0");
 }
 
-/// The patients a read's record names come from the need-to-know check's own lookup (one
-/// look, not two): all of them, not only the ones in care that let the read through.
+/// A read's record names every patient of what it read, not only the ones in care that let
+/// it through (the record takes them from the need-to-know check's lookup, kept in the mask).
 async fn a_clinicians_read_names_every_patient_of_what_it_read(backend: Backend) {
     let hub = Hub::new(backend.store.clone(), HubConfig::default());
     let mut patients = Vec::new();
