@@ -27,6 +27,7 @@
 pub mod audit_index;
 pub mod backup;
 mod migrations;
+mod patient_refs;
 mod postgres_store;
 pub mod search;
 mod sqlite_store;

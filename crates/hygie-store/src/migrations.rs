@@ -204,6 +204,26 @@ pub const SQLITE: &[&str] = &[
     CREATE INDEX search_reference_to
         ON search_reference (target_id, resource_type, param, target_type);
     "#,
+    // 12: each head's references to patients (`patient_refs.rs`), filled from the index
+    // here; NULL where a parameter or an id holds a separator (the index is asked then).
+    r#"
+    ALTER TABLE resources ADD COLUMN patient_refs TEXT;
+    UPDATE resources SET patient_refs = (
+        SELECT CASE
+            WHEN count(*) = 0 THEN ''
+            WHEN max(instr(s.param, char(9)) + instr(s.param, char(10))
+                     + instr(s.target_id, char(9)) + instr(s.target_id, char(10))) > 0 THEN NULL
+            ELSE (SELECT group_concat(line, char(10)) FROM (
+                SELECT DISTINCT t.param || char(9) || t.target_id AS line
+                FROM search_reference t
+                WHERE t.resource_type = resources.resource_type AND t.id = resources.id
+                  AND t.target_type = 'Patient'
+                ORDER BY line))
+        END
+        FROM search_reference s
+        WHERE s.resource_type = resources.resource_type AND s.id = resources.id
+          AND s.target_type = 'Patient');
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -394,6 +414,21 @@ pub const POSTGRES: &[&str] = &[
     DROP INDEX search_reference_target;
     CREATE INDEX search_reference_to
         ON search_reference (target_id, resource_type, param, target_type);
+    "#,
+    // 12: each head's references to patients, as on SQLite.
+    r#"
+    ALTER TABLE resources ADD COLUMN patient_refs TEXT;
+    UPDATE resources r SET patient_refs = (
+        SELECT CASE
+            WHEN count(*) = 0 THEN ''
+            WHEN bool_or(strpos(s.param, E'\t') > 0 OR strpos(s.param, E'\n') > 0
+                         OR strpos(s.target_id, E'\t') > 0 OR strpos(s.target_id, E'\n') > 0)
+                THEN NULL
+            ELSE string_agg(DISTINCT (s.param || E'\t' || s.target_id) COLLATE "C", E'\n'
+                            ORDER BY (s.param || E'\t' || s.target_id) COLLATE "C")
+        END
+        FROM search_reference s
+        WHERE s.resource_type = r.resource_type AND s.id = r.id AND s.target_type = 'Patient');
     "#,
 ];
 

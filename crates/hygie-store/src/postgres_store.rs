@@ -16,6 +16,7 @@ use postgres::{Client, NoTls, Statement};
 
 use crate::audit_index::{self, AuditFacets, AuditHit, AuditQuery};
 use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
+use crate::patient_refs;
 use crate::search::{self, Dialect, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, BreakGlassGrant, Filter, Head, HistoryQuery, HistoryScope, IndexCell,
@@ -712,12 +713,13 @@ const INSERT_VERSION_SQL: &str = "INSERT INTO resource_versions
     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq";
 const DATA_KEY_COLUMNS: &str =
     "SELECT key_id, scope, generation, wrapped, is_current, created_us, erased_us FROM data_key";
-const UPSERT_HEAD_SQL: &str =
-    "INSERT INTO resources (resource_type, id, version, deleted, last_updated_us, seq)
-    VALUES ($1, $2, $3, $4, $5, $6)
+const UPSERT_HEAD_SQL: &str = "INSERT INTO resources
+    (resource_type, id, version, deleted, last_updated_us, seq, patient_refs)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (resource_type, id) DO UPDATE SET
       version = excluded.version, deleted = excluded.deleted,
-      last_updated_us = excluded.last_updated_us, seq = excluded.seq";
+      last_updated_us = excluded.last_updated_us, seq = excluded.seq,
+      patient_refs = excluded.patient_refs";
 /// Statements kept prepared per connection at most.
 const MAX_CACHED_STATEMENTS: usize = 512;
 const INSERT_TOKENS_SQL: &str =
@@ -881,6 +883,7 @@ impl Tx for PgTx<'_> {
             }
             Err(error) => return Err(error.into()),
         };
+        let rows = if new.deleted { &[][..] } else { new.index };
         let upsert = self.statement(UPSERT_HEAD_SQL)?;
         self.transaction.execute(
             &upsert,
@@ -891,6 +894,7 @@ impl Tx for PgTx<'_> {
                 &new.deleted,
                 &new.last_updated_us,
                 &seq,
+                &patient_refs::encode(rows),
             ],
         )?;
         if new.version > 1 {
@@ -994,6 +998,26 @@ impl Tx for PgTx<'_> {
         params: &[String],
         target_type: &str,
     ) -> StoreResult<Vec<String>> {
+        // Kept with the head (`patient_refs.rs`), as on SQLite.
+        if target_type == patient_refs::TARGET_TYPE {
+            let statement = self.statement(
+                "SELECT patient_refs FROM resources WHERE resource_type = $1 AND id = $2",
+            )?;
+            match self
+                .transaction
+                .query_opt(&statement, &[&resource_type, &id])?
+            {
+                None => return Ok(Vec::new()),
+                Some(row) => {
+                    let kept: Option<String> = row.get(0);
+                    if let Some(patients) =
+                        kept.and_then(|encoded| patient_refs::decode(&encoded, params))
+                    {
+                        return Ok(patients);
+                    }
+                }
+            }
+        }
         let statement = self.statement(
             "SELECT DISTINCT target_id FROM search_reference
              WHERE resource_type = $1 AND id = $2 AND target_type = $3
@@ -1079,6 +1103,13 @@ impl Tx for PgTx<'_> {
         rows: &[IndexRow],
     ) -> StoreResult<()> {
         self.delete_index(resource_type, id)?;
+        let statement = self.statement(
+            "UPDATE resources SET patient_refs = $3 WHERE resource_type = $1 AND id = $2",
+        )?;
+        self.transaction.execute(
+            &statement,
+            &[&resource_type, &id, &patient_refs::encode(rows)],
+        )?;
         self.insert_index(resource_type, id, rows)
     }
 
@@ -1633,7 +1664,60 @@ fn pg_text(text: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::*;
+
+    /// Migration 12 fills each head's `patient_refs` from the reference index as the store
+    /// would have written it (`patient_refs::encode`), NULL where that cannot be encoded.
+    #[test]
+    fn migration_12_fills_the_patients_of_every_head_from_the_index() {
+        let database = crate::testing::ThrowawayDatabase::create();
+        let mut client = Client::connect(&database.url, NoTls).unwrap();
+        client.batch_execute(CREATE_MIGRATIONS_TABLE).unwrap();
+        for (index, sql) in migrations::POSTGRES.iter().enumerate().take(11) {
+            client.batch_execute(sql).unwrap();
+            client
+                .execute(
+                    "INSERT INTO schema_migrations (version, applied_at_us) VALUES ($1, 0)",
+                    &[&(index as i64 + 1)],
+                )
+                .unwrap();
+        }
+        use patient_refs::migration_fixture::{OBSERVATIONS, index_rows};
+        for (id, rows) in OBSERVATIONS {
+            client
+                .execute(
+                    "INSERT INTO resources (resource_type, id, version, deleted, last_updated_us, seq)
+                     VALUES ('Observation', $1, 1, false, 0, 0)",
+                    &[id],
+                )
+                .unwrap();
+            for (param, target_type, target) in rows.iter() {
+                client
+                    .execute(
+                        "INSERT INTO search_reference (resource_type, id, param, grp, target_type, target_id, url)
+                         VALUES ('Observation', $1, $2, 0, $3, $4, '')",
+                        &[id, param, target_type, target],
+                    )
+                    .unwrap();
+            }
+        }
+        migrate(&mut client).unwrap();
+
+        for (id, rows) in OBSERVATIONS {
+            let stored: Option<String> = client
+                .query_one(
+                    "SELECT patient_refs FROM resources WHERE resource_type = 'Observation' AND id = $1",
+                    &[id],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                stored,
+                patient_refs::encode(&index_rows(rows)),
+                "Observation/{id}"
+            );
+        }
+    }
 
     #[test]
     fn redacts_passwords_only() {

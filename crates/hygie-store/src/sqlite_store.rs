@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit_index::{self, AuditFacets, AuditHit, AuditQuery};
 use crate::migrations::{self, CREATE_MIGRATIONS_TABLE, now_us};
+use crate::patient_refs;
 use crate::search::{self, Dialect, IndexTable, SqlBuilder, SqlParam};
 use crate::{
     BoxFuture, BoxedUnit, BreakGlassGrant, Filter, Head, HistoryQuery, HistoryScope, IndexCell,
@@ -1465,13 +1466,16 @@ impl Tx for SqliteTx<'_> {
         } else {
             None
         };
+        let rows = if new.deleted { &[][..] } else { new.index };
         self.connection
             .prepare_cached(
-                "INSERT INTO resources (resource_type, id, version, deleted, last_updated_us, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO resources
+                 (resource_type, id, version, deleted, last_updated_us, seq, patient_refs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (resource_type, id) DO UPDATE SET
                    version = excluded.version, deleted = excluded.deleted,
-                   last_updated_us = excluded.last_updated_us, seq = excluded.seq",
+                   last_updated_us = excluded.last_updated_us, seq = excluded.seq,
+                   patient_refs = excluded.patient_refs",
             )?
             .execute(params![
                 new.resource_type,
@@ -1479,9 +1483,9 @@ impl Tx for SqliteTx<'_> {
                 new.version,
                 new.deleted,
                 new.last_updated_us,
-                seq
+                seq,
+                patient_refs::encode(rows)
             ])?;
-        let rows = if new.deleted { &[][..] } else { new.index };
         if new.version > 1 {
             replace_index_rows(self.connection, new.resource_type, new.id, rows)?;
             if let Some(replaced_seq) = replaced_seq {
@@ -1602,6 +1606,27 @@ impl Tx for SqliteTx<'_> {
         params: &[String],
         target_type: &str,
     ) -> StoreResult<Vec<String>> {
+        // A resource's patients are kept with its head (`patient_refs.rs`): one row, where
+        // the index takes one per reference.
+        if target_type == patient_refs::TARGET_TYPE {
+            let kept: Option<Option<String>> = self
+                .connection
+                .prepare_cached(
+                    "SELECT patient_refs FROM resources WHERE resource_type = ?1 AND id = ?2",
+                )?
+                .query_row(params![resource_type, id], |row| row.get(0))
+                .optional()?;
+            match kept {
+                // No head, no index rows.
+                None => return Ok(Vec::new()),
+                Some(Some(encoded)) => {
+                    if let Some(patients) = patient_refs::decode(&encoded, params) {
+                        return Ok(patients);
+                    }
+                }
+                Some(None) => {}
+            }
+        }
         // Every reference the resource holds, by the owner index, filtered here: a resource
         // holds few, and SQLite would build a temporary b-tree per call for an IN list or a
         // DISTINCT (measured: most of this query's cost, on every read need-to-know checks).
@@ -1721,6 +1746,11 @@ impl Tx for SqliteTx<'_> {
             )));
         };
         replace_index_rows(self.connection, resource_type, id, rows)?;
+        self.connection
+            .prepare_cached(
+                "UPDATE resources SET patient_refs = ?3 WHERE resource_type = ?1 AND id = ?2",
+            )?
+            .execute(params![resource_type, id, patient_refs::encode(rows)])?;
         self.write_terms(TermWrite::Delete { seq })?;
         self.insert_terms(seq, rows)
     }
@@ -2482,6 +2512,67 @@ mod tests {
             .collect::<rusqlite::Result<Vec<_>>>()
             .unwrap();
         details.join("\n")
+    }
+
+    /// Migration 12 fills each head's `patient_refs` from the reference index as the store
+    /// would have written it, and NULL (ask the index) where that cannot be encoded; a
+    /// deleted resource, or one without patients, gets the empty list.
+    #[test]
+    fn migration_12_fills_the_patients_of_every_head_from_the_index() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        connection.execute(CREATE_MIGRATIONS_TABLE, []).unwrap();
+        for (index, sql) in migrations::SQLITE.iter().enumerate().take(11) {
+            connection.execute_batch(sql).unwrap();
+            connection
+                .execute(
+                    "INSERT INTO schema_migrations (version, applied_at_us) VALUES (?1, 0)",
+                    params![index as i64 + 1],
+                )
+                .unwrap();
+        }
+        use patient_refs::migration_fixture::{OBSERVATIONS, index_rows};
+        for (id, rows) in OBSERVATIONS {
+            connection
+                .execute(
+                    "INSERT INTO resources (resource_type, id, version, deleted, last_updated_us, seq)
+                     VALUES ('Observation', ?1, 1, 0, 0, 0)",
+                    params![id],
+                )
+                .unwrap();
+            for (param, target_type, target) in rows.iter() {
+                connection
+                    .execute(
+                        "INSERT INTO search_reference (resource_type, id, param, grp, target_type, target_id, url)
+                         VALUES ('Observation', ?1, ?2, 0, ?3, ?4, '')",
+                        params![id, param, target_type, target],
+                    )
+                    .unwrap();
+            }
+        }
+        migrate(&mut connection).unwrap();
+
+        for (id, rows) in OBSERVATIONS {
+            let stored: Option<String> = connection
+                .query_row(
+                    "SELECT patient_refs FROM resources WHERE resource_type = 'Observation' AND id = ?1",
+                    params![id],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert_eq!(
+                stored,
+                patient_refs::encode(&index_rows(rows)),
+                "Observation/{id}"
+            );
+        }
+        let o1: String = connection
+            .query_row(
+                "SELECT patient_refs FROM resources WHERE id = 'o1'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(o1, "patient\tp2\nperformer\tp1\nsubject\tp2");
     }
 
     /// A database made before migration 11 keeps its references, and every question about

@@ -25,6 +25,7 @@ hygie_store::on_both_backends!(
     an_update_rewrites_only_the_rows_that_changed,
     references_elsewhere_are_found_by_their_spelling,
     dense_filters_page_in_id_order_exactly_as_the_driven_query,
+    a_resources_patients_follow_every_write_of_its_index,
 );
 
 fn row(param: &str, cell: IndexCell) -> IndexRow {
@@ -1536,4 +1537,113 @@ async fn observation_page(
         limit,
     };
     store.run(move |tx| tx.search(&spec)).await.unwrap()
+}
+
+/// Sets `Observation/id`'s kept patients (`resources.patient_refs`) by hand, as a damaged or
+/// hand-edited database would hold them.
+fn set_kept_patients(backend: &Backend, id: &str, value: Option<&str>) {
+    const SQL: &str =
+        "UPDATE resources SET patient_refs = {} WHERE resource_type = 'Observation' AND id = {}";
+    match backend.target() {
+        hygie_store::backup::Target::Sqlite(dir) => {
+            let connection = rusqlite::Connection::open(dir.join("hygie.db")).unwrap();
+            let changed = connection
+                .execute(
+                    &SQL.replacen("{}", "?1", 1).replacen("{}", "?2", 1),
+                    rusqlite::params![value, id],
+                )
+                .unwrap();
+            assert_eq!(changed, 1);
+        }
+        hygie_store::backup::Target::Postgres(url) => {
+            let (value, id) = (value.map(str::to_owned), id.to_owned());
+            std::thread::spawn(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                let changed = client
+                    .execute(
+                        &SQL.replacen("{}", "$1", 1).replacen("{}", "$2", 1),
+                        &[&value, &id],
+                    )
+                    .unwrap();
+                assert_eq!(changed, 1);
+            })
+            .join()
+            .unwrap();
+        }
+    }
+}
+
+/// Whose compartment a resource is in is kept with its head, and that answer follows
+/// every write of the resource's index: a create, an update that moves it to another
+/// patient, a re-index, a deletion. A need-to-know check and the audit trail both rely on
+/// it, so a stale answer would let a clinician read a resource of a patient out of care.
+async fn a_resources_patients_follow_every_write_of_its_index(backend: Backend) {
+    let store = backend.store.clone();
+    let through = |params: &'static [&'static str]| {
+        let store = store.clone();
+        async move {
+            store
+                .run(move |tx| {
+                    let params: Vec<String> = params.iter().map(|p| (*p).to_owned()).collect();
+                    tx.referenced_through("Observation", "o1", &params, "Patient")
+                })
+                .await
+                .unwrap()
+        }
+    };
+    const BOTH: &[&str] = &["subject", "performer"];
+    assert!(through(BOTH).await.is_empty(), "no resource, no patient");
+    put(
+        &store,
+        "Observation",
+        "o1",
+        vec![
+            reference("subject", "Patient", "p1"),
+            reference("performer", "Practitioner", "d1"),
+            reference("performer", "Patient", "p3"),
+        ],
+    )
+    .await;
+    assert_eq!(through(BOTH).await, ["p1", "p3"]);
+    assert_eq!(through(&["subject"]).await, ["p1"]);
+    assert!(through(&["encounter"]).await.is_empty());
+
+    put(
+        &store,
+        "Observation",
+        "o1",
+        vec![reference("subject", "Patient", "p2")],
+    )
+    .await;
+    assert_eq!(through(BOTH).await, ["p2"], "an update moves the resource");
+
+    store
+        .run(|tx| {
+            tx.replace_index(
+                "Observation",
+                "o1",
+                &[
+                    reference("subject", "Patient", "p4"),
+                    reference("performer", "Patient", "p4"),
+                ],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(through(BOTH).await, ["p4"], "a re-index moves it too");
+
+    // The kept answer is the one given: a hand-made one shows through...
+    set_kept_patients(&backend, "o1", Some("subject\tp9"));
+    assert_eq!(through(BOTH).await, ["p9"]);
+    // ...and where none is kept, or one that is not well formed, the index answers.
+    set_kept_patients(&backend, "o1", None);
+    assert_eq!(through(BOTH).await, ["p4"]);
+    set_kept_patients(&backend, "o1", Some("subject p9"));
+    assert_eq!(through(BOTH).await, ["p4"]);
+
+    delete(&store, "Observation", "o1", 3).await;
+    assert!(
+        through(BOTH).await.is_empty(),
+        "a deleted resource has none"
+    );
 }
