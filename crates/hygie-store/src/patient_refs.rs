@@ -61,10 +61,10 @@ pub fn encode(rows: &[IndexRow]) -> Option<String> {
 /// [`encode`] writes, so that the caller asks the index rather than trust it. Empty ids
 /// are left out, as the index query leaves them out.
 pub fn decode(encoded: &str, params: &[String]) -> Option<Vec<String>> {
-    let mut found = std::collections::BTreeSet::new();
     if encoded.is_empty() {
         return Some(Vec::new());
     }
+    let mut found = std::collections::BTreeSet::new();
     for line in encoded.split(RECORD) {
         let (param, id) = line.split_once(FIELD)?;
         if id.contains(FIELD) {

@@ -1542,16 +1542,14 @@ async fn observation_page(
 /// Sets `Observation/id`'s kept patients (`resources.patient_refs`) by hand, as a damaged or
 /// hand-edited database would hold them.
 fn set_kept_patients(backend: &Backend, id: &str, value: Option<&str>) {
+    // `$n` parameters: SQLite reads them as well as PostgreSQL.
     const SQL: &str =
-        "UPDATE resources SET patient_refs = {} WHERE resource_type = 'Observation' AND id = {}";
+        "UPDATE resources SET patient_refs = $1 WHERE resource_type = 'Observation' AND id = $2";
     match backend.target() {
         hygie_store::backup::Target::Sqlite(dir) => {
             let connection = rusqlite::Connection::open(dir.join("hygie.db")).unwrap();
             let changed = connection
-                .execute(
-                    &SQL.replacen("{}", "?1", 1).replacen("{}", "?2", 1),
-                    rusqlite::params![value, id],
-                )
+                .execute(SQL, rusqlite::params![value, id])
                 .unwrap();
             assert_eq!(changed, 1);
         }
@@ -1559,13 +1557,7 @@ fn set_kept_patients(backend: &Backend, id: &str, value: Option<&str>) {
             let (value, id) = (value.map(str::to_owned), id.to_owned());
             std::thread::spawn(move || {
                 let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-                let changed = client
-                    .execute(
-                        &SQL.replacen("{}", "$1", 1).replacen("{}", "$2", 1),
-                        &[&value, &id],
-                    )
-                    .unwrap();
-                assert_eq!(changed, 1);
+                assert_eq!(client.execute(SQL, &[&value, &id]).unwrap(), 1);
             })
             .join()
             .unwrap();
