@@ -40,9 +40,9 @@ use std::sync::Arc;
 pub use audit_index::{AuditFacets, AuditHit, AuditQuery};
 pub use postgres_store::{PostgresOptions, PostgresStore, open_postgres};
 pub use search::{
-    BlindTerm, Filter, INDEX_VERSION_KEY, IndexCell, IndexRow, IndexTable, MAX_INDEXED_STRING,
-    PagePosition, RangeOp, SearchHit, SearchSpec, SortBy, SortValue, Test, full_sort, term_text,
-    truncate,
+    BlindTerm, Filter, INDEX_VERSION_KEY, IndexCell, IndexRow, IndexTable, LONE_TOKEN_ROWS,
+    MAX_INDEXED_STRING, PagePosition, RangeOp, SearchHit, SearchSpec, SortBy, SortValue, Test,
+    full_sort, term_text, truncate,
 };
 pub use sqlite_store::{SqliteOptions, SqliteStore, open_sqlite};
 

@@ -1067,6 +1067,43 @@ fn driving_filter(filters: &[Filter]) -> Option<usize> {
 /// walk the resources rather than collect them all (each backend's `page_in_id_order`).
 pub(crate) const ID_ORDER_DENSE_ROWS: usize = 1_000;
 
+/// The most matching index rows the lone-token page reads before it leaves the page to
+/// the general query: an identifier or a code names a few resources, not thousands.
+pub const LONE_TOKEN_ROWS: usize = 64;
+
+/// The token test of a first page in `_id` order made of that one test alone, as
+/// `(param, system, code)`: `identifier=system|value`, which every conditional create and
+/// update asks. Such a page can be read straight from the token index (the matching ids,
+/// their resources not deleted, then sorted and deduplicated by the caller), where the
+/// general query first gathers the ids in a temporary table; see [`LONE_TOKEN_ROWS`].
+pub(crate) fn lone_token(spec: &SearchSpec) -> Option<(&str, Option<&str>, &str)> {
+    let in_id_order = matches!(
+        spec.sort.as_slice(),
+        [] | [SortBy::Id { descending: false }]
+    );
+    if !in_id_order || spec.position.is_some() {
+        return None;
+    }
+    match spec.filters.as_slice() {
+        [
+            Filter::Match {
+                param,
+                tests,
+                negate: false,
+            },
+        ] => match tests.as_slice() {
+            [
+                Test::Token {
+                    system,
+                    code: Some(code),
+                },
+            ] => Some((param.as_str(), system.as_deref(), code.as_str())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The filter that would drive `spec`, when walking the resources in `_id` order instead
 /// may be far cheaper: the page is in `_id` order (the default), and every filter can be
 /// probed on one resource at a time (matches on index tables, absences, `_lastUpdated`;
@@ -1375,6 +1412,83 @@ mod tests {
             sort,
             position: None,
             limit: 11,
+        }
+    }
+
+    #[test]
+    fn only_one_token_test_alone_on_a_first_page_in_id_order_is_a_lone_token() {
+        let identifier = || Filter::Match {
+            param: "identifier".into(),
+            tests: vec![Test::Token {
+                system: Some("urn:mrn".into()),
+                code: Some("12".into()),
+            }],
+            negate: false,
+        };
+        let spec = |filters: Vec<Filter>, sort: Vec<SortBy>| SearchSpec {
+            resource_type: "Patient".into(),
+            filters,
+            sort,
+            position: None,
+            limit: 2,
+        };
+        assert_eq!(
+            lone_token(&spec(vec![identifier()], vec![])),
+            Some(("identifier", Some("urn:mrn"), "12"))
+        );
+        assert_eq!(
+            lone_token(&spec(
+                vec![code_is_any("gender", "female")],
+                vec![SortBy::Id { descending: false }]
+            )),
+            Some(("gender", None, "female"))
+        );
+        let descending = spec(vec![identifier()], vec![SortBy::Id { descending: true }]);
+        assert_eq!(lone_token(&descending), None);
+        let by_date = vec![SortBy::LastUpdated { descending: false }];
+        assert_eq!(lone_token(&spec(vec![identifier()], by_date)), None);
+        let mut later_page = spec(vec![identifier()], vec![]);
+        later_page.position = Some(PagePosition {
+            values: vec![SortValue::Text("a".into())],
+            backwards: false,
+        });
+        assert_eq!(lone_token(&later_page), None);
+        let two_filters = spec(vec![identifier(), code_is_any("gender", "female")], vec![]);
+        assert_eq!(lone_token(&two_filters), None);
+        let Filter::Match { tests, .. } = identifier() else {
+            unreachable!()
+        };
+        let negated = Filter::Match {
+            param: "identifier".into(),
+            tests: tests.clone(),
+            negate: true,
+        };
+        assert_eq!(lone_token(&spec(vec![negated], vec![])), None);
+        let either = Filter::Match {
+            param: "identifier".into(),
+            tests: [tests.clone(), tests].concat(),
+            negate: false,
+        };
+        assert_eq!(lone_token(&spec(vec![either], vec![])), None);
+        let any_code = Filter::Match {
+            param: "identifier".into(),
+            tests: vec![Test::Token {
+                system: Some("urn:mrn".into()),
+                code: None,
+            }],
+            negate: false,
+        };
+        assert_eq!(lone_token(&spec(vec![any_code], vec![])), None);
+    }
+
+    fn code_is_any(param: &str, code: &str) -> Filter {
+        Filter::Match {
+            param: param.into(),
+            tests: vec![Test::Token {
+                system: None,
+                code: Some(code.into()),
+            }],
+            negate: false,
         }
     }
 

@@ -26,6 +26,7 @@ hygie_store::on_both_backends!(
     references_elsewhere_are_found_by_their_spelling,
     dense_filters_page_in_id_order_exactly_as_the_driven_query,
     a_resources_patients_follow_every_write_of_its_index,
+    a_lone_token_page_answers_as_the_general_query,
 );
 
 fn row(param: &str, cell: IndexCell) -> IndexRow {
@@ -1638,4 +1639,95 @@ async fn a_resources_patients_follow_every_write_of_its_index(backend: Backend) 
         through(BOTH).await.is_empty(),
         "a deleted resource has none"
     );
+}
+
+/// The first `limit` ids of `ty` whose `param` holds the token, in `_id` order.
+async fn first_with_token(
+    store: &hygie_store::SharedStore,
+    ty: &str,
+    param: &str,
+    system: Option<&str>,
+    code: &str,
+    limit: usize,
+) -> Vec<String> {
+    let spec = SearchSpec {
+        resource_type: ty.into(),
+        filters: vec![matching(
+            param,
+            vec![Test::Token {
+                system: system.map(str::to_owned),
+                code: Some(code.into()),
+            }],
+        )],
+        sort: vec![],
+        position: None,
+        limit,
+    };
+    let hits = store.run(move |tx| tx.search(&spec)).await.unwrap();
+    for hit in &hits {
+        assert_eq!(
+            hit.sort_values,
+            vec![hygie_store::SortValue::Text(hit.id.clone())],
+            "the cursor of a page in _id order is the id"
+        );
+    }
+    hits.into_iter().map(|hit| hit.id).collect()
+}
+
+/// What a conditional create or update asks (`identifier=system|value`, one token test
+/// alone), which SQLite answers from the token index without the general query: the same
+/// answer, sorted by id, each resource once however many of its rows match, deleted ones
+/// left out (their rows go with the delete; the lookup also asks their resource), other
+/// systems left out unless no system is asked, and every match found even when more rows
+/// match than that lookup reads (the general query then pages them).
+async fn a_lone_token_page_answers_as_the_general_query(backend: Backend) {
+    let store = backend.store.clone();
+    let mrn = |code: &str| token("identifier", "urn:mrn", code);
+    // Written out of id order, so that the index's order is not the answer's.
+    put(&store, "Patient", "p5", vec![mrn("X")]).await;
+    put(&store, "Patient", "p1", vec![mrn("X"), mrn("Y")]).await;
+    put(&store, "Patient", "p3", vec![mrn("X")]).await;
+    put(&store, "Patient", "p2", vec![mrn("X"), mrn("X")]).await;
+    put(&store, "Patient", "p4", vec![mrn("X")]).await;
+    delete(&store, "Patient", "p4", 2).await;
+    put(
+        &store,
+        "Patient",
+        "p6",
+        vec![token("identifier", "urn:other", "X")],
+    )
+    .await;
+    put(&store, "Patient", "p7", vec![token("identifier", "", "X")]).await;
+    put(&store, "Patient", "p8", vec![mrn("Y")]).await;
+    put(&store, "Observation", "o1", vec![mrn("X")]).await;
+    let first = |system, code, limit| {
+        first_with_token(&store, "Patient", "identifier", system, code, limit)
+    };
+    assert_eq!(
+        first(Some("urn:mrn"), "X", 10).await,
+        ["p1", "p2", "p3", "p5"]
+    );
+    assert_eq!(first(Some("urn:mrn"), "X", 2).await, ["p1", "p2"]);
+    assert_eq!(first(Some("urn:mrn"), "Y", 10).await, ["p1", "p8"]);
+    assert_eq!(
+        first(None, "X", 10).await,
+        ["p1", "p2", "p3", "p5", "p6", "p7"]
+    );
+    assert_eq!(first(Some(""), "X", 10).await, ["p7"]);
+    assert!(first(Some("urn:mrn"), "Z", 10).await.is_empty());
+    let by_other_param = first_with_token(&store, "Patient", "other", None, "X", 10).await;
+    assert!(by_other_param.is_empty());
+    // More matches than the lookup reads, written from the highest id down: the rows it
+    // would read first are the highest ids, and the answer is the lowest.
+    let many = hygie_store::LONE_TOKEN_ROWS + 6;
+    for n in (0..many).rev() {
+        put(&store, "Patient", &format!("q{n:03}"), vec![mrn("Q")]).await;
+    }
+    assert_eq!(
+        first(Some("urn:mrn"), "Q", 3).await,
+        ["q000", "q001", "q002"]
+    );
+    let all = first(Some("urn:mrn"), "Q", 1000).await;
+    assert_eq!(all.len(), many);
+    assert!(all.windows(2).all(|pair| pair[0] < pair[1]));
 }
