@@ -310,6 +310,7 @@ fn run_caught(
         query_time_limit,
         pending,
         savepoint_marks: Vec::new(),
+        read_head: None,
     };
     let result = match catch_unwind(AssertUnwindSafe(|| unit(&mut tx))) {
         Ok(result) => result,
@@ -856,6 +857,19 @@ struct SqliteTx<'c> {
     /// What was queued when each open savepoint began: rolling one back drops what was
     /// queued since, as it undoes the rows written since.
     savepoint_marks: Vec<DeferredMark>,
+    /// The patients of the last head [`Tx::current`] read in this unit ([`ReadHead`]).
+    read_head: Option<ReadHead>,
+}
+
+/// The `patient_refs` of a head as [`Tx::current`] read it, with the connection's count of
+/// changed rows at that moment. An audited read asks for the patients of what it read right
+/// after reading it (`referenced_through(…, "Patient")`): this answers without reading the
+/// row again. Any row changed since, or a savepoint rolled back, and it is not used.
+struct ReadHead {
+    resource_type: String,
+    id: String,
+    patient_refs: Option<String>,
+    changes: u64,
 }
 
 /// Writes of one batch deferred to its end: the audit leaves ([`PendingAudit`]) and the
@@ -1459,13 +1473,25 @@ impl Tx for SqliteTx<'_> {
 
     fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<VersionRecord>> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated_us, v.deleted, v.body
+            "SELECT v.seq, v.resource_type, v.id, v.version, v.last_updated_us, v.deleted, v.body,
+                    r.patient_refs
              FROM resources r JOIN resource_versions v ON v.seq = r.seq
              WHERE r.resource_type = ?1 AND r.id = ?2",
         )?;
-        Ok(statement
-            .query_row(params![resource_type, id], version_from_row)
-            .optional()?)
+        let found = statement
+            .query_row(params![resource_type, id], |row| {
+                Ok((version_from_row(row)?, row.get::<_, Option<String>>(7)?))
+            })
+            .optional()?;
+        Ok(found.map(|(record, patient_refs)| {
+            self.read_head = Some(ReadHead {
+                resource_type: resource_type.to_owned(),
+                id: id.to_owned(),
+                patient_refs,
+                changes: self.connection.total_changes(),
+            });
+            record
+        }))
     }
 
     fn version(
@@ -1666,13 +1692,21 @@ impl Tx for SqliteTx<'_> {
         // A resource's patients are kept with its head (`patient_refs.rs`): one row, where
         // the index takes one per reference.
         if target_type == patient_refs::TARGET_TYPE {
-            let kept: Option<Option<String>> = self
-                .connection
-                .prepare_cached(
-                    "SELECT patient_refs FROM resources WHERE resource_type = ?1 AND id = ?2",
-                )?
-                .query_row(params![resource_type, id], |row| row.get(0))
-                .optional()?;
+            let read = self.read_head.take().filter(|head| {
+                head.resource_type == resource_type
+                    && head.id == id
+                    && head.changes == self.connection.total_changes()
+            });
+            let kept: Option<Option<String>> = match read {
+                Some(head) => Some(head.patient_refs),
+                None => self
+                    .connection
+                    .prepare_cached(
+                        "SELECT patient_refs FROM resources WHERE resource_type = ?1 AND id = ?2",
+                    )?
+                    .query_row(params![resource_type, id], |row| row.get(0))
+                    .optional()?,
+            };
             match kept {
                 // No head, no index rows.
                 None => return Ok(Vec::new()),
@@ -2234,6 +2268,8 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        // The rows come back as they were, and the count of changes does not say so.
+        self.read_head = None;
         let mark = self.savepoint_marks.pop();
         if let (Some(pending), Some(mark)) = (self.pending.as_deref_mut(), mark) {
             pending.roll_back_to(mark);

@@ -27,6 +27,7 @@ hygie_store::on_both_backends!(
     dense_filters_page_in_id_order_exactly_as_the_driven_query,
     a_resources_patients_follow_every_write_of_its_index,
     a_lone_token_page_answers_as_the_general_query,
+    the_patients_of_a_resource_just_read_are_its_current_ones,
 );
 
 fn row(param: &str, cell: IndexCell) -> IndexRow {
@@ -1730,4 +1731,78 @@ async fn a_lone_token_page_answers_as_the_general_query(backend: Backend) {
     let all = first(Some("urn:mrn"), "Q", 1000).await;
     assert_eq!(all.len(), many);
     assert!(all.windows(2).all(|pair| pair[0] < pair[1]));
+}
+
+/// A unit's own write of `ty/id`, its index pointing at `patient` as `subject`.
+fn write_subject(tx: &mut dyn hygie_store::Tx, id: &str, patient: &str) -> Result<(), StoreError> {
+    let version = tx
+        .head("Observation", id)?
+        .map_or(1, |head| head.version + 1);
+    tx.put_version(&NewVersion {
+        resource_type: "Observation",
+        id,
+        version,
+        last_updated_us: version,
+        deleted: false,
+        body: b"{}",
+        index: &[reference("subject", "Patient", patient)],
+        key_id: None,
+    })
+}
+
+/// An audited read asks for the patients of what it has just read, and SQLite answers from
+/// the head row that read brought (`ReadHead`), not from a second look. Within one unit that
+/// answer must still be the resource's patients after a write of it, and after a savepoint
+/// rolled back; a stale one would leave a patient out of their access report, or name the
+/// wrong one.
+async fn the_patients_of_a_resource_just_read_are_its_current_ones(backend: Backend) {
+    let store = backend.store.clone();
+    put(
+        &store,
+        "Observation",
+        "o1",
+        vec![reference("subject", "Patient", "pa")],
+    )
+    .await;
+    put(
+        &store,
+        "Observation",
+        "o2",
+        vec![reference("subject", "Patient", "px")],
+    )
+    .await;
+    put(
+        &store,
+        "Condition",
+        "o1",
+        vec![reference("subject", "Patient", "py")],
+    )
+    .await;
+    let subject = || vec!["subject".to_owned()];
+    let answers = store
+        .run(move |tx| {
+            let mut answers = Vec::new();
+            tx.current("Observation", "o1")?;
+            answers.push(tx.referenced_through("Observation", "o1", &subject(), "Patient")?);
+            // Read another resource, then ask about the first: another id, another type.
+            tx.current("Observation", "o1")?;
+            tx.current("Observation", "o2")?;
+            answers.push(tx.referenced_through("Observation", "o1", &subject(), "Patient")?);
+            assert!(tx.current("Condition", "o1")?.is_some());
+            answers.push(tx.referenced_through("Observation", "o1", &subject(), "Patient")?);
+            // Read, then move the resource to another patient.
+            tx.current("Observation", "o1")?;
+            write_subject(tx, "o1", "pb")?;
+            answers.push(tx.referenced_through("Observation", "o1", &subject(), "Patient")?);
+            // Move it within a savepoint, read it there, roll the move back.
+            tx.savepoint()?;
+            write_subject(tx, "o1", "pc")?;
+            tx.current("Observation", "o1")?;
+            tx.rollback_to_savepoint()?;
+            answers.push(tx.referenced_through("Observation", "o1", &subject(), "Patient")?);
+            Ok(answers)
+        })
+        .await
+        .unwrap();
+    assert_eq!(answers, [["pa"], ["pa"], ["pa"], ["pb"], ["pb"]]);
 }
