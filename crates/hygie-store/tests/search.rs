@@ -1757,27 +1757,19 @@ fn write_subject(tx: &mut dyn hygie_store::Tx, id: &str, patient: &str) -> Resul
 /// wrong one.
 async fn the_patients_of_a_resource_just_read_are_its_current_ones(backend: Backend) {
     let store = backend.store.clone();
-    put(
-        &store,
-        "Observation",
-        "o1",
-        vec![reference("subject", "Patient", "pa")],
-    )
-    .await;
-    put(
-        &store,
-        "Observation",
-        "o2",
-        vec![reference("subject", "Patient", "px")],
-    )
-    .await;
-    put(
-        &store,
-        "Condition",
-        "o1",
-        vec![reference("subject", "Patient", "py")],
-    )
-    .await;
+    for (ty, id, patient) in [
+        ("Observation", "o1", "pa"),
+        ("Observation", "o2", "px"),
+        ("Condition", "o1", "py"),
+    ] {
+        put(
+            &store,
+            ty,
+            id,
+            vec![reference("subject", "Patient", patient)],
+        )
+        .await;
+    }
     let subject = || vec!["subject".to_owned()];
     let answers = store
         .run(move |tx| {
