@@ -1227,9 +1227,9 @@ impl SqliteTx<'_> {
     /// The first page of a search made of one token test alone ([`search::lone_token`]),
     /// read from the token index in one statement when it finds fewer than
     /// [`search::LONE_TOKEN_ROWS`] rows; `None` otherwise, and the general query answers.
-    /// Each conditional create or update asks this (four per HL7 admission), and the
-    /// general query spends most of its time gathering the ids in a temporary table and
-    /// planning two statements, then sorting a handful of rows.
+    /// Each conditional create or update asks this (four per HL7 admission). The general
+    /// query builds and runs two statements for it (the dense-walk count, then the page,
+    /// whose `IN (SELECT …)` gathers the ids in a temporary table) to sort a handful of rows.
     fn page_of_lone_token(&mut self, spec: &SearchSpec) -> StoreResult<Option<Vec<SearchHit>>> {
         let Some((param, system, code)) = search::lone_token(spec) else {
             return Ok(None);
