@@ -1395,14 +1395,7 @@ mod tests {
     }
 
     fn category(code: &str) -> Filter {
-        Filter::Match {
-            param: "category".into(),
-            tests: vec![Test::Token {
-                system: None,
-                code: Some(code.into()),
-            }],
-            negate: false,
-        }
+        code_is_any("category", code)
     }
 
     fn observations(filters: Vec<Filter>, sort: Vec<SortBy>) -> SearchSpec {
