@@ -734,10 +734,24 @@ impl StreamVerifier {
     pub fn verify_leaf(
         &mut self,
         leaf: &[u8],
+        stored: impl FnMut(NodeId) -> Option<Hash>,
+    ) -> Result<(), Discrepancy> {
+        self.verify_leaf_kept(leaf_hash(leaf), |_| true, stored)
+    }
+
+    /// Like [`StreamVerifier::verify_leaf`], from the leaf's hash, for a store that keeps
+    /// only some levels: nodes of a level where `kept(level)` is false are not compared.
+    pub fn verify_leaf_kept(
+        &mut self,
+        leaf_hash: Hash,
+        kept: impl Fn(u32) -> bool,
         mut stored: impl FnMut(NodeId) -> Option<Hash>,
     ) -> Result<(), Discrepancy> {
         let index = self.size();
-        for node in self.push_leaf(leaf)? {
+        for node in self.push_leaf_hash(leaf_hash)? {
+            if !kept(node.id.level) {
+                continue;
+            }
             let found = stored(node.id);
             if found == Some(node.hash) {
                 continue;

@@ -2,10 +2,12 @@
 //!
 //! Every access appends its AuditEvent leaf in its own unit of work (fail closed). The
 //! integrator, one at a time (a store lock: one process of many on PostgreSQL), takes the
-//! leaves appended since, gives them their dense tree index, stores the hashes of the
-//! perfect subtrees they complete, and signs a checkpoint (C2SP tlog-checkpoint) when
-//! `checkpoint_every_leaves` leaves or `checkpoint_every` have passed. Proofs are served
-//! from the stored subtrees, one store read each.
+//! leaves appended since, gives them their dense tree index, stores their hashes and those
+//! of the perfect subtrees of 16 leaves and more they complete (`audit_level_is_stored`),
+//! and signs a checkpoint (C2SP tlog-checkpoint) when `checkpoint_every_leaves` leaves or
+//! `checkpoint_every` have passed. A proof reads its stored subtrees in one read, and
+//! recomputes its smaller ones from the leaf hashes of their block of 16 leaves (one read
+//! per block: one or two).
 //!
 //! The log's signing key and origin are made on first use and kept with the data
 //! (`hub_meta`): whoever can write the database could sign a rewritten log, which is why
@@ -18,7 +20,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hygie_audit::checkpoint::{Checkpoint, Note, NoteSigner, VerifierKey};
 use hygie_audit::merkle::{self, Hash, NodeId, NodeSource, StoredNode};
-use hygie_store::{LeafToIntegrate, StoreError, StoreExt, StoredCheckpoint, Tx};
+use hygie_store::{
+    AUDIT_FULLY_STORED_FROM, LeafToIntegrate, StoreError, StoreExt, StoredCheckpoint, Tx,
+    audit_level_is_stored,
+};
 
 use crate::instant::now_us;
 use crate::{Hub, HubError};
@@ -78,27 +83,86 @@ pub struct Proof {
     pub hashes: Vec<Hash>,
 }
 
-/// The stored tree, read through a unit of work.
+/// The stored tree, read through a unit of work: the levels kept (`audit_level_is_stored`)
+/// in one read, and each node of levels 1 to 3 from the leaf hashes of its block of 16
+/// leaves (one range read per block asked about).
 struct TxNodes<'a>(&'a mut dyn Tx);
+
+/// The leaves under one node of the lowest stored level above 0.
+const BLOCK_LEAVES: u64 = 1 << AUDIT_FULLY_STORED_FROM;
 
 impl NodeSource for TxNodes<'_> {
     type Error = StoreError;
 
     fn nodes(&mut self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
-        let asked: Vec<(u32, i64)> = ids.iter().map(|id| (id.level, id.index as i64)).collect();
-        let found = self.0.audit_nodes(&asked)?;
+        let asked: Vec<(u32, i64)> = ids
+            .iter()
+            .filter(|id| audit_level_is_stored(id.level))
+            .map(|id| (id.level, id.index as i64))
+            .collect();
+        let mut stored = if asked.is_empty() {
+            Vec::new()
+        } else {
+            self.0.audit_nodes(&asked)?
+        }
+        .into_iter();
+        // Each block's leaf hashes, `(block, [(index, hash)])`, read once.
+        let mut blocks: Vec<(u64, Vec<(i64, Hash)>)> = Vec::new();
         ids.iter()
-            .zip(found)
-            .map(|(id, hash)| {
-                hash.ok_or_else(|| {
-                    StoreError::Database(format!(
-                        "the audit tree lacks its node (level {}, index {}): run `hygie audit verify`",
-                        id.level, id.index
-                    ))
-                })
+            .map(|id| {
+                if audit_level_is_stored(id.level) {
+                    return stored.next().flatten().ok_or_else(|| missing_node(*id));
+                }
+                let (begin, end) = id.leaves().ok_or_else(|| missing_node(*id))?;
+                let block = begin / BLOCK_LEAVES;
+                let at = match blocks.iter().position(|(b, _)| *b == block) {
+                    Some(at) => at,
+                    None => {
+                        let first = (block * BLOCK_LEAVES) as i64;
+                        let leaves =
+                            self.0
+                                .audit_node_range(0, first, first + BLOCK_LEAVES as i64 - 1)?;
+                        blocks.push((block, leaves));
+                        blocks.len() - 1
+                    }
+                };
+                subtree_hash(&blocks[at].1, *id, begin, end)
             })
             .collect()
     }
+}
+
+fn missing_node(id: NodeId) -> StoreError {
+    StoreError::Database(format!(
+        "the audit tree lacks its node (level {}, index {}): run `hygie audit verify`",
+        id.level, id.index
+    ))
+}
+
+/// The hash of the perfect subtree `id` over leaves `[begin, end)`, from the leaf hashes
+/// of its block (`leaves`, by index).
+fn subtree_hash(
+    leaves: &[(i64, Hash)],
+    id: NodeId,
+    begin: u64,
+    end: u64,
+) -> Result<Hash, StoreError> {
+    let mut level: Vec<Hash> = (begin..end)
+        .map(|index| {
+            leaves
+                .iter()
+                .find(|(stored, _)| *stored == index as i64)
+                .map(|(_, hash)| *hash)
+                .ok_or_else(|| missing_node(NodeId::leaf(index)))
+        })
+        .collect::<Result<_, _>>()?;
+    while level.len() > 1 {
+        level = level
+            .chunks_exact(2)
+            .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
+            .collect();
+    }
+    level.pop().ok_or_else(|| missing_node(id))
 }
 
 fn merkle_error<E: std::fmt::Display>(error: E) -> StoreError {
@@ -201,6 +265,7 @@ fn integrate(
     };
     let rows: Vec<(u32, i64, [u8; 32])> = nodes
         .iter()
+        .filter(|node| audit_level_is_stored(node.id.level))
         .map(|StoredNode { id, hash }| (id.level, id.index as i64, *hash))
         .collect();
     tx.put_audit_nodes(&rows)?;

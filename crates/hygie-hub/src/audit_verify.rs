@@ -1,6 +1,7 @@
 //! `hygie audit verify`: recomputes the audit tree from the stored leaves, compares every
-//! stored perfect-subtree hash and every signed checkpoint with it, and names the first
-//! leaf that does not fit. Reads the store in batches (a snapshot each), never writes.
+//! stored perfect-subtree hash (the leaf hashes, and the subtrees of 16 leaves and more:
+//! `audit_level_is_stored`) and every signed checkpoint with it, and names the first leaf
+//! that does not fit. Reads the store in batches (a snapshot each), never writes.
 //!
 //! What it catches: a leaf modified, deleted, inserted (indices shifted), reordered or
 //! truncated; a stored node rewritten; a checkpoint whose signature does not verify or
@@ -9,12 +10,12 @@
 //! a checkpoint held elsewhere (a witness's, an auditor's: `--checkpoint`) catches that.
 
 use hygie_audit::checkpoint::{Checkpoint, VerifierKey, open_checkpoint};
-use hygie_audit::merkle::{Discrepancy, Hash, NodeId, StreamVerifier};
+use hygie_audit::merkle::{self, Discrepancy, Hash, NodeId, StreamVerifier};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use hygie_store::{StoreError, StoreExt, StoredCheckpoint};
+use hygie_store::{StoreError, StoreExt, StoredCheckpoint, audit_level_is_stored};
 
 use crate::{Hub, HubError};
 
@@ -204,7 +205,11 @@ impl Hub {
                 let outcome = match &leaf {
                     Some(leaf) => {
                         body_kept_before = Some(at);
-                        verifier.verify_leaf(leaf, |id| stored_node(&nodes, id))
+                        verifier.verify_leaf_kept(
+                            merkle::leaf_hash(leaf),
+                            audit_level_is_stored,
+                            |id| stored_node(&nodes, id),
+                        )
                     }
                     // Retention prunes from the oldest leaf on: a body missing after one
                     // that was kept was removed by someone else.
@@ -220,10 +225,11 @@ impl Hub {
                     None => {
                         pruned += 1;
                         match stored_node(&nodes, NodeId::leaf(at)) {
-                            Some(hash) => verifier
-                                .push_leaf_hash(hash)
-                                .map(|_| ())
-                                .map_err(Discrepancy::from),
+                            Some(hash) => verifier.verify_leaf_kept(
+                                hash,
+                                |level| level > 0 && audit_level_is_stored(level),
+                                |id| stored_node(&nodes, id),
+                            ),
                             None => {
                                 return Ok(Err(failure(
                                     Some(at),
@@ -304,6 +310,10 @@ impl Hub {
             for level in 0..63u32 {
                 if (1i64 << level) > end + 1 {
                     break;
+                }
+                if !audit_level_is_stored(level) {
+                    nodes.push(Vec::new());
+                    continue;
                 }
                 let (first, last) = (start >> level, end >> level);
                 let mut range = tx.audit_node_range(level, first, last)?;

@@ -473,6 +473,19 @@ pub trait Tx {
     fn release_savepoint(&mut self) -> StoreResult<()>;
 }
 
+/// Whether the audit tree keeps the nodes of `level` in `audit_node`: level 0 (the leaf
+/// hashes, each bound to its tree index, so that `verify` names a leaf moved or replaced)
+/// and the subtrees of 16 leaves and more. Levels 1 to 3 are recomputed from at most 16
+/// leaf hashes when a proof needs them. Storing every level cost two rows per leaf (13,800
+/// of the writer's instructions per audited read, bench/audit §9); this stores 1.125 and
+/// saves about 6,500 of them (§10). Migration 13 removed the levels 1 to 3 stored before.
+pub const fn audit_level_is_stored(level: u32) -> bool {
+    level == 0 || level >= AUDIT_FULLY_STORED_FROM
+}
+
+/// The lowest audit tree level above 0 that is stored (see [`audit_level_is_stored`]).
+pub const AUDIT_FULLY_STORED_FROM: u32 = 4;
+
 /// A leaf about to enter the audit tree: the hash computed when it was appended, or, for a
 /// leaf appended without one (before schema version 7, or by [`Tx::append_audit`]), the
 /// leaf itself, to hash.

@@ -224,6 +224,11 @@ pub const SQLITE: &[&str] = &[
         WHERE s.resource_type = resources.resource_type AND s.id = resources.id
           AND s.target_type = 'Patient');
     "#,
+    // 13: the audit tree keeps its leaf hashes (level 0) and its subtrees of 16 leaves and
+    // more (`audit_level_is_stored`); levels 1 to 3 are recomputed from the leaf hashes.
+    r#"
+    DELETE FROM audit_node WHERE level BETWEEN 1 AND 3;
+    "#,
 ];
 
 /// PostgreSQL migrations, in order. Index + 1 is the schema version.
@@ -429,6 +434,10 @@ pub const POSTGRES: &[&str] = &[
         END
         FROM search_reference s
         WHERE s.resource_type = r.resource_type AND s.id = r.id AND s.target_type = 'Patient');
+    "#,
+    // 13: the audit tree keeps levels 0 and 4 up, as on SQLite.
+    r#"
+    DELETE FROM audit_node WHERE level BETWEEN 1 AND 3;
     "#,
 ];
 

@@ -1719,6 +1719,45 @@ mod tests {
         }
     }
 
+    /// Migration 13 keeps the audit tree's leaf hashes and its subtrees of 16 leaves and
+    /// more, and removes levels 1 to 3, as on SQLite.
+    #[test]
+    fn migration_13_keeps_the_audit_trees_stored_levels_only() {
+        let database = crate::testing::ThrowawayDatabase::create();
+        let mut client = Client::connect(&database.url, NoTls).unwrap();
+        client.batch_execute(CREATE_MIGRATIONS_TABLE).unwrap();
+        for (index, sql) in migrations::POSTGRES.iter().enumerate().take(12) {
+            client.batch_execute(sql).unwrap();
+            client
+                .execute(
+                    "INSERT INTO schema_migrations (version, applied_at_us) VALUES ($1, 0)",
+                    &[&(index as i64 + 1)],
+                )
+                .unwrap();
+        }
+        for level in 0..6i32 {
+            for index in 0..(64i64 >> level) {
+                client
+                    .execute(
+                        "INSERT INTO audit_node (level, idx, hash) VALUES ($1, $2, $3)",
+                        &[&level, &index, &vec![level as u8; 32]],
+                    )
+                    .unwrap();
+            }
+        }
+        migrate(&mut client).unwrap();
+        let kept: Vec<(i32, i64)> = client
+            .query(
+                "SELECT level, count(*) FROM audit_node GROUP BY level ORDER BY level",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        assert_eq!(kept, vec![(0, 64), (4, 4), (5, 2)]);
+    }
+
     #[test]
     fn redacts_passwords_only() {
         assert_eq!(

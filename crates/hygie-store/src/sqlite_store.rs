@@ -2668,6 +2668,46 @@ mod tests {
         assert_eq!(o1, "patient\tp2\nperformer\tp1\nsubject\tp2");
     }
 
+    /// Migration 13 keeps the audit tree's leaf hashes and its subtrees of 16 leaves and
+    /// more, and removes levels 1 to 3 (recomputed from the leaf hashes since).
+    #[test]
+    fn migration_13_keeps_the_audit_trees_stored_levels_only() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        connection.execute(CREATE_MIGRATIONS_TABLE, []).unwrap();
+        for (index, sql) in migrations::SQLITE.iter().enumerate().take(12) {
+            connection.execute_batch(sql).unwrap();
+            connection
+                .execute(
+                    "INSERT INTO schema_migrations (version, applied_at_us) VALUES (?1, 0)",
+                    params![index as i64 + 1],
+                )
+                .unwrap();
+        }
+        for level in 0..6u32 {
+            for index in 0..(64i64 >> level) {
+                connection
+                    .execute(
+                        "INSERT INTO audit_node (level, idx, hash) VALUES (?1, ?2, ?3)",
+                        params![level, index, vec![level as u8; 32]],
+                    )
+                    .unwrap();
+            }
+        }
+        migrate(&mut connection).unwrap();
+        let mut levels = connection
+            .prepare("SELECT level, count(*) FROM audit_node GROUP BY level ORDER BY level")
+            .unwrap();
+        let kept: Vec<(u32, i64)> = levels
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(kept, vec![(0, 64), (4, 4), (5, 2)]);
+        for (level, _) in kept {
+            assert!(crate::audit_level_is_stored(level), "level {level}");
+        }
+    }
+
     /// A database made before migration 11 keeps its references, and every question about
     /// them is answered through the one target index that replaced the two.
     #[test]
