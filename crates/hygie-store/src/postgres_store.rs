@@ -1666,14 +1666,12 @@ fn pg_text(text: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
 
-    /// Migration 12 fills each head's `patient_refs` from the reference index as the store
-    /// would have written it (`patient_refs::encode`), NULL where that cannot be encoded.
-    #[test]
-    fn migration_12_fills_the_patients_of_every_head_from_the_index() {
-        let database = crate::testing::ThrowawayDatabase::create();
+    /// A connection to `database`, migrated up to schema `version` and recorded as such,
+    /// for a migration's test to fill before `migrate` runs the rest.
+    fn at_schema_version(database: &crate::testing::ThrowawayDatabase, version: usize) -> Client {
         let mut client = Client::connect(&database.url, NoTls).unwrap();
         client.batch_execute(CREATE_MIGRATIONS_TABLE).unwrap();
-        for (index, sql) in migrations::POSTGRES.iter().enumerate().take(11) {
+        for (index, sql) in migrations::POSTGRES.iter().enumerate().take(version) {
             client.batch_execute(sql).unwrap();
             client
                 .execute(
@@ -1682,6 +1680,15 @@ mod tests {
                 )
                 .unwrap();
         }
+        client
+    }
+
+    /// Migration 12 fills each head's `patient_refs` from the reference index as the store
+    /// would have written it (`patient_refs::encode`), NULL where that cannot be encoded.
+    #[test]
+    fn migration_12_fills_the_patients_of_every_head_from_the_index() {
+        let database = crate::testing::ThrowawayDatabase::create();
+        let mut client = at_schema_version(&database, 11);
         use patient_refs::migration_fixture::{OBSERVATIONS, index_rows};
         for (id, rows) in OBSERVATIONS {
             client
@@ -1724,17 +1731,7 @@ mod tests {
     #[test]
     fn migration_13_keeps_the_audit_trees_stored_levels_only() {
         let database = crate::testing::ThrowawayDatabase::create();
-        let mut client = Client::connect(&database.url, NoTls).unwrap();
-        client.batch_execute(CREATE_MIGRATIONS_TABLE).unwrap();
-        for (index, sql) in migrations::POSTGRES.iter().enumerate().take(12) {
-            client.batch_execute(sql).unwrap();
-            client
-                .execute(
-                    "INSERT INTO schema_migrations (version, applied_at_us) VALUES ($1, 0)",
-                    &[&(index as i64 + 1)],
-                )
-                .unwrap();
-        }
+        let mut client = at_schema_version(&database, 12);
         for level in 0..6i32 {
             for index in 0..(64i64 >> level) {
                 client

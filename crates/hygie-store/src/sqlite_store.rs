@@ -2607,14 +2607,12 @@ mod tests {
         details.join("\n")
     }
 
-    /// Migration 12 fills each head's `patient_refs` from the reference index as the store
-    /// would have written it, and NULL (ask the index) where that cannot be encoded; a
-    /// deleted resource, or one without patients, gets the empty list.
-    #[test]
-    fn migration_12_fills_the_patients_of_every_head_from_the_index() {
-        let mut connection = Connection::open_in_memory().unwrap();
+    /// An in-memory database migrated up to schema `version` and recorded as such, for a
+    /// migration's test to fill before `migrate` runs the rest.
+    fn at_schema_version(version: usize) -> Connection {
+        let connection = Connection::open_in_memory().unwrap();
         connection.execute(CREATE_MIGRATIONS_TABLE, []).unwrap();
-        for (index, sql) in migrations::SQLITE.iter().enumerate().take(11) {
+        for (index, sql) in migrations::SQLITE.iter().enumerate().take(version) {
             connection.execute_batch(sql).unwrap();
             connection
                 .execute(
@@ -2623,6 +2621,15 @@ mod tests {
                 )
                 .unwrap();
         }
+        connection
+    }
+
+    /// Migration 12 fills each head's `patient_refs` from the reference index as the store
+    /// would have written it, and NULL (ask the index) where that cannot be encoded; a
+    /// deleted resource, or one without patients, gets the empty list.
+    #[test]
+    fn migration_12_fills_the_patients_of_every_head_from_the_index() {
+        let mut connection = at_schema_version(11);
         use patient_refs::migration_fixture::{OBSERVATIONS, index_rows};
         for (id, rows) in OBSERVATIONS {
             connection
@@ -2672,17 +2679,7 @@ mod tests {
     /// more, and removes levels 1 to 3 (recomputed from the leaf hashes since).
     #[test]
     fn migration_13_keeps_the_audit_trees_stored_levels_only() {
-        let mut connection = Connection::open_in_memory().unwrap();
-        connection.execute(CREATE_MIGRATIONS_TABLE, []).unwrap();
-        for (index, sql) in migrations::SQLITE.iter().enumerate().take(12) {
-            connection.execute_batch(sql).unwrap();
-            connection
-                .execute(
-                    "INSERT INTO schema_migrations (version, applied_at_us) VALUES (?1, 0)",
-                    params![index as i64 + 1],
-                )
-                .unwrap();
-        }
+        let mut connection = at_schema_version(12);
         for level in 0..6u32 {
             for index in 0..(64i64 >> level) {
                 connection
@@ -2712,17 +2709,7 @@ mod tests {
     /// them is answered through the one target index that replaced the two.
     #[test]
     fn references_are_found_through_the_target_index_after_migration_11() {
-        let mut connection = Connection::open_in_memory().unwrap();
-        connection.execute(CREATE_MIGRATIONS_TABLE, []).unwrap();
-        for (index, sql) in migrations::SQLITE.iter().enumerate().take(10) {
-            connection.execute_batch(sql).unwrap();
-            connection
-                .execute(
-                    "INSERT INTO schema_migrations (version, applied_at_us) VALUES (?1, 0)",
-                    params![index as i64 + 1],
-                )
-                .unwrap();
-        }
+        let mut connection = at_schema_version(10);
         for (id, target) in [("e1", "p1"), ("e2", "p1"), ("e3", "p2")] {
             connection
                 .execute(
