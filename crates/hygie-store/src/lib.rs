@@ -483,6 +483,12 @@ pub const fn audit_level_is_stored(level: u32) -> bool {
     level == 0 || level >= AUDIT_FULLY_STORED_FROM
 }
 
+/// `true` only in a binary built with the `bench-audit-floor` feature, for benchmarks: the
+/// SQLite store then keeps each group commit's audit leaves as one row and nothing else,
+/// no search index and no tree (bench/audit/floor). A front door built with it must say
+/// so loudly and serve on a loopback address only.
+pub const AUDIT_FLOOR_BENCH_BUILD: bool = cfg!(feature = "bench-audit-floor");
+
 /// The lowest audit tree level above 0 that is stored (see [`audit_level_is_stored`]).
 pub const AUDIT_FULLY_STORED_FROM: u32 = 4;
 

@@ -115,6 +115,8 @@ pub fn open_sqlite(data_dir: &Path, options: &SqliteOptions) -> StoreResult<Sqli
     // After `configure`: setting `wal_autocheckpoint` replaces the connection's WAL hook.
     connection.wal_hook(Some(record_wal_frames));
     migrate(&mut connection)?;
+    #[cfg(feature = "bench-audit-floor")]
+    audit_floor::create_table(&connection)?;
     let (sender, receiver) = mpsc::channel::<Job>(options.queue_capacity);
     let poisoned = Arc::new(AtomicBool::new(false));
     let (durability, syncer) = if options.synchronous_full {
@@ -1000,6 +1002,15 @@ fn flush_pending_audit(connection: &Connection, pending: &mut PendingAudit) -> S
         return Ok(());
     };
     let leaves = std::mem::take(&mut pending.leaves);
+    #[cfg(feature = "bench-audit-floor")]
+    return audit_floor::store_batch(connection, first, &leaves);
+    #[cfg(not(feature = "bench-audit-floor"))]
+    insert_leaves(connection, first, &leaves)
+}
+
+/// Inserts leaves numbered from `first`, with their facets.
+#[cfg_attr(feature = "bench-audit-floor", allow(dead_code))]
+fn insert_leaves(connection: &Connection, first: i64, leaves: &[PendingLeaf]) -> StoreResult<()> {
     let mut insert = connection.prepare_cached(
         "INSERT INTO audit_log
          (leaf_index, recorded_us, leaf, leaf_hash, event_type, subtype, outcome, purpose)
@@ -2584,6 +2595,56 @@ fn leaf_bytes(value: rusqlite::types::ValueRef<'_>) -> Option<Vec<u8>> {
         ValueRef::Null => None,
         ValueRef::Integer(n) => Some(n.to_string().into_bytes()),
         ValueRef::Real(x) => Some(x.to_string().into_bytes()),
+    }
+}
+
+/// FOR BENCHMARKS ONLY (the `bench-audit-floor` feature): the cheapest storage of a
+/// batch's audit leaves that SQLite allows, to measure what storing them costs at the
+/// least (bench/audit/floor, bench/audit/README §12). The leaves of a group commit go
+/// into ONE row, bodies and hashes concatenated, and nothing else is written: no row per
+/// leaf, no search facets, no tree (the integrator finds nothing to integrate, `verify`
+/// sees none of these leaves). A binary built with it says so at start and serves on a
+/// loopback address only; it is never a default build.
+#[cfg(feature = "bench-audit-floor")]
+mod audit_floor {
+    use rusqlite::{Connection, params};
+
+    use super::PendingLeaf;
+    use crate::StoreResult;
+
+    pub(super) fn create_table(connection: &Connection) -> StoreResult<()> {
+        connection.execute_batch(
+            "CREATE TABLE IF NOT EXISTS bench_audit_floor (
+                batch INTEGER PRIMARY KEY, first_number INTEGER NOT NULL,
+                first_recorded_us INTEGER NOT NULL, leaves BLOB NOT NULL, hashes BLOB NOT NULL)",
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn store_batch(
+        connection: &Connection,
+        first: i64,
+        leaves: &[PendingLeaf],
+    ) -> StoreResult<()> {
+        let Some(first_leaf) = leaves.first() else {
+            return Ok(());
+        };
+        let mut bodies = Vec::with_capacity(leaves.iter().map(|l| l.leaf.len() + 4).sum());
+        let mut hashes = Vec::with_capacity(32 * leaves.len());
+        for leaf in leaves {
+            bodies.extend_from_slice(&(leaf.leaf.len() as u32).to_le_bytes());
+            bodies.extend_from_slice(&leaf.leaf);
+            if let Some((hash, _)) = &leaf.indexed {
+                hashes.extend_from_slice(hash);
+            }
+        }
+        connection
+            .prepare_cached(
+                "INSERT INTO bench_audit_floor (first_number, first_recorded_us, leaves, hashes)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![first, first_leaf.recorded_us, bodies, hashes])?;
+        Ok(())
     }
 }
 

@@ -86,6 +86,12 @@ fn main() -> ExitCode {
             "{line}\n!! THIS HYGIE BINARY DOES NOT AUDIT: built with the `bench-unaudited` feature, for\n!! benchmarks only. No access it serves is recorded in the audit log. It serves on a\n!! loopback address only. Never run it on real data: build without the feature.\n{line}"
         );
     }
+    if hygie_store::AUDIT_FLOOR_BENCH_BUILD {
+        let line = "!".repeat(88);
+        eprintln!(
+            "{line}\n!! THIS HYGIE BINARY KEEPS NO VERIFIABLE AUDIT LOG: built with the `bench-audit-floor`\n!! feature, for benchmarks only. Its audit leaves are stored without index or tree. It\n!! serves on a loopback address only. Never run it on real data: build without the feature.\n{line}"
+        );
+    }
     let cli = Cli::parse();
     if let Err(error) = init_logging(cli.log_format.as_deref()) {
         eprintln!("error: {error:#}");
@@ -93,6 +99,11 @@ fn main() -> ExitCode {
     }
     if hygie_hub::UNAUDITED_BENCH_BUILD {
         tracing::warn!("built with `bench-unaudited`: accesses are NOT audited (benchmarks only)");
+    }
+    if hygie_store::AUDIT_FLOOR_BENCH_BUILD {
+        tracing::warn!(
+            "built with `bench-audit-floor`: the audit log is neither indexed nor verifiable (benchmarks only)"
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -63,6 +63,11 @@ pub fn check_exposure(
             "this binary was built with the `bench-unaudited` feature: it writes NO audit log and serves on a loopback address only, for benchmarks, not {address}"
         );
     }
+    if hygie_store::AUDIT_FLOOR_BENCH_BUILD && !loopback {
+        bail!(
+            "this binary was built with the `bench-audit-floor` feature: its audit log is neither indexed nor verifiable; it serves on a loopback address only, for benchmarks, not {address}"
+        );
+    }
     if no_auth && !loopback {
         bail!(
             "--no-auth serves patient data to anyone: it is allowed on a loopback address only (127.0.0.1 or [::1]), not {address}"
