@@ -1015,8 +1015,7 @@ impl PendingAudit {
     }
 }
 
-/// Inserts the batch's pending leaves, in index order, and their facets sorted by key
-/// (neighbours in the index land on the same pages). A failure fails the whole batch.
+/// Writes the batch's pending leaves before its commit. A failure fails the whole batch.
 fn flush_pending_audit(connection: &Connection, pending: &mut PendingAudit) -> StoreResult<()> {
     let Some(first) = pending.first_index.take() else {
         return Ok(());
@@ -1028,7 +1027,8 @@ fn flush_pending_audit(connection: &Connection, pending: &mut PendingAudit) -> S
     insert_leaves(connection, first, &leaves)
 }
 
-/// Inserts leaves numbered from `first`, with their facets.
+/// Inserts leaves numbered from `first`, in index order, and their facets sorted by key
+/// (neighbours in the index land on the same pages).
 #[cfg_attr(feature = "bench-audit-floor", allow(dead_code))]
 fn insert_leaves(connection: &Connection, first: i64, leaves: &[PendingLeaf]) -> StoreResult<()> {
     let mut insert = connection.prepare_cached(
