@@ -275,12 +275,84 @@ impl BlindSource {
     }
 }
 
+/// How many fingerprints [`RecentWrites`] keeps per generation (it keeps two).
+pub const RECENT_WRITES_PER_GENERATION: usize = 65_536;
+
+/// Fingerprints of the resources that transactions recently asked to write only if they
+/// were absent (a conditional create) or changed (a feed's conditional update of what it
+/// repeats), so that the next transaction carrying the same one skips its blinding. An HL7
+/// feed repeats the patient, the attending doctor and the ward with every event: their
+/// blinding (hundreds of HMACs for a name's prefixes and substrings) was a fifth of the
+/// listener's CPU per message, for records the store then found unchanged and did not
+/// write. Only a guess: an entry skipped here that the store does write after all (the
+/// record changed or vanished meanwhile) is blinded by the writer instead (`blind_rows`),
+/// as under a reloaded keyring. Two generations of [`RECENT_WRITES_PER_GENERATION`]
+/// keyed 64-bit hashes (a few MiB at most): a fingerprint seen again moves to the young
+/// one, the old one is dropped when the young one is full.
+pub(crate) struct RecentWrites {
+    /// Keyed per process: a sender cannot aim at another record's fingerprint.
+    hasher: std::hash::RandomState,
+    generations: std::sync::Mutex<[std::collections::HashSet<u64>; 2]>,
+}
+
+impl Default for RecentWrites {
+    fn default() -> RecentWrites {
+        RecentWrites {
+            hasher: std::hash::RandomState::new(),
+            generations: std::sync::Mutex::new([
+                std::collections::HashSet::new(),
+                std::collections::HashSet::new(),
+            ]),
+        }
+    }
+}
+
+impl RecentWrites {
+    /// Whether the same `resource` of `resource_type` was seen recently; remembers it.
+    pub(crate) fn seen_before(&self, resource_type: &str, resource: &serde_json::Value) -> bool {
+        use std::hash::{BuildHasher, Hasher};
+        struct Feed<'h>(&'h mut std::hash::DefaultHasher);
+        impl std::io::Write for Feed<'_> {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.write(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(resource_type.as_bytes());
+        hasher.write_u8(0);
+        if serde_json::to_writer(Feed(&mut hasher), resource).is_err() {
+            return false;
+        }
+        let fingerprint = hasher.finish();
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        let [young, old] = &mut *generations;
+        if young.contains(&fingerprint) {
+            return true;
+        }
+        let seen = old.remove(&fingerprint);
+        if young.len() >= RECENT_WRITES_PER_GENERATION {
+            *old = std::mem::take(young);
+        }
+        young.insert(fingerprint);
+        seen
+    }
+}
+
 thread_local! {
     /// The blinding prepared for the unit of work running on this thread, if any.
     static PREPARED: RefCell<Option<PreparedBlinding>> = const { RefCell::new(None) };
 }
 
 impl PreparedBlinding {
+    /// How many rows' cells were computed.
+    pub(crate) fn rows(&self) -> usize {
+        self.cells.len()
+    }
+
     /// Computes the blind cells of the rows of blind parameters among `resources`' rows
     /// (each a resource type and its index rows), under `keyring`.
     pub(crate) fn prepare<'r>(

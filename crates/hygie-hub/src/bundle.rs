@@ -14,7 +14,7 @@ use hygie_policy::{Action, Mask, Target};
 use hygie_store::{IndexRow, StoreError, Tx};
 use serde_json::Value;
 
-use crate::blind_index::PreparedBlinding;
+use crate::blind_index::{PreparedBlinding, RecentWrites};
 use crate::criteria::{self, Criteria};
 use crate::history::{BundleOut, EntryOut, ResponseOut, raw, raw_value};
 use crate::instant::{format_instant, now_us};
@@ -467,9 +467,30 @@ impl Hub {
         caller: &Caller,
         bundle: &Value,
     ) -> Result<PreparedTransaction, HubError> {
+        self.prepare_transaction_as(caller, bundle, false)
+    }
+
+    /// [`Self::prepare_transaction`] for a feed that repeats its records with every
+    /// message (HL7 v2 sends the patient's PID with each ADT): a conditional update whose
+    /// content equals the current version writes nothing and answers that version.
+    pub fn prepare_feed_transaction(
+        &self,
+        caller: &Caller,
+        bundle: &Value,
+    ) -> Result<PreparedTransaction, HubError> {
+        self.prepare_transaction_as(caller, bundle, true)
+    }
+
+    fn prepare_transaction_as(
+        &self,
+        caller: &Caller,
+        bundle: &Value,
+        skip_unchanged: bool,
+    ) -> Result<PreparedTransaction, HubError> {
         match self.bundle_entries(bundle)? {
             (BundleKind::Transaction, entries) => {
                 let mut prepared = PreparedTransaction::new(&caller.base_url, entries)?;
+                prepared.skip_unchanged = skip_unchanged;
                 self.prepare_blinding(&mut prepared);
                 Ok(prepared)
             }
@@ -528,7 +549,7 @@ impl Hub {
     /// the store, when the store is sealed by a vault.
     fn prepare_blinding(&self, prepared: &mut PreparedTransaction) {
         if let Some(vault) = self.inner.vault.get() {
-            prepared.prepare_blinding(vault.keyring());
+            prepared.prepare_blinding(vault.keyring(), &self.inner.recent_writes);
         }
     }
 }
@@ -792,43 +813,53 @@ impl PreparedTransaction {
 
     /// Computes, here rather than on the store's writer, the blind index cells of what the
     /// entries write (see [`PreparedBlinding`]).
-    fn prepare_blinding(&mut self, keyring: Arc<hygie_vault::Keyring>) {
-        let computed: Vec<Option<Vec<IndexRow>>> = self
+    /// Blinds what the entries write, but for the entries that likely write nothing: a
+    /// conditional create or a skipped-if-unchanged update whose resource `recent` has
+    /// seen lately (see [`RecentWrites`]); if the store writes one after all, the writer
+    /// blinds it.
+    fn prepare_blinding(&mut self, keyring: Arc<hygie_vault::Keyring>, recent: &RecentWrites) {
+        let skip_unchanged = self.skip_unchanged;
+        let blinded: Vec<Option<&Prepared>> = self
             .planned
             .iter()
             .map(|entry| match &entry.plan {
+                TxPlan::Create {
+                    prepared,
+                    if_none_exist: Some(_),
+                    ..
+                } => (!recent.seen_before(&prepared.resource_type, &prepared.resource))
+                    .then_some(prepared),
+                TxPlan::ConditionalUpdate { prepared, .. } if skip_unchanged => (!recent
+                    .seen_before(&prepared.resource_type, &prepared.resource))
+                .then_some(prepared),
                 TxPlan::Create { prepared, .. }
                 | TxPlan::Update { prepared, .. }
-                | TxPlan::ConditionalUpdate { prepared, .. }
-                    if prepared.index.is_none() =>
-                {
-                    Some(index_rows(&prepared.resource))
-                }
+                | TxPlan::ConditionalUpdate { prepared, .. } => Some(prepared),
                 _ => None,
             })
             .collect();
-        let resources = self
-            .planned
+        let computed: Vec<Option<Vec<IndexRow>>> = blinded
+            .iter()
+            .map(|prepared| match prepared {
+                Some(prepared) if prepared.index.is_none() => Some(index_rows(&prepared.resource)),
+                _ => None,
+            })
+            .collect();
+        let resources = blinded
             .iter()
             .zip(&computed)
-            .filter_map(|(entry, computed)| match &entry.plan {
-                TxPlan::Create { prepared, .. }
-                | TxPlan::Update { prepared, .. }
-                | TxPlan::ConditionalUpdate { prepared, .. } => {
-                    let rows = prepared.index.as_ref().or(computed.as_ref())?;
-                    Some((prepared.resource_type.as_str(), rows.as_slice()))
-                }
-                _ => None,
+            .filter_map(|(prepared, computed)| {
+                let prepared = (*prepared)?;
+                let rows = prepared.index.as_ref().or(computed.as_ref())?;
+                Some((prepared.resource_type.as_str(), rows.as_slice()))
             });
         self.blinding = Some(PreparedBlinding::prepare(keyring, resources));
     }
 
-    /// Conditional updates that would store what is already current write nothing (and
-    /// answer the current version): a feed that repeats a record with every event (HL7
-    /// v2 sends the patient's PID with each ADT) would otherwise add a version each time.
-    pub fn skipping_unchanged(mut self) -> PreparedTransaction {
-        self.skip_unchanged = true;
-        self
+    /// How many index rows of blind parameters had their cells computed before the store
+    /// (the writer computes the others' if it writes them); for tests and benchmarks.
+    pub fn blinded_before_store(&self) -> usize {
+        self.blinding.as_ref().map_or(0, PreparedBlinding::rows)
     }
 
     /// What each entry does, for the policy: a transaction is permitted only if every

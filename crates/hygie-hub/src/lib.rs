@@ -166,6 +166,8 @@ struct Inner {
     care_cache: Arc<care::CareCache>,
     /// The vault behind `store`, for what changes keys (an erasure requested over HTTP).
     vault: std::sync::OnceLock<Arc<vault::Vault>>,
+    /// What transactions recently asked to write if absent or changed (their blinding).
+    recent_writes: blind_index::RecentWrites,
 }
 
 impl Hub {
@@ -183,6 +185,7 @@ impl Hub {
                 paging_key: std::sync::OnceLock::new(),
                 care_cache: Arc::default(),
                 vault: std::sync::OnceLock::new(),
+                recent_writes: blind_index::RecentWrites::default(),
             }),
         }
     }

@@ -327,7 +327,8 @@ impl Door<'_> {
         let caller = self.caller(&sender, control_id);
         let transaction = self
             .hub
-            .prepare_transaction(&caller, &mapped.bundle)
+            // A feed repeats the patient with every event: unchanged records get no version.
+            .prepare_feed_transaction(&caller, &mapped.bundle)
             .map_err(|error| {
                 // The mapping wrote something FHIR refuses: the message's content is at fault
                 // (a value FHIR cannot hold) or the mapping is; either way, say what.
@@ -337,9 +338,7 @@ impl Door<'_> {
                     None,
                     diagnostics(&error),
                 )
-            })?
-            // A feed repeats the patient with every event: unchanged records get no version.
-            .skipping_unchanged();
+            })?;
         let answer = encode(&ack(
             message,
             AckCode::Accept,

@@ -1099,14 +1099,11 @@ impl SqliteTx<'_> {
     /// Writes a version's blind terms as one entry of the term index, under `seq`, the
     /// version they describe.
     fn insert_terms(&mut self, seq: i64, rows: &[IndexRow]) -> StoreResult<()> {
-        let terms = search::term_entry(rows);
+        let terms = search::term_entry_text(rows);
         if terms.is_empty() {
             return Ok(());
         }
-        self.write_terms(TermWrite::Insert {
-            seq,
-            terms: terms.join(" "),
-        })
+        self.write_terms(TermWrite::Insert { seq, terms })
     }
 
     /// Queues a term-index write on the writer (see [`PendingTerms`]); applies it at once
