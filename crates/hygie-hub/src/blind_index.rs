@@ -105,7 +105,45 @@ fn term(key: &Secret, resource_type: &str, param: &str, kind: &str, value: &str)
 
 /// A term of the inverted index: the MAC alone, the namespace being in it.
 fn term_mac(key: &Secret, resource_type: &str, param: &str, kind: &str, value: &str) -> BlindTerm {
-    blind::term_mac(key, &format!("{resource_type}.{param}/{kind}"), value)
+    namespace_mac(key, resource_type, param, kind).term_mac(value)
+}
+
+/// Namespaces whose keyed MAC state a thread keeps (more: it starts over).
+const MAX_CACHED_NAMESPACES: usize = 4_096;
+
+/// The keyed MAC states of the namespaces (`Type.param/kind`) a thread has blinded under
+/// one index key, and their presence terms. Keying HMAC-SHA256 and absorbing the
+/// namespace cost as much as a term; a new patient's blinding made that state afresh
+/// for each of its dozen namespaces and computed each presence term in full: a fifth of
+/// the blinding's instructions, for values that depend on the key and the namespace
+/// only. Kept per thread (no lock); compared with the key's bytes, not its address, so a
+/// reloaded keyring never meets another key's states.
+#[derive(Default)]
+struct NamespaceCache {
+    key: Option<Secret>,
+    macs: HashMap<String, blind::NamespaceMac>,
+    presence: HashMap<String, BlindTerm>,
+}
+
+thread_local! {
+    static NAMESPACES: RefCell<NamespaceCache> = RefCell::new(NamespaceCache::default());
+}
+
+impl NamespaceCache {
+    /// The cache, emptied first if it was filled under another key or is full.
+    fn under(&mut self, key: &Secret) -> &mut NamespaceCache {
+        let same_key = self
+            .key
+            .as_ref()
+            .is_some_and(|kept| kept.as_bytes() == key.as_bytes());
+        if !same_key || self.macs.len() + self.presence.len() >= MAX_CACHED_NAMESPACES {
+            *self = NamespaceCache {
+                key: Some(key.clone()),
+                ..NamespaceCache::default()
+            };
+        }
+        self
+    }
 }
 
 /// [`term_mac`] for the many values of one parameter and kind (a name's prefixes).
@@ -115,12 +153,41 @@ fn namespace_mac(
     param: &str,
     kind: &str,
 ) -> blind::NamespaceMac {
-    blind::NamespaceMac::new(key, &format!("{resource_type}.{param}/{kind}"))
+    let namespace = format!("{resource_type}.{param}/{kind}");
+    NAMESPACES.with(|cache| {
+        cache
+            .borrow_mut()
+            .under(key)
+            .macs
+            .entry(namespace)
+            .or_insert_with_key(|namespace| blind::NamespaceMac::new(key, namespace))
+            .clone()
+    })
 }
 
 /// The term every value of a blind string parameter has: what `:missing` looks for.
 fn presence_term(key: &Secret, resource_type: &str, param: &str) -> BlindTerm {
-    term_mac(key, resource_type, param, "m", "")
+    let namespace = format!("{resource_type}.{param}/m");
+    let cached = NAMESPACES.with(|cache| {
+        cache
+            .borrow_mut()
+            .under(key)
+            .presence
+            .get(&namespace)
+            .copied()
+    });
+    if let Some(term) = cached {
+        return term;
+    }
+    let term = term_mac(key, resource_type, param, "m", "");
+    NAMESPACES.with(|cache| {
+        cache
+            .borrow_mut()
+            .under(key)
+            .presence
+            .insert(namespace, term)
+    });
+    term
 }
 
 /// What a `system|code` term is the MAC of: the system (empty for none) and the code,
@@ -813,6 +880,30 @@ pub(crate) fn sort_in_memory(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kept namespace states give the very MACs computed from scratch, under the key
+    /// asked for: switching keys (a reloaded keyring) on one thread starts over.
+    #[test]
+    fn kept_namespace_states_give_their_own_keys_terms() {
+        let first = Secret::from_bytes([1; 32]);
+        let second = Secret::from_bytes([2; 32]);
+        for key in [&first, &second, &first, &second] {
+            for value in ["d", "dup", "dupontel"] {
+                assert_eq!(
+                    term_mac(key, "Patient", "name", "p", value),
+                    blind::term_mac(key, "Patient.name/p", value)
+                );
+            }
+            assert_eq!(
+                presence_term(key, "Patient", "family"),
+                blind::term_mac(key, "Patient.family/m", "")
+            );
+        }
+        assert_ne!(
+            presence_term(&first, "Patient", "family"),
+            presence_term(&second, "Patient", "family")
+        );
+    }
 
     fn us(date: &str) -> i64 {
         let date = time::Date::parse(

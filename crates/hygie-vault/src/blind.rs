@@ -38,6 +38,7 @@ pub fn term_mac(index_key: &Secret, namespace: &str, value: &str) -> [u8; TERM_M
 /// [`term_mac`] for many values of one namespace: the HMAC is keyed and has absorbed the
 /// namespace once, and each value continues from a copy of that state. A name's terms
 /// (every prefix and substring, about a hundred) then cost one key schedule, not one each.
+#[derive(Clone)]
 pub struct NamespaceMac {
     keyed: aws_lc_rs::hmac::Context,
 }
