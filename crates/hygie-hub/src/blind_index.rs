@@ -881,6 +881,48 @@ pub(crate) fn sort_in_memory(
 mod tests {
     use super::*;
 
+    /// The fingerprints are bounded: two generations at most, the oldest forgotten; one
+    /// seen again stays. Another resource, or the same under another type, is not seen.
+    #[test]
+    fn recent_writes_remember_a_bounded_number_of_resources() {
+        let recent = RecentWrites::default();
+        let doctor =
+            |n: usize| serde_json::json!({"resourceType": "Practitioner", "id": n.to_string()});
+        assert!(!recent.seen_before("Practitioner", &doctor(0)));
+        assert!(recent.seen_before("Practitioner", &doctor(0)));
+        assert!(
+            !recent.seen_before("Patient", &doctor(0)),
+            "the type is part of it"
+        );
+        assert!(!recent.seen_before("Practitioner", &doctor(1)));
+        for n in 2..=RECENT_WRITES_PER_GENERATION * 2 {
+            recent.seen_before("Practitioner", &doctor(n));
+            if n % 1_000 == 0 {
+                // Seen again now and then: kept in the young generation.
+                assert!(recent.seen_before("Practitioner", &doctor(1)));
+            }
+        }
+        let kept: usize = recent
+            .generations
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|g| g.len())
+            .sum();
+        assert!(
+            kept <= 2 * RECENT_WRITES_PER_GENERATION,
+            "{kept} fingerprints kept"
+        );
+        assert!(
+            !recent.seen_before("Practitioner", &doctor(0)),
+            "the oldest is forgotten"
+        );
+        assert!(
+            recent.seen_before("Practitioner", &doctor(1)),
+            "one seen again is kept"
+        );
+    }
+
     /// The kept namespace states give the very MACs computed from scratch, under the key
     /// asked for: switching keys (a reloaded keyring) on one thread starts over.
     #[test]
