@@ -349,9 +349,9 @@ pub const RECENT_WRITES_PER_GENERATION: usize = 65_536;
 /// were absent (a conditional create) or changed (a feed's conditional update of what it
 /// repeats), so that the next transaction carrying the same one skips its blinding. An HL7
 /// feed repeats the patient, the attending doctor and the ward with every event: their
-/// blinding (hundreds of HMACs for a name's prefixes and substrings) was a fifth of the
-/// listener's CPU per message, for records the store then found unchanged and did not
-/// write. Only a guess: an entry skipped here that the store does write after all (the
+/// blinding (an HMAC per prefix and substring of a name: dozens for a short one, hundreds
+/// for a long one) was a quarter of the listener's CPU per message (bench/mllp), for
+/// records the store then found unchanged and did not write. Only a guess: an entry skipped here that the store does write after all (the
 /// record changed or vanished meanwhile) is blinded by the writer instead (`blind_rows`),
 /// as under a reloaded keyring. Two generations of [`RECENT_WRITES_PER_GENERATION`]
 /// keyed 64-bit hashes (a few MiB at most): a fingerprint seen again moves to the young
