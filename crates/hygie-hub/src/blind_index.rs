@@ -351,27 +351,16 @@ pub const RECENT_WRITES_PER_GENERATION: usize = 65_536;
 /// feed repeats the patient, the attending doctor and the ward with every event: their
 /// blinding (an HMAC per prefix and substring of a name: dozens for a short one, hundreds
 /// for a long one) was a quarter of the listener's CPU per message (bench/mllp), for
-/// records the store then found unchanged and did not write. Only a guess: an entry skipped here that the store does write after all (the
-/// record changed or vanished meanwhile) is blinded by the writer instead (`blind_rows`),
-/// as under a reloaded keyring. Two generations of [`RECENT_WRITES_PER_GENERATION`]
+/// records the store then found unchanged and did not write. Only a guess: an entry
+/// skipped here that the store does write after all (the record changed or vanished
+/// meanwhile) is blinded by the writer instead (`blind_rows`), as under a reloaded keyring. Two generations of [`RECENT_WRITES_PER_GENERATION`]
 /// keyed 64-bit hashes (a few MiB at most): a fingerprint seen again moves to the young
 /// one, the old one is dropped when the young one is full.
+#[derive(Default)]
 pub(crate) struct RecentWrites {
     /// Keyed per process: a sender cannot aim at another record's fingerprint.
     hasher: std::hash::RandomState,
     generations: std::sync::Mutex<[std::collections::HashSet<u64>; 2]>,
-}
-
-impl Default for RecentWrites {
-    fn default() -> RecentWrites {
-        RecentWrites {
-            hasher: std::hash::RandomState::new(),
-            generations: std::sync::Mutex::new([
-                std::collections::HashSet::new(),
-                std::collections::HashSet::new(),
-            ]),
-        }
-    }
 }
 
 impl RecentWrites {

@@ -812,11 +812,10 @@ impl PreparedTransaction {
     }
 
     /// Computes, here rather than on the store's writer, the blind index cells of what the
-    /// entries write (see [`PreparedBlinding`]).
-    /// Blinds what the entries write, but for the entries that likely write nothing: a
-    /// conditional create or a skipped-if-unchanged update whose resource `recent` has
-    /// seen lately (see [`RecentWrites`]); if the store writes one after all, the writer
-    /// blinds it.
+    /// entries write (see [`PreparedBlinding`]), but for the entries that likely write
+    /// nothing: a conditional create or a skipped-if-unchanged update whose resource
+    /// `recent` has seen lately (see [`RecentWrites`]). If the store writes one after all,
+    /// the writer blinds it.
     fn prepare_blinding(&mut self, keyring: Arc<hygie_vault::Keyring>, recent: &RecentWrites) {
         let skip_unchanged = self.skip_unchanged;
         let blinded: Vec<Option<&Prepared>> = self
